@@ -1,0 +1,314 @@
+"""The model registry: canonical ids -> provider, upstream model, kind, lifecycle, prices, request rules.
+
+`registry.json` is data, validated here once at load; a malformed entry stops the process with a
+message naming it. `resolve()` is the only way a model id becomes a `ModelSpec`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, InvalidRequest, ModelNotFound, ModelRetired
+
+Provider = Literal["anthropic", "google"]
+Kind = Literal["chat", "embedding"]
+PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _exact(v: Any) -> Decimal:
+    """Prices are exact decimals with at most 6 places (so costs are whole pico-dollars)."""
+    d = Decimal(str(v))
+    if d < 0:
+        raise ValueError("a price cannot be negative")
+    if d != d.quantize(Decimal("0.000001")):
+        raise ValueError("a price may have at most 6 decimal places")
+    return d
+
+
+class Rates(_Strict):
+    """USD per 1M tokens. `cache_write` is the 5-minute write; `cache_write_1h` the 1-hour one."""
+
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+    cache_write_1h: Decimal | None = None
+
+    _check = field_validator(*PRICE_FIELDS, mode="before")(lambda v: None if v is None else _exact(v))
+
+
+class Tier(_Strict):
+    """Above this many prompt tokens (cached and uncached) the whole request bills at these rates."""
+
+    above_input_tokens: int = Field(gt=0)
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+    cache_write_1h: Decimal | None = None
+
+    _check = field_validator(*PRICE_FIELDS, mode="before")(lambda v: None if v is None else _exact(v))
+
+    def rates(self) -> Rates:
+        return Rates(**self.model_dump(exclude={"above_input_tokens"}))
+
+
+class PriceChange(_Strict):
+    """From `effective` (UTC date) on, these fields replace the base ones (tiers may be replaced too)."""
+
+    effective: dt.date
+    input: Decimal | None = None
+    output: Decimal | None = None
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
+    tiers: list[Tier] | None = None
+
+    _check = field_validator(*PRICE_FIELDS, mode="before")(lambda v: None if v is None else _exact(v))
+
+
+class Pricing(_Strict):
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+    cache_write_1h: Decimal | None = None
+    tiers: list[Tier] = []
+    changes: list[PriceChange] = []
+
+    _check = field_validator(*PRICE_FIELDS, mode="before")(lambda v: None if v is None else _exact(v))
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Pricing":
+        dates = [c.effective for c in self.changes]
+        if dates != sorted(dates) or len(set(dates)) != len(dates):
+            raise ValueError("pricing.changes must be in strictly increasing 'effective' order")
+        return self
+
+    def in_effect(self, on: dt.date) -> tuple[Rates, list[Tier]]:
+        """The base rates and tiers that apply to a request that ran on `on` (UTC)."""
+        fields: dict[str, Any] = {f: getattr(self, f) for f in PRICE_FIELDS}
+        tiers = list(self.tiers)
+        for change in self.changes:
+            if change.effective > on:
+                break
+            fields.update({f: getattr(change, f) for f in PRICE_FIELDS if getattr(change, f) is not None})
+            if change.tiers is not None:
+                tiers = list(change.tiers)
+        return Rates(**fields), sorted(tiers, key=lambda t: t.above_input_tokens)
+
+
+class Lifecycle(_Strict):
+    status: Literal["active", "preview", "legacy", "deprecated", "retired"] = "active"
+    released_on: dt.date | None = None
+    deprecated_on: dt.date | None = None
+    retires_on: dt.date | None = None
+    replacement: str | None = None
+    routed_to: str | None = None  # upstream model the provider silently serves instead
+    note: str | None = None
+
+
+class Rules(_Strict):
+    """What the upstream model accepts under the API version we send (see registry `providers`).
+
+    sampling: temperature/top_p/top_k are passed ("accepted"), dropped with a note ("ignored":
+    the model ignores them anyway), or refused unless the submission drops unsupported params.
+    """
+
+    sampling: Literal["accepted", "ignored", "rejected"] = "accepted"
+    penalties: bool = False
+    seed: bool = False
+    thinking: Literal["none", "budget", "adaptive", "level"] = "none"
+    reasoning_efforts: list[str] = []
+    forced_tool_choice: bool = True
+    forced_tool_choice_with_thinking: bool = False
+    mid_conversation_system: bool = False
+    assistant_prefill: bool = True
+    thought_signatures: bool = False
+    json_schema: bool = True
+    images: bool = True
+    max_output_tokens: int | None = None
+    default_max_tokens: int | None = None
+    max_inputs: int | None = None  # embeddings: inputs per request
+    dimensions: list[int] | None = None  # embeddings: [min, max]
+
+
+class ModelSpec(_Strict):
+    id: str
+    provider: Provider
+    upstream: str
+    kind: Kind
+    name: str | None = None
+    access: Literal["public", "gated"] = "public"
+    context_tokens: int | None = None
+    lifecycle: Lifecycle = Lifecycle()
+    pricing: Pricing | None = None
+    rules: Rules = Rules()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelSpec":
+        prefix = f"{self.provider}/"
+        if not self.id.startswith(prefix) or len(self.id) == len(prefix):
+            raise ValueError(f"id must be '{prefix}<model>'")
+        if self.lifecycle.status != "retired" and self.pricing is None:
+            raise ValueError("a callable model needs 'pricing' (a model without a price is never billed at $0)")
+        if self.lifecycle.status == "retired" and not self.lifecycle.retires_on:
+            raise ValueError("a retired model needs lifecycle.retires_on")
+        return self
+
+    @property
+    def owned_by(self) -> str:
+        return self.provider
+
+    def is_retired(self, today: dt.date) -> bool:
+        lc = self.lifecycle
+        if lc.status == "retired":
+            return True
+        return lc.retires_on is not None and lc.retires_on <= today and lc.routed_to is None
+
+
+class ProviderConfig(_Strict):
+    api_version: str
+    note: str | None = None
+
+
+class Registry:
+    """Loaded, validated registry. Immutable; reload the file to see changes."""
+
+    def __init__(self, models: list[ModelSpec], providers: dict[str, ProviderConfig], source: str) -> None:
+        self.models = {m.id: m for m in models}
+        self.providers = providers
+        self.source = source
+        self._by_upstream: dict[tuple[str, str], ModelSpec] = {}
+        for m in models:
+            self._by_upstream.setdefault((m.provider, m.upstream), m)
+
+    # -- lookup -------------------------------------------------------------------------------
+    def resolve(self, model_id: str, *, today: dt.date | None = None) -> ModelSpec:
+        """The callable spec for `model_id`, or ModelNotFound / ModelRetired."""
+        spec = self.models.get(model_id)
+        if spec is None:
+            raise ModelNotFound(model_id)
+        today = today or dt.datetime.now(dt.timezone.utc).date()
+        if spec.is_retired(today):
+            lc = spec.lifecycle
+            hint = f"; use {lc.replacement} instead" if lc.replacement else ""
+            raise ModelRetired(f'model "{model_id}" was retired on {lc.retires_on}{hint}', param="model")
+        return spec
+
+    def resolve_for(self, model_id: str, kind: str, *, today: dt.date | None = None) -> ModelSpec:
+        """Resolve and check the endpoint: a chat body to an embedding model is refused, and vice versa."""
+        spec = self.resolve(model_id, today=today)
+        if spec.kind != kind:
+            if kind == "embedding" and spec.provider == "anthropic":
+                raise InvalidRequest(
+                    f'model "{model_id}" is a chat model and Anthropic offers no embeddings; '
+                    "use a google/gemini-embedding-* model for /v1/embeddings",
+                    param="model",
+                )
+            other = "/v1/embeddings" if spec.kind == "embedding" else "/v1/chat/completions"
+            raise InvalidRequest(
+                f'model "{model_id}" is a {spec.kind} model; send it to {other}', param="model"
+            )
+        return spec
+
+    def by_upstream(self, provider: str, upstream: str) -> ModelSpec | None:
+        """The spec a provider's reported model name bills as (e.g. Gemini `modelVersion`)."""
+        spec = self._by_upstream.get((provider, upstream))
+        if spec is None:  # modelVersion may carry a suffix such as "-001" or a date
+            for (p, up), candidate in self._by_upstream.items():
+                if p == provider and upstream.startswith(up + "-"):
+                    return candidate
+        return spec
+
+    def suggest(self, model_id: str) -> list[str]:
+        return difflib.get_close_matches(model_id, list(self.models), n=3, cutoff=0.6)
+
+    def api_version(self, provider: str) -> str:
+        return self.providers[provider].api_version
+
+    # -- catalog ------------------------------------------------------------------------------
+    def callable_models(self, today: dt.date | None = None) -> list[ModelSpec]:
+        today = today or dt.datetime.now(dt.timezone.utc).date()
+        return [m for m in self.models.values() if not m.is_retired(today)]
+
+    def catalog(self, today: dt.date | None = None) -> dict[str, Any]:
+        """`GET /v1/models` shape, prices in effect today (Decimal values)."""
+        today = today or dt.datetime.now(dt.timezone.utc).date()
+        data = []
+        for m in self.callable_models(today):
+            assert m.pricing is not None
+            rates, _ = m.pricing.in_effect(today)
+            data.append(
+                {
+                    "id": m.id,
+                    "object": "model",
+                    "owned_by": m.owned_by,
+                    "pricing": {
+                        "input": rates.input,
+                        "output": rates.output,
+                        "cache_read": rates.cache_read,
+                        "cache_write": rates.cache_write,
+                    },
+                }
+            )
+        return {"object": "list", "data": data}
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Read and validate a registry file; ConfigError names the bad entry and field."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"registry file {path} does not exist (set OTB_REGISTRY)") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"registry file {path} is not valid JSON: {exc}") from exc
+    return parse_registry(raw, source=str(path))
+
+
+def parse_registry(raw: Any, *, source: str = "<registry>") -> Registry:
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), list):
+        raise ConfigError(f"{source}: expected an object with a 'models' list")
+    try:
+        providers = {k: ProviderConfig.model_validate(v) for k, v in (raw.get("providers") or {}).items()}
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: bad 'providers' section: {_first_error(exc)}") from exc
+    models: list[ModelSpec] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(raw["models"]):
+        label = entry.get("id") if isinstance(entry, dict) else None
+        where = f'{source}: models[{index}] ("{label}")' if label else f"{source}: models[{index}]"
+        try:
+            spec = ModelSpec.model_validate(entry)
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: {_first_error(exc)}") from exc
+        if spec.id in seen:
+            raise ConfigError(f"{where}: duplicate id")
+        if spec.provider not in providers:
+            raise ConfigError(f"{where}: provider '{spec.provider}' has no entry in 'providers'")
+        seen.add(spec.id)
+        models.append(spec)
+    for spec in models:
+        repl = spec.lifecycle.replacement
+        if repl and repl not in seen:
+            raise ConfigError(f'{source}: "{spec.id}" names replacement "{repl}", which is not in the registry')
+    return Registry(models, providers, source)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(entry)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{loc}: {err['msg']}{more}"
