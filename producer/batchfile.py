@@ -1,0 +1,205 @@
+"""Read and validate a batch: JSONL in the OpenAI batch line format or the short form.
+
+OpenAI line:  {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {...}}
+Short form:   {"custom_id"?: "a", "model": "...", "messages": [...] | "input": ..., ...body fields}
+
+Every line is checked before anything is stored: JSON, shape, model id (against the registry),
+endpoint vs model kind, duplicate custom_ids, and the model's own request rules (the adapter's
+translation is pure, so running it here costs nothing and catches a rejected parameter early).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from worker.errors import InvalidRequest, RequestFailed
+from worker.providers import ADAPTERS
+from worker.registry import Registry
+from worker.schemas import CHAT_URL, EMBEDDINGS_URL, KIND_BY_URL, ChatRequest, EmbeddingRequest
+
+OPENAI_LINE_KEYS = {"custom_id", "method", "url", "body"}
+MAX_LINE_BYTES = 8 * 1024 * 1024
+MAX_LINES = 100_000
+MAX_CUSTOM_ID = 256
+
+
+@dataclass
+class Line:
+    number: int
+    custom_id: str
+    url: str
+    body: dict[str, Any]
+
+
+@dataclass
+class LineError:
+    number: int
+    custom_id: str | None
+    error: RequestFailed
+    model: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.number, "custom_id": self.custom_id, **self.error.to_openai()}
+
+    def __str__(self) -> str:
+        return f"line {self.number}: {json.dumps(self.error.to_openai())}"
+
+
+@dataclass
+class ParsedBatch:
+    lines: list[Line] = field(default_factory=list)
+    errors: list[LineError] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_line_bytes: int = MAX_LINE_BYTES
+    max_lines: int = MAX_LINES
+
+
+def read_batch(
+    raw_lines: Iterable[bytes],
+    registry: Registry,
+    *,
+    drop_unsupported: bool = False,
+    limits: Limits = Limits(),
+) -> ParsedBatch:
+    """Validate every line; the result holds the good lines and every bad one with its reason."""
+    out = ParsedBatch()
+    first_seen: dict[str, int] = {}
+    count = 0
+    for number, raw in _numbered(raw_lines):
+        count += 1
+        if count > limits.max_lines:
+            out.errors.append(LineError(number, None, InvalidRequest(
+                f"too many requests: a batch holds at most {limits.max_lines} lines; split the file")))
+            break
+        try:
+            line = _parse_line(number, raw, limits)
+            if line.custom_id in first_seen:
+                raise InvalidRequest(
+                    f'duplicate custom_id "{line.custom_id}" (first used on line {first_seen[line.custom_id]})',
+                    param="custom_id",
+                )
+            _check_against_registry(line, registry, drop_unsupported)
+        except RequestFailed as error:
+            cid, model = _ids_of(raw)
+            out.errors.append(LineError(number, cid, error, model))
+            continue
+        first_seen[line.custom_id] = number
+        out.lines.append(line)
+    if count == 0:
+        out.errors.append(LineError(0, None, InvalidRequest("the batch is empty: it has no request lines")))
+    return out
+
+
+def _numbered(raw_lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    for number, raw in enumerate(raw_lines, start=1):
+        if raw.strip():
+            yield number, raw
+
+
+def _parse_line(number: int, raw: bytes, limits: Limits) -> Line:
+    if len(raw) > limits.max_line_bytes:
+        raise InvalidRequest(f"line is {len(raw)} bytes; the limit is {limits.max_line_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"line is not valid UTF-8 (byte {exc.start})") from exc
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"invalid JSON: {exc.msg} at column {exc.colno}") from exc
+    if not isinstance(obj, dict):
+        raise InvalidRequest(f"a line must be a JSON object, got {type(obj).__name__}")
+    if "body" in obj or "url" in obj or "method" in obj:
+        return _openai_line(number, obj)
+    return _short_line(number, obj)
+
+
+def _openai_line(number: int, obj: dict[str, Any]) -> Line:
+    unknown = sorted(set(obj) - OPENAI_LINE_KEYS)
+    if unknown:
+        raise InvalidRequest(f"unknown field '{unknown[0]}' in a batch line (allowed: custom_id, method, url, body)", param=unknown[0])
+    custom_id = _custom_id(obj.get("custom_id"), number, required=True)
+    if obj.get("method") != "POST":
+        raise InvalidRequest(f"'method' must be \"POST\", got {json.dumps(obj.get('method'))}", param="method")
+    url = obj.get("url")
+    if url not in KIND_BY_URL:
+        raise InvalidRequest(f"'url' must be \"{CHAT_URL}\" or \"{EMBEDDINGS_URL}\", got {json.dumps(url)}", param="url")
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        raise InvalidRequest("'body' must be a JSON object", param="body")
+    return Line(number, custom_id, url, body)
+
+
+def _short_line(number: int, obj: dict[str, Any]) -> Line:
+    body = {k: v for k, v in obj.items() if k != "custom_id"}
+    has_messages, has_input = "messages" in body, "input" in body
+    if has_messages == has_input:
+        raise InvalidRequest(
+            "a short-form line needs exactly one of 'messages' (chat) or 'input' (embeddings)"
+            + (" (it has both)" if has_messages else ""),
+            param="messages",
+        )
+    custom_id = _custom_id(obj.get("custom_id"), number, required=False)
+    return Line(number, custom_id, CHAT_URL if has_messages else EMBEDDINGS_URL, body)
+
+
+def _custom_id(value: Any, number: int, *, required: bool) -> str:
+    if value is None and not required:
+        return f"request-{number}"
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("'custom_id' must be a non-empty string", param="custom_id")
+    if len(value) > MAX_CUSTOM_ID:
+        raise InvalidRequest(f"'custom_id' is longer than {MAX_CUSTOM_ID} characters", param="custom_id")
+    return value
+
+
+def _check_against_registry(line: Line, registry: Registry, drop_unsupported: bool) -> None:
+    model = line.body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required: a canonical id such as \"google/gemini-3-flash\"", param="model")
+    kind = KIND_BY_URL[line.url]
+    spec = registry.resolve_for(model, kind)
+    schema = ChatRequest if kind == "chat" else EmbeddingRequest
+    try:
+        request = schema.model_validate(line.body)
+    except ValidationError as exc:
+        raise InvalidRequest(_pydantic_reason(exc), param=_pydantic_param(exc)) from exc
+    adapter = ADAPTERS[spec.provider]
+    api_version = registry.api_version(spec.provider)
+    if kind == "chat":
+        adapter.prepare_chat(request, spec, api_version=api_version, drop_unsupported=drop_unsupported)
+    else:
+        adapter.prepare_embeddings(request, spec, api_version=api_version)
+
+
+def _pydantic_param(exc: ValidationError) -> str:
+    return ".".join(str(p) for p in exc.errors()[0]["loc"])
+
+
+def _pydantic_reason(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = _pydantic_param(exc) or "body"
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return f"body.{where}: {msg}{more}"
+
+
+def _ids_of(raw: bytes) -> tuple[str | None, str | None]:
+    """Best effort, for reporting: the line's custom_id and model if they are readable."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    body = obj.get("body") if isinstance(obj.get("body"), dict) else obj
+    cid, model = obj.get("custom_id"), body.get("model")
+    return (cid if isinstance(cid, str) and cid else None), (model if isinstance(model, str) and model else None)

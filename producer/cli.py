@@ -1,0 +1,396 @@
+"""`otb`: thin click commands over the library; library errors become one clear line and exit 1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from worker.errors import ConfigError, OTBError
+from worker.registry import Registry, load_registry
+from worker.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXAMPLE = Path(__file__).resolve().parent / "examples" / "demo.jsonl"
+
+
+def friendly(fn: F) -> F:
+    """Turn expected failures into `error: ...` on stderr and exit status 1 (no traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (OTBError, LookupError, TimeoutError, OSError) as exc:
+            message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
+            raise click.ClickException(message) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _registry(settings: Settings) -> Registry:
+    try:
+        return load_registry(settings.registry_path)
+    except ConfigError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
+
+
+def _shared_redis(settings: Settings) -> Any:
+    if not settings.redis_url:
+        raise click.ClickException(
+            "REDIS_URL is not set. Workers and producers share one Redis, e.g. "
+            "export REDIS_URL=redis://127.0.0.1:6379/0 (`otb run` and `otb demo` work without it)."
+        )
+    from producer.local import connect
+
+    conn = connect(settings)
+    try:
+        conn.ping()
+    except Exception as exc:
+        raise click.ClickException(f"cannot reach Redis at {_safe_url(settings.redis_url)}: {exc}") from exc
+    return conn
+
+
+def _safe_url(url: str) -> str:
+    """REDIS_URL without its password, for messages."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=lambda o: float(o) if isinstance(o, Decimal) else str(o))
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """opentoken-batch: OpenAI-shaped batches over Redis + RQ to Anthropic and Gemini, with exact costs."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# -- models ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the GET /v1/models list shape.")
+@click.option("--all", "show_all", is_flag=True, help="Include retired models.")
+def models(as_json: bool, show_all: bool) -> None:
+    """List the models you can call and their prices (USD per 1M tokens)."""
+    registry = _registry(_settings())
+    if as_json:
+        click.echo(_dumps(registry.catalog()))
+        return
+    from producer.report import format_columns
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    rows = []
+    for m in registry.models.values():
+        retired = m.is_retired(today)
+        if retired and not show_all:
+            continue
+        lc = m.lifecycle
+        if m.pricing is not None and not retired:
+            r, _ = m.pricing.in_effect(today)
+            prices = [format(p, "f") for p in (r.input, r.output, r.cache_read, r.cache_write)]
+        else:
+            prices = ["-"] * 4
+        status = "retired" if retired else lc.status
+        when = f"retires {lc.retires_on}" if lc.retires_on and not retired else (f"since {lc.retires_on}" if retired else "")
+        rows.append([m.id, m.kind, status + (" (gated)" if m.access == "gated" else ""), *prices, when])
+    head = ["id", "kind", "status", "input", "output", "cache_read", "cache_write", "lifecycle"]
+    click.echo(format_columns(head, rows))
+
+
+# -- submit ------------------------------------------------------------------------------------
+def _read_lines(file: str) -> Iterable[bytes]:
+    if file == "-":
+        return sys.stdin.buffer
+    path = Path(file)
+    if not path.is_file():
+        raise click.ClickException(f"{file}: no such file")
+    return path.open("rb")
+
+
+def _parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--metadata")
+        k, v = pair.split("=", 1)
+        out[k] = v
+    return out
+
+
+submit_options = [
+    click.option("--keep-valid", is_flag=True, help="Enqueue the valid lines; record bad lines as errored results."),
+    click.option("--drop-unsupported-params", is_flag=True, help="Drop parameters a model would reject (recorded per result) instead of failing the line."),
+    click.option("--metadata", "-m", multiple=True, metavar="KEY=VALUE", help="Attach metadata to the batch."),
+]
+
+
+def _with_submit_options(fn: F) -> F:
+    for option in reversed(submit_options):
+        fn = option(fn)
+    return fn
+
+
+def _validate_and_submit(conn: Any, settings: Settings, registry: Registry, file: str, keep_valid: bool,
+                         drop_unsupported_params: bool, metadata: tuple[str, ...], as_json: bool) -> str:
+    from producer.batchfile import read_batch
+    from producer.submit import SubmissionRejected, submit
+
+    parsed = read_batch(_read_lines(file), registry, drop_unsupported=drop_unsupported_params)
+    try:
+        bid = submit(conn, settings, parsed, keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
+                     metadata=_parse_metadata(metadata))
+    except SubmissionRejected as exc:
+        if as_json:
+            click.echo(_dumps({"error": {"message": str(exc), "type": "invalid_request_error", "code": "invalid_batch"},
+                               "lines": [e.to_json() for e in exc.errors]}))
+        else:
+            for err in exc.errors:
+                click.echo(str(err), err=True)
+        raise click.ClickException(str(exc)) from None
+    for err in parsed.errors:  # kept as errored results
+        click.echo(f"{err} (recorded as an errored result)", err=True)
+    return bid
+
+
+@main.command("submit")
+@click.argument("file")
+@_with_submit_options
+@click.option("--json", "as_json", is_flag=True, help="Print {\"id\": ...} (and errors) as JSON.")
+@click.option("--wait", is_flag=True, help="Follow the batch until every request has a result.")
+@friendly
+def submit_cmd(file: str, keep_valid: bool, drop_unsupported_params: bool, metadata: tuple[str, ...],
+               as_json: bool, wait: bool) -> None:
+    """Validate FILE (JSONL; - for stdin) and enqueue it. Prints the batch id."""
+    settings = _settings()
+    registry = _registry(settings)
+    conn = _shared_redis(settings)
+    bid = _validate_and_submit(conn, settings, registry, file, keep_valid, drop_unsupported_params, metadata, as_json)
+    if not wait:
+        click.echo(_dumps({"id": bid}) if as_json else bid)
+        return
+    if not as_json:
+        click.echo(bid)
+    from producer.client import Client
+
+    status = _follow(Client(conn, settings, registry), bid)
+    click.echo(_dumps(status) if as_json else _status_text(status))
+
+
+def _follow(client: Any, bid: str, poll: float = 0.5) -> dict[str, Any]:
+    """Poll until final; a progress line on stderr whenever the counts move."""
+    last = None
+    started = time.monotonic()
+    while True:
+        status = client.status(bid)
+        c = status["request_counts"]
+        done = c["total"] - c["processing"]
+        now = (done, c["errored"])
+        if now != last:
+            rate = done / max(time.monotonic() - started, 1e-9)
+            click.echo(f"{bid}: {done}/{c['total']} done, {c['errored']} errored, "
+                       f"{rate:.1f} req/s, cost ${status['cost']['total']}", err=True)
+            last = now
+        if status["status"] in ("completed", "cancelled", "expired"):
+            return status
+        time.sleep(poll)
+
+
+# -- status / results --------------------------------------------------------------------------
+def _status_text(s: dict[str, Any]) -> str:
+    c, cost = s["request_counts"], s["cost"]
+    return "\n".join([
+        f"{s['id']}  {s['status']}",
+        f"requests  {c['total']} total, {c['succeeded']} succeeded, {c['errored']} errored, "
+        f"{c['canceled']} canceled, {c['processing']} processing",
+        f"cost      ${cost['total']}  (input {cost['input']}, cache_read {cost['cache_read']}, "
+        f"cache_write {cost['cache_write']}, output {cost['output']})",
+        f"spent     ${s['spent']}  (billed by providers over all attempts)",
+    ])
+
+
+@main.command()
+@click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def status(batch_id: str, as_json: bool) -> None:
+    """Show a batch's status, request counts and cost so far."""
+    from producer.client import Client
+
+    settings = _settings()
+    s = Client(_shared_redis(settings), settings, _registry(settings)).status(batch_id)
+    click.echo(_dumps(s) if as_json else _status_text(s))
+
+
+@main.command()
+@click.argument("batch_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to a file instead of stdout.")
+@friendly
+def results(batch_id: str, output: str | None) -> None:
+    """Write the OpenAI batch output lines (plus cost) in input order."""
+    from producer.client import Client, write_jsonl
+
+    settings = _settings()
+    client = Client(_shared_redis(settings), settings, _registry(settings))
+    s = client.status(batch_id)
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            n = write_jsonl(client.results(batch_id), fh)
+        click.echo(f"wrote {n} result lines to {output}", err=True)
+    else:
+        n = write_jsonl(client.results(batch_id), sys.stdout)
+    if s["request_counts"]["processing"]:
+        click.echo(f"note: {s['request_counts']['processing']} requests have no result yet", err=True)
+
+
+# -- worker ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--concurrency", type=click.IntRange(1, 10_000), help="HTTP calls in flight per process (default 64, OTB_CONCURRENCY).")
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option("--name", help="Worker name (default: RQ's).")
+def worker(concurrency: int | None, burst: bool, name: str | None) -> None:
+    """Run an RQ worker (JSON serializer) that processes batch chunks concurrently."""
+    from rq import Worker
+    from rq.serializers import JSONSerializer
+
+    from producer.submit import queue_for
+    from worker import jobs
+
+    settings = _settings()
+    if concurrency:
+        settings = settings.with_(concurrency=concurrency)
+    _registry(settings)  # a malformed registry stops the worker here, not mid-batch
+    conn = _shared_redis(settings)
+    jobs.configure(settings)
+    click.echo(f"otb worker: queue {settings.queue_name!r} on {_safe_url(settings.redis_url or '')}, "
+               f"concurrency {settings.concurrency}, keys for {sorted(settings.api_keys) or 'no provider'}", err=True)
+    w = Worker([queue_for(conn, settings)], connection=conn, serializer=JSONSerializer, name=name,
+               job_monitoring_interval=10, worker_ttl=60, maintenance_interval=30)
+    w.work(burst=burst, logging_level="INFO")
+
+
+# -- emulator ----------------------------------------------------------------------------------
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+@click.option("--latency-ms", default=0.0, show_default=True, help="Added to every call.")
+@click.option("--jitter-ms", default=0.0, show_default=True)
+@click.option("--error-rate", default=0.0, show_default=True, help="Fraction answered 500/503/529.")
+@click.option("--rate-429", default=0.0, show_default=True, help="Fraction answered 429 with Retry-After.")
+@click.option("--retry-after", default=1.0, show_default=True, help="Seconds sent in Retry-After.")
+@click.option("--seed", type=int, help="Seed for the random faults.")
+def emulator(host: str, port: int, latency_ms: float, jitter_ms: float, error_rate: float, rate_429: float,
+             retry_after: float, seed: int | None) -> None:
+    """Serve the Anthropic and Gemini wire formats locally (point OTB_*_BASE_URL at it)."""
+    from worker.emulator import EmulatorConfig, serve
+
+    config = EmulatorConfig(latency_ms=latency_ms, jitter_ms=jitter_ms, error_rate=error_rate, rate_429=rate_429,
+                            retry_after=retry_after, seed=seed)
+    serve(host, port, config, _registry(_settings()))
+
+
+# -- run / demo --------------------------------------------------------------------------------
+@main.command()
+@click.argument("file")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write result lines here.")
+@_with_submit_options
+@click.option("--emulator/--no-emulator", "use_emulator", default=False,
+              help="Send to the built-in provider emulator instead of the real APIs.")
+@click.option("--latency-ms", default=0.0, help="Emulator latency per call.")
+@friendly
+def run(file: str, output: str | None, keep_valid: bool, drop_unsupported_params: bool,
+        metadata: tuple[str, ...], use_emulator: bool, latency_ms: float) -> None:
+    """Submit, process and report FILE in one process (embedded Redis when REDIS_URL is unset)."""
+    _run_and_report(file, output, keep_valid, drop_unsupported_params, metadata, use_emulator, latency_ms, show_lines=False)
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write result lines here.")
+@friendly
+def demo(output: str | None) -> None:
+    """Run the bundled example batch (both providers, chat + embeddings, one bad line) on the emulator."""
+    click.echo(f"demo batch: {EXAMPLE}", err=True)
+    _run_and_report(str(EXAMPLE), output, True, False, ("source=demo",), True, 20.0, show_lines=True)
+
+
+def _run_and_report(file: str, output: str | None, keep_valid: bool, drop: bool, metadata: tuple[str, ...],
+                    use_emulator: bool, latency_ms: float, *, show_lines: bool) -> None:
+    from contextlib import ExitStack
+
+    from producer.client import Client, write_jsonl
+    from producer.local import connect, drain, emulated
+    from producer.report import by_model, error_counts, render_table
+    from worker.emulator import EmulatorConfig
+
+    settings = _settings()
+    registry = _registry(settings)
+    with ExitStack() as stack:
+        if use_emulator:
+            settings = stack.enter_context(emulated(settings, registry, EmulatorConfig(latency_ms=latency_ms)))
+        conn = connect(settings)
+        where = "embedded Redis" if not settings.redis_url else _safe_url(settings.redis_url)
+        bid = _validate_and_submit(conn, settings, registry, file, keep_valid, drop, metadata, False)
+        click.echo(f"{bid}: submitted to {where}; processing in this process"
+                   + (" against the built-in emulator" if use_emulator else ""), err=True)
+        started = time.monotonic()
+        drain(conn, settings)
+        elapsed = time.monotonic() - started
+        client = Client(conn, settings, registry)
+        status = client.status(bid)
+        lines = list(client.results(bid))
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            write_jsonl(lines, fh)
+        click.echo(f"wrote {len(lines)} result lines to {output}", err=True)
+    if show_lines:
+        click.echo(_result_lines_text(lines))
+    rows, total = by_model(lines)
+    click.echo(render_table(rows, total))
+    errors = error_counts(lines)
+    if errors:
+        click.echo("errors: " + ", ".join(f"{code} x{n}" for code, n in errors.items()))
+    click.echo(_status_text(status))
+    click.echo(f"processed in {elapsed:.2f} s", err=True)
+
+
+def _result_lines_text(lines: list[dict[str, Any]]) -> str:
+    out = []
+    for line in lines:
+        meta = line.get("meta") or {}
+        if meta.get("outcome") == "succeeded":
+            body = line["response"]["body"]
+            if body.get("object") == "list":
+                gist = f"{len(body['data'])} embedding(s) of {len(body['data'][0]['embedding'])} dims"
+            else:
+                msg = body["choices"][0]["message"]
+                calls = msg.get("tool_calls") or []
+                gist = (msg.get("content") or "")[:60] or ", ".join(f"calls {c['function']['name']}" for c in calls)
+        else:
+            err = line.get("error") or (line.get("response") or {}).get("body", {}).get("error", {})
+            gist = f"ERROR {err.get('code')}: {err.get('message')}"
+        out.append(f"{line['custom_id']:<22} {str(meta.get('model')):<32} ${line['cost']['total']:<12} {gist}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The embedded stack for `otb run` / `otb demo`: in-process Redis, in-process worker, optional emulator.
+
+Nothing here changes behaviour under test; it only assembles the same parts in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import fakeredis
+import redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+from worker import jobs
+from worker.emulator import EmulatorConfig, start_background
+from worker.registry import Registry
+from worker.settings import KEY_ENV, Settings
+
+from .submit import queue_for
+
+EMULATOR_KEY = "emulator-key-not-secret"
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A shared Redis from REDIS_URL, or (embedded default) a private in-process fakeredis."""
+    if settings.redis_url:
+        return redis.Redis.from_url(settings.redis_url)
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+
+
+@contextmanager
+def emulated(settings: Settings, registry: Registry, config: EmulatorConfig | None = None) -> Iterator[Settings]:
+    """Start the built-in provider emulator and point both adapters at it (placeholder keys where unset)."""
+    with ExitStack() as stack:
+        emu = start_background(config or EmulatorConfig(), registry)
+        stack.callback(emu.stop)
+        keys = {p: settings.api_keys.get(p) or EMULATOR_KEY for p in KEY_ENV}
+        yield settings.with_(anthropic_base_url=emu.url, google_base_url=emu.url, api_keys=keys)
+
+
+def drain(conn: redis.Redis, settings: Settings) -> None:
+    """Run every queued job in this process until the queue is empty."""
+    jobs.configure(settings)
+    logging.getLogger("rq.worker").setLevel(logging.WARNING)
+    worker = SimpleWorker([queue_for(conn, settings)], connection=conn, serializer=JSONSerializer)
+    worker.work(burst=True, logging_level="WARNING")

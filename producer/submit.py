@@ -1,0 +1,105 @@
+"""Store a validated batch and enqueue its chunk jobs, all in one Redis transaction.
+
+Either the whole batch lands (record, requests, results for refused lines, jobs) or none of it.
+By default one bad line refuses the submission; `keep_valid` stores the refused lines as
+`errored` results so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.serializers import JSONSerializer
+
+from worker.errors import OTBError
+from worker.results import error_line
+from worker.settings import Settings
+from worker.store import Store
+
+from .batchfile import LineError, ParsedBatch
+
+CHUNK_JOB = "worker.jobs.run_chunk"
+
+
+class SubmissionRejected(OTBError):
+    """Some lines are bad and the caller did not ask to keep the good ones."""
+
+    def __init__(self, errors: list[LineError]) -> None:
+        self.errors = errors
+        noun = "line is" if len(errors) == 1 else "lines are"
+        super().__init__(
+            f"{len(errors)} {noun} invalid; nothing was enqueued "
+            "(fix them, or pass --keep-valid to enqueue the valid lines and record these as errored)"
+        )
+
+
+def queue_for(conn: redis.Redis, settings: Settings) -> Queue:
+    return Queue(settings.queue_name, connection=conn, serializer=JSONSerializer)
+
+
+def submit(
+    conn: redis.Redis,
+    settings: Settings,
+    parsed: ParsedBatch,
+    *,
+    keep_valid: bool = False,
+    drop_unsupported_params: bool = False,
+    metadata: dict[str, str] | None = None,
+    chunk_size: int | None = None,
+) -> str:
+    """Store and enqueue; returns the batch id."""
+    if parsed.errors and (not keep_valid or not parsed.lines):
+        raise SubmissionRejected(parsed.errors)
+    bid = "batch_" + uuid.uuid4().hex[:24]
+    requests = [(ln.custom_id, {"url": ln.url, "body": ln.body, "line": ln.number}) for ln in parsed.lines]
+    rejected, rejected_numbers = _rejected_results(bid, parsed)
+    numbered = [(ln.number, ln.custom_id) for ln in parsed.lines] + list(zip(rejected_numbers, (c for c, _ in rejected)))
+    order = [cid for _, cid in sorted(numbered)]
+    record: dict[str, Any] = {
+        "id": bid,
+        "status": "in_progress",
+        "created_at": f"{time.time():.3f}",
+        "options": {"drop_unsupported_params": drop_unsupported_params, "keep_valid": keep_valid},
+        "metadata": metadata or {},
+    }
+    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    queue = queue_for(conn, settings)
+    size = chunk_size or settings.chunk_size
+    ids = [cid for cid, _ in requests]
+    jobs = [
+        Queue.prepare_data(
+            CHUNK_JOB,
+            args=(bid, ids[start : start + size]),
+            job_id=f"{bid}-{start // size}",
+            timeout=settings.job_timeout,
+            result_ttl=3600,
+            failure_ttl=settings.result_ttl,
+            retry=Retry(max=3),
+            description=f"{bid} requests {start}..{min(start + size, len(ids)) - 1}",
+        )
+        for start in range(0, len(ids), size)
+    ]
+    with conn.pipeline(transaction=True) as pipe:
+        store.write_batch(pipe, bid, record, requests, rejected, order)
+        if jobs:
+            queue.enqueue_many(jobs, pipeline=pipe)
+        pipe.execute()
+    return bid
+
+
+def _rejected_results(bid: str, parsed: ParsedBatch) -> tuple[list[tuple[str, str]], list[int]]:
+    """Errored result lines for refused lines, keyed so they never collide with a valid custom_id."""
+    taken = {ln.custom_id for ln in parsed.lines}
+    out: list[tuple[str, str]] = []
+    for err in parsed.errors:
+        cid = err.custom_id if err.custom_id and err.custom_id not in taken else f"line-{err.number}"
+        taken.add(cid)
+        meta = {"model": err.model, "line": err.number, "attempts": 0}
+        line = error_line(bid, cid, err.error, meta)
+        out.append((cid, json.dumps(line, separators=(",", ":"))))
+    return out, [err.number for err in parsed.errors]

@@ -1,0 +1,145 @@
+"""Job level: submit + the in-process worker against the emulator, on fakeredis (no Redis behaviour at stake)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+
+import fakeredis
+import pytest
+
+from producer.client import Client
+from producer.local import drain
+from worker.jobs import process_chunk
+from worker.settings import Settings
+from worker.store import Store
+
+from .conftest import ROOT
+
+
+def chat(cid: str, model: str, text: str, **extra):  # type: ignore[no-untyped-def]
+    return {"custom_id": cid, "model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+@pytest.fixture
+def setup(emulator, registry):  # type: ignore[no-untyped-def]
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    settings = Settings(
+        anthropic_base_url=emulator.url, google_base_url=emulator.url, registry_path=ROOT / "registry.json",
+        api_keys={"anthropic": "sk-ant-test", "google": "gm-test"}, max_attempts=3,
+    )
+    return conn, settings, Client(conn, settings, registry)
+
+
+def run(client: Client, conn, settings, requests, **kw):  # type: ignore[no-untyped-def]
+    bid = client.submit(requests, **kw)
+    drain(conn, settings)
+    return bid, {line["custom_id"]: line for line in client.results(bid)}, client.status(bid)
+
+
+def test_batch_completes_with_one_result_each_and_totals_that_add_up(setup):
+    conn, settings, client = setup
+    reqs = [chat(f"c{i}", "google/gemini-3-flash" if i % 2 else "anthropic/claude-haiku-5-5", f"hello {i}")
+            for i in range(10)]
+    reqs.append({"custom_id": "e1", "model": "google/gemini-embedding-001", "input": ["a b c d", "efgh"]})
+    bid, lines, status = run(client, conn, settings, reqs)
+    assert status["status"] == "completed"
+    assert status["request_counts"] == {"total": 11, "succeeded": 11, "errored": 0, "canceled": 0, "processing": 0}
+    assert sum(Decimal(line["cost"]["total"]) for line in lines.values()) == Decimal(status["cost"]["total"])
+    assert Decimal(status["spent"]) == Decimal(status["cost"]["total"])
+    chat_line = lines["c1"]
+    assert chat_line["response"]["status_code"] == 200
+    assert chat_line["response"]["body"]["object"] == "chat.completion"
+    assert chat_line["response"]["body"]["model"] == "google/gemini-3-flash"
+    emb = lines["e1"]["response"]["body"]
+    assert emb["object"] == "list" and len(emb["data"]) == 2
+    assert lines["e1"]["meta"]["usage"]["estimated"] is False  # counted by countTokens, not guessed
+
+
+def test_a_rerun_neither_calls_nor_bills_again(setup, emulator):
+    conn, settings, client = setup
+    bid, _, before = run(client, conn, settings, [chat(f"r{i}", "google/gemini-3-flash", f"x{i}") for i in range(5)])
+    calls = emulator.stats()["calls"]
+    ids = [f"r{i}" for i in range(5)]
+    summary = asyncio.run(process_chunk(conn, settings, bid, ids))
+    assert summary["skipped"] == 5
+    assert emulator.stats()["calls"] == calls
+    assert client.status(bid) == before
+
+
+def test_retryable_failures_are_retried_and_counted(setup):
+    conn, settings, client = setup
+    text = "#emu:fail-first=2:529 #emu:retry-after=0 please answer"
+    _, lines, status = run(client, conn, settings, [chat("flaky", "anthropic/claude-haiku-5-5", text)])
+    assert status["request_counts"]["succeeded"] == 1
+    assert lines["flaky"]["meta"]["attempts"] == 3
+
+
+def test_fatal_upstream_errors_are_not_retried(setup):
+    conn, settings, client = setup
+    _, lines, status = run(client, conn, settings, [chat("bad", "google/gemini-3-flash", "#emu:fail=400")])
+    line = lines["bad"]
+    assert status["request_counts"]["errored"] == 1
+    assert line["meta"]["attempts"] == 1
+    assert line["response"]["status_code"] == 400
+    assert line["response"]["body"]["error"]["type"] == "invalid_request_error"
+    assert line["cost"]["total"] == "0"
+
+
+def test_exhausted_retries_on_a_dropped_connection_end_with_the_last_error(setup):
+    conn, settings, client = setup
+    settings = settings.with_(max_attempts=2)
+    client.settings = settings
+    _, lines, _ = run(client, conn, settings, [chat("reset", "google/gemini-3-flash", "#emu:reset")])
+    line = lines["reset"]
+    assert line["response"] is None
+    assert line["error"]["code"] == "upstream_unreachable"
+    assert line["meta"]["attempts"] == 2
+
+
+def test_missing_api_key_names_the_variable(setup):
+    conn, settings, client = setup
+    settings = settings.with_(api_keys={"google": "gm-test"})
+    _, lines, _ = run(client, conn, settings, [chat("k", "anthropic/claude-haiku-5-5", "hi")])
+    error = lines["k"]["response"]["body"]["error"]
+    assert error["code"] == "missing_api_key"
+    assert "ANTHROPIC_API_KEY" in error["message"]
+
+
+def test_rerouted_gemini_model_is_billed_as_the_model_that_ran(setup, registry):
+    conn, settings, client = setup
+    _, lines, _ = run(client, conn, settings, [chat("old", "google/gemini-3.5-flash", "hi there")])
+    meta = lines["old"]["meta"]
+    assert meta["model"] == "google/gemini-3.5-flash"
+    assert meta["billed_model"] == "google/gemini-3.6-flash"
+
+
+def test_dropped_parameters_are_recorded(setup):
+    conn, settings, client = setup
+    req = chat("t", "anthropic/claude-opus-5-5", "hi", temperature=0.2)
+    _, lines, _ = run(client, conn, settings, [req], drop_unsupported_params=True)
+    assert lines["t"]["meta"]["outcome"] == "succeeded"
+    assert lines["t"]["meta"]["dropped_params"] == ["temperature"]
+
+
+def test_a_model_removed_from_the_registry_after_submit_fails_at_work_time(setup, tmp_path):
+    conn, settings, client = setup
+    bid = client.submit([chat("gone", "google/gemini-3-flash", "hi")])
+    raw = json.loads((ROOT / "registry.json").read_text())
+    raw["models"] = [m for m in raw["models"] if m["id"] != "google/gemini-3-flash"]
+    smaller = tmp_path / "registry.json"
+    smaller.write_text(json.dumps(raw))
+    drain(conn, settings.with_(registry_path=smaller))
+    line = next(client.results(bid))
+    assert line["response"]["body"] == {"error": {
+        "message": 'model "google/gemini-3-flash" not found', "type": "invalid_request_error", "code": "model_not_found"}}
+
+
+def test_results_keep_input_order_and_keys_expire(setup):
+    conn, settings, client = setup
+    bid, _, _ = run(client, conn, settings, [chat(f"o{i}", "google/gemini-3-flash", str(i)) for i in (3, 1, 2)])
+    assert [line["custom_id"] for line in client.results(bid)] == ["o3", "o1", "o2"]
+    keys = Store(conn, settings.key_prefix).keys
+    for key in (keys.batch(bid), keys.ids(bid), keys.requests(bid), keys.results(bid)):
+        assert 0 < conn.ttl(key) <= settings.result_ttl

@@ -1,0 +1,221 @@
+"""RQ job functions: the only place that joins adapter, HTTP, retry, pricing and store.
+
+One RQ job is a chunk of requests (ids only, JSON-serialised). The chunk runs its requests
+concurrently on asyncio, each one: skip if already final -> resolve the model again -> translate ->
+send with retries -> parse -> price -> commit once. A re-run of the chunk (crash, duplicate
+execution) finds committed requests and neither calls nor bills them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import redis
+from pydantic import ValidationError
+
+from . import http
+from .errors import InvalidRequest, MissingApiKey, ProtocolError, RequestFailed
+from .pricing import cost as price, to_pico
+from .providers import ADAPTERS
+from .providers.base import Parsed, Prepared, UpstreamCall
+from .registry import ModelSpec, Registry, load_registry
+from .results import error_line, success_line
+from .retry import RetryPolicy
+from .schemas import KIND_BY_URL, ChatRequest, EmbeddingRequest, Usage
+from .settings import KEY_ENV, Settings
+from .store import Store
+
+log = logging.getLogger("otb.worker")
+
+_settings: Settings | None = None
+
+
+def configure(settings: Settings) -> None:
+    """Set by `otb worker` / `otb run` before work starts; forked job processes inherit it."""
+    global _settings
+    _settings = settings
+
+
+def current_settings() -> Settings:
+    # A bare `rq worker` never called configure(): then the job is the edge and reads the env.
+    return _settings if _settings is not None else Settings.from_env()
+
+
+def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, int]:
+    """RQ entry point (sync wrapper so every RQ worker class runs it the same way)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    conn = job.connection if job is not None else redis.Redis.from_url(current_settings().redis_url or "")
+    return asyncio.run(process_chunk(conn, current_settings(), batch_id, custom_ids))
+
+
+async def process_chunk(conn: redis.Redis, settings: Settings, batch_id: str, custom_ids: list[str]) -> dict[str, int]:
+    registry = load_registry(settings.registry_path)  # again: the registry may have changed since submit
+    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    done = store.done_ids(batch_id, custom_ids)
+    todo = [cid for cid in custom_ids if cid not in done]
+    requests = store.load_requests(batch_id, todo)
+    options = _batch_options(store, batch_id)
+    summary = {"skipped": len(done), "succeeded": 0, "errored": 0}
+    async with http.make_client(concurrency=settings.concurrency, timeout=settings.request_timeout) as client:
+        ctx = Context(settings, registry, store, client, RetryPolicy(settings.max_attempts, max_wait=settings.retry_max_wait), options)
+        gate = asyncio.Semaphore(settings.concurrency)
+
+        async def one(cid: str) -> None:
+            async with gate:
+                outcome = await process_request(ctx, batch_id, cid, requests[cid])
+                summary[outcome] = summary.get(outcome, 0) + 1
+
+        await asyncio.gather(*(one(cid) for cid in todo))
+    return summary
+
+
+@dataclass
+class Context:
+    settings: Settings
+    registry: Registry
+    store: Store
+    client: httpx.AsyncClient
+    policy: RetryPolicy
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Attempts:
+    count: int = 0
+
+
+async def process_request(ctx: Context, batch_id: str, custom_id: str, record: dict[str, Any] | None) -> str:
+    """Run one request to a final, committed result. Returns 'succeeded', 'errored' or 'skipped'."""
+    if ctx.store.has_result(batch_id, custom_id):  # another execution finished it meanwhile
+        return "skipped"
+    attempts = Attempts()
+    meta: dict[str, Any] = {}
+    try:
+        if record is None:
+            raise InvalidRequest(f"request {custom_id!r} is missing from the batch (expired or deleted)")
+        kind = KIND_BY_URL[record["url"]]
+        model_id = record["body"].get("model")
+        meta["model"] = model_id
+        spec = ctx.registry.resolve_for(model_id, kind)
+        adapter = ADAPTERS[spec.provider]
+        prepared = _prepare(ctx, adapter, spec, kind, record["body"])
+        meta["dropped_params"] = prepared.dropped_params
+        if prepared.notes:
+            meta["notes"] = prepared.notes
+        parsed = await _execute(ctx, adapter, spec, kind, record["body"], prepared, attempts)
+        billed = _billed_spec(ctx.registry, spec, parsed)
+        meta["billed_model"] = billed.id
+        meta["attempts"] = attempts.count
+        charge = price(parsed.usage, billed, _today())
+        ctx.store.add_spend(batch_id, to_pico(charge.total))  # paid, whether or not this commit wins
+        line = success_line(
+            batch_id, custom_id, parsed.body, request_id=parsed.request_id, usage=parsed.usage, cost=charge, meta=meta
+        )
+        costs = {name: to_pico(getattr(charge, name)) for name in ("input", "cache_read", "cache_write", "output")}
+        ctx.store.commit(batch_id, custom_id, line, "succeeded", costs, _token_counts(parsed.usage))
+        return "succeeded"
+    except RequestFailed as error:
+        meta["attempts"] = attempts.count
+        log.info("request %s/%s errored: %s", batch_id, custom_id, error.code)
+        ctx.store.commit(batch_id, custom_id, error_line(batch_id, custom_id, error, meta), "errored", {}, {})
+        return "errored"
+
+
+def _prepare(ctx: Context, adapter: Any, spec: ModelSpec, kind: str, body: dict[str, Any]) -> Prepared:
+    api_version = ctx.registry.api_version(spec.provider)
+    try:
+        if kind == "chat":
+            request = ChatRequest.model_validate(body)
+            drop = bool(ctx.options.get("drop_unsupported_params"))
+            return adapter.prepare_chat(request, spec, api_version=api_version, drop_unsupported=drop)
+        return adapter.prepare_embeddings(EmbeddingRequest.model_validate(body), spec, api_version=api_version)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid request body: {exc.errors()[0]['msg']}") from exc
+
+
+async def _execute(
+    ctx: Context, adapter: Any, spec: ModelSpec, kind: str, body: dict[str, Any], prepared: Prepared,
+    attempts: Attempts,
+) -> Parsed:
+    key = ctx.settings.api_key(spec.provider)
+    if not key:
+        var = KEY_ENV[spec.provider]
+        raise MissingApiKey(f"{var} is not set for the worker; export {var} to call {spec.provider} models")
+    auth = adapter.auth_headers(key)
+    base = ctx.settings.base_url(spec.provider)
+    if kind == "chat":
+        data, request_id = await _call(ctx, adapter, base, prepared.calls[0], auth, attempts)
+        return adapter.parse_chat(data, spec, request_id=request_id)
+    request = EmbeddingRequest.model_validate(body)
+    answers = [(await _call(ctx, adapter, base, call, auth, attempts))[0] for call in prepared.calls]
+    token_count = await _count_tokens(ctx, adapter, spec, request, base, auth)
+    return adapter.parse_embeddings(answers, request, spec, token_count=token_count)
+
+
+async def _count_tokens(ctx: Context, adapter: Any, spec: ModelSpec, request: EmbeddingRequest, base: str, auth: dict[str, str]) -> int | None:
+    """Exact input tokens from countTokens; None (the adapter then estimates, and says so) if it fails."""
+    call = adapter.prepare_count_tokens(request, spec, api_version=ctx.registry.api_version(spec.provider))
+    try:
+        data, _ = await _call(ctx, adapter, base, call, auth, Attempts())
+        return adapter.parse_count_tokens(data)
+    except RequestFailed as exc:
+        log.warning("countTokens failed for %s (%s); estimating", spec.id, exc.code)
+        return None
+
+
+async def _call(
+    ctx: Context, adapter: Any, base: str, call: UpstreamCall, auth: dict[str, str], attempts: Attempts
+) -> tuple[dict[str, Any], str | None]:
+    """Send one call, retrying what is retryable; the decoded JSON of the 2xx answer and its request id."""
+    tries = 0
+    while True:
+        tries += 1
+        attempts.count += 1
+        try:
+            answer = await http.send(ctx.client, base, call, auth)
+            if 200 <= answer.status < 300:
+                data = answer.json()
+                if not isinstance(data, dict):
+                    raise ProtocolError("provider answered with JSON that is not an object")
+                return data, answer.headers.get("request-id") or answer.headers.get("x-request-id")
+            raise adapter.parse_error(answer.status, answer.headers, answer.content)
+        except RequestFailed as error:
+            if not ctx.policy.should_retry(error, tries):
+                raise
+            await asyncio.sleep(ctx.policy.delay(tries, error.retry_after))
+
+
+def _billed_spec(registry: Registry, spec: ModelSpec, parsed: Parsed) -> ModelSpec:
+    """Google may serve a deprecated id with another model; bill what actually ran."""
+    served = parsed.upstream_model
+    if not served or served == spec.upstream:
+        return spec
+    other = registry.by_upstream(spec.provider, served)
+    return other if other is not None and other.pricing is not None else spec
+
+
+def _token_counts(usage: Usage) -> dict[str, int]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_5m_tokens + usage.cache_write_1h_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+    }
+
+
+def _batch_options(store: Store, batch_id: str) -> dict[str, Any]:
+    raw = store.batch(batch_id) or {}
+    return json.loads(raw.get("options") or "{}")
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(dt.timezone.utc).date()

@@ -1,0 +1,87 @@
+"""One typed Settings object, read from the environment at the edge (CLI, worker start) and passed down.
+
+This is the only module that reads `os.environ`. API keys are held here in memory only: they are
+never part of a job, a Redis key, a result or a log line (`__repr__` masks them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "registry.json"
+DEFAULT_BASE_URLS = {
+    "anthropic": "https://api.anthropic.com",
+    "google": "https://generativelanguage.googleapis.com",
+}
+KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "google": "GEMINI_API_KEY"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None  # None: embedded fakeredis (only `otb run` / `otb demo`)
+    registry_path: Path = DEFAULT_REGISTRY
+    key_prefix: str = "otb"
+    queue_name: str = "otb"
+    anthropic_base_url: str = DEFAULT_BASE_URLS["anthropic"]
+    google_base_url: str = DEFAULT_BASE_URLS["google"]
+    api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    concurrency: int = 64  # HTTP calls in flight per worker process
+    chunk_size: int = 100  # requests per RQ job
+    request_timeout: float = 120.0  # seconds per HTTP call
+    job_timeout: int = 3600  # seconds per RQ chunk job
+    max_attempts: int = 5  # HTTP tries per request
+    retry_max_wait: float = 60.0  # longest Retry-After honoured by sleeping
+    result_ttl: int = 7 * 24 * 3600  # seconds results and batch records are kept
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        keys = {p: env[var] for p, var in KEY_ENV.items() if env.get(var)}
+        return cls(
+            redis_url=env.get("REDIS_URL") or None,
+            registry_path=Path(env.get("OTB_REGISTRY") or DEFAULT_REGISTRY),
+            key_prefix=env.get("OTB_KEY_PREFIX", "otb"),
+            queue_name=env.get("OTB_QUEUE", "otb"),
+            anthropic_base_url=env.get("OTB_ANTHROPIC_BASE_URL") or DEFAULT_BASE_URLS["anthropic"],
+            google_base_url=env.get("OTB_GOOGLE_BASE_URL") or DEFAULT_BASE_URLS["google"],
+            api_keys=keys,
+            concurrency=_int(env, "OTB_CONCURRENCY", 64),
+            chunk_size=_int(env, "OTB_CHUNK_SIZE", 100),
+            request_timeout=float(_int(env, "OTB_REQUEST_TIMEOUT", 120)),
+            job_timeout=_int(env, "OTB_JOB_TIMEOUT", 3600),
+            max_attempts=_int(env, "OTB_MAX_ATTEMPTS", 5),
+            result_ttl=_int(env, "OTB_RESULT_TTL", 7 * 24 * 3600),
+        )
+
+    def base_url(self, provider: str) -> str:
+        return {"anthropic": self.anthropic_base_url, "google": self.google_base_url}[provider].rstrip("/")
+
+    def api_key(self, provider: str) -> str | None:
+        return self.api_keys.get(provider)
+
+    def with_(self, **changes: object) -> "Settings":
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def public(self) -> dict[str, object]:
+        """Everything but secrets, for logs and `otb worker` start-up lines."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_keys"}
+        out["api_keys"] = sorted(self.api_keys)
+        return out
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value

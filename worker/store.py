@@ -1,0 +1,205 @@
+"""The one module that knows Redis key names. Results are committed atomically and at most once.
+
+Key layout (prefix `otb`, configurable), all expiring after `result_ttl` seconds:
+
+    otb:batch:{id}            HASH   batch record: status, counts, cost/spend aggregates, options
+    otb:batch:{id}:ids        LIST   custom_ids in input order
+    otb:batch:{id}:requests   HASH   custom_id -> {"url", "body", "line"} as submitted
+    otb:batch:{id}:results    HASH   custom_id -> result line (OpenAI batch output line + cost + meta)
+    otb:batches               ZSET   batch ids by creation time
+
+Money in Redis is integer pico-dollars (1e-12 USD) so aggregates stay exact under HINCRBY.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import redis
+
+from .pricing import from_pico, normalize
+from .schemas import COST_FIELDS
+
+OUTCOMES = ("succeeded", "errored", "canceled")
+TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
+
+# Write a result once; count it once; close the batch when the last one lands.
+_COMMIT = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+for i = 6, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local h = redis.call('HMGET', KEYS[2], 'total', 'succeeded', 'errored', 'canceled', 'status')
+local done = (tonumber(h[2]) or 0) + (tonumber(h[3]) or 0) + (tonumber(h[4]) or 0)
+if done >= (tonumber(h[1]) or 0) then
+  local final = 'completed'
+  if h[5] == 'cancelling' then final = 'cancelled' end
+  redis.call('HSET', KEYS[2], 'status', final, 'completed_at', ARGV[5])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def batch(self, bid: str) -> str:
+        return f"{self.prefix}:batch:{bid}"
+
+    def ids(self, bid: str) -> str:
+        return f"{self.prefix}:batch:{bid}:ids"
+
+    def requests(self, bid: str) -> str:
+        return f"{self.prefix}:batch:{bid}:requests"
+
+    def results(self, bid: str) -> str:
+        return f"{self.prefix}:batch:{bid}:results"
+
+    @property
+    def batches(self) -> str:
+        return f"{self.prefix}:batches"
+
+
+class Store:
+    def __init__(self, conn: redis.Redis, prefix: str = "otb", ttl: int = 7 * 24 * 3600) -> None:
+        self.conn = conn
+        self.keys = Keys(prefix)
+        self.ttl = ttl
+        self._commit = conn.register_script(_COMMIT)
+
+    # -- submit -------------------------------------------------------------------------------
+    def write_batch(
+        self,
+        pipe: Any,
+        bid: str,
+        record: Mapping[str, Any],
+        requests: list[tuple[str, dict[str, Any]]],
+        rejected: list[tuple[str, str]],
+        order: list[str],
+    ) -> None:
+        """Queue the batch record, its requests, results for refused lines, and the input order on `pipe`."""
+        k = self.keys
+        now = time.time()
+        fields = {k_: _scalar(v) for k_, v in record.items()}
+        fields.update(total=len(requests) + len(rejected), succeeded=0, errored=len(rejected), canceled=0)
+        pipe.hset(k.batch(bid), mapping=fields)
+        for start in range(0, len(order), 1000):
+            pipe.rpush(k.ids(bid), *order[start : start + 1000])
+        if requests:
+            payload = {cid: json.dumps(req, separators=(",", ":")) for cid, req in requests}
+            pipe.hset(k.requests(bid), mapping=payload)
+        if rejected:
+            pipe.hset(k.results(bid), mapping=dict(rejected))
+        if not requests:
+            pipe.hset(k.batch(bid), mapping={"status": "completed", "completed_at": now})
+        for key in (k.batch(bid), k.ids(bid), k.requests(bid), k.results(bid)):
+            pipe.expire(key, self.ttl)
+        pipe.zadd(k.batches, {bid: now})
+
+    # -- work ---------------------------------------------------------------------------------
+    def load_requests(self, bid: str, custom_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        raw = self.conn.hmget(self.keys.requests(bid), custom_ids) if custom_ids else []
+        return {cid: (json.loads(r) if r is not None else None) for cid, r in zip(custom_ids, raw)}
+
+    def done_ids(self, bid: str, custom_ids: list[str]) -> set[str]:
+        """Which of these already have a final result (so a re-run never calls or bills them again)."""
+        if not custom_ids:
+            return set()
+        pipe = self.conn.pipeline(transaction=False)
+        for cid in custom_ids:
+            pipe.hexists(self.keys.results(bid), cid)
+        return {cid for cid, exists in zip(custom_ids, pipe.execute()) if exists}
+
+    def has_result(self, bid: str, custom_id: str) -> bool:
+        return bool(self.conn.hexists(self.keys.results(bid), custom_id))
+
+    def commit(
+        self,
+        bid: str,
+        custom_id: str,
+        line: dict[str, Any],
+        outcome: str,
+        cost_pico: Mapping[str, int],
+        tokens: Mapping[str, int],
+    ) -> bool:
+        """Store one final result and fold it into the batch aggregates; False if one was already there."""
+        assert outcome in OUTCOMES
+        increments: list[Any] = []
+        for name, value in cost_pico.items():
+            if value:
+                increments += [f"cost_{name}_pico", value]
+        for name, value in tokens.items():
+            if value:
+                increments += [name, value]
+        args = [custom_id, json.dumps(line, separators=(",", ":")), outcome, self.ttl, f"{time.time():.3f}"]
+        k = self.keys
+        return bool(self._commit(keys=[k.results(bid), k.batch(bid)], args=args + increments))
+
+    def add_spend(self, bid: str, pico: int) -> None:
+        """Money the provider billed for one HTTP attempt, whether or not its result is committed."""
+        if pico:
+            self.conn.hincrby(self.keys.batch(bid), "spent_pico", pico)
+
+    # -- read ---------------------------------------------------------------------------------
+    def batch(self, bid: str) -> dict[str, str] | None:
+        raw = self.conn.hgetall(self.keys.batch(bid))
+        if not raw:
+            return None
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def status(self, bid: str) -> dict[str, Any] | None:
+        """Status with request counts and exact cost so far (decimal strings)."""
+        raw = self.batch(bid)
+        if raw is None:
+            return None
+        counts = {name: int(raw.get(name, 0)) for name in ("total", *OUTCOMES)}
+        counts["processing"] = counts["total"] - sum(counts[o] for o in OUTCOMES)
+        buckets = [n for n in COST_FIELDS if n != "total"]
+        cost = {n: from_pico(int(raw.get(f"cost_{n}_pico", 0))) for n in buckets}
+        cost["total"] = normalize(sum(cost.values(), Decimal(0)))
+        return {
+            "id": bid,
+            "object": "batch",
+            "status": raw.get("status", "unknown"),
+            "created_at": _float(raw.get("created_at")),
+            "completed_at": _float(raw.get("completed_at")),
+            "request_counts": counts,
+            "cost": {n: format(v, "f") for n, v in cost.items()},
+            "spent": format(from_pico(int(raw.get("spent_pico", 0))), "f"),
+            "usage": {n: int(raw.get(n, 0)) for n in TOKEN_FIELDS},
+            "metadata": json.loads(raw.get("metadata", "{}") or "{}"),
+        }
+
+    def iter_results(self, bid: str, page: int = 500) -> Iterator[dict[str, Any] | None]:
+        """Result lines in input order; None for a request that has no result yet."""
+        k = self.keys
+        total = self.conn.llen(k.ids(bid))
+        for start in range(0, total, page):
+            ids = [_text(i) for i in self.conn.lrange(k.ids(bid), start, start + page - 1)]
+            for raw in self.conn.hmget(k.results(bid), ids):
+                yield json.loads(raw) if raw is not None else None
+
+    def batch_ids(self) -> list[str]:
+        return [_text(b) for b in self.conn.zrange(self.keys.batches, 0, -1)]
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"))
+    if isinstance(v, bool):
+        return int(v)
+    return v
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _float(v: str | None) -> float | None:
+    return float(v) if v not in (None, "") else None
