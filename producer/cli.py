@@ -200,14 +200,15 @@ def submit_cmd(file: str, keep_valid: bool, drop_unsupported_params: bool, metad
 def _follow(client: Any, bid: str, poll: float = 0.5) -> dict[str, Any]:
     """Poll until final; a progress line on stderr whenever the counts move."""
     last = None
-    started = time.monotonic()
+    started, first_done = time.monotonic(), None
     while True:
         status = client.status(bid)
         c = status["request_counts"]
         done = c["total"] - c["processing"]
+        first_done = done if first_done is None else first_done
         now = (done, c["errored"])
         if now != last:
-            rate = done / max(time.monotonic() - started, 1e-9)
+            rate = (done - first_done) / max(time.monotonic() - started, 1e-9)
             click.echo(f"{bid}: {done}/{c['total']} done, {c['errored']} errored, "
                        f"{rate:.1f} req/s, cost ${status['cost']['total']}", err=True)
             last = now

@@ -143,3 +143,43 @@ def test_results_keep_input_order_and_keys_expire(setup):
     keys = Store(conn, settings.key_prefix).keys
     for key in (keys.batch(bid), keys.ids(bid), keys.requests(bid), keys.results(bid)):
         assert 0 < conn.ttl(key) <= settings.result_ttl
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_gemini_thought_signatures_survive_a_tool_round_trip(setup):
+    conn, settings, client = setup
+    ask = {"role": "user", "content": "Weather in Lisbon?"}
+    first = {"custom_id": "t1", "model": "google/gemini-3-flash", "messages": [ask], "tools": [WEATHER_TOOL]}
+    _, lines, _ = run(client, conn, settings, [first])
+    message = lines["t1"]["response"]["body"]["choices"][0]["message"]
+    call = message["tool_calls"][0]
+    signature = call["extra_content"]["google"]["thought_signature"]
+    assert signature and lines["t1"]["response"]["body"]["choices"][0]["finish_reason"] == "tool_calls"
+
+    history = [ask, {"role": "assistant", "content": None, "tool_calls": message["tool_calls"]},
+               {"role": "tool", "tool_call_id": call["id"], "content": '{"temp_c": 21}'}]
+    second = {"custom_id": "t2", "model": "google/gemini-3-flash", "messages": history, "tools": [WEATHER_TOOL]}
+    _, lines, _ = run(client, conn, settings, [second])
+    line = lines["t2"]
+    assert line["meta"]["outcome"] == "succeeded", line
+    assert line["response"]["body"]["choices"][0]["finish_reason"] == "stop"
+    assert "notes" not in line["meta"]  # the real signature went back, not the sentinel
+
+
+def test_anthropic_tool_round_trip(setup):
+    conn, settings, client = setup
+    ask = {"role": "user", "content": "Weather in Porto?"}
+    first = {"custom_id": "a1", "model": "anthropic/claude-sonnet-5-5", "messages": [ask], "tools": [WEATHER_TOOL]}
+    _, lines, _ = run(client, conn, settings, [first])
+    message = lines["a1"]["response"]["body"]["choices"][0]["message"]
+    call = message["tool_calls"][0]
+    assert call["function"]["name"] == "get_weather"
+    assert set(json.loads(call["function"]["arguments"])) == {"city"}  # built from the tool's schema
+    history = [ask, {"role": "assistant", "content": message["content"], "tool_calls": message["tool_calls"]},
+               {"role": "tool", "tool_call_id": call["id"], "content": "18 C, cloudy"}]
+    _, lines, _ = run(client, conn, settings, [{"custom_id": "a2", "model": "anthropic/claude-sonnet-5-5",
+                                                 "messages": history, "tools": [WEATHER_TOOL]}])
+    assert lines["a2"]["response"]["body"]["choices"][0]["finish_reason"] == "stop"

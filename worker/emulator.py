@@ -72,7 +72,8 @@ GOOGLE_ERRORS = {
     404: ("NOT_FOUND", "Requested entity was not found."),
     413: ("INVALID_ARGUMENT", "Request payload size exceeds the limit."),
     429: ("RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and billing details."),
-    500: ("INTERNAL", "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting"),
+    500: ("INTERNAL", "An internal error has occurred. Please retry or report in "
+                      "https://developers.generativeai.google/guide/troubleshooting"),
     503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
     504: ("DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
     529: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
@@ -154,10 +155,10 @@ def sample_from_schema(schema: Any, root: Any = None, required_only: bool = Fals
         return sample_from_schema(target, root, required_only, depth + 1)
     if "const" in schema:
         return schema["const"]
-    if schema.get("enum"):
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
         return schema["enum"][0]
     for key in ("anyOf", "oneOf", "allOf"):
-        if schema.get(key):
+        if isinstance(schema.get(key), list) and schema[key]:
             return sample_from_schema(schema[key][0], root, required_only, depth + 1)
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
@@ -308,7 +309,7 @@ class _Anthropic:
         if version is None:
             raise EmuError(400, "anthropic-version: header is required")
         if version not in ANTHROPIC_VERSIONS:
-            raise EmuError(400, f"anthropic-version: invalid value {version!r}; use one of {', '.join(ANTHROPIC_VERSIONS)}")
+            raise EmuError(400, f"anthropic-version: invalid value {version!r}; use {' or '.join(ANTHROPIC_VERSIONS)}")
 
     @staticmethod
     def error(err: EmuError, retry_after: float, headers: dict[str, str]) -> web.Response:
@@ -359,7 +360,9 @@ def _json(status: int, payload: Any, headers: dict[str, str], truncate: bool = F
 
 
 # -- the request pipeline shared by every endpoint -------------------------------------------------
-async def _serve_call(request: web.Request, dialect: Dialect, kind: str, model: str, answer: Answer) -> web.StreamResponse:
+async def _serve_call(
+    request: web.Request, dialect: Dialect, kind: str, model: str, answer: Answer
+) -> web.StreamResponse:
     """Latency, auth, markers, random faults, then the endpoint's answer; every call is counted."""
     state = request.app[STATE]
     cfg = state.config
@@ -467,9 +470,10 @@ def _validate_messages(body: dict[str, Any], version: str) -> None:
         _check_blocks(system, "system", "system", version)
     for i, msg in enumerate(messages):
         role = msg.get("role") if isinstance(msg, dict) else None
-        if role not in ("user", "assistant", "system") or (role == "system" and i == 0):
-            raise EmuError(400, f"messages.{i}.role: Input should be 'user' or 'assistant'"
-                           + (" (a system message may not come first; use the top-level system)" if role == "system" else ""))
+        if role not in ("user", "assistant", "system"):
+            raise EmuError(400, f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        if role == "system" and i == 0:
+            raise EmuError(400, "messages.0.role: a system message may not come first; use the top-level system")
         content = msg.get("content")
         if isinstance(content, str):
             if not content and not (role == "assistant" and i == len(messages) - 1):
@@ -478,13 +482,16 @@ def _validate_messages(body: dict[str, Any], version: str) -> None:
             _check_blocks(content, f"messages.{i}.content", role, version)
     _check_tool_pairs(messages)
     _check_tools(body)
-    thinking = body.get("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+    thinking = body.get("thinking") or {}
+    if thinking and thinking.get("type") not in ("enabled", "disabled", "adaptive"):
+        raise EmuError(400, "thinking.type: Input should be 'enabled', 'disabled' or 'adaptive'")
+    if thinking.get("type") == "enabled":
         budget = thinking.get("budget_tokens")
         if not _is_int(budget) or budget < 1024 or budget >= body["max_tokens"]:
             raise EmuError(400, "thinking.budget_tokens: must be >= 1024 and less than max_tokens")
-        if (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
-            raise EmuError(400, "Thinking may not be enabled when tool_choice forces tool use.")
+    forced = (body.get("tool_choice") or {}).get("type") in ("any", "tool")
+    if forced and thinking.get("type") in ("enabled", "adaptive"):
+        raise EmuError(400, "Thinking may not be enabled when tool_choice forces tool use.")
 
 
 def _check_blocks(blocks: Any, where: str, role: str, version: str) -> None:
@@ -494,7 +501,7 @@ def _check_blocks(blocks: Any, where: str, role: str, version: str) -> None:
         at = f"{where}.{j}"
         kind = b.get("type") if isinstance(b, dict) else None
         if kind not in BLOCK_TYPES or (where == "system" and kind != "text"):
-            raise EmuError(400, f"{at}.type: Input tag {kind!r} found using 'type' does not match any of the expected tags")
+            raise EmuError(400, f"{at}.type: Input tag {kind!r} found using 'type' does not match the expected tags")
         if kind == "text":
             if not isinstance(b.get("text"), str) or not b["text"]:
                 raise EmuError(400, f"{at}.text: text content blocks must be non-empty")
@@ -502,8 +509,9 @@ def _check_blocks(blocks: Any, where: str, role: str, version: str) -> None:
                 raise EmuError(400, f"{at}.citations: citations are not accepted on user text blocks")
         elif kind in ("image", "document"):
             src = b.get("source") if isinstance(b.get("source"), dict) else {}
-            ok = (src.get("type") == "base64" and src.get("media_type") and src.get("data")) or \
-                 (src.get("type") == "url" and src.get("url")) or (kind == "document" and src.get("type") in ("text", "file", "content"))
+            ok = ((src.get("type") == "base64" and src.get("media_type") and src.get("data"))
+                  or (src.get("type") == "url" and src.get("url"))
+                  or (kind == "document" and src.get("type") in ("text", "file", "content")))
             if not ok:
                 raise EmuError(400, f"{at}.source: expected {{type: base64, media_type, data}} or {{type: url, url}}")
             if kind == "document" and role == "assistant" and version == "2026-10-21":
@@ -513,12 +521,15 @@ def _check_blocks(blocks: Any, where: str, role: str, version: str) -> None:
             raise EmuError(400, f"{at}: tool_use blocks need id, name and an input object")
         elif kind == "tool_result" and not isinstance(b.get("tool_use_id"), str):
             raise EmuError(400, f"{at}.tool_use_id: Field required")
+        elif kind == "tool_result" and not isinstance(b.get("content", ""), (str, list)):
+            raise EmuError(400, f"{at}.content: Input should be a valid string or list of content blocks")
         elif kind == "thinking" and not (isinstance(b.get("thinking"), str) and isinstance(b.get("signature"), str)):
             raise EmuError(400, f"{at}: thinking blocks need thinking and signature")
         elif kind == "redacted_thinking" and not isinstance(b.get("data"), str):
             raise EmuError(400, f"{at}.data: Field required")
         cc = b.get("cache_control")
-        if cc is not None and (not isinstance(cc, dict) or cc.get("type") != "ephemeral" or cc.get("ttl", "5m") not in ("5m", "1h")):
+        valid_cc = isinstance(cc, dict) and cc.get("type") == "ephemeral" and cc.get("ttl", "5m") in ("5m", "1h")
+        if cc is not None and not valid_cc:
             raise EmuError(400, f"{at}.cache_control: expected {{type: ephemeral, ttl?: 5m|1h}}")
 
 
@@ -535,13 +546,15 @@ def _check_tool_pairs(messages: list[dict[str, Any]]) -> None:
             stray = [t for t in ids(msg, "tool_result", "tool_use_id") if t not in wanted]
             if stray:
                 raise EmuError(400, f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: "
-                               f"{stray[0]}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message.")
+                               f"{stray[0]}. Each `tool_result` block must have a corresponding `tool_use` block "
+                               "in the previous message.")
         elif msg["role"] == "assistant" and i + 1 < len(messages):
             answered = set(ids(messages[i + 1], "tool_result", "tool_use_id"))
             missing = [t for t in ids(msg, "tool_use", "id") if t not in answered]
             if missing:
-                raise EmuError(400, f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: "
-                               f"{missing[0]}. Each `tool_use` block must have a corresponding `tool_result` block in the next message.")
+                raise EmuError(400, f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                               f"immediately after: {missing[0]}. Each `tool_use` block must have a corresponding "
+                               "`tool_result` block in the next message.")
 
 
 def _check_tools(body: dict[str, Any]) -> None:
@@ -557,7 +570,7 @@ def _check_tools(body: dict[str, Any]) -> None:
     if choice is not None:
         if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
             raise EmuError(400, "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'")
-        if choice["type"] == "tool" and choice.get("name") not in {t["name"] for t in tools}:
+        if choice["type"] == "tool" and not any(t["name"] == choice.get("name") for t in tools):
             raise EmuError(400, f"tool_choice.name: no tool named {choice.get('name')!r} in tools")
 
 
@@ -695,12 +708,18 @@ def answer_messages(state: _State, request: web.Request, body: dict[str, Any], m
 
 
 # -- Gemini -----------------------------------------------------------------------------------------
-PART_FIELDS = ("text", "inlineData", "fileData", "functionCall", "functionResponse", "executableCode", "codeExecutionResult")
+PART_FIELDS = ("text", "inlineData", "fileData", "functionCall", "functionResponse", "executableCode",
+               "codeExecutionResult")
 
 
 def _signed_model(model: str) -> bool:
     """Gemini 3+ models issue and demand thought signatures (and refuse penalties)."""
     return model.startswith(("gemini-3", "gemini-4"))
+
+
+def _text_parts(parts: Any, allow_empty: bool = False) -> bool:
+    ok = isinstance(parts, list) and (allow_empty or bool(parts))
+    return ok and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in parts)
 
 
 def _check_contents(contents: Any, where: str = "GenerateContentRequest") -> None:
@@ -715,11 +734,13 @@ def _check_contents(contents: Any, where: str = "GenerateContentRequest") -> Non
         for j, part in enumerate(parts):
             present = [f for f in PART_FIELDS if f in part] if isinstance(part, dict) else []
             if len(present) != 1 or part[present[0]] is None:
-                raise EmuError(400, f"* {where}.contents[{i}].parts[{j}].data: required oneof field 'data' must have one initialized field")
+                raise EmuError(400, f"* {where}.contents[{i}].parts[{j}].data: required oneof field 'data' "
+                               "must have one initialized field")
             _expect(part, f"Invalid JSON payload received. contents[{i}].parts[{j}].", text=str, functionCall=dict,
                     functionResponse=dict, inlineData=dict, fileData=dict)
             call = part.get("functionCall") or part.get("functionResponse") or {}
-            if not isinstance(call.get("name", ""), str) or not isinstance(call.get("args") or call.get("response") or {}, dict):
+            payload = call.get("args") or call.get("response") or {}
+            if not isinstance(call.get("name", ""), str) or not isinstance(payload, dict):
                 raise EmuError(400, f"* {where}.contents[{i}].parts[{j}]: function parts need a name and an object")
 
 
@@ -728,12 +749,20 @@ def _validate_generate(body: dict[str, Any], model: str) -> None:
     for name in ("systemInstruction", "toolConfig", "generationConfig"):
         if not isinstance(body.get(name) or {}, dict):
             raise EmuError(400, f"Invalid JSON payload received. Invalid value at '{name}': expected an object")
+    system_parts = (body.get("systemInstruction") or {}).get("parts") or []
+    if not _text_parts(system_parts, allow_empty=True):
+        raise EmuError(400, "* GenerateContentRequest.system_instruction.parts: expected text parts")
+    fcc = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    if not isinstance(fcc, dict) or not isinstance(fcc.get("allowedFunctionNames") or [], list):
+        raise EmuError(400, "Invalid JSON payload received. Invalid value at 'tool_config.function_calling_config'")
     tools = body.get("tools") or []
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
         raise EmuError(400, "Invalid JSON payload received. Invalid value at 'tools': expected a list of Tool")
     for t in tools:
-        if not all(isinstance(d, dict) and isinstance(d.get("name"), str) for d in t.get("functionDeclarations") or []):
-            raise EmuError(400, "* GenerateContentRequest.tools[0].function_declarations: every declaration needs a name")
+        decls = t.get("functionDeclarations") or []
+        named = isinstance(decls, list) and all(isinstance(d, dict) and isinstance(d.get("name"), str) for d in decls)
+        if not named:
+            raise EmuError(400, "* GenerateContentRequest.tools.function_declarations: each needs a name")
     gc = body.get("generationConfig") or {}
     _expect(gc, "Invalid JSON payload received. generationConfig.", thinkingConfig=dict, stopSequences=list,
             responseMimeType=str, responseJsonSchema=dict, responseSchema=dict, maxOutputTokens=int)
@@ -741,7 +770,8 @@ def _validate_generate(body: dict[str, Any], model: str) -> None:
         raise EmuError(400, "Invalid JSON payload received. generationConfig.stopSequences: expected strings")
     tc = gc.get("thinkingConfig") or {}
     if tc.get("thinkingLevel") is not None and tc.get("thinkingBudget") is not None:
-        raise EmuError(400, "Unable to submit request because thinking_budget and thinking_level are not supported together.")
+        raise EmuError(400, "Unable to submit request because thinking_budget and thinking_level are not "
+                       "supported together.")
     level = tc.get("thinkingLevel")
     if level is not None and str(level).lower() not in ("minimal", "low", "medium", "high"):
         raise EmuError(400, f"Invalid value at 'generation_config.thinking_config.thinking_level' ({level!r})")
@@ -757,9 +787,10 @@ def _validate_generate(body: dict[str, Any], model: str) -> None:
         first = next((p for p in content["parts"] if "functionCall" in p), None)
         if first is not None and not first.get("thoughtSignature"):
             name = first["functionCall"].get("name")
-            raise EmuError(400, "Function call is missing a thought_signature in functionCall parts. This is required for "
-                           f"tools to work correctly. Additional data, function call `default_api:{name}`, position {i + 1}. "
-                           "Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more details.")
+            raise EmuError(400, "Function call is missing a thought_signature in functionCall parts. This is "
+                           "required for tools to work correctly. Additional data, function call "
+                           f"`default_api:{name}`, position {i + 1}. Please refer to "
+                           "https://ai.google.dev/gemini-api/docs/thought-signatures for more details.")
 
 
 def _part_tokens(part: dict[str, Any]) -> int:
@@ -863,8 +894,8 @@ def _implicit_cache(state: _State, model: str, system: str) -> int:
 
 def _gemini_text(body: dict[str, Any], gc: dict[str, Any], model: str) -> str:
     schema = gc.get("responseJsonSchema") or gc.get("responseSchema")
-    if gc.get("responseMimeType") == "text/x.enum" and isinstance(schema, dict) and schema.get("enum"):
-        return str(schema["enum"][0])
+    if gc.get("responseMimeType") == "text/x.enum" and isinstance(schema, dict):
+        return str(sample_from_schema(schema))
     last_user = next((c for c in reversed(body["contents"]) if c.get("role", "user") == "user"), {})
     user_text = " ".join(p["text"] for p in last_user.get("parts", []) if "text" in p)
     has_results = any("functionResponse" in p for p in last_user.get("parts", []))
@@ -894,7 +925,7 @@ def embedding(text: str, dims: int) -> list[float]:
 
 def _embed_one(req: dict[str, Any], where: str) -> dict[str, Any]:
     parts = req["content"].get("parts") if isinstance(req.get("content"), dict) else None
-    if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in parts):
+    if not _text_parts(parts):
         raise EmuError(400, f"* {where}.content.parts: content must contain text parts")
     dims = req.get("outputDimensionality", EMBED_DIMS)
     if not _is_int(dims) or not 1 <= dims <= EMBED_DIMS:
@@ -911,7 +942,8 @@ def answer_batch_embed(state: _State, request: web.Request, body: dict[str, Any]
     for i, req in enumerate(requests):
         if not isinstance(req, dict) or req.get("model") != f"models/{model}":
             got = req.get("model") if isinstance(req, dict) else None
-            raise EmuError(400, f"* BatchEmbedContentsRequest.requests[{i}].model: {got!r} differs from models/{model} in the URL")
+            raise EmuError(400, f"* BatchEmbedContentsRequest.requests[{i}].model: {got!r} differs from "
+                           f"models/{model} in the URL")
     state.check_retired("google", model, f"models/{model} is not found for API version {request.match_info['version']}")
     return {"embeddings": [_embed_one(r, f"BatchEmbedContentsRequest.requests[{i}]") for i, r in enumerate(requests)]}
 
@@ -1038,4 +1070,5 @@ def serve(host: str, port: int, config: EmulatorConfig, registry: Registry | Non
     asyncio.run(main())
 
 
-__all__ = ["EmulatorConfig", "RunningEmulator", "build_app", "serve", "start_background", "sample_from_schema", "tokens"]
+__all__ = ["EmulatorConfig", "RunningEmulator", "build_app", "sample_from_schema", "serve", "start_background",
+           "tokens"]

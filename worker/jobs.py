@@ -120,13 +120,13 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
             batch_id, custom_id, parsed.body, request_id=parsed.request_id, usage=parsed.usage, cost=charge, meta=meta
         )
         costs = {name: to_pico(getattr(charge, name)) for name in ("input", "cache_read", "cache_write", "output")}
-        ctx.store.commit(batch_id, custom_id, line, "succeeded", costs, _token_counts(parsed.usage))
-        return "succeeded"
+        won = ctx.store.commit(batch_id, custom_id, line, "succeeded", costs, _token_counts(parsed.usage))
+        return "succeeded" if won else "skipped"
     except RequestFailed as error:
         meta["attempts"] = attempts.count
         log.info("request %s/%s errored: %s", batch_id, custom_id, error.code)
-        ctx.store.commit(batch_id, custom_id, error_line(batch_id, custom_id, error, meta), "errored", {}, {})
-        return "errored"
+        won = ctx.store.commit(batch_id, custom_id, error_line(batch_id, custom_id, error, meta), "errored", {}, {})
+        return "errored" if won else "skipped"
 
 
 def _prepare(ctx: Context, adapter: Any, spec: ModelSpec, kind: str, body: dict[str, Any]) -> Prepared:

@@ -233,18 +233,17 @@ def _thinking_blocks(msg: Message, i: int) -> list[Block]:
 
 
 def _tool_use(call: dict[str, Any], i: int, k: int) -> Block:
-    where = f"messages[{i}].tool_calls[{k}]"
-    fn = call.get("function")
+    """An OpenAI tool call -> tool_use; "" arguments (a no-argument call some clients send) read as {}."""
+    fn, where = call.get("function"), f"messages[{i}]"
     if not isinstance(call.get("id"), str) or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise InvalidRequest(f"messages[{i}]: {where} needs 'id' and 'function.name'", param=f"messages[{i}]")
-    arguments = fn.get("arguments") or "{}"
+        raise InvalidRequest(f"{where}: tool_calls[{k}] needs 'id' and 'function.name'", param=where)
     try:
-        args = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"messages[{i}]: {where}.function.arguments is not valid JSON ({exc.msg})",
-                             param=f"messages[{i}]") from exc
+        args = json.loads(fn.get("arguments") or "{}")
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"{where}: tool_calls[{k}].function.arguments is not valid JSON ({exc})",
+                             param=where) from exc
     if not isinstance(args, dict):
-        raise InvalidRequest(f"messages[{i}]: {where}.function.arguments must be a JSON object", param=f"messages[{i}]")
+        raise InvalidRequest(f"{where}: tool_calls[{k}].function.arguments must be a JSON object", param=where)
     return {"type": "tool_use", "id": call["id"], "name": fn["name"], "input": args}
 
 
@@ -294,39 +293,28 @@ def _apply_budget(body: dict[str, Any], budget: int, ctx: _Ctx) -> None:
 
 def _apply_sampling(body: dict[str, Any], request: ChatRequest, ctx: _Ctx, thinking_on: bool) -> None:
     given = {name: getattr(request, name) for name in SAMPLING if getattr(request, name) is not None}
-    if not given:
-        return
     sampling, removed = ctx.spec.rules.sampling, ctx.api_version >= SAMPLING_REMOVED_IN
-    if removed or sampling == "rejected":
+    if given and (removed or sampling == "rejected"):
         why = (f"anthropic-version {ctx.api_version} rejects sampling parameters" if removed
                else "the model rejects non-default sampling parameters")
         for name in given:
             ctx.unsupported(name, why)
         return
-    if sampling == "ignored":
+    if given and sampling == "ignored":  # dropped whatever the submission says: the model would not use them
         ctx.dropped += [n for n in given if n not in ctx.dropped]
         ctx.notes.append(f"{', '.join(given)} dropped: {ctx.spec.id} ignores sampling parameters")
         return
     if given.get("temperature", 0) > 1:
         raise InvalidRequest(f"temperature {given['temperature']} is above 1, the Anthropic maximum (range 0-1)",
                              param="temperature")
-    for name in _sampling_conflicts(given, thinking_on, ctx):
-        del given[name]
-    body.update(given)
-
-
-def _sampling_conflicts(given: dict[str, Any], thinking_on: bool, ctx: _Ctx) -> list[str]:
-    """Names Anthropic would 400 on: temperature/top_k with thinking, top_p < 0.95 with thinking, temperature+top_p."""
-    bad: list[str] = []
-    for name in given:
+    for name in list(given):  # what Anthropic 400s on: temperature/top_k with thinking, top_p < 0.95 with thinking
         if thinking_on and (name != "top_p" or given[name] < 0.95):
-            why = "not with thinking on" if name != "top_p" else "only 0.95-1 with thinking on"
-            ctx.unsupported(name, why)
-            bad.append(name)
-    if "temperature" in given and "top_p" in given and "top_p" not in bad and "temperature" not in bad:
+            ctx.unsupported(name, "not with thinking on" if name != "top_p" else "only 0.95-1 with thinking on")
+            del given[name]
+    if "temperature" in given and "top_p" in given:
         ctx.unsupported("top_p", "temperature and top_p cannot both be specified")
-        bad.append("top_p")
-    return bad
+        del given["top_p"]
+    body.update(given)
 
 
 def _apply_tools(body: dict[str, Any], request: ChatRequest, ctx: _Ctx, thinking_on: bool) -> None:
@@ -396,21 +384,16 @@ def _map_tool_choice(request: ChatRequest) -> Block | None:
 
 def _apply_response_format(body: dict[str, Any], request: ChatRequest, ctx: _Ctx) -> None:
     """json_schema / json_object -> output_config.format (structured output); text is the default."""
-    rf = request.response_format
-    kind = rf.get("type") if rf else None
+    rf = request.response_format or {}
+    kind, inner = rf.get("type"), rf.get("json_schema")
     if kind in (None, "text"):
         return
-    if kind == "json_schema":
-        spec_part = rf.get("json_schema")
-        schema = spec_part.get("schema") if isinstance(spec_part, dict) else None
-        if not isinstance(schema, dict):
-            raise InvalidRequest("response_format json_schema needs json_schema.schema (an object)",
-                                 param="response_format")
-    elif kind == "json_object":
+    schema = inner.get("schema") if isinstance(inner, dict) else None
+    if kind == "json_object":
         schema = {"type": "object"}
-    else:
-        raise InvalidRequest(f"response_format type '{kind}' must be text, json_object or json_schema",
-                             param="response_format")
+    if kind not in ("json_object", "json_schema") or not isinstance(schema, dict):
+        raise InvalidRequest("response_format must be {'type': 'text'}, {'type': 'json_object'} or "
+                             "{'type': 'json_schema', 'json_schema': {'schema': {...}}}", param="response_format")
     if not ctx.spec.rules.json_schema:
         ctx.unsupported("response_format", "the model has no structured output")
         return
@@ -427,7 +410,8 @@ def parse_chat(data: dict[str, Any], spec: ModelSpec, *, request_id: str | None 
     stop_reason = _field(data, "stop_reason", str)
     usage = _usage(_field(data, "usage", dict))
     message = _message(content, stop_reason, data.get("stop_details"))
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": FINISH_REASONS.get(stop_reason, "stop")}
+    finish = FINISH_REASONS.get(stop_reason, "stop")  # unknown future stop reasons read as a normal stop
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     body = {"id": msg_id, "object": "chat.completion", "created": int(time.time()), "model": spec.id,
             "choices": [choice], "usage": usage.openai_chat_usage()}
     model = data.get("model")
@@ -436,6 +420,7 @@ def parse_chat(data: dict[str, Any], spec: ModelSpec, *, request_id: str | None 
 
 
 def _message(content: list[Any], stop_reason: str, stop_details: Any) -> dict[str, Any]:
+    """Text joined; thinking both as text and as the raw signed blocks, which a caller must send back unchanged."""
     texts, thinking, raw_thinking, tool_calls = [], [], [], []
     for k, block in enumerate(content):
         where = f"content[{k}]"
@@ -510,34 +495,28 @@ def _bad(where: str, expected: str) -> Any:
 
 # -- errors -------------------------------------------------------------------------------------
 def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> RequestFailed:
-    """An error answer -> UpstreamError; x-should-retry wins, and a spend-cap 429 is never retried."""
+    """An error answer -> UpstreamError. A spend-cap 429 is never retried; else x-should-retry beats the status."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    payload = _json_object(body)
-    error = payload.get("error") if payload else None
-    retryable: bool | None = None
-    request_id = None
-    if isinstance(error, dict):
-        code = error.get("type") if isinstance(error.get("type"), str) else f"http_{status}"
-        message = error.get("message") if isinstance(error.get("message"), str) else "(no message)"
-        details = error.get("details")
-        if isinstance(details, dict) and details.get("error_code") == "enforced_spend_limit_reached":
-            retryable = False
-        request_id = payload.get("request_id") if isinstance(payload.get("request_id"), str) else None
-    else:
-        code, message = f"http_{status}", f"unreadable error body: {_snippet(body)}"
-    should_retry = lowered.get("x-should-retry", "").strip().lower()
-    if retryable is None and should_retry in ("true", "false"):
-        retryable = should_retry == "true"
-    return upstream_error("anthropic", status, code, message, retry_after=retry_after_from_headers(headers),
-                          request_id=request_id or lowered.get("request-id"), retryable=retryable)
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
-        data = json.loads(body)
+        payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+        payload = None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):  # a proxy's HTML page, an empty body...
+        payload, error = {}, {"message": f"unreadable error body: {_snippet(body)}"}
+    details = error.get("details") if isinstance(error.get("details"), dict) else {}
+    should_retry = lowered.get("x-should-retry", "").strip().lower()
+    retryable = should_retry == "true" if should_retry in ("true", "false") else None
+    if details.get("error_code") == "enforced_spend_limit_reached":
+        retryable = False
+    return upstream_error("anthropic", status, _str(error, "type") or f"http_{status}",
+                          _str(error, "message") or "(no message)", retry_after=retry_after_from_headers(headers),
+                          request_id=_str(payload, "request_id") or lowered.get("request-id"), retryable=retryable)
+
+
+def _str(obj: dict[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    return value if isinstance(value, str) else None
 
 
 def _snippet(body: bytes, size: int = 200) -> str:
