@@ -78,6 +78,8 @@ GOOGLE_ERRORS = {
     504: ("DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
     529: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
 }
+SAMPLE_FORMATS = {"date-time": "2026-01-01T00:00:00Z", "date": "2026-01-01", "email": "user@example.com",
+                  "uri": "https://example.com", "uuid": "00000000-0000-4000-8000-000000000000"}
 THINKING_TOKENS = {"minimal": 20, "low": 40, "medium": 80, "high": 160, "xhigh": 240, "max": 320}
 EMBED_DIMS = 3072
 IMAGE_TOKENS = 1000
@@ -170,7 +172,7 @@ def sample_from_schema(schema: Any, root: Any = None, required_only: bool = Fals
         names = [n for n in required if isinstance(n, str)] if required_only else list(props)
         return {n: sample_from_schema(props.get(n, {}), root, required_only, depth + 1) for n in names}
     if kind == "array":
-        n = max(1, schema["minItems"]) if _is_int(schema.get("minItems")) else 1
+        n = min(max(1, schema["minItems"]), 16) if _is_int(schema.get("minItems")) else 1
         return [sample_from_schema(schema.get("items", {}), root, required_only, depth + 1) for _ in range(n)]
     if kind in ("integer", "number"):
         low = schema.get("minimum", 1)
@@ -180,9 +182,10 @@ def sample_from_schema(schema: Any, root: Any = None, required_only: bool = Fals
         return True
     if kind == "null":
         return None
-    fmt = schema.get("format")
-    return {"date-time": "2026-01-01T00:00:00Z", "date": "2026-01-01", "email": "user@example.com",
-            "uri": "https://example.com", "uuid": "00000000-0000-4000-8000-000000000000"}.get(fmt, "sample")
+    text = SAMPLE_FORMATS.get(schema.get("format"), "sample")
+    if _is_int(schema.get("minLength")):
+        text = text.ljust(min(schema["minLength"], 4096), "x")
+    return text[: schema["maxLength"]] if _is_int(schema.get("maxLength")) else text
 
 
 def _shape_text(text: str, budget: int, stops: list[str]) -> tuple[str, str, str | None]:
@@ -994,7 +997,8 @@ async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRun
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=1024).start()
     bound_host, bound_port = runner.addresses[0][:2]
-    return runner, f"http://{bound_host}:{bound_port}"
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return runner, f"http://{shown}:{bound_port}"
 
 
 class RunningEmulator:

@@ -48,17 +48,10 @@ class Rates(_Strict):
     _check = field_validator(*PRICE_FIELDS, mode="before")(lambda v: None if v is None else _exact(v))
 
 
-class Tier(_Strict):
+class Tier(Rates):
     """Above this many prompt tokens (cached and uncached) the whole request bills at these rates."""
 
     above_input_tokens: int = Field(gt=0)
-    input: Decimal
-    output: Decimal
-    cache_read: Decimal
-    cache_write: Decimal
-    cache_write_1h: Decimal | None = None
-
-    _check = field_validator(*PRICE_FIELDS, mode="before")(lambda v: None if v is None else _exact(v))
 
     def rates(self) -> Rates:
         return Rates(**self.model_dump(exclude={"above_input_tokens"}))
@@ -78,16 +71,9 @@ class PriceChange(_Strict):
     _check = field_validator(*PRICE_FIELDS, mode="before")(lambda v: None if v is None else _exact(v))
 
 
-class Pricing(_Strict):
-    input: Decimal
-    output: Decimal
-    cache_read: Decimal
-    cache_write: Decimal
-    cache_write_1h: Decimal | None = None
+class Pricing(Rates):
     tiers: list[Tier] = []
     changes: list[PriceChange] = []
-
-    _check = field_validator(*PRICE_FIELDS, mode="before")(lambda v: None if v is None else _exact(v))
 
     @model_validator(mode="after")
     def _ordered(self) -> "Pricing":
@@ -226,11 +212,11 @@ class Registry:
     def by_upstream(self, provider: str, upstream: str) -> ModelSpec | None:
         """The spec a provider's reported model name bills as (e.g. Gemini `modelVersion`)."""
         spec = self._by_upstream.get((provider, upstream))
-        if spec is None:  # modelVersion may carry a suffix such as "-001" or a date
-            for (p, up), candidate in self._by_upstream.items():
-                if p == provider and upstream.startswith(up + "-"):
-                    return candidate
-        return spec
+        if spec is not None:
+            return spec
+        # modelVersion may carry a suffix such as "-001" or a date: the longest matching name wins
+        matches = [(len(up), m) for (p, up), m in self._by_upstream.items() if p == provider and upstream.startswith(up + "-")]
+        return max(matches, key=lambda pair: pair[0])[1] if matches else None
 
     def suggest(self, model_id: str) -> list[str]:
         return difflib.get_close_matches(model_id, list(self.models), n=3, cutoff=0.6)

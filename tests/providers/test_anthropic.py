@@ -393,10 +393,16 @@ def test_reasoning_effort_on_budget_model(effort: str, budget: int, max_tokens: 
 
 
 def test_budget_thinking_max_tokens_rules() -> None:
-    # the asked max_tokens is the visible part: the budget goes on top, capped at the model's output limit
-    assert body(req(reasoning_effort="low", max_tokens=5000), SONNET_45)["max_tokens"] == 7048
-    assert body(req(reasoning_effort="high", max_tokens=20000), SONNET_45)["max_tokens"] == 44576
-    assert body(req(reasoning_effort="high", max_tokens=60000), SONNET_45)["max_tokens"] == 64000
+    # a max_tokens the caller gave caps thinking + answer: the budget shrinks to fit (at most half of it)
+    low = body(req(reasoning_effort="low", max_tokens=5000), SONNET_45)
+    assert (low["max_tokens"], low["thinking"]["budget_tokens"]) == (5000, 2048)
+    high = body(req(reasoning_effort="high", max_tokens=20000), SONNET_45)
+    assert (high["max_tokens"], high["thinking"]["budget_tokens"]) == (20000, 10000)
+    floor = body(req(reasoning_effort="high", max_tokens=1500), SONNET_45)
+    assert (floor["max_tokens"], floor["thinking"]["budget_tokens"]) == (1500, 1024)
+    with pytest.raises(InvalidRequest, match="raise max_tokens above 1024"):
+        prep(req(reasoning_effort="low", max_tokens=1024), SONNET_45)
+    # without one, the default max_tokens is the visible part and the budget comes on top, capped
     capped = spec("claude-small", thinking="budget", reasoning_efforts=["high"], max_output_tokens=30000)
     assert body(req(reasoning_effort="high"), capped)["max_tokens"] == 28672
     tiny = spec("claude-tiny", thinking="budget", reasoning_efforts=["high"], max_output_tokens=16000)

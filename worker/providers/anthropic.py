@@ -274,12 +274,32 @@ def _apply_reasoning(body: dict[str, Any], request: ChatRequest, ctx: _Ctx) -> b
         body["thinking"] = {"type": "adaptive"}
         body.setdefault("output_config", {})["effort"] = "low" if effort == "minimal" else effort
         return True
-    _apply_budget(body, BUDGETS[effort], ctx)
+    _apply_budget(body, BUDGETS[effort], ctx, explicit=request.output_limit() is not None)
     return True
 
 
-def _apply_budget(body: dict[str, Any], budget: int, ctx: _Ctx) -> None:
-    """budget_tokens must stay below max_tokens: the asked (or default) max_tokens is the visible part, on top."""
+MIN_BUDGET = 1024  # Anthropic's smallest budget_tokens
+
+
+def _apply_budget(body: dict[str, Any], budget: int, ctx: _Ctx, *, explicit: bool) -> None:
+    """budget_tokens must stay below max_tokens.
+
+    A max_tokens the caller gave is a hard cap on thinking + answer (OpenAI semantics, and the
+    caller's cost bound): the budget shrinks to half of it. Without one, the default max_tokens is
+    the visible part and the budget comes on top.
+    """
+    if explicit:
+        cap = body["max_tokens"]
+        if cap <= MIN_BUDGET:
+            raise InvalidRequest(
+                f"max_tokens {cap} leaves no room for thinking on {ctx.spec.id} (it thinks with a token budget of at "
+                f"least {MIN_BUDGET}); raise max_tokens above {MIN_BUDGET} or remove reasoning_effort",
+                param="max_tokens")
+        shrunk = max(MIN_BUDGET, min(budget, cap // 2))
+        if shrunk != budget:
+            ctx.notes.append(f"thinking budget {budget} reduced to {shrunk} to fit max_tokens {cap}")
+        body["thinking"] = {"type": "enabled", "budget_tokens": shrunk}
+        return
     body["thinking"] = {"type": "enabled", "budget_tokens": budget}
     limit = ctx.spec.rules.max_output_tokens
     visible = body["max_tokens"]
