@@ -113,9 +113,11 @@ def models(as_json: bool, show_all: bool) -> None:
             prices = ["-"] * 4
         status = "retired" if retired else lc.status
         when = f"retires {lc.retires_on}" if lc.retires_on and not retired else (f"since {lc.retires_on}" if retired else "")
+        if lc.routed_to:
+            when = (when + ", then " if lc.retires_on and lc.retires_on > today else "") + f"served as {lc.routed_to}"
         rows.append([m.id, m.kind, status + (" (gated)" if m.access == "gated" else ""), *prices, when])
     head = ["id", "kind", "status", "input", "output", "cache_read", "cache_write", "lifecycle"]
-    click.echo(format_columns(head, rows))
+    click.echo(format_columns(head, rows, text_columns=frozenset({0, 1, 2, 7})))
 
 
 # -- submit ------------------------------------------------------------------------------------

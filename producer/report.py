@@ -88,11 +88,14 @@ def render_table(rows: list[Row], total: Row) -> str:
     return format_columns(head, body, separator_before_last=True)
 
 
-def format_columns(head: list[str], rows: list[list[str]], *, separator_before_last: bool = False) -> str:
+def format_columns(head: list[str], rows: list[list[str]], *, separator_before_last: bool = False,
+                   text_columns: frozenset[int] = frozenset({0})) -> str:
+    """A plain-text table: text columns left-aligned, numbers right-aligned."""
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
 
     def fmt(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(c.ljust(w) if i in text_columns else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     out = [fmt(head), "  ".join("-" * w for w in widths)]
     for i, row in enumerate(rows):
