@@ -273,23 +273,16 @@ def results(batch_id: str, output: str | None) -> None:
 @click.option("--name", help="Worker name (default: RQ's).")
 def worker(concurrency: int | None, burst: bool, name: str | None) -> None:
     """Run an RQ worker (JSON serializer) that processes batch chunks concurrently."""
-    from rq import Worker
-    from rq.serializers import JSONSerializer
-
-    from producer.submit import queue_for
-    from worker import jobs
+    from worker.rqworker import run_worker
 
     settings = _settings()
     if concurrency:
         settings = settings.with_(concurrency=concurrency)
     _registry(settings)  # a malformed registry stops the worker here, not mid-batch
-    conn = _shared_redis(settings)
-    jobs.configure(settings)
+    _shared_redis(settings)
     click.echo(f"otb worker: queue {settings.queue_name!r} on {_safe_url(settings.redis_url or '')}, "
                f"concurrency {settings.concurrency}, keys for {sorted(settings.api_keys) or 'no provider'}", err=True)
-    w = Worker([queue_for(conn, settings)], connection=conn, serializer=JSONSerializer, name=name,
-               job_monitoring_interval=10, worker_ttl=60, maintenance_interval=30)
-    w.work(burst=burst, logging_level="INFO")
+    run_worker(settings, burst=burst, name=name)
 
 
 # -- emulator ----------------------------------------------------------------------------------

@@ -15,11 +15,12 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from worker import jobs
+from worker.connection import connect as connect_redis
 from worker.emulator import EmulatorConfig, start_background
+from worker.recovery import queue_for
 from worker.registry import Registry
 from worker.settings import KEY_ENV, Settings
 
-from .submit import queue_for
 
 EMULATOR_KEY = "emulator-key-not-secret"
 
@@ -27,7 +28,7 @@ EMULATOR_KEY = "emulator-key-not-secret"
 def connect(settings: Settings) -> redis.Redis:
     """A shared Redis from REDIS_URL, or (embedded default) a private in-process fakeredis."""
     if settings.redis_url:
-        return redis.Redis.from_url(settings.redis_url)
+        return connect_redis(settings.redis_url)
     return fakeredis.FakeRedis(server=fakeredis.FakeServer())
 
 

@@ -7,6 +7,7 @@ By default one bad line refuses the submission; `keep_valid` stores the refused 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -14,10 +15,10 @@ from typing import Any
 
 import redis
 from rq import Queue, Retry
-from rq.serializers import JSONSerializer
 
 from worker.errors import OTBError
 from worker.results import error_line
+from worker.recovery import queue_for
 from worker.settings import Settings
 from worker.store import Store
 
@@ -38,8 +39,8 @@ class SubmissionRejected(OTBError):
         )
 
 
-def queue_for(conn: redis.Redis, settings: Settings) -> Queue:
-    return Queue(settings.queue_name, connection=conn, serializer=JSONSerializer)
+class IdempotencyConflict(OTBError):
+    pass
 
 
 def submit(
@@ -51,8 +52,14 @@ def submit(
     drop_unsupported_params: bool = False,
     metadata: dict[str, str] | None = None,
     chunk_size: int | None = None,
+    completion_window: float | None = None,
+    idempotency_key: str | None = None,
 ) -> str:
-    """Store and enqueue; returns the batch id."""
+    """Store and enqueue; returns the batch id.
+
+    With `idempotency_key`, submitting the same requests again returns the first batch's id and
+    enqueues nothing; the same key with different requests is refused.
+    """
     if parsed.errors and (not keep_valid or not parsed.lines):
         raise SubmissionRejected(parsed.errors)
     bid = "batch_" + uuid.uuid4().hex[:24]
@@ -67,6 +74,8 @@ def submit(
         "options": {"drop_unsupported_params": drop_unsupported_params, "keep_valid": keep_valid},
         "metadata": metadata or {},
     }
+    if completion_window:
+        record["expires_at"] = f"{time.time() + completion_window:.3f}"
     store = Store(conn, settings.key_prefix, settings.result_ttl)
     queue = queue_for(conn, settings)
     size = chunk_size or settings.chunk_size
@@ -84,12 +93,49 @@ def submit(
         )
         for start in range(0, len(ids), size)
     ]
+    claim = None
+    if idempotency_key is not None:
+        name = store.keys.idempotency(hashlib.sha256(idempotency_key.encode()).hexdigest())
+        claim = (name, f"{bid} {_digest(parsed, keep_valid, drop_unsupported_params)}", idempotency_key)
     with conn.pipeline(transaction=True) as pipe:
-        store.write_batch(pipe, bid, record, requests, rejected, order)
-        if jobs:
-            queue.enqueue_many(jobs, pipeline=pipe)
-        pipe.execute()
-    return bid
+        while True:
+            try:
+                if claim is not None:  # the key and the batch land together, or neither does
+                    pipe.watch(claim[0])
+                    earlier = _earlier_batch(pipe.get(claim[0]), claim)
+                    if earlier is not None:
+                        return earlier
+                    pipe.multi()
+                    pipe.set(claim[0], claim[1], ex=settings.result_ttl)
+                store.write_batch(pipe, bid, record, requests, rejected, order)
+                if jobs:
+                    queue.enqueue_many(jobs, pipeline=pipe)
+                    store.add_jobs(pipe, bid, [j.job_id for j in jobs])
+                pipe.execute()
+                return bid
+            except redis.WatchError:
+                continue  # someone submitted with the same key meanwhile: look again
+
+
+def _digest(parsed: ParsedBatch, *flags: bool) -> str:
+    h = hashlib.sha256(json.dumps(flags).encode())
+    for line in parsed.lines:
+        h.update(json.dumps([line.custom_id, line.url, line.body], sort_keys=True).encode())
+    for err in parsed.errors:
+        h.update(f"{err.number}:{err.error.message}".encode())
+    return h.hexdigest()
+
+
+def _earlier_batch(raw: bytes | str | None, claim: tuple[str, str, str]) -> str | None:
+    """The batch an idempotency key already names, or None if it is free; refuses other requests."""
+    if raw is None:
+        return None
+    earlier_bid, earlier_digest = (raw.decode() if isinstance(raw, bytes) else raw).split(" ", 1)
+    if earlier_digest != claim[1].split(" ", 1)[1]:
+        raise IdempotencyConflict(
+            f"idempotency key {claim[2]!r} was already used for different requests (batch {earlier_bid}); "
+            "use a new key for a new submission")
+    return earlier_bid
 
 
 def _rejected_results(bid: str, parsed: ParsedBatch) -> tuple[list[tuple[str, str]], list[int]]:

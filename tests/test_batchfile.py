@@ -120,7 +120,7 @@ def test_keep_valid_records_bad_lines_as_errored_results(registry):
     bid = submit(conn, Settings(), parsed, keep_valid=True)
     store = Store(conn)
     status = store.status(bid)
-    assert status["request_counts"] == {"total": 4, "succeeded": 0, "errored": 3, "canceled": 0, "processing": 1}
+    assert status["request_counts"] == {"total": 4, "succeeded": 0, "errored": 3, "canceled": 0, "expired": 0, "processing": 1}
     results = [r for r in store.iter_results(bid)]
     assert results[0] is None  # "ok" not processed yet
     by_id = {r["custom_id"]: r for r in results if r}

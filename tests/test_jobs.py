@@ -45,7 +45,7 @@ def test_batch_completes_with_one_result_each_and_totals_that_add_up(setup):
     reqs.append({"custom_id": "e1", "model": "google/gemini-embedding-001", "input": ["a b c d", "efgh"]})
     bid, lines, status = run(client, conn, settings, reqs)
     assert status["status"] == "completed"
-    assert status["request_counts"] == {"total": 11, "succeeded": 11, "errored": 0, "canceled": 0, "processing": 0}
+    assert status["request_counts"] == {"total": 11, "succeeded": 11, "errored": 0, "canceled": 0, "expired": 0, "processing": 0}
     assert sum(Decimal(line["cost"]["total"]) for line in lines.values()) == Decimal(status["cost"]["total"])
     assert Decimal(status["spent"]) == Decimal(status["cost"]["total"])
     chat_line = lines["c1"]

@@ -10,7 +10,8 @@
         ├── MissingApiKey           provider key env var not set    (fatal, missing_api_key)
         ├── UpstreamError           provider answered 4xx/5xx       (retryable per status)
         ├── TransportError          timeout, reset, refused         (retryable)
-        └── ProtocolError           provider JSON we cannot read    (retryable)
+        ├── ProtocolError           provider JSON we cannot read    (retryable)
+        └── BatchClosed             batch cancelled or past its window before the call (batch_cancelled / batch_expired)
 
 Each `RequestFailed` renders as the OpenAI error object
 `{"error": {"message", "type", "param", "code"}}` so results read like an OpenAI batch.
@@ -129,6 +130,19 @@ class ProtocolError(RequestFailed):
     type = "api_error"
     status_code = 502
     retryable = True
+
+
+class BatchClosed(RequestFailed):
+    """The batch was cancelled or its completion window ended before this request was sent."""
+
+    type = "batch_error"
+
+    def __init__(self, code: str) -> None:
+        reason = "the batch was cancelled" if code == "batch_cancelled" else "the batch's completion window ended"
+        super().__init__(f"not sent: {reason} before this request started", code=code)
+
+
+OUTCOME_BY_CODE = {"batch_cancelled": "canceled", "batch_expired": "expired"}
 
 
 def type_for_status(status: int) -> str:

@@ -12,6 +12,8 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +22,9 @@ import redis
 from pydantic import ValidationError
 
 from . import http
-from .errors import InvalidRequest, MissingApiKey, ProtocolError, RequestFailed
+from .errors import BatchClosed, InvalidRequest, MissingApiKey, ProtocolError, RequestFailed
 from .pricing import cost as price, to_pico
+from .recovery import Lease
 from .providers import ADAPTERS
 from .providers.base import Parsed, Prepared, UpstreamCall
 from .registry import ModelSpec, Registry, load_registry
@@ -47,34 +50,119 @@ def current_settings() -> Settings:
     return _settings if _settings is not None else Settings.from_env()
 
 
-def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, int]:
-    """RQ entry point (sync wrapper so every RQ worker class runs it the same way)."""
+# Set in a work horse when its worker is asked to stop (SIGTERM): finish or checkpoint, then return.
+DRAIN = threading.Event()
+
+
+def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, Any]:
+    """RQ entry point: hold the chunk's lease, run it, and re-enqueue what a graceful stop left undone."""
     from rq import get_current_job
 
+    settings = current_settings()
     job = get_current_job()
-    conn = job.connection if job is not None else redis.Redis.from_url(current_settings().redis_url or "")
-    return asyncio.run(process_chunk(conn, current_settings(), batch_id, custom_ids))
+    conn = job.connection if job is not None else redis.Redis.from_url(settings.redis_url or "")
+    if job is None:
+        return asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN))
+    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    with Lease(conn, store.keys.lease(job.id), settings.lease_ttl):
+        summary = asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN))
+    leftover = summary.pop("leftover", [])
+    if leftover:
+        _continue_later(conn, settings, store, job, batch_id, leftover)
+        summary["checkpointed"] = len(leftover)
+    return summary
 
 
-async def process_chunk(conn: redis.Redis, settings: Settings, batch_id: str, custom_ids: list[str]) -> dict[str, int]:
+def _continue_later(conn: redis.Redis, settings: Settings, store: Store, job: Any, batch_id: str, ids: list[str]) -> None:
+    """A stopping worker hands its unfinished requests back to the queue as a new chunk job."""
+    from rq import Queue, Retry
+    from rq.serializers import JSONSerializer
+
+    queue = Queue(job.origin, connection=conn, serializer=JSONSerializer)
+    next_id = f"{job.id.split('.')[0]}.{int(time.time() * 1000)}".replace(".", "-")
+    with conn.pipeline() as pipe:
+        queue.enqueue_many([queue.prepare_data(
+            run_chunk, args=(batch_id, ids), job_id=next_id, timeout=job.timeout, result_ttl=3600,
+            failure_ttl=settings.result_ttl, retry=Retry(max=3), description=f"{batch_id} continued: {len(ids)} requests",
+        )], pipeline=pipe)
+        store.add_jobs(pipe, batch_id, [next_id])
+        pipe.execute()
+    log.info("stopping: %d requests of %s handed back as %s", len(ids), job.id, next_id)
+
+
+async def process_chunk(
+    conn: redis.Redis, settings: Settings, batch_id: str, custom_ids: list[str], *, drain: threading.Event | None = None
+) -> dict[str, Any]:
+    """Run a chunk's open requests concurrently. With `drain` set mid-way, start nothing new, give
+    in-flight calls `stop_grace` seconds, and report the rest as `leftover` (uncommitted, safe to re-run)."""
     registry = load_registry(settings.registry_path)  # again: the registry may have changed since submit
     store = Store(conn, settings.key_prefix, settings.result_ttl)
     done = store.done_ids(batch_id, custom_ids)
     todo = [cid for cid in custom_ids if cid not in done]
     requests = store.load_requests(batch_id, todo)
-    options = _batch_options(store, batch_id)
-    summary = {"skipped": len(done), "succeeded": 0, "errored": 0}
+    summary: dict[str, Any] = {"skipped": len(done), "succeeded": 0, "errored": 0}
+    leftover: list[str] = []
+    stop = drain or threading.Event()
     async with http.make_client(concurrency=settings.concurrency, timeout=settings.request_timeout) as client:
-        ctx = Context(settings, registry, store, client, RetryPolicy(settings.max_attempts, max_wait=settings.retry_max_wait), options)
+        policy = RetryPolicy(settings.max_attempts, max_wait=settings.retry_max_wait)
+        ctx = Context(settings, registry, store, client, policy, BatchGate(store, batch_id), _batch_options(store, batch_id))
         gate = asyncio.Semaphore(settings.concurrency)
 
         async def one(cid: str) -> None:
             async with gate:
-                outcome = await process_request(ctx, batch_id, cid, requests[cid])
+                if stop.is_set():
+                    leftover.append(cid)
+                    return
+                try:
+                    outcome = await process_request(ctx, batch_id, cid, requests[cid])
+                except asyncio.CancelledError:
+                    leftover.append(cid)  # cut off by the stop grace: nothing committed, runs again later
+                    raise
                 summary[outcome] = summary.get(outcome, 0) + 1
 
-        await asyncio.gather(*(one(cid) for cid in todo))
+        tasks = [asyncio.ensure_future(one(cid)) for cid in todo]
+        await _until_done_or_drained(tasks, stop, settings.stop_grace)
+    summary["leftover"] = leftover
     return summary
+
+
+async def _until_done_or_drained(tasks: list[asyncio.Future[None]], stop: threading.Event, grace: float) -> None:
+    if not tasks:
+        return
+    everything = asyncio.gather(*tasks)
+    while not everything.done():
+        await asyncio.wait([everything], timeout=0.2)
+        if stop.is_set() and not everything.done():
+            log.warning("stop requested: letting calls in flight finish (up to %.0f s)", grace)
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return
+    everything.result()
+
+
+class BatchGate:
+    """Is the batch still open? Read at most once a second, so cancel and expiry reach running chunks fast."""
+
+    def __init__(self, store: Store, batch_id: str) -> None:
+        self.store, self.batch_id = store, batch_id
+        self._read_at = -1.0
+        self._status: str | None = None
+        self._expires_at: float | None = None
+
+    def closed_code(self) -> str | None:
+        now = time.monotonic()
+        if now - self._read_at >= 1.0:
+            status, expires = self.store.conn.hmget(self.store.keys.batch(self.batch_id), "status", "expires_at")
+            self._status = status.decode() if isinstance(status, bytes) else status
+            self._expires_at = float(expires) if expires else None
+            self._read_at = now
+        if self._status in ("cancelling", "cancelled"):
+            return "batch_cancelled"
+        if self._status in ("expiring", "expired") or (self._expires_at is not None and time.time() >= self._expires_at):
+            return "batch_expired"
+        return None
 
 
 @dataclass
@@ -84,6 +172,7 @@ class Context:
     store: Store
     client: httpx.AsyncClient
     policy: RetryPolicy
+    batch: BatchGate
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,9 +190,12 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
     try:
         if record is None:
             raise InvalidRequest(f"request {custom_id!r} is missing from the batch (expired or deleted)")
+        meta["model"] = record["body"].get("model")
+        closed = ctx.batch.closed_code()
+        if closed:
+            raise BatchClosed(closed)
         kind = KIND_BY_URL[record["url"]]
         model_id = record["body"].get("model")
-        meta["model"] = model_id
         spec = ctx.registry.resolve_for(model_id, kind)
         adapter = ADAPTERS[spec.provider]
         prepared = _prepare(ctx, adapter, spec, kind, record["body"])
@@ -125,8 +217,10 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
     except RequestFailed as error:
         meta["attempts"] = attempts.count
         log.info("request %s/%s errored: %s", batch_id, custom_id, error.code)
-        won = ctx.store.commit(batch_id, custom_id, error_line(batch_id, custom_id, error, meta), "errored", {}, {})
-        return "errored" if won else "skipped"
+        line = error_line(batch_id, custom_id, error, meta)
+        outcome = line["meta"]["outcome"]
+        won = ctx.store.commit(batch_id, custom_id, line, outcome, {}, {})
+        return outcome if won else "skipped"
 
 
 def _prepare(ctx: Context, adapter: Any, spec: ModelSpec, kind: str, body: dict[str, Any]) -> Prepared:

@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 from typing import Any
 
-from .errors import ProtocolError, RequestFailed, TransportError
+from .errors import OUTCOME_BY_CODE, ProtocolError, RequestFailed, TransportError
 from .schemas import Cost, Usage
 
 ZERO_COST = Cost().as_strings()
@@ -48,7 +48,7 @@ def success_line(
 
 
 def error_line(batch_id: str, custom_id: str, error: RequestFailed, meta: dict[str, Any]) -> dict[str, Any]:
-    no_answer = isinstance(error, (TransportError, ProtocolError)) or error.code in ("batch_cancelled", "batch_expired")
+    no_answer = isinstance(error, (TransportError, ProtocolError)) or error.code in OUTCOME_BY_CODE
     return {
         "id": line_id(batch_id, custom_id),
         "custom_id": custom_id,
@@ -57,7 +57,7 @@ def error_line(batch_id: str, custom_id: str, error: RequestFailed, meta: dict[s
         else {"status_code": error.status_code, "request_id": error.request_id, "body": error.to_openai()},
         "error": {"code": error.code, "message": error.message} if no_answer else None,
         "cost": dict(ZERO_COST),
-        "meta": _meta(meta, "canceled" if error.code == "batch_cancelled" else "errored", None),
+        "meta": _meta(meta, OUTCOME_BY_CODE.get(error.code, "errored"), None),
     }
 
 

@@ -6,7 +6,10 @@ Key layout (prefix `otb`, configurable), all expiring after `result_ttl` seconds
     otb:batch:{id}:ids        LIST   custom_ids in input order
     otb:batch:{id}:requests   HASH   custom_id -> {"url", "body", "line"} as submitted
     otb:batch:{id}:results    HASH   custom_id -> result line (OpenAI batch output line + cost + meta)
+    otb:batch:{id}:jobs       SET    ids of the RQ chunk jobs that carry its requests
     otb:batches               ZSET   batch ids by creation time
+    otb:deadlines             ZSET   batch ids by the end of their completion window
+    otb:lease:{job id}        STRING held by the process running a chunk; lapses within seconds of its death
 
 Money in Redis is integer pico-dollars (1e-12 USD) so aggregates stay exact under HINCRBY.
 """
@@ -25,7 +28,7 @@ import redis
 from .pricing import from_pico, normalize
 from .schemas import COST_FIELDS
 
-OUTCOMES = ("succeeded", "errored", "canceled")
+OUTCOMES = ("succeeded", "errored", "canceled", "expired")
 TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 
 # Write a result once; count it once; close the batch when the last one lands.
@@ -34,14 +37,31 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 for i = 6, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
-local h = redis.call('HMGET', KEYS[2], 'total', 'succeeded', 'errored', 'canceled', 'status')
-local done = (tonumber(h[2]) or 0) + (tonumber(h[3]) or 0) + (tonumber(h[4]) or 0)
+local h = redis.call('HMGET', KEYS[2], 'total', 'succeeded', 'errored', 'canceled', 'expired', 'status')
+local done = (tonumber(h[2]) or 0) + (tonumber(h[3]) or 0) + (tonumber(h[4]) or 0) + (tonumber(h[5]) or 0)
 if done >= (tonumber(h[1]) or 0) then
   local final = 'completed'
-  if h[5] == 'cancelling' then final = 'cancelled' end
+  if h[6] == 'cancelling' then final = 'cancelled' elseif h[6] == 'expiring' then final = 'expired' end
   redis.call('HSET', KEYS[2], 'status', final, 'completed_at', ARGV[5])
 end
 return 1
+"""
+
+# Take an errored result back (for `otb retry`) only if it is still the line we read.
+_UNCOMMIT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], ARGV[3], -1)
+redis.call('HSET', KEYS[2], 'status', 'in_progress')
+redis.call('HDEL', KEYS[2], 'completed_at')
+return 1
+"""
+
+# Move an open batch to a closing status (cancelling / expiring); a finished one stays as it is.
+_CLOSE = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'in_progress' then redis.call('HSET', KEYS[1], 'status', ARGV[1]) return ARGV[1] end
+return st
 """
 
 
@@ -61,9 +81,22 @@ class Keys:
     def results(self, bid: str) -> str:
         return f"{self.prefix}:batch:{bid}:results"
 
+    def jobs(self, bid: str) -> str:
+        return f"{self.prefix}:batch:{bid}:jobs"
+
+    def lease(self, job_id: str) -> str:
+        return f"{self.prefix}:lease:{job_id}"
+
+    def idempotency(self, digest: str) -> str:
+        return f"{self.prefix}:idempotency:{digest}"
+
     @property
     def batches(self) -> str:
         return f"{self.prefix}:batches"
+
+    @property
+    def deadlines(self) -> str:
+        return f"{self.prefix}:deadlines"
 
 
 class Store:
@@ -72,6 +105,8 @@ class Store:
         self.keys = Keys(prefix)
         self.ttl = ttl
         self._commit = conn.register_script(_COMMIT)
+        self._uncommit = conn.register_script(_UNCOMMIT)
+        self._close = conn.register_script(_CLOSE)
 
     # -- submit -------------------------------------------------------------------------------
     def write_batch(
@@ -87,7 +122,7 @@ class Store:
         k = self.keys
         now = time.time()
         fields = {k_: _scalar(v) for k_, v in record.items()}
-        fields.update(total=len(requests) + len(rejected), succeeded=0, errored=len(rejected), canceled=0)
+        fields.update(total=len(requests) + len(rejected), succeeded=0, errored=len(rejected), canceled=0, expired=0)
         pipe.hset(k.batch(bid), mapping=fields)
         for start in range(0, len(order), 1000):
             pipe.rpush(k.ids(bid), *order[start : start + 1000])
@@ -101,6 +136,13 @@ class Store:
         for key in (k.batch(bid), k.ids(bid), k.requests(bid), k.results(bid)):
             pipe.expire(key, self.ttl)
         pipe.zadd(k.batches, {bid: now})
+        if record.get("expires_at"):
+            pipe.zadd(k.deadlines, {bid: float(record["expires_at"])})
+
+    def add_jobs(self, pipe: Any, bid: str, job_ids: list[str]) -> None:
+        if job_ids:
+            pipe.sadd(self.keys.jobs(bid), *job_ids)
+            pipe.expire(self.keys.jobs(bid), self.ttl)
 
     # -- work ---------------------------------------------------------------------------------
     def load_requests(self, bid: str, custom_ids: list[str]) -> dict[str, dict[str, Any] | None]:
@@ -141,6 +183,19 @@ class Store:
         k = self.keys
         return bool(self._commit(keys=[k.results(bid), k.batch(bid)], args=args + increments))
 
+    def uncommit(self, bid: str, custom_id: str, line_json: str, outcome: str) -> bool:
+        """Remove one final result so the request can run again; False if it changed meanwhile."""
+        k = self.keys
+        return bool(self._uncommit(keys=[k.results(bid), k.batch(bid)], args=[custom_id, line_json, outcome]))
+
+    def close(self, bid: str, closing: str) -> str | None:
+        """in_progress -> `closing` (cancelling / expiring); returns the status the batch now has."""
+        got = self._close(keys=[self.keys.batch(bid)], args=[closing])
+        return _text(got) if got is not None else None
+
+    def raw_results(self, bid: str) -> dict[str, str]:
+        return {_text(k): _text(v) for k, v in self.conn.hgetall(self.keys.results(bid)).items()}
+
     def add_spend(self, bid: str, pico: int) -> None:
         """Money the provider billed for one HTTP attempt, whether or not its result is committed."""
         if pico:
@@ -168,6 +223,7 @@ class Store:
             "object": "batch",
             "status": raw.get("status", "unknown"),
             "created_at": _float(raw.get("created_at")),
+            "expires_at": _float(raw.get("expires_at")),
             "completed_at": _float(raw.get("completed_at")),
             "request_counts": counts,
             "cost": {n: format(v, "f") for n, v in cost.items()},

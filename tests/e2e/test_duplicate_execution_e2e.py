@@ -37,7 +37,7 @@ def test_two_simultaneous_runs_of_one_chunk_commit_each_request_once(real_redis,
         t.join(timeout=60)
 
     status = client.status(bid)
-    assert status["request_counts"] == {"total": 30, "succeeded": 30, "errored": 0, "canceled": 0, "processing": 0}
+    assert status["request_counts"] == {"total": 30, "succeeded": 30, "errored": 0, "canceled": 0, "expired": 0, "processing": 0}
     lines = list(client.results(bid))
     assert sorted(line["custom_id"] for line in lines) == sorted(ids)
     assert sum(Decimal(line["cost"]["total"]) for line in lines) == Decimal(status["cost"]["total"])

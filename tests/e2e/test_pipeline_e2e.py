@@ -81,7 +81,7 @@ def test_200_line_mixed_batch_ends_with_one_exact_result_per_request(workers, re
     assert done.returncode == 0, done.stderr.decode()
     status = json.loads(done.stdout.decode().strip().splitlines()[-1])
     assert status["status"] == "completed"
-    assert status["request_counts"] == {"total": 200, "succeeded": 196, "errored": 4, "canceled": 0, "processing": 0}
+    assert status["request_counts"] == {"total": 200, "succeeded": 196, "errored": 4, "canceled": 0, "expired": 0, "processing": 0}
     assert b"model_not_found" in done.stderr
 
     out = tmp_path / "results.jsonl"

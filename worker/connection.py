@@ -1,0 +1,42 @@
+"""Redis clients that ride out a Redis restart, and a start-up check of how Redis keeps our data.
+
+Every command retries on connection errors with capped exponential backoff for about two minutes,
+so a restarting Redis (with AOF on) pauses workers and producers instead of failing their work.
+Retried writes are safe: result commits are once-only (HSETNX) and re-runs skip committed requests.
+"""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+RETRIES = 40  # with the backoff below: about two minutes of waiting in all
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for REDIS_URL (`redis://`, `rediss://`, `unix://`; user:password and ACLs work)."""
+    return redis.Redis.from_url(
+        url,
+        retry=Retry(ExponentialBackoff(cap=4.0, base=0.05), RETRIES),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        health_check_interval=15,
+        socket_keepalive=True,
+    )
+
+
+def durability_warnings(conn: redis.Redis) -> list[str]:
+    """What could make Redis lose our queue or results; empty when CONFIG is not allowed (managed Redis)."""
+    try:
+        config = conn.config_get("maxmemory-policy") | conn.config_get("appendonly") | conn.config_get("save")
+    except redis.ResponseError:
+        return []
+    warnings = []
+    policy = config.get("maxmemory-policy", "noeviction")
+    if policy != "noeviction":
+        warnings.append(f"Redis maxmemory-policy is {policy!r}: it may evict queued jobs and results; "
+                        "set maxmemory-policy noeviction")
+    if config.get("appendonly") != "yes" and not config.get("save"):
+        warnings.append("Redis keeps nothing on disk (appendonly no, no save points): a Redis restart loses "
+                        "every batch; run it with --appendonly yes")
+    return warnings

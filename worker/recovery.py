@@ -1,0 +1,177 @@
+"""Nothing is lost when a worker dies: chunk leases, a janitor that re-enqueues dead work, closing batches.
+
+Stock RQ notices a dead worker only after its heartbeat TTL (job_monitoring_interval + 60 s) and
+the next maintenance pass of some idle worker: minutes (reference/rq.md §1). Here the process
+running a chunk holds a short lease (`otb:lease:{job}`, refreshed by a thread every ttl/3), and a
+janitor thread in every `otb worker` re-enqueues started chunks whose lease has lapsed. Re-running
+a chunk is safe: committed requests are skipped (jobs.py), so only calls in flight at the kill are
+sent again. A re-run chunk counts against `max_recoveries`, so a chunk that kills every worker it
+touches (a poison input) stops being retried and shows up in RQ's failed registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from .errors import BatchClosed, RequestFailed
+from .results import error_line
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger("otb.recovery")
+
+
+def queue_for(conn: redis.Redis, settings: Settings) -> Queue:
+    return Queue(settings.queue_name, connection=conn, serializer=JSONSerializer)
+
+
+class Lease:
+    """Holds `otb:lease:{job_id}` while a chunk runs, from a thread so a busy event loop cannot starve it."""
+
+    def __init__(self, conn: redis.Redis, key: str, ttl: float) -> None:
+        self.conn, self.key, self.ttl = conn, key, ttl
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh, name="otb-lease", daemon=True)
+
+    def __enter__(self) -> "Lease":
+        self.conn.set(self.key, self.owner, px=int(self.ttl * 1000))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.conn.delete(self.key)
+        except redis.RedisError:
+            pass  # it lapses on its own
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self.conn.set(self.key, self.owner, px=int(self.ttl * 1000))
+            except redis.RedisError as exc:  # Redis restarting: try again next tick
+                log.warning("lease %s not refreshed: %s", self.key, exc)
+
+
+def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
+    """Re-enqueue started chunks whose lease lapsed; returns their job ids."""
+    queue = queue_for(conn, settings)
+    started = StartedJobRegistry(queue=queue)
+    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    now = time.time() if now is None else now
+    recovered = []
+    for job_id, execution_id in started.get_job_and_execution_ids(cleanup=False):
+        if conn.exists(store.keys.lease(job_id)):
+            continue
+        try:
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            conn.zrem(started.key, f"{job_id}:{execution_id}")
+            continue
+        began = job.started_at.timestamp() if job.started_at else 0.0
+        if job.get_status() != JobStatus.STARTED or now - began < settings.lease_ttl * 2:
+            continue  # finished meanwhile, or too young to hold its lease yet
+        if not conn.set(f"{settings.key_prefix}:recovering:{job_id}", "1", nx=True, ex=int(settings.lease_ttl * 2)):
+            continue  # another janitor is on it
+        recovered.append(job_id)
+        count = conn.hincrby(f"{settings.key_prefix}:recoveries", job_id, 1)
+        if count > settings.max_recoveries:
+            _give_up(conn, store, queue, job, count, settings)
+            conn.zrem(started.key, f"{job_id}:{execution_id}")
+            continue
+        log.warning("chunk %s lost its worker (no lease for %.0f s): re-enqueued", job_id, now - began)
+        with conn.pipeline() as pipe:
+            pipe.zrem(started.key, f"{job_id}:{execution_id}")
+            queue.enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
+    return recovered
+
+
+def _give_up(conn: redis.Redis, store: Store, queue: Queue, job: Job, count: int, settings: Settings) -> None:
+    """A chunk that killed its worker too often: end its open requests as errored, never silently."""
+    bid, custom_ids = job.args[0], list(job.args[1])
+    log.error("chunk %s died with its worker %d times; ending its open requests as worker_crashed", job.id, count)
+    error = RequestFailed(
+        f"the worker running this request died {count} times (killed or out of memory); not retried further",
+        code="worker_crashed", type="api_error", status_code=500)
+    done = store.done_ids(bid, custom_ids)
+    for cid in custom_ids:
+        if cid not in done:
+            store.commit(bid, cid, error_line(bid, cid, error, {"model": None}), "errored", {}, {})
+    job.set_status(JobStatus.FAILED)
+    queue.failed_job_registry.add(job, ttl=settings.result_ttl, exc_string="worker died repeatedly")
+
+
+def close_unstarted(conn: redis.Redis, settings: Settings, bid: str, code: str) -> int:
+    """Take a batch's not-yet-started chunks off the queue and end their requests with `code`."""
+    queue = queue_for(conn, settings)
+    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    closed = 0
+    for raw_id in sorted(conn.smembers(store.keys.jobs(bid))):
+        job_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+        if not conn.lrem(queue.key, 0, job_id):
+            continue  # running or done: the worker checks the batch before each call
+        try:
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+            custom_ids = list(job.args[1])
+        except NoSuchJobError:
+            continue
+        error = BatchClosed(code)
+        done = store.done_ids(bid, custom_ids)
+        for cid in custom_ids:
+            if cid not in done:
+                meta = {"model": None, "attempts": 0}
+                closed += store.commit(bid, cid, error_line(bid, cid, error, meta), _outcome(code), {}, {})
+        job.set_status(JobStatus.CANCELED)
+    return closed
+
+
+def expire_due(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
+    """Batches whose completion window has ended: close them and what has not started."""
+    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    now = time.time() if now is None else now
+    due = [b.decode() if isinstance(b, bytes) else b for b in conn.zrangebyscore(store.keys.deadlines, 0, now)]
+    for bid in due:
+        if store.close(bid, "expiring") == "expiring":
+            close_unstarted(conn, settings, bid, "batch_expired")
+        conn.zrem(store.keys.deadlines, bid)
+    return due
+
+
+def _outcome(code: str) -> str:
+    return "canceled" if code == "batch_cancelled" else "expired"
+
+
+class Janitor(threading.Thread):
+    """Runs in every `otb worker` parent: recovery and expiry every `interval` seconds."""
+
+    def __init__(self, connect: Any, settings: Settings, interval: float | None = None) -> None:
+        super().__init__(name="otb-janitor", daemon=True)
+        self.connect, self.settings = connect, settings
+        self.interval = interval if interval is not None else max(settings.lease_ttl / 3, 1.0)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        conn = self.connect()
+        while not self.stopped.wait(self.interval):
+            try:
+                recover_abandoned(conn, self.settings)
+                expire_due(conn, self.settings)
+            except redis.RedisError as exc:
+                log.warning("janitor: Redis unavailable (%s); retrying", exc)
+            except Exception:  # never let the janitor die silently
+                log.exception("janitor pass failed")
