@@ -144,7 +144,24 @@ submit_options = [
     click.option("--keep-valid", is_flag=True, help="Enqueue the valid lines; record bad lines as errored results."),
     click.option("--drop-unsupported-params", is_flag=True, help="Drop parameters a model would reject (recorded per result) instead of failing the line."),
     click.option("--metadata", "-m", multiple=True, metavar="KEY=VALUE", help="Attach metadata to the batch."),
+    click.option("--completion-window", metavar="DURATION", help="End what is not done by then as batch_expired (e.g. 24h, 90m)."),
+    click.option("--idempotency-key", metavar="KEY", help="Submitting again with the same key returns the same batch."),
 ]
+
+
+def _duration(text: str | None) -> float | None:
+    if not text:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration such as 24h, 90m or 3600s",
+                                 param_hint="--completion-window") from None
+    if value <= 0:
+        raise click.BadParameter("must be positive", param_hint="--completion-window")
+    return value
 
 
 def _with_submit_options(fn: F) -> F:
@@ -154,14 +171,17 @@ def _with_submit_options(fn: F) -> F:
 
 
 def _validate_and_submit(conn: Any, settings: Settings, registry: Registry, file: str, keep_valid: bool,
-                         drop_unsupported_params: bool, metadata: tuple[str, ...], as_json: bool) -> str:
-    from producer.batchfile import read_batch
+                         drop_unsupported_params: bool, metadata: tuple[str, ...], as_json: bool,
+                         completion_window: str | None = None, idempotency_key: str | None = None) -> str:
+    from producer.batchfile import Limits, read_batch
     from producer.submit import SubmissionRejected, submit
 
-    parsed = read_batch(_read_lines(file), registry, drop_unsupported=drop_unsupported_params)
+    limits = Limits(settings.max_line_bytes, settings.max_lines)
+    parsed = read_batch(_read_lines(file), registry, drop_unsupported=drop_unsupported_params, limits=limits)
     try:
         bid = submit(conn, settings, parsed, keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
-                     metadata=_parse_metadata(metadata))
+                     metadata=_parse_metadata(metadata), completion_window=_duration(completion_window),
+                     idempotency_key=idempotency_key)
     except SubmissionRejected as exc:
         if as_json:
             click.echo(_dumps({"error": {"message": str(exc), "type": "invalid_request_error", "code": "invalid_batch"},
@@ -182,12 +202,13 @@ def _validate_and_submit(conn: Any, settings: Settings, registry: Registry, file
 @click.option("--wait", is_flag=True, help="Follow the batch until every request has a result.")
 @friendly
 def submit_cmd(file: str, keep_valid: bool, drop_unsupported_params: bool, metadata: tuple[str, ...],
-               as_json: bool, wait: bool) -> None:
+               completion_window: str | None, idempotency_key: str | None, as_json: bool, wait: bool) -> None:
     """Validate FILE (JSONL; - for stdin) and enqueue it. Prints the batch id."""
     settings = _settings()
     registry = _registry(settings)
     conn = _shared_redis(settings)
-    bid = _validate_and_submit(conn, settings, registry, file, keep_valid, drop_unsupported_params, metadata, as_json)
+    bid = _validate_and_submit(conn, settings, registry, file, keep_valid, drop_unsupported_params, metadata, as_json,
+                               completion_window, idempotency_key)
     if not wait:
         click.echo(_dumps({"id": bid}) if as_json else bid)
         return
@@ -225,7 +246,7 @@ def _status_text(s: dict[str, Any]) -> str:
     return "\n".join([
         f"{s['id']}  {s['status']}",
         f"requests  {c['total']} total, {c['succeeded']} succeeded, {c['errored']} errored, "
-        f"{c['canceled']} canceled, {c['processing']} processing",
+        f"{c['canceled']} canceled, {c['expired']} expired, {c['processing']} processing",
         f"cost      ${cost['total']}  (input {cost['input']}, cache_read {cost['cache_read']}, "
         f"cache_write {cost['cache_write']}, output {cost['output']})",
         f"spent     ${s['spent']}  (billed by providers over all attempts)",
@@ -264,6 +285,30 @@ def results(batch_id: str, output: str | None) -> None:
         n = write_jsonl(client.results(batch_id), sys.stdout)
     if s["request_counts"]["processing"]:
         click.echo(f"note: {s['request_counts']['processing']} requests have no result yet", err=True)
+
+
+@main.command("cancel")
+@click.argument("batch_id")
+@friendly
+def cancel_cmd(batch_id: str) -> None:
+    """Stop a batch: unstarted requests end as batch_cancelled, in-flight ones finish; results are kept."""
+    from producer.client import Client
+
+    settings = _settings()
+    out = Client(_shared_redis(settings), settings, _registry(settings)).cancel(batch_id)
+    click.echo(f"{batch_id}: {out['status']}")
+
+
+@main.command("retry")
+@click.argument("batch_id")
+@friendly
+def retry_cmd(batch_id: str) -> None:
+    """Re-run only the errored requests of a batch (results of the others are kept)."""
+    from producer.client import Client
+
+    settings = _settings()
+    n = Client(_shared_redis(settings), settings, _registry(settings)).retry(batch_id)
+    click.echo(f"{batch_id}: {n} errored requests re-enqueued")
 
 
 # -- worker ------------------------------------------------------------------------------------
@@ -315,9 +360,11 @@ def emulator(host: str, port: int, latency_ms: float, jitter_ms: float, error_ra
 @click.option("--latency-ms", default=0.0, help="Emulator latency per call.")
 @friendly
 def run(file: str, output: str | None, keep_valid: bool, drop_unsupported_params: bool,
-        metadata: tuple[str, ...], use_emulator: bool, latency_ms: float) -> None:
+        metadata: tuple[str, ...], completion_window: str | None, idempotency_key: str | None,
+        use_emulator: bool, latency_ms: float) -> None:
     """Submit, process and report FILE in one process (embedded Redis when REDIS_URL is unset)."""
-    _run_and_report(file, output, keep_valid, drop_unsupported_params, metadata, use_emulator, latency_ms, show_lines=False)
+    _run_and_report(file, output, keep_valid, drop_unsupported_params, metadata, use_emulator, latency_ms,
+                    show_lines=False, completion_window=completion_window, idempotency_key=idempotency_key)
 
 
 @main.command()
@@ -330,7 +377,8 @@ def demo(output: str | None) -> None:
 
 
 def _run_and_report(file: str, output: str | None, keep_valid: bool, drop: bool, metadata: tuple[str, ...],
-                    use_emulator: bool, latency_ms: float, *, show_lines: bool) -> None:
+                    use_emulator: bool, latency_ms: float, *, show_lines: bool,
+                    completion_window: str | None = None, idempotency_key: str | None = None) -> None:
     from contextlib import ExitStack
 
     from producer.client import Client, write_jsonl
@@ -345,7 +393,8 @@ def _run_and_report(file: str, output: str | None, keep_valid: bool, drop: bool,
             settings = stack.enter_context(emulated(settings, registry, EmulatorConfig(latency_ms=latency_ms)))
         conn = connect(settings)
         where = "embedded Redis" if not settings.redis_url else _safe_url(settings.redis_url)
-        bid = _validate_and_submit(conn, settings, registry, file, keep_valid, drop, metadata, False)
+        bid = _validate_and_submit(conn, settings, registry, file, keep_valid, drop, metadata, False,
+                                   completion_window, idempotency_key)
         click.echo(f"{bid}: submitted to {where}; processing in this process"
                    + (" against the built-in emulator" if use_emulator else ""), err=True)
         started = time.monotonic()

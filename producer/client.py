@@ -23,7 +23,8 @@ from worker.registry import Registry, load_registry
 from worker.settings import Settings
 from worker.store import Store
 
-from .batchfile import ParsedBatch, read_batch
+from .batchfile import Limits, ParsedBatch, read_batch
+from .control import cancel, retry
 from .local import connect
 from .submit import submit
 
@@ -47,7 +48,8 @@ class Client:
         return cls(connect(settings), settings)
 
     def validate(self, raw_lines: Iterable[bytes], *, drop_unsupported_params: bool = False) -> ParsedBatch:
-        return read_batch(raw_lines, self.registry, drop_unsupported=drop_unsupported_params)
+        limits = Limits(self.settings.max_line_bytes, self.settings.max_lines)
+        return read_batch(raw_lines, self.registry, drop_unsupported=drop_unsupported_params, limits=limits)
 
     def submit(
         self,
@@ -56,10 +58,13 @@ class Client:
         keep_valid: bool = False,
         drop_unsupported_params: bool = False,
         metadata: dict[str, str] | None = None,
+        completion_window: float | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Submit request dicts (either line format) or a JSONL path; returns the batch id.
 
-        Raises SubmissionRejected listing every bad line unless `keep_valid`.
+        Raises SubmissionRejected listing every bad line unless `keep_valid`. The same
+        `idempotency_key` with the same requests returns the first batch's id.
         """
         if isinstance(requests, (str, Path)):
             with open(requests, "rb") as fh:
@@ -70,7 +75,18 @@ class Client:
         return submit(
             self.conn, self.settings, parsed, keep_valid=keep_valid,
             drop_unsupported_params=drop_unsupported_params, metadata=metadata,
+            completion_window=completion_window, idempotency_key=idempotency_key,
         )
+
+    def cancel(self, batch_id: str) -> dict[str, Any]:
+        """Stop unstarted requests (they end `batch_cancelled`); in-flight ones finish. Results are kept."""
+        self.status(batch_id)
+        return cancel(self.conn, self.settings, batch_id)
+
+    def retry(self, batch_id: str) -> int:
+        """Re-run only the errored requests; returns how many were re-enqueued."""
+        self.status(batch_id)
+        return retry(self.conn, self.settings, batch_id)
 
     def status(self, batch_id: str) -> dict[str, Any]:
         status = self.store.status(batch_id)

@@ -160,7 +160,9 @@ class BatchGate:
             self._read_at = now
         if self._status in ("cancelling", "cancelled"):
             return "batch_cancelled"
-        if self._status in ("expiring", "expired") or (self._expires_at is not None and time.time() >= self._expires_at):
+        if self._status == "in_progress" and self._expires_at is not None and time.time() >= self._expires_at:
+            self._status = self.store.close(self.batch_id, "expiring")  # the window ended: the batch ends expired
+        if self._status in ("expiring", "expired"):
             return "batch_expired"
         return None
 

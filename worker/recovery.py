@@ -89,15 +89,14 @@ def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | Non
             continue  # another janitor is on it
         recovered.append(job_id)
         count = conn.hincrby(f"{settings.key_prefix}:recoveries", job_id, 1)
+        conn.expire(f"{settings.key_prefix}:recoveries", settings.result_ttl)
         if count > settings.max_recoveries:
             _give_up(conn, store, queue, job, count, settings)
             conn.zrem(started.key, f"{job_id}:{execution_id}")
             continue
         log.warning("chunk %s lost its worker (no lease for %.0f s): re-enqueued", job_id, now - began)
-        with conn.pipeline() as pipe:
-            pipe.zrem(started.key, f"{job_id}:{execution_id}")
-            queue.enqueue_job(job, pipeline=pipe, at_front=True)
-            pipe.execute()
+        queue.enqueue_job(job, at_front=True)  # first: a crash between the two leaves it queued, never lost
+        conn.zrem(started.key, f"{job_id}:{execution_id}")
     return recovered
 
 

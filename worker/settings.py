@@ -40,6 +40,8 @@ class Settings:
     lease_ttl: float = 15.0  # a chunk whose runner is silent this long is re-enqueued
     max_recoveries: int = 5  # re-runs of a chunk after its worker died, before its requests are failed
     stop_grace: float = 25.0  # seconds in-flight calls get to finish after SIGTERM
+    max_line_bytes: int = 8 * 1024 * 1024  # submission limits
+    max_lines: int = 100_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -62,6 +64,8 @@ class Settings:
             lease_ttl=float(_int(env, "OTB_LEASE_TTL", 15)),
             max_recoveries=_int(env, "OTB_MAX_RECOVERIES", 5),
             stop_grace=float(_int(env, "OTB_STOP_GRACE", 25)),
+            max_line_bytes=_int(env, "OTB_MAX_LINE_BYTES", 8 * 1024 * 1024),
+            max_lines=_int(env, "OTB_MAX_LINES", 100_000),
         )
 
     def base_url(self, provider: str) -> str:
