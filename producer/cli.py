@@ -67,6 +67,14 @@ def _shared_redis(settings: Settings) -> Any:
     return conn
 
 
+def _client() -> Any:
+    """The Python API on the shared Redis, for commands that read or steer a batch."""
+    from producer.client import Client
+
+    settings = _settings()
+    return Client(_shared_redis(settings), settings, _registry(settings))
+
+
 def _safe_url(url: str) -> str:
     """REDIS_URL without its password, for messages."""
     if "@" not in url:
@@ -259,10 +267,7 @@ def _status_text(s: dict[str, Any]) -> str:
 @friendly
 def status(batch_id: str, as_json: bool) -> None:
     """Show a batch's status, request counts and cost so far."""
-    from producer.client import Client
-
-    settings = _settings()
-    s = Client(_shared_redis(settings), settings, _registry(settings)).status(batch_id)
+    s = _client().status(batch_id)
     click.echo(_dumps(s) if as_json else _status_text(s))
 
 
@@ -272,10 +277,9 @@ def status(batch_id: str, as_json: bool) -> None:
 @friendly
 def results(batch_id: str, output: str | None) -> None:
     """Write the OpenAI batch output lines (plus cost) in input order."""
-    from producer.client import Client, write_jsonl
+    from producer.client import write_jsonl
 
-    settings = _settings()
-    client = Client(_shared_redis(settings), settings, _registry(settings))
+    client = _client()
     s = client.status(batch_id)
     if output:
         with open(output, "w", encoding="utf-8") as fh:
@@ -292,11 +296,7 @@ def results(batch_id: str, output: str | None) -> None:
 @friendly
 def cancel_cmd(batch_id: str) -> None:
     """Stop a batch: unstarted requests end as batch_cancelled, in-flight ones finish; results are kept."""
-    from producer.client import Client
-
-    settings = _settings()
-    out = Client(_shared_redis(settings), settings, _registry(settings)).cancel(batch_id)
-    click.echo(f"{batch_id}: {out['status']}")
+    click.echo(f"{batch_id}: {_client().cancel(batch_id)['status']}")
 
 
 @main.command("retry")
@@ -304,11 +304,7 @@ def cancel_cmd(batch_id: str) -> None:
 @friendly
 def retry_cmd(batch_id: str) -> None:
     """Re-run only the errored requests of a batch (results of the others are kept)."""
-    from producer.client import Client
-
-    settings = _settings()
-    n = Client(_shared_redis(settings), settings, _registry(settings)).retry(batch_id)
-    click.echo(f"{batch_id}: {n} errored requests re-enqueued")
+    click.echo(f"{batch_id}: {_client().retry(batch_id)} errored requests re-enqueued")
 
 
 # -- worker ------------------------------------------------------------------------------------
