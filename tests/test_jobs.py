@@ -183,3 +183,35 @@ def test_anthropic_tool_round_trip(setup):
     _, lines, _ = run(client, conn, settings, [{"custom_id": "a2", "model": "anthropic/claude-sonnet-5-5",
                                                  "messages": history, "tools": [WEATHER_TOOL]}])
     assert lines["a2"]["response"]["body"]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("marker", "outcome", "attempts", "code"),
+    [
+        ("#emu:fail-first=2:500 #emu:retry-after=0", "succeeded", 3, None),
+        ("#emu:fail-first=2:503 #emu:retry-after=0", "succeeded", 3, None),
+        ("#emu:fail-first=2:529 #emu:retry-after=0", "succeeded", 3, None),
+        ("#emu:fail-first=2:429 #emu:retry-after=0", "succeeded", 3, None),
+        ("#emu:fail=529 #emu:retry-after=0", "errored", 3, "overloaded_error"),
+        ("#emu:fail=429 #emu:retry-after=0", "errored", 3, "rate_limit_error"),
+        ("#emu:fail=401", "errored", 1, "authentication_error"),
+        ("#emu:fail=413", "errored", 1, "request_too_large"),
+        ("#emu:reset", "errored", 3, "upstream_unreachable"),
+        ("#emu:malformed", "errored", 3, "upstream_protocol_error"),
+        ("#emu:slow=2500", "errored", 3, "upstream_timeout"),
+        ("#emu:fail=429 #emu:retry-after=3600", "errored", 1, "rate_limit_error"),  # a daily quota: not slept on
+    ],
+)
+def test_upstream_faults_end_succeeded_or_errored_with_the_last_error(setup, marker, outcome, attempts, code):
+    conn, settings, client = setup
+    settings = settings.with_(request_timeout=1.0, retry_max_wait=60.0)
+    client.settings = settings
+    _, lines, status = run(client, conn, settings, [chat("f", "anthropic/claude-haiku-5-5", marker)])
+    line = lines["f"]
+    assert line["meta"]["outcome"] == outcome
+    assert line["meta"]["attempts"] == attempts
+    if code is not None:
+        err = line["error"] or line["response"]["body"]["error"]
+        assert err["code"] == code
+        assert line["cost"]["total"] == "0"
+    assert status["status"] == "completed"

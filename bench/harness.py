@@ -1,0 +1,122 @@
+"""Real processes for tests and benchmarks: a private redis-server, `otb worker` processes, the CLI.
+
+Shared by tests/ and bench/ so both break and measure the same parts a user runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A private redis-server on a free port (so tests never touch a developer's data)."""
+
+    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: apt-get install redis-server (see README)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "yes" if appendonly else "no", "--appendfsync", "always", "--dir", str(workdir)]
+        self._start()
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        conn = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                conn.ping()
+                return
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def restart(self, pause: float) -> None:
+        """Shut Redis down (as an operator would), stay down for `pause` seconds, start it on the same data."""
+        try:
+            redis.Redis(port=self.port).shutdown()
+        except redis.ConnectionError:
+            pass
+        self.proc.wait(timeout=10)
+        time.sleep(pause)
+        self._start()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def worker_env(redis_url: str, emulator_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a worker or CLI run against `redis_url` and the emulator (placeholder keys)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTB_", "ANTHROPIC", "GEMINI", "REDIS_URL"))}
+    env.update(
+        REDIS_URL=redis_url,
+        OTB_ANTHROPIC_BASE_URL=emulator_url,
+        OTB_GOOGLE_BASE_URL=emulator_url,
+        ANTHROPIC_API_KEY="sk-ant-test-SECRET-KEY-1234",
+        GEMINI_API_KEY="gm-test-SECRET-KEY-5678",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def otb(args: list[str], env: dict[str, str], *, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real CLI in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "producer.cli", *args], env=env, input=input,
+                          capture_output=True, timeout=timeout, cwd=ROOT)
+
+
+class WorkerProcess:
+    """A real `otb worker` in its own session, so it can be killed together with its work horse."""
+
+    def __init__(self, env: dict[str, str], *args: str, log: Path | None = None) -> None:
+        out = open(log, "ab") if log else subprocess.PIPE  # noqa: SIM115 (closed with the process)
+        self.proc = subprocess.Popen([sys.executable, "-m", "producer.cli", "worker", *args], env=env, cwd=ROOT,
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def session_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-s", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def kill_all(self) -> int:
+        """SIGKILL the worker and its horse (the horse has its own process group, not its own session)."""
+        pids = self.session_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+        return len(pids)
+
+    def stop(self, timeout: float = 30) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill_all()
+        for pid in self.session_pids():
+            os.kill(pid, 9)
+        return self.proc.stdout.read().decode() if self.proc.stdout else ""

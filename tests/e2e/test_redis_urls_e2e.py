@@ -1,0 +1,166 @@
+"""REDIS_URL with a password, an ACL user and TLS (`rediss://`) through the real CLI, never echoing the password."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from ..conftest import ROOT, free_port, otb, worker_env
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "s3cret-pass"
+ACL_PASSWORD = "acl-pass"
+TLS_PASSWORD = "tls-s3cret"
+MODELS = ["google/gemini-3-flash", "anthropic/claude-haiku-5-5", "google/gemini-3-flash"]
+
+
+class SecuredRedis:
+    """A private redis-server on a free port, started with extra (auth / TLS) arguments."""
+
+    def __init__(self, workdir: Path, extra: list[str], *, tls: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: apt-get install redis-server (see README)")
+        self.port = free_port()
+        ports = ["--port", "0", "--tls-port", str(self.port)] if tls else ["--port", str(self.port)]
+        self.log = workdir / f"redis-{self.port}.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen([binary, *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                          "--dir", str(workdir), *extra], stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, url: str) -> None:
+        conn = redis.Redis.from_url(url)
+        for _ in range(200):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log.read_text()}")
+            try:
+                conn.ping()
+                return
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def start_redis(tmp_path):  # type: ignore[no-untyped-def]
+    started: list[SecuredRedis] = []
+
+    def start(extra: list[str], url_of, *, tls: bool = False) -> tuple[SecuredRedis, str]:  # type: ignore[no-untyped-def]
+        server = SecuredRedis(tmp_path, extra, tls=tls)
+        started.append(server)
+        url = url_of(server.port)
+        server.wait_ready(url)
+        return server, url
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _texts(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout.decode() + proc.stderr.decode()
+
+
+def run_batch(tmp_path: Path, env: dict[str, str], secret: str) -> None:
+    """submit, drain with one `otb worker --burst`, check `otb status`: and the secret is in no output."""
+    src = tmp_path / "batch.jsonl"
+    src.write_text("".join(json.dumps({"custom_id": f"r{i}", "model": m, "messages": [{"role": "user", "content": f"q{i}"}]})
+                           + "\n" for i, m in enumerate(MODELS)))
+    outputs = []
+    sub = otb(["submit", str(src), "--json"], env, timeout=30)
+    outputs.append(_texts(sub))
+    assert sub.returncode == 0, _texts(sub)
+    bid = json.loads(sub.stdout)["id"]
+
+    worker = subprocess.run([sys.executable, "-m", "producer.cli", "worker", "--burst"], env=env, cwd=ROOT,
+                            capture_output=True, timeout=30)
+    outputs.append(_texts(worker))
+    assert worker.returncode == 0, _texts(worker)
+    assert "***@" in worker.stderr.decode() or "@" not in env["REDIS_URL"]  # the banner names Redis, password masked
+
+    st = otb(["status", bid, "--json"], env, timeout=30)
+    outputs.append(_texts(st))
+    assert st.returncode == 0, _texts(st)
+    status = json.loads(st.stdout)
+    assert status["status"] == "completed"
+    assert status["request_counts"]["total"] == 3 and status["request_counts"]["succeeded"] == 3
+
+    res = otb(["results", bid], env, timeout=30)
+    outputs.append(_texts(res))
+    assert [json.loads(x)["custom_id"] for x in res.stdout.decode().splitlines()] == ["r0", "r1", "r2"]
+    for text in outputs:
+        assert secret not in text
+
+
+def assert_refused(env: dict[str, str], wrong: str) -> None:
+    """A wrong password: exit 1, one clear `error:` line, no traceback, no password, and no two-minute retry."""
+    started = time.monotonic()
+    proc = otb(["status", "batch_x"], env, timeout=60)
+    elapsed = time.monotonic() - started
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, _texts(proc)
+    assert "Traceback" not in err
+    assert err.startswith("Error: cannot reach Redis at ") and "***@127.0.0.1" in err, err
+    assert "WRONGPASS" in err or "invalid" in err.lower(), err
+    assert wrong not in _texts(proc)
+    assert elapsed < 15, f"a refused password took {elapsed:.1f}s: it is retried like a dropped connection"
+
+
+def test_password_url(tmp_path, emulator, start_redis):
+    _, url = start_redis(["--requirepass", PASSWORD], lambda p: f"redis://:{PASSWORD}@127.0.0.1:{p}/0")
+    run_batch(tmp_path, worker_env(url, emulator.url), PASSWORD)
+    assert_refused(worker_env(url.replace(PASSWORD, "wrong-pass-123"), emulator.url), "wrong-pass-123")
+
+
+def test_acl_user_url(tmp_path, emulator, start_redis):
+    _, url = start_redis(["--user", "default", "off", "--user", "otb", "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all"],
+                         lambda p: f"redis://otb:{ACL_PASSWORD}@127.0.0.1:{p}/0")
+    run_batch(tmp_path, worker_env(url, emulator.url), ACL_PASSWORD)
+    assert_refused(worker_env(url.replace(ACL_PASSWORD, "wrong-acl-456"), emulator.url), "wrong-acl-456")
+
+
+def _certs(d: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 (CN and subjectAltName IP) signed by it."""
+    ca_key, ca, key, csr, cert = (d / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    ext = d / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=otb-test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2",
+         "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True, timeout=30)
+    return ca, cert, key
+
+
+def test_tls_url(tmp_path, emulator, start_redis):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test CA")
+    ca, cert, key = _certs(tmp_path)
+    tls = ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+           "--tls-auth-clients", "no", "--requirepass", TLS_PASSWORD]
+    try:
+        _, url = start_redis(tls, lambda p: f"rediss://:{TLS_PASSWORD}@127.0.0.1:{p}/0?ssl_ca_certs={ca}", tls=True)
+    except RuntimeError as exc:
+        if "TLS" in str(exc) and "not supported" in str(exc).lower():
+            pytest.skip(f"the installed redis-server was built without TLS support: {exc}")
+        raise
+    run_batch(tmp_path, worker_env(url, emulator.url), TLS_PASSWORD)
+    # the same server over TLS without trusting our CA: refused with a clear message, no password shown
+    proc = otb(["status", "batch_x"], worker_env(url.split("?")[0], emulator.url), timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode(), _texts(proc)
+    assert "cannot reach Redis at rediss://***@127.0.0.1" in proc.stderr.decode()
+    assert TLS_PASSWORD not in _texts(proc)
