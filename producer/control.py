@@ -7,13 +7,10 @@ import time
 from typing import Any
 
 import redis
-from rq import Queue, Retry
 
-from worker.recovery import close_unstarted, queue_for
+from worker.recovery import close_unstarted, enqueue_chunks
 from worker.settings import Settings
 from worker.store import Store
-
-from .submit import CHUNK_JOB
 
 
 def cancel(conn: redis.Redis, settings: Settings, bid: str) -> dict[str, Any]:
@@ -38,19 +35,7 @@ def retry(conn: redis.Redis, settings: Settings, bid: str) -> int:
         if store.uncommit(bid, cid, raw, "errored"):
             again.append(cid)
     if again:
-        _enqueue(conn, settings, store, bid, again)
+        enqueue_chunks(conn, settings, bid, again, f"retry{int(time.time() * 1000)}")
     return len(again)
 
 
-def _enqueue(conn: redis.Redis, settings: Settings, store: Store, bid: str, ids: list[str]) -> None:
-    queue: Queue = queue_for(conn, settings)
-    stamp = int(time.time() * 1000)
-    size = settings.chunk_size
-    jobs = [Queue.prepare_data(CHUNK_JOB, args=(bid, ids[i : i + size]), job_id=f"{bid}-retry{stamp}-{i // size}",
-                               timeout=settings.job_timeout, result_ttl=3600, failure_ttl=settings.result_ttl,
-                               retry=Retry(max=3), description=f"{bid} retry of {len(ids[i:i + size])} requests")
-            for i in range(0, len(ids), size)]
-    with conn.pipeline() as pipe:
-        queue.enqueue_many(jobs, pipeline=pipe)
-        store.add_jobs(pipe, bid, [j.job_id for j in jobs])
-        pipe.execute()

@@ -14,18 +14,14 @@ import uuid
 from typing import Any
 
 import redis
-from rq import Queue, Retry
 
 from worker.errors import OTBError
 from worker.results import error_line
-from worker.recovery import queue_for
+from worker.recovery import chunk_jobs, queue_for
 from worker.settings import Settings
 from worker.store import Store
 
 from .batchfile import LineError, ParsedBatch
-
-CHUNK_JOB = "worker.jobs.run_chunk"
-
 
 class SubmissionRejected(OTBError):
     """Some lines are bad and the caller did not ask to keep the good ones."""
@@ -78,21 +74,8 @@ def submit(
         record["expires_at"] = f"{time.time() + completion_window:.3f}"
     store = Store(conn, settings.key_prefix, settings.result_ttl)
     queue = queue_for(conn, settings)
-    size = chunk_size or settings.chunk_size
     ids = [cid for cid, _ in requests]
-    jobs = [
-        Queue.prepare_data(
-            CHUNK_JOB,
-            args=(bid, ids[start : start + size]),
-            job_id=f"{bid}-{start // size}",
-            timeout=settings.job_timeout,
-            result_ttl=3600,
-            failure_ttl=settings.result_ttl,
-            retry=Retry(max=3),
-            description=f"{bid} requests {start}..{min(start + size, len(ids)) - 1}",
-        )
-        for start in range(0, len(ids), size)
-    ]
+    jobs = chunk_jobs(settings, bid, ids, "part", chunk_size)
     claim = None
     if idempotency_key is not None:
         name = store.keys.idempotency(hashlib.sha256(idempotency_key.encode()).hexdigest())

@@ -358,10 +358,17 @@ def test_random_faults_latency_and_stats() -> None:
         stats = c.get("/_emulator/stats").json()
         assert stats == emu.stats() == {
             "calls": 3, "by_path": {"messages": 1, "generateContent": 1, "countTokens": 1}, "by_status": {"429": 3},
-            "by_model": {"claude-x": 1, "gemini-2.5-flash": 1, "gemini-embedding-001": 1}}
+            "by_model": {"claude-x": 1, "gemini-2.5-flash": 1, "gemini-embedding-001": 1}, "rate_limited": 0}
         c.post("/_emulator/reset")
         assert emu.stats()["calls"] == 0
     with start_background(EmulatorConfig(error_rate=1.0, require_key=False, seed=3)) as emu, \
             httpx.Client(base_url=emu.url) as c:
         statuses = {messages(c, headers={"anthropic-version": "2023-06-01"}).status_code for _ in range(20)}
         assert statuses <= {500, 503, 529} and len(statuses) > 1
+
+
+def test_rpm_limit_answers_429_over_a_sliding_minute():
+    with start_background(EmulatorConfig(rpm_limit=3, require_key=False)) as emu, httpx.Client(base_url=emu.url) as c:
+        codes = [messages(c, headers={"anthropic-version": "2026-10-21"}).status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        assert emu.stats()["rate_limited"] == 2

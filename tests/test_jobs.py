@@ -199,7 +199,6 @@ def test_anthropic_tool_round_trip(setup):
         ("#emu:reset", "errored", 3, "upstream_unreachable"),
         ("#emu:malformed", "errored", 3, "upstream_protocol_error"),
         ("#emu:slow=2500", "errored", 3, "upstream_timeout"),
-        ("#emu:fail=429 #emu:retry-after=3600", "errored", 1, "rate_limit_error"),  # a daily quota: not slept on
     ],
 )
 def test_upstream_faults_end_succeeded_or_errored_with_the_last_error(setup, marker, outcome, attempts, code):
@@ -215,3 +214,31 @@ def test_upstream_faults_end_succeeded_or_errored_with_the_last_error(setup, mar
         assert err["code"] == code
         assert line["cost"]["total"] == "0"
     assert status["status"] == "completed"
+
+
+def test_a_daily_quota_parks_the_request_instead_of_sleeping_and_says_so(setup):
+    from worker.recovery import resume_parked
+
+    conn, settings, client = setup
+    bid = client.submit([chat("q", "google/gemini-3-flash", "#emu:fail-first=1:429 #emu:retry-after=52758")])
+    drain(conn, settings)
+    status = client.status(bid)
+    assert status["request_counts"]["processing"] == 1 and list(client.results(bid)) == []
+    assert status["parked"]["requests"] == 1 and "52758" in status["parked"]["reason"]
+    assert status["parked"]["until"] > status["created_at"] + 52000
+    assert resume_parked(conn, settings) == 0  # not due yet
+    assert resume_parked(conn, settings, now=status["parked"]["until"] + 1) == 1
+    conn.delete("otb:cool:" + next(k.decode().split("otb:cool:")[1] for k in conn.scan_iter("otb:cool:*")))
+    drain(conn, settings)  # the quota is back: the emulator's fail-first has been used up
+    status = client.status(bid)
+    assert status["request_counts"]["succeeded"] == 1 and status["parked"] is None
+
+
+def test_a_429_is_retried_after_the_shared_cool_down(setup, emulator):
+    conn, settings, client = setup
+    reqs = [chat("first", "anthropic/claude-haiku-5-5", "#emu:fail-first=1:429 #emu:retry-after=1 go")]
+    reqs += [chat(f"n{i}", "anthropic/claude-haiku-5-5", f"next {i}") for i in range(5)]
+    client.settings = settings = settings.with_(concurrency=1)
+    _, lines, status = run(client, conn, settings, reqs)
+    assert status["request_counts"]["succeeded"] == 6
+    assert lines["first"]["meta"]["attempts"] == 2

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import base64
 import datetime as dt
 import hashlib
@@ -33,6 +34,7 @@ import random
 import re
 import signal
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -98,15 +100,18 @@ class EmulatorConfig:
     retry_after: float = 1.0  # seconds sent on 429/529
     seed: int | None = None
     require_key: bool = True
+    rpm_limit: int = 0  # per model: requests in any 60 s window above this get 429 (0 = no limit)
+    tpm_limit: int = 0  # per model: input tokens in any 60 s window (0 = no limit)
 
 
 class EmuError(Exception):
     """An answer with a non-200 status; `kind` overrides the provider's error type/status name."""
 
     def __init__(self, status: int, message: str | None = None, kind: str | None = None,
-                 details: list[dict[str, Any]] | None = None) -> None:
+                 details: list[dict[str, Any]] | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.details = status, message, kind, details or []
+        self.retry_after = retry_after
 
 
 class _Disconnect(Exception):
@@ -265,6 +270,8 @@ class _State:
         self.fail_first: dict[bytes, int] = {}
         self.cache_seen: set[bytes] = set()
         self.system_seen: set[bytes] = set()
+        self.windows: dict[str, collections.deque[tuple[float, int]]] = {}
+        self.limited = 0
 
     def record(self, kind: str, status: str, model: str | None) -> None:
         self.calls += 1
@@ -274,7 +281,24 @@ class _State:
 
     def snapshot(self) -> dict[str, Any]:
         return {"calls": self.calls, "by_path": dict(self.by_path), "by_status": dict(self.by_status),
-                "by_model": dict(self.by_model)}
+                "by_model": dict(self.by_model), "rate_limited": self.limited}
+
+    def admit(self, model: str, tokens_in: int) -> None:
+        """The provider's per-model RPM/TPM limit over a sliding 60 s window: 429 above it."""
+        cfg = self.config
+        if not (cfg.rpm_limit or cfg.tpm_limit):
+            return
+        now = time.monotonic()
+        window = self.windows.setdefault(model, collections.deque())
+        while window and now - window[0][0] >= 60:
+            window.popleft()
+        used = sum(t for _, t in window)
+        if (cfg.rpm_limit and len(window) + 1 > cfg.rpm_limit) or (cfg.tpm_limit and used + tokens_in > cfg.tpm_limit):
+            self.limited += 1
+            wait = 60 - (now - window[0][0]) if window else 1.0
+            raise EmuError(429, f"rate limit exceeded for {model} (emulated {cfg.rpm_limit} RPM / {cfg.tpm_limit} TPM)",
+                           retry_after=max(round(wait, 3), 0.001))
+        window.append((now, tokens_in))
 
     def remember(self, memory: set[bytes], key: bytes) -> None:
         if len(memory) >= MEMORY_CAP:
@@ -388,12 +412,15 @@ async def _serve_call(
         if marks is not None:
             _apply_markers(state, request, raw, marks)
         _random_fault(state, dialect)
+        state.admit(model, _prompt_tokens(dialect, kind, body))
         payload = answer(state, request, body, model)
         status = "200"
         return _json(200, payload, headers, truncate=bool(marks and marks.malformed))
     except EmuError as err:
         status = str(err.status)
         retry = marks.retry_after if marks and marks.retry_after is not None else cfg.retry_after
+        if err.retry_after is not None:
+            retry = err.retry_after
         return dialect.error(err, retry, headers)
     except _Disconnect:
         status = "reset"
@@ -429,6 +456,16 @@ def _apply_markers(state: _State, request: web.Request, raw: bytes, marks: Marke
                 state.fail_first.clear()
             state.fail_first[key] = seen + 1
             raise EmuError(status)
+
+
+def _prompt_tokens(dialect: Dialect, kind: str, body: dict[str, Any]) -> int:
+    """Input tokens as the usage will report them, for the emulated TPM limit."""
+    try:
+        if dialect is _Anthropic:
+            return sum(units for units, _, _ in _prompt_units(body))
+        return _gemini_prompt(body) if kind == "generateContent" else 0
+    except Exception:  # a malformed body is refused later with the provider's own 400
+        return 0
 
 
 def _random_fault(state: _State, dialect: Dialect) -> None:

@@ -32,6 +32,17 @@ class ConfigError(OTBError):
     """Settings or registry are unusable; the process must not start."""
 
 
+class Parked(OTBError):
+    """Not now: the provider asked for a longer wait than a worker should sleep (e.g. a daily quota).
+
+    Not a result: the request is rescheduled for `resume_in` seconds later, and status says so.
+    """
+
+    def __init__(self, resume_in: float, reason: str) -> None:
+        super().__init__(reason)
+        self.resume_in, self.reason = resume_in, reason
+
+
 class RequestFailed(OTBError):
     """One request cannot succeed (now, or at all when not `retryable`)."""
 

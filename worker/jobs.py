@@ -22,9 +22,11 @@ import redis
 from pydantic import ValidationError
 
 from . import http
-from .errors import BatchClosed, InvalidRequest, MissingApiKey, ProtocolError, RequestFailed
+from . import tokens
+from .errors import BatchClosed, InvalidRequest, MissingApiKey, Parked, ProtocolError, RequestFailed
 from .pricing import cost as price, to_pico
-from .recovery import Lease
+from .ratelimit import Limiter, RateLimits, Scope, load_limits
+from .recovery import Lease, enqueue_chunks, park
 from .providers import ADAPTERS
 from .providers.base import Parsed, Prepared, UpstreamCall
 from .registry import ModelSpec, Registry, load_registry
@@ -66,28 +68,15 @@ def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, Any]:
     store = Store(conn, settings.key_prefix, settings.result_ttl)
     with Lease(conn, store.keys.lease(job.id), settings.lease_ttl):
         summary = asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN))
-    leftover = summary.pop("leftover", [])
-    if leftover:
-        _continue_later(conn, settings, store, job, batch_id, leftover)
+    leftover, parked = summary.pop("leftover", []), summary.pop("parked", [])
+    if leftover:  # a stopping worker hands its unstarted requests back to the queue
+        jobs = enqueue_chunks(conn, settings, batch_id, leftover, f"continue{int(time.time() * 1000)}")
+        log.info("stopping: %d requests of %s handed back as %s", len(leftover), job.id, ", ".join(jobs))
         summary["checkpointed"] = len(leftover)
+    if parked:
+        park(conn, settings, batch_id, parked)
+        summary["parked"] = len(parked)
     return summary
-
-
-def _continue_later(conn: redis.Redis, settings: Settings, store: Store, job: Any, batch_id: str, ids: list[str]) -> None:
-    """A stopping worker hands its unfinished requests back to the queue as a new chunk job."""
-    from rq import Queue, Retry
-    from rq.serializers import JSONSerializer
-
-    queue = Queue(job.origin, connection=conn, serializer=JSONSerializer)
-    next_id = f"{job.id.split('.')[0]}.{int(time.time() * 1000)}".replace(".", "-")
-    with conn.pipeline() as pipe:
-        queue.enqueue_many([queue.prepare_data(
-            run_chunk, args=(batch_id, ids), job_id=next_id, timeout=job.timeout, result_ttl=3600,
-            failure_ttl=settings.result_ttl, retry=Retry(max=3), description=f"{batch_id} continued: {len(ids)} requests",
-        )], pipeline=pipe)
-        store.add_jobs(pipe, batch_id, [next_id])
-        pipe.execute()
-    log.info("stopping: %d requests of %s handed back as %s", len(ids), job.id, next_id)
 
 
 async def process_chunk(
@@ -105,7 +94,8 @@ async def process_chunk(
     stop = drain or threading.Event()
     async with http.make_client(concurrency=settings.concurrency, timeout=settings.request_timeout) as client:
         policy = RetryPolicy(settings.max_attempts, max_wait=settings.retry_max_wait)
-        ctx = Context(settings, registry, store, client, policy, BatchGate(store, batch_id), _batch_options(store, batch_id))
+        ctx = Context(settings, registry, store, client, policy, BatchGate(store, batch_id), _batch_options(store, batch_id),
+                      Limiter(conn, settings.key_prefix, settings.rate_burst), load_limits(settings.limits_path))
         gate = asyncio.Semaphore(settings.concurrency)
 
         async def one(cid: str) -> None:
@@ -123,6 +113,7 @@ async def process_chunk(
         tasks = [asyncio.ensure_future(one(cid)) for cid in todo]
         await _until_done_or_drained(tasks, stop, settings.stop_grace)
     summary["leftover"] = leftover
+    summary["parked"] = ctx.parked
     return summary
 
 
@@ -176,6 +167,13 @@ class Context:
     policy: RetryPolicy
     batch: BatchGate
     options: dict[str, Any] = field(default_factory=dict)
+    limiter: Limiter | None = None
+    limits: dict[str, RateLimits] = field(default_factory=dict)
+    parked: list[tuple[str, float, str]] = field(default_factory=list)  # (custom_id, resume in s, why)
+
+    def scope(self, spec: ModelSpec, api_key: str) -> Scope:
+        limits = self.limits.get(spec.id) or spec.limits or RateLimits()
+        return Scope.of(spec.provider, spec.upstream, api_key, limits)
 
 
 @dataclass
@@ -216,6 +214,9 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
         costs = {name: to_pico(getattr(charge, name)) for name in ("input", "cache_read", "cache_write", "output")}
         won = ctx.store.commit(batch_id, custom_id, line, "succeeded", costs, _token_counts(parsed.usage))
         return "succeeded" if won else "skipped"
+    except Parked as park:
+        ctx.parked.append((custom_id, park.resume_in, park.reason))
+        return "parked"
     except RequestFailed as error:
         meta["attempts"] = attempts.count
         log.info("request %s/%s errored: %s", batch_id, custom_id, error.code)
@@ -247,20 +248,29 @@ async def _execute(
         raise MissingApiKey(f"{var} is not set for the worker; export {var} to call {spec.provider} models")
     auth = adapter.auth_headers(key)
     base = ctx.settings.base_url(spec.provider)
+    scope = ctx.scope(spec, key)
     if kind == "chat":
-        data, request_id = await _call(ctx, adapter, base, prepared.calls[0], auth, attempts)
-        return adapter.parse_chat(data, spec, request_id=request_id)
-    request = EmbeddingRequest.model_validate(body)
-    answers = [(await _call(ctx, adapter, base, call, auth, attempts))[0] for call in prepared.calls]
-    token_count = await _count_tokens(ctx, adapter, spec, request, base, auth)
-    return adapter.parse_embeddings(answers, request, spec, token_count=token_count)
+        need = (tokens.chat_input_tokens(body), tokens.output_guess(body))
+        data, request_id = await _call(ctx, adapter, base, prepared.calls[0], auth, attempts, scope, need)
+        parsed = adapter.parse_chat(data, spec, request_id=request_id)
+    else:
+        request = EmbeddingRequest.model_validate(body)
+        per_call = max(tokens.embedding_input_tokens(body) // len(prepared.calls), 1)
+        need = (per_call * len(prepared.calls), 0)
+        answers = [(await _call(ctx, adapter, base, call, auth, attempts, scope, (per_call, 0)))[0]
+                   for call in prepared.calls]
+        token_count = await _count_tokens(ctx, adapter, spec, request, base, auth)
+        parsed = adapter.parse_embeddings(answers, request, spec, token_count=token_count)
+    if ctx.limiter is not None:  # the estimate becomes the real count for the shared buckets
+        ctx.limiter.correct(scope, need[0], parsed.usage.prompt_tokens, need[1], parsed.usage.output_tokens)
+    return parsed
 
 
 async def _count_tokens(ctx: Context, adapter: Any, spec: ModelSpec, request: EmbeddingRequest, base: str, auth: dict[str, str]) -> int | None:
     """Exact input tokens from countTokens; None (the adapter then estimates, and says so) if it fails."""
     call = adapter.prepare_count_tokens(request, spec, api_version=ctx.registry.api_version(spec.provider))
     try:
-        data, _ = await _call(ctx, adapter, base, call, auth, Attempts())
+        data, _ = await _call(ctx, adapter, base, call, auth, Attempts(), None, (0, 0))
         return adapter.parse_count_tokens(data)
     except RequestFailed as exc:
         log.warning("countTokens failed for %s (%s); estimating", spec.id, exc.code)
@@ -268,11 +278,20 @@ async def _count_tokens(ctx: Context, adapter: Any, spec: ModelSpec, request: Em
 
 
 async def _call(
-    ctx: Context, adapter: Any, base: str, call: UpstreamCall, auth: dict[str, str], attempts: Attempts
+    ctx: Context, adapter: Any, base: str, call: UpstreamCall, auth: dict[str, str], attempts: Attempts,
+    scope: Scope | None, need: tuple[int, int],
 ) -> tuple[dict[str, Any], str | None]:
-    """Send one call, retrying what is retryable; the decoded JSON of the 2xx answer and its request id."""
+    """Send one call within the shared rate limits, retrying what is retryable.
+
+    Returns the decoded JSON of the 2xx answer and its request id. A 429/529 cools the model down
+    for every worker; a wait longer than `retry_max_wait` parks the request instead of sleeping.
+    """
     tries = 0
     while True:
+        if scope is not None and ctx.limiter is not None:
+            ahead = await ctx.limiter.acquire(scope, need[0], need[1], max_wait=ctx.policy.max_wait)
+            if ahead:
+                raise Parked(ahead, f"{scope.name.rsplit(':', 1)[0]} is cooling down or at its rate limit")
         tries += 1
         attempts.count += 1
         try:
@@ -284,9 +303,23 @@ async def _call(
                 return data, answer.headers.get("request-id") or answer.headers.get("x-request-id")
             raise adapter.parse_error(answer.status, answer.headers, answer.content)
         except RequestFailed as error:
+            if error.status_code in (429, 529) and error.retryable:
+                _cool_down(ctx, scope, error)
+                if error.retry_after is not None and error.retry_after > ctx.policy.max_wait:
+                    raise Parked(error.retry_after, f"provider asked to wait {error.retry_after:.0f} s: {error.message}") from error
             if not ctx.policy.should_retry(error, tries):
                 raise
+            if scope is not None and ctx.limiter is not None and error.status_code in (429, 529):
+                continue  # the shared cool-down is the wait; acquire() sleeps it out
             await asyncio.sleep(ctx.policy.delay(tries, error.retry_after))
+
+
+def _cool_down(ctx: Context, scope: Scope | None, error: RequestFailed) -> None:
+    """Slow the model for every worker at once: the provider's wait, else a short backoff."""
+    if scope is None or ctx.limiter is None:
+        return
+    seconds = error.retry_after if error.retry_after is not None else (2.0 if error.status_code == 529 else 1.0)
+    ctx.limiter.cool_down(scope, seconds, f"{error.status_code} {error.code}")
 
 
 def _billed_spec(registry: Registry, spec: ModelSpec, parsed: Parsed) -> ModelSpec:

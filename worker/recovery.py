@@ -11,6 +11,7 @@ touches (a poison input) stops being retried and shows up in RQ's failed registr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -19,7 +20,7 @@ import time
 from typing import Any
 
 import redis
-from rq import Queue
+from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
@@ -33,8 +34,64 @@ from .store import Store
 log = logging.getLogger("otb.recovery")
 
 
+CHUNK_JOB = "worker.jobs.run_chunk"
+
+
 def queue_for(conn: redis.Redis, settings: Settings) -> Queue:
     return Queue(settings.queue_name, connection=conn, serializer=JSONSerializer)
+
+
+def chunk_jobs(settings: Settings, bid: str, ids: list[str], tag: str, size: int | None = None) -> list[Any]:
+    """RQ job data for `ids` in chunks; job ids `{bid}-{tag}-{n}` (stable, so a repeat is visible)."""
+    size = size or settings.chunk_size
+    return [Queue.prepare_data(
+        CHUNK_JOB, args=(bid, ids[start : start + size]), job_id=f"{bid}-{tag}-{start // size}",
+        timeout=settings.job_timeout, result_ttl=3600, failure_ttl=settings.result_ttl, retry=Retry(max=3),
+        description=f"{bid} {tag}: {len(ids[start:start + size])} requests",
+    ) for start in range(0, len(ids), size)]
+
+
+def enqueue_chunks(conn: redis.Redis, settings: Settings, bid: str, ids: list[str], tag: str) -> list[str]:
+    """Enqueue `ids` of batch `bid` again (retry, checkpoint, resume) and record the jobs on the batch."""
+    jobs = chunk_jobs(settings, bid, ids, tag)
+    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    with conn.pipeline() as pipe:
+        queue_for(conn, settings).enqueue_many(jobs, pipeline=pipe)
+        store.add_jobs(pipe, bid, [j.job_id for j in jobs])
+        pipe.execute()
+    return [j.job_id for j in jobs]
+
+
+def park(conn: redis.Redis, settings: Settings, bid: str, parked: list[tuple[str, float, str]]) -> None:
+    """Set requests aside until the provider will take them (a daily quota, a long cool-down)."""
+    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    resume_at = time.time() + max(wait for _, wait, _ in parked)
+    reason = parked[0][2]
+    member = json.dumps({"batch": bid, "ids": [cid for cid, _, _ in parked]})
+    with conn.pipeline() as pipe:
+        pipe.zadd(f"{settings.key_prefix}:parked", {member: resume_at})
+        pipe.hincrby(store.keys.batch(bid), "parked", len(parked))
+        pipe.hset(store.keys.batch(bid), mapping={"parked_until": f"{resume_at:.3f}", "parked_reason": reason})
+        pipe.execute()
+    log.warning("%d requests of %s parked until %s: %s", len(parked), bid,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(resume_at)), reason)
+
+
+def resume_parked(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> int:
+    """Enqueue parked requests whose time has come; returns how many."""
+    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    key = f"{settings.key_prefix}:parked"
+    resumed = 0
+    for member in conn.zrangebyscore(key, 0, time.time() if now is None else now):
+        if not conn.zrem(key, member):
+            continue  # another janitor took it
+        entry = json.loads(member)
+        bid, ids = entry["batch"], entry["ids"]
+        enqueue_chunks(conn, settings, bid, ids, f"resume{int(time.time() * 1000)}")
+        if conn.hincrby(store.keys.batch(bid), "parked", -len(ids)) <= 0:
+            conn.hdel(store.keys.batch(bid), "parked", "parked_until", "parked_reason")
+        resumed += len(ids)
+    return resumed
 
 
 class Lease:
@@ -170,6 +227,7 @@ class Janitor(threading.Thread):
             try:
                 recover_abandoned(conn, self.settings)
                 expire_due(conn, self.settings)
+                resume_parked(conn, self.settings)
             except redis.RedisError as exc:
                 log.warning("janitor: Redis unavailable (%s); retrying", exc)
             except Exception:  # never let the janitor die silently

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, InvalidRequest, ModelNotFound, ModelRetired
+from .ratelimit import RateLimits
 
 Provider = Literal["anthropic", "google"]
 Kind = Literal["chat", "embedding"]
@@ -141,6 +142,7 @@ class ModelSpec(_Strict):
     lifecycle: Lifecycle = Lifecycle()
     pricing: Pricing | None = None
     rules: Rules = Rules()
+    limits: RateLimits | None = None  # per API key; OTB_LIMITS overrides
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSpec":

@@ -40,6 +40,8 @@ class Settings:
     lease_ttl: float = 15.0  # a chunk whose runner is silent this long is re-enqueued
     max_recoveries: int = 5  # re-runs of a chunk after its worker died, before its requests are failed
     stop_grace: float = 25.0  # seconds in-flight calls get to finish after SIGTERM
+    limits_path: Path | None = None  # OTB_LIMITS: per-model rate limits (overrides the registry's)
+    rate_burst: float = 0.05  # share of a minute's limit a bucket holds; the steady pace is the rest
     max_line_bytes: int = 8 * 1024 * 1024  # submission limits
     max_lines: int = 100_000
 
@@ -64,6 +66,7 @@ class Settings:
             lease_ttl=float(_int(env, "OTB_LEASE_TTL", 15)),
             max_recoveries=_int(env, "OTB_MAX_RECOVERIES", 5),
             stop_grace=float(_int(env, "OTB_STOP_GRACE", 25)),
+            limits_path=Path(env["OTB_LIMITS"]) if env.get("OTB_LIMITS") else None,
             max_line_bytes=_int(env, "OTB_MAX_LINE_BYTES", 8 * 1024 * 1024),
             max_lines=_int(env, "OTB_MAX_LINES", 100_000),
         )

@@ -230,6 +230,8 @@ class Store:
             "spent": format(from_pico(int(raw.get("spent_pico", 0))), "f"),
             "usage": {n: int(raw.get(n, 0)) for n in TOKEN_FIELDS},
             "metadata": json.loads(raw.get("metadata", "{}") or "{}"),
+            "parked": {"requests": int(raw["parked"]), "until": _float(raw.get("parked_until")),
+                       "reason": raw.get("parked_reason")} if int(raw.get("parked", 0) or 0) > 0 else None,
         }
 
     def iter_results(self, bid: str, page: int = 500) -> Iterator[dict[str, Any] | None]:
