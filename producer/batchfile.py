@@ -26,6 +26,7 @@ OPENAI_LINE_KEYS = {"custom_id", "method", "url", "body"}
 MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_LINES = 100_000
 MAX_CUSTOM_ID = 256
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -99,7 +100,11 @@ def read_batch(
 
 
 def _numbered(raw_lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines without their line ending (a UTF-8 BOM at the very start is dropped too)."""
     for number, raw in enumerate(raw_lines, start=1):
+        raw = raw.rstrip(b"\r\n")
+        if number == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
         if raw.strip():
             yield number, raw
 
@@ -111,15 +116,32 @@ def _parse_line(number: int, raw: bytes, limits: Limits) -> Line:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"line is not valid UTF-8 (byte {exc.start})") from exc
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"invalid JSON: {exc.msg} at column {exc.colno}") from exc
+    obj = _json(text)
     if not isinstance(obj, dict):
-        raise InvalidRequest(f"a line must be a JSON object, got {type(obj).__name__}")
+        raise InvalidRequest(f"a line must be a JSON object, got {_json_type(obj)}")
     if "body" in obj or "url" in obj or "method" in obj:
         return _openai_line(number, obj)
     return _short_line(number, obj)
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from exc
+    except RecursionError:
+        raise InvalidRequest("invalid JSON: nested too deeply to read") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer with thousands of digits
+        raise InvalidRequest(f"invalid JSON: {exc}") from None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (use a number or null)")
+
+
+def _json_type(obj: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "true/false", type(None): "null"}
+    return names.get(type(obj), "a number")
 
 
 def _openai_line(number: int, obj: dict[str, Any]) -> Line:
@@ -158,6 +180,10 @@ def _custom_id(value: Any, number: int, *, required: bool) -> str:
         raise InvalidRequest("'custom_id' must be a non-empty string", param="custom_id")
     if len(value) > MAX_CUSTOM_ID:
         raise InvalidRequest(f"'custom_id' is longer than {MAX_CUSTOM_ID} characters", param="custom_id")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("'custom_id' contains an invalid character (a lone UTF-16 surrogate)", param="custom_id") from None
     return value
 
 
@@ -181,7 +207,13 @@ def _check_against_registry(line: Line, registry: Registry, drop_unsupported: bo
 
 
 def _pydantic_param(exc: ValidationError) -> str:
-    return ".".join(str(p) for p in exc.errors()[0]["loc"])
+    """The field path, without pydantic's names for union branches ('str', 'list[str]', ...)."""
+    parts = [str(p) for p in exc.errors()[0]["loc"] if not _is_branch(p)]
+    return ".".join(parts)
+
+
+def _is_branch(part: Any) -> bool:
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "list", "dict") or "[" in part or "(" in part)
 
 
 def _pydantic_reason(exc: ValidationError) -> str:
@@ -196,10 +228,20 @@ def _ids_of(raw: bytes) -> tuple[str | None, str | None]:
     """Best effort, for reporting: the line's custom_id and model if they are readable."""
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None, None
     if not isinstance(obj, dict):
         return None, None
     body = obj.get("body") if isinstance(obj.get("body"), dict) else obj
     cid, model = obj.get("custom_id"), body.get("model")
-    return (cid if isinstance(cid, str) and cid else None), (model if isinstance(model, str) and model else None)
+    return (cid if _usable(cid) else None), (model if _usable(model) else None)
+
+
+def _usable(value: Any) -> bool:
+    if not isinstance(value, str) or not value or len(value) > MAX_CUSTOM_ID:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -26,13 +26,17 @@ from .batchfile import LineError, ParsedBatch
 class SubmissionRejected(OTBError):
     """Some lines are bad and the caller did not ask to keep the good ones."""
 
-    def __init__(self, errors: list[LineError]) -> None:
+    def __init__(self, errors: list[LineError], *, any_valid: bool = True) -> None:
         self.errors = errors
         noun = "line is" if len(errors) == 1 else "lines are"
-        super().__init__(
-            f"{len(errors)} {noun} invalid; nothing was enqueued "
-            "(fix them, or pass --keep-valid to enqueue the valid lines and record these as errored)"
-        )
+        if len(errors) == 1 and errors[0].number == 0:
+            message = "the batch is empty: it has no request lines; nothing was enqueued"
+        elif not any_valid:
+            message = f"{len(errors)} {noun} invalid and no line is valid; nothing was enqueued (fix them)"
+        else:
+            message = (f"{len(errors)} {noun} invalid; nothing was enqueued "
+                       "(fix them, or pass --keep-valid to enqueue the valid lines and record these as errored)")
+        super().__init__(message)
 
 
 class IdempotencyConflict(OTBError):
@@ -57,7 +61,7 @@ def submit(
     enqueues nothing; the same key with different requests is refused.
     """
     if parsed.errors and (not keep_valid or not parsed.lines):
-        raise SubmissionRejected(parsed.errors)
+        raise SubmissionRejected(parsed.errors, any_valid=bool(parsed.lines))
     bid = "batch_" + uuid.uuid4().hex[:24]
     requests = [(ln.custom_id, {"url": ln.url, "body": ln.body, "line": ln.number}) for ln in parsed.lines]
     rejected, rejected_numbers = _rejected_results(bid, parsed)

@@ -68,7 +68,7 @@ def test_unknown_model_gives_the_exact_product_error(registry):
         ({"model": "google/gemini-3-flash", "messages": [{"role": "user"}]}, "needs 'content'"),
         ({"model": "google/gemini-3-flash", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}, "body.max_tokens"),
         ({"model": "google/gemini-3-flash", "messages": [{"role": "user", "content": "x"}], "stream": True}, "'stream' is not supported"),
-        ({"model": "google/gemini-embedding-001", "messages": [{"role": "user", "content": "x"}]}, "is a embedding model; send it to /v1/embeddings"),
+        ({"model": "google/gemini-embedding-001", "messages": [{"role": "user", "content": "x"}]}, "is an embedding model; send it to /v1/embeddings"),
         ({"model": "google/gemini-3-flash", "input": "x"}, "is a chat model; send it to /v1/chat/completions"),
         ({"model": "anthropic/claude-haiku-5-5", "input": "x"}, "Anthropic offers no embeddings"),
         ({"model": "google/gemini-embedding-001", "input": []}, "must not be an empty list"),

@@ -206,8 +206,9 @@ class Registry:
                     param="model",
                 )
             other = "/v1/embeddings" if spec.kind == "embedding" else "/v1/chat/completions"
+            article = "an" if spec.kind == "embedding" else "a"
             raise InvalidRequest(
-                f'model "{model_id}" is a {spec.kind} model; send it to {other}', param="model"
+                f'model "{model_id}" is {article} {spec.kind} model; send it to {other}', param="model"
             )
         return spec
 

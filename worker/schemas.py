@@ -71,6 +71,14 @@ class ChatRequest(BaseModel):
     user: str | None = None
     stream: bool | None = None
 
+    @field_validator("max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "seed",
+                     "presence_penalty", "frequency_penalty", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # JSON true/false would otherwise pass as 1/0
+            raise ValueError("must be a number, not true/false")
+        return v
+
     @field_validator("stream")
     @classmethod
     def _no_stream(cls, v: bool | None) -> bool | None:
@@ -99,6 +107,22 @@ class EmbeddingRequest(BaseModel):
     dimensions: int | None = Field(default=None, ge=1)
     encoding_format: Literal["float", "base64"] | None = None
     user: str | None = None
+
+    @field_validator("dimensions", mode="before")
+    @classmethod
+    def _dimensions_number(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be a number, not true/false")
+        return v
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _strings_only(cls, v: Any) -> Any:
+        if isinstance(v, list) and any(not isinstance(s, str) for s in v):
+            raise ValueError("must be a string or a list of strings (token arrays are not supported)")
+        if not isinstance(v, (str, list)):
+            raise ValueError("must be a string or a list of strings")
+        return v
 
     @field_validator("input")
     @classmethod

@@ -18,7 +18,7 @@ from ..errors import InvalidRequest, ProtocolError, RequestFailed, UnsupportedPa
 from ..registry import ModelSpec
 from ..retry import retry_after_from_headers
 from ..schemas import ChatRequest, Message, Usage
-from .base import Parsed, Prepared, UpstreamCall
+from .base import Parsed, Prepared, UpstreamCall, checked_base64
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 MESSAGES_PATH = "/v1/messages"
@@ -169,7 +169,11 @@ def _turn(msg: Message, i: int, spec: ModelSpec) -> Turn:
     if msg.role in SYSTEM_ROLES:
         return "system", _blocks(msg, i, spec, ("text",))
     if msg.role == "user":
-        return "user", _blocks(msg, i, spec, USER_PARTS)
+        blocks = _blocks(msg, i, spec, USER_PARTS)
+        if not blocks or all(b.get("type") == "text" and not b.get("text") for b in blocks):
+            raise InvalidRequest(f"messages[{i}] has no content (Anthropic refuses empty messages)",
+                                 param=f"messages[{i}].content")
+        return "user", blocks
     if msg.role == "tool":
         content: Any = msg.content if isinstance(msg.content, str) else _blocks(msg, i, spec, USER_PARTS)
         return "user", [{"type": "tool_result", "tool_use_id": msg.tool_call_id, "content": content}]
@@ -207,7 +211,7 @@ def _image_block(part: dict[str, Any], where: str, spec: ModelSpec) -> Block:
     url = image.get("url") if isinstance(image, dict) else image
     match = _DATA_URI.fullmatch(url) if isinstance(url, str) else None
     if match:
-        source = {"type": "base64", "media_type": match.group(1).lower(), "data": match.group(2)}
+        source = {"type": "base64", "media_type": match.group(1).lower(), "data": checked_base64(match.group(2), where)}
     elif isinstance(url, str) and url.startswith(("http://", "https://")):
         source = {"type": "url", "url": url}
     else:

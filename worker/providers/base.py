@@ -7,9 +7,11 @@ never pass through adapters, results or logs.
 
 from __future__ import annotations
 
+import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InvalidRequest
 from ..schemas import Usage
 
 
@@ -44,3 +46,12 @@ class Parsed:
     usage: Usage
     upstream_model: str | None = None
     request_id: str | None = None
+
+
+def checked_base64(data: str, where: str) -> str:
+    """A data: URI payload must be base64, or the provider refuses the request after we paid the trip."""
+    try:
+        binascii.a2b_base64(data.encode("ascii"), strict_mode=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise InvalidRequest(f"{where}: the image data after 'base64,' is not valid base64", param=where) from None
+    return data

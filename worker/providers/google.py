@@ -23,7 +23,7 @@ from ..errors import InvalidRequest, ProtocolError, RequestFailed, UnsupportedPa
 from ..registry import ModelSpec
 from ..retry import parse_duration, retry_after_from_headers
 from ..schemas import ChatRequest, EmbeddingRequest, Message, Usage
-from .base import Parsed, Prepared, UpstreamCall
+from .base import Parsed, Prepared, UpstreamCall, checked_base64
 
 API_KEY_ENV = "GEMINI_API_KEY"
 SKIP_SIGNATURE = "skip_thought_signature_validator"  # Google's documented "history not from this model" value
@@ -191,7 +191,7 @@ def _data_uri(uri: str, where: str) -> dict:
     mime = header[5:].split(";")[0] if header.startswith("data:") else ""
     if not sep or not mime or not header.endswith(";base64"):
         raise InvalidRequest(f"{where}: expected a 'data:<mime>;base64,<data>' URI", param=where)
-    return {"mimeType": mime, "data": data}
+    return {"mimeType": mime, "data": checked_base64(data, where)}
 
 
 def _model_parts(msg: Message, i: int, spec: ModelSpec, names: dict[str, str], notes: list[str]) -> list[dict]:
@@ -226,7 +226,7 @@ def _signature(holder: Mapping[str, Any], where: str) -> str | None:
 def _function_call(call: dict[str, Any], i: int, j: int, names: dict[str, str]) -> dict:
     where = f"messages[{i}].tool_calls[{j}]"
     fn = call.get("function")
-    if call.get("type", "function") != "function" or not isinstance((fn or {}).get("name"), str):
+    if call.get("type", "function") != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise InvalidRequest(f"{where} must be {{'type': 'function', 'function': {{'name', 'arguments'}}}}",
                              param=where)
     args = fn.get("arguments")
@@ -298,7 +298,8 @@ def _forced_name(choice: str | dict[str, Any]) -> str | None:
     """None for "required"; the function name for a named choice."""
     if choice == "required":
         return None
-    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
     if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
         raise InvalidRequest("tool_choice must be 'auto', 'none', 'required' or "
                              "{'type': 'function', 'function': {'name': ...}}", param="tool_choice")
@@ -358,7 +359,8 @@ def _response_format(fmt: dict[str, Any] | None, spec: ModelSpec, params: _Param
     if kind == "json_object":
         config["responseMimeType"] = "application/json"
     elif kind == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
+        spec_obj = fmt.get("json_schema")
+        schema = spec_obj.get("schema") if isinstance(spec_obj, dict) else None
         if not isinstance(schema, dict):
             raise InvalidRequest("response_format.json_schema.schema must be an object", param="response_format")
         if not spec.rules.json_schema:
