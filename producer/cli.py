@@ -307,6 +307,59 @@ def retry_cmd(batch_id: str) -> None:
     click.echo(f"{batch_id}: {_client().retry(batch_id)} errored requests re-enqueued")
 
 
+# -- report ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--by", "group_by", multiple=True, default=("model",), show_default=True,
+              help="Group rows by batch, model, provider, day, tag (the whole tag set) or tag:KEY; repeatable.")
+@click.option("--batch", "batch_id", help="Only this batch.")
+@click.option("--model", help="Only this model id (requested or billed).")
+@click.option("--provider", type=click.Choice(["anthropic", "google"]), help="Only this provider.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only results carrying this tag; repeatable.")
+@click.option("--since", help="From this date or datetime (hour resolution).")
+@click.option("--until", help="Until this date or datetime, exclusive (hour resolution).")
+@click.option("--timezone", default="UTC", show_default=True, help="Zone for days and for --since/--until.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also write a self-contained HTML page with charts.")
+@friendly
+def report(group_by: tuple[str, ...], batch_id: str | None, model: str | None, provider: str | None,
+           tags: tuple[str, ...], since: str | None, until: str | None, timezone: str, fmt: str,
+           html_path: str | None) -> None:
+    """Cost and tokens from the running aggregates, grouped and filtered; exact to the last digit."""
+    from producer.report import GROUPS, Query, build_report, render_csv, render_table
+
+    for g in group_by:
+        if g not in GROUPS and not g.startswith("tag:"):
+            raise click.BadParameter(f"{g!r}: use one of {', '.join(GROUPS)} or tag:KEY", param_hint="--by")
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(timezone)
+    except Exception:
+        raise click.BadParameter(f"unknown time zone {timezone!r} (e.g. UTC, Europe/Lisbon)", param_hint="--timezone") from None
+    settings = _settings()
+    query = Query(group_by=list(group_by), batch=batch_id, model=model, provider=provider,
+                  tags=_parse_metadata(tags), since=_moment(since, "--since"), until=_moment(until, "--until"),
+                  timezone=timezone)
+    data = build_report(_shared_redis(settings), settings.key_prefix, query)
+    if html_path:
+        from producer.html_report import render_html
+
+        Path(html_path).write_text(render_html(data), encoding="utf-8")
+        click.echo(f"wrote {html_path}", err=True)
+    click.echo(_dumps(data) if fmt == "json" else render_csv(data).rstrip("\n") if fmt == "csv" else render_table(data))
+
+
+def _moment(text: str | None, option: str) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a date (2026-11-27) or datetime (2026-11-27T14:00)",
+                                 param_hint=option) from None
+
+
 # -- worker ------------------------------------------------------------------------------------
 @main.command()
 @click.option("--concurrency", type=click.IntRange(1, 10_000), help="HTTP calls in flight per process (default 64, OTB_CONCURRENCY).")
@@ -379,7 +432,7 @@ def _run_and_report(file: str, output: str | None, keep_valid: bool, drop: bool,
 
     from producer.client import Client, write_jsonl
     from producer.local import connect, drain, emulated
-    from producer.report import by_model, error_counts, render_table
+    from producer.report import Query, build_report, render_table
     from worker.emulator import EmulatorConfig
 
     settings = _settings()
@@ -399,17 +452,14 @@ def _run_and_report(file: str, output: str | None, keep_valid: bool, drop: bool,
         client = Client(conn, settings, registry)
         status = client.status(bid)
         lines = list(client.results(bid))
+        report = build_report(conn, settings.key_prefix, Query(group_by=["model"], batch=bid))
     if output:
         with open(output, "w", encoding="utf-8") as fh:
             write_jsonl(lines, fh)
         click.echo(f"wrote {len(lines)} result lines to {output}", err=True)
     if show_lines:
         click.echo(_result_lines_text(lines))
-    rows, total = by_model(lines)
-    click.echo(render_table(rows, total))
-    errors = error_counts(lines)
-    if errors:
-        click.echo("errors: " + ", ".join(f"{code} x{n}" for code, n in errors.items()))
+    click.echo(render_table(report))
     click.echo(_status_text(status))
     click.echo(f"processed in {elapsed:.2f} s", err=True)
 

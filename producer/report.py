@@ -1,96 +1,198 @@
-"""Cost summaries, pure over result lines: every figure is a sum of the lines' own decimal strings."""
+"""Cost reports from the running aggregates (worker/aggregates.py): grouped, filtered, exact.
+
+`build_report` reads only the hourly aggregate hashes in the time range, never the result lines,
+so its cost is independent of how many results a batch has. Every figure is an integer sum
+(tokens, requests, pico-dollars), rendered as decimal strings: the report's total equals the sum of
+the `cost.total` of the result lines it covers, to the last digit. JSON schema: "otb.report/1"
+(see README).
+"""
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from worker.pricing import normalize
-from worker.schemas import COST_FIELDS
+import redis
 
-TOKEN_BUCKETS = ("input_tokens", "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "output_tokens", "reasoning_tokens")
+from worker import aggregates
+from worker.pricing import from_pico
+from worker.store import Keys
+
+GROUPS = ("batch", "model", "provider", "day", "tag")
+OUTCOMES = ("succeeded", "errored", "canceled", "expired")
+TOKENS = (("input", "input_tokens"), ("cache_read", "cache_read_tokens"), ("cache_write", "cache_write_tokens"),
+          ("output", "output_tokens"), ("reasoning", "reasoning_tokens"))
+COSTS = ("input", "cache_read", "cache_write", "output")
 
 
 @dataclass
-class Row:
-    key: str
-    requests: int = 0
-    succeeded: int = 0
-    errored: int = 0
-    canceled: int = 0
-    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_BUCKETS, 0))
-    cost: dict[str, Decimal] = field(default_factory=lambda: dict.fromkeys(COST_FIELDS, Decimal(0)))
+class Query:
+    group_by: list[str] = field(default_factory=lambda: ["model"])  # batch, model, provider, day, tag, tag:KEY
+    batch: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    timezone: str = "UTC"
 
-    def add(self, line: dict[str, Any]) -> None:
-        meta = line.get("meta") or {}
-        self.requests += 1
-        outcome = meta.get("outcome", "errored")
-        setattr(self, outcome, getattr(self, outcome) + 1)
-        for name, value in (meta.get("usage") or {}).items():
-            if name in self.tokens:
-                self.tokens[name] += int(value)
-        for name in COST_FIELDS:
-            self.cost[name] += Decimal(line["cost"][name])
+
+@dataclass
+class Acc:
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def add(self, counter: str, value: int) -> None:
+        self.counters[counter] = self.counters.get(counter, 0) + value
 
     def to_json(self) -> dict[str, Any]:
+        c = self.counters
+        costs = {name: from_pico(c.get(f"cost_{name}_pico", 0)) for name in COSTS}
         return {
-            "key": self.key,
-            "requests": self.requests,
-            "succeeded": self.succeeded,
-            "errored": self.errored,
-            "canceled": self.canceled,
-            "tokens": dict(self.tokens),
-            "cost": {k: format(normalize(v), "f") for k, v in self.cost.items()},
+            "requests": c.get("requests", 0),
+            **{o: c.get(o, 0) for o in OUTCOMES},
+            "tokens": {name: c.get(counter, 0) for name, counter in TOKENS},
+            "cost": {**{k: format(v, "f") for k, v in costs.items()},
+                     "total": format(from_pico(sum(c.get(f"cost_{n}_pico", 0) for n in COSTS)), "f")},
         }
 
 
-def by_model(lines: Iterable[dict[str, Any] | None]) -> tuple[list[Row], Row]:
-    """Rows per billed model (requested id shown when Google re-routed it) and a totals row."""
-    rows: dict[str, Row] = {}
-    total = Row("total")
-    for line in lines:
-        if line is None:
-            continue
-        meta = line.get("meta") or {}
-        requested = meta.get("model") or "(invalid line)"
-        billed = meta.get("billed_model") or requested
-        key = billed if billed == requested else f"{requested} -> {billed}"
-        rows.setdefault(key, Row(key)).add(line)
-        total.add(line)
-    return sorted(rows.values(), key=lambda r: r.key), total
+def build_report(conn: redis.Redis, prefix: str, query: Query) -> dict[str, Any]:
+    tz = ZoneInfo(query.timezone)
+    keys = Keys(prefix)
+    low = _epoch(query.since, tz) // 3600 * 3600 if query.since else "-inf"
+    high = f"({_epoch(query.until, tz)}" if query.until else "+inf"
+    rows: dict[tuple[str, ...], Acc] = {}
+    total, errors = Acc(), {}
+    series_day: dict[tuple[str, str], int] = {}
+    series_model: dict[str, int] = {}
+    rerouted: dict[tuple[str, str], int] = {}
+    for hour, start in conn.zrangebyscore(keys.agg_hours, low, high, withscores=True):
+        hour_key = keys.agg_hour(hour.decode() if isinstance(hour, bytes) else hour)
+        day = dt.datetime.fromtimestamp(start, tz).date().isoformat()
+        for raw_field, raw_value in conn.hgetall(hour_key).items():
+            dims, counter = aggregates.parse_field(raw_field.decode())
+            if not _matches(dims, query):
+                continue
+            value = int(raw_value)
+            if counter.startswith("err:"):
+                errors[counter[4:]] = errors.get(counter[4:], 0) + value
+                continue
+            key = tuple(_group_value(g, dims, day) for g in query.group_by)
+            rows.setdefault(key, Acc()).add(counter, value)
+            total.add(counter, value)
+            if counter.startswith("cost_"):
+                shown = _model_label(dims)
+                series_day[(day, shown)] = series_day.get((day, shown), 0) + value
+                series_model[shown] = series_model.get(shown, 0) + value
+            if counter == "requests" and dims["model"] != dims["billed_model"]:
+                pair = (dims["model"], dims["billed_model"])
+                rerouted[pair] = rerouted.get(pair, 0) + value
+    return {
+        "schema": "otb.report/1",
+        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "timezone": query.timezone,
+        "filters": {"batch": query.batch, "model": query.model, "provider": query.provider, "tags": query.tags,
+                    "since": query.since.isoformat() if query.since else None,
+                    "until": query.until.isoformat() if query.until else None},
+        "group_by": list(query.group_by),
+        "rows": [{"group": dict(zip(query.group_by, key)), **acc.to_json()} for key, acc in sorted(rows.items())],
+        "total": total.to_json(),
+        "errors": dict(sorted(errors.items())),
+        "rerouted": [{"model": m, "billed_model": b, "requests": n} for (m, b), n in sorted(rerouted.items())],
+        "series": {
+            "cost_by_day_model": [{"day": d, "model": m, "cost": format(from_pico(v), "f")}
+                                  for (d, m), v in sorted(series_day.items()) if v],
+            "cost_by_model": [{"model": m, "cost": format(from_pico(v), "f")}
+                              for m, v in sorted(series_model.items(), key=lambda kv: -kv[1]) if v],
+        },
+    }
 
 
-def error_counts(lines: Iterable[dict[str, Any] | None]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for line in lines:
-        if line is None or (line.get("meta") or {}).get("outcome") == "succeeded":
-            continue
-        code = (line.get("error") or {}).get("code") or (
-            ((line.get("response") or {}).get("body") or {}).get("error", {}).get("code")
-        )
-        counts[code or "unknown"] = counts.get(code or "unknown", 0) + 1
-    return dict(sorted(counts.items()))
+def _epoch(moment: dt.datetime, tz: ZoneInfo) -> int:
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=tz)).timestamp())
 
 
-def render_table(rows: list[Row], total: Row) -> str:
-    head = ["model", "reqs", "ok", "err", "input", "cache_r", "cache_w", "output", "cost USD"]
-    body = []
-    for r in [*rows, total]:
-        t = r.tokens
-        body.append([
-            r.key, str(r.requests), str(r.succeeded), str(r.errored), str(t["input_tokens"]),
-            str(t["cache_read_tokens"]), str(t["cache_write_5m_tokens"] + t["cache_write_1h_tokens"]),
-            f"{t['output_tokens']}" + (f" ({t['reasoning_tokens']} r)" if t["reasoning_tokens"] else ""),
-            format(normalize(r.cost["total"]), "f"),
-        ])
-    return format_columns(head, body, separator_before_last=True)
+def _matches(dims: dict[str, Any], q: Query) -> bool:
+    if q.batch and dims["batch"] != q.batch:
+        return False
+    if q.model and q.model not in (dims["model"], dims["billed_model"]):
+        return False
+    if q.provider and dims["model"].split("/", 1)[0] != q.provider:
+        return False
+    return all(dims["tags"].get(k) == v for k, v in q.tags.items())
 
 
-def format_columns(head: list[str], rows: list[list[str]], *, separator_before_last: bool = False,
+def _model_label(dims: dict[str, Any]) -> str:
+    """The requested id, and the model billed when the provider served another one."""
+    return dims["model"] if dims["model"] == dims["billed_model"] else f"{dims['model']} -> {dims['billed_model']}"
+
+
+def _group_value(group: str, dims: dict[str, Any], day: str) -> str:
+    if group == "batch":
+        return dims["batch"]
+    if group == "model":
+        return _model_label(dims)
+    if group == "provider":
+        return dims["model"].split("/", 1)[0] if "/" in dims["model"] else "(invalid line)"
+    if group == "day":
+        return day
+    if group == "tag":
+        return ",".join(f"{k}={v}" for k, v in sorted(dims["tags"].items())) or "(none)"
+    if group.startswith("tag:"):
+        return str(dims["tags"].get(group[4:], "(none)"))
+    raise ValueError(f"cannot group by {group!r}; use one of {', '.join(GROUPS)} or tag:KEY")
+
+
+# -- rendering ---------------------------------------------------------------------------------
+HEAD = ["reqs", "ok", "err", "input", "cache_read", "cache_write", "output", "$ input", "$ cache_read",
+        "$ cache_write", "$ output", "$ total"]
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    t, c = r["tokens"], r["cost"]
+    output = f"{t['output']}" + (f" ({t['reasoning']} r)" if t["reasoning"] else "")
+    return [str(r["requests"]), str(r["succeeded"]), str(r["errored"] + r["canceled"] + r["expired"]),
+            str(t["input"]), str(t["cache_read"]), str(t["cache_write"]), output,
+            c["input"], c["cache_read"], c["cache_write"], c["output"], c["total"]]
+
+
+def render_table(report: dict[str, Any]) -> str:
+    groups = report["group_by"]
+    body = [[str(r["group"][g]) for g in groups] + _cells(r) for r in report["rows"]]
+    body.append(["total"] + [""] * (len(groups) - 1) + _cells(report["total"]))
+    out = [format_columns(groups + HEAD, body, separator_before_last=True,
+                          text_columns=frozenset(range(len(groups))))]
+    if report["errors"]:
+        out.append("errors: " + ", ".join(f"{code} x{n}" for code, n in report["errors"].items()))
+    for r in report["rerouted"]:
+        out.append(f"re-routed: {r['model']} was served and billed as {r['billed_model']} ({r['requests']} requests)")
+    return "\n".join(out)
+
+
+def render_csv(report: dict[str, Any]) -> str:
+    """One row per group and a total row; plain numbers and decimal strings, no currency signs."""
+    groups = report["group_by"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(groups + ["requests", *OUTCOMES, *(f"{n}_tokens" for n, _ in TOKENS),
+                         *(f"cost_{n}_usd" for n in (*COSTS, "total"))])
+    for r in [*report["rows"], {"group": {g: "total" if i == 0 else "" for i, g in enumerate(groups)}, **report["total"]}]:
+        w.writerow([r["group"][g] for g in groups] + [r["requests"], *(r[o] for o in OUTCOMES),
+                                                       *(r["tokens"][n] for n, _ in TOKENS),
+                                                       *(r["cost"][n] for n in (*COSTS, "total"))])
+    return buf.getvalue()
+
+
+def format_columns(head: list[str], rows: Iterable[list[str]], *, separator_before_last: bool = False,
                    text_columns: frozenset[int] = frozenset({0})) -> str:
     """A plain-text table: text columns left-aligned, numbers right-aligned."""
+    rows = list(rows)
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
 
     def fmt(cells: list[str]) -> str:
@@ -103,3 +205,8 @@ def format_columns(head: list[str], rows: list[list[str]], *, separator_before_l
             out.append("  ".join("-" * w for w in widths))
         out.append(fmt(row))
     return "\n".join(out)
+
+
+def total_of_lines(lines: Iterable[dict[str, Any] | None]) -> Decimal:
+    """Σ cost.total of result lines: what a report's total must equal."""
+    return sum((Decimal(line["cost"]["total"]) for line in lines if line), Decimal(0))

@@ -64,7 +64,7 @@ def submit(
         raise SubmissionRejected(parsed.errors, any_valid=bool(parsed.lines))
     bid = "batch_" + uuid.uuid4().hex[:24]
     requests = [(ln.custom_id, {"url": ln.url, "body": ln.body, "line": ln.number}) for ln in parsed.lines]
-    rejected, rejected_numbers = _rejected_results(bid, parsed)
+    rejected, rejected_numbers = _rejected_results(bid, parsed, metadata or {})
     numbered = [(ln.number, ln.custom_id) for ln in parsed.lines] + list(zip(rejected_numbers, (c for c, _ in rejected)))
     order = [cid for _, cid in sorted(numbered)]
     record: dict[str, Any] = {
@@ -125,14 +125,14 @@ def _earlier_batch(raw: bytes | str | None, claim: tuple[str, str, str]) -> str 
     return earlier_bid
 
 
-def _rejected_results(bid: str, parsed: ParsedBatch) -> tuple[list[tuple[str, str]], list[int]]:
+def _rejected_results(bid: str, parsed: ParsedBatch, tags: dict[str, str]) -> tuple[list[tuple[str, str]], list[int]]:
     """Errored result lines for refused lines, keyed so they never collide with a valid custom_id."""
     taken = {ln.custom_id for ln in parsed.lines}
     out: list[tuple[str, str]] = []
     for err in parsed.errors:
         cid = err.custom_id if err.custom_id and err.custom_id not in taken else f"line-{err.number}"
         taken.add(cid)
-        meta = {"model": err.model, "line": err.number, "attempts": 0}
+        meta = {"model": err.model, "tags": tags, "line": err.number, "attempts": 0}
         line = error_line(bid, cid, err.error, meta)
         out.append((cid, json.dumps(line, separators=(",", ":"))))
     return out, [err.number for err in parsed.errors]

@@ -94,8 +94,9 @@ async def process_chunk(
     stop = drain or threading.Event()
     async with http.make_client(concurrency=settings.concurrency, timeout=settings.request_timeout) as client:
         policy = RetryPolicy(settings.max_attempts, max_wait=settings.retry_max_wait)
-        ctx = Context(settings, registry, store, client, policy, BatchGate(store, batch_id), _batch_options(store, batch_id),
-                      Limiter(conn, settings.key_prefix, settings.rate_burst), load_limits(settings.limits_path))
+        options, tags = _batch_options(store, batch_id)
+        ctx = Context(settings, registry, store, client, policy, BatchGate(store, batch_id), options,
+                      Limiter(conn, settings.key_prefix, settings.rate_burst), load_limits(settings.limits_path), tags=tags)
         gate = asyncio.Semaphore(settings.concurrency)
 
         async def one(cid: str) -> None:
@@ -170,6 +171,7 @@ class Context:
     limiter: Limiter | None = None
     limits: dict[str, RateLimits] = field(default_factory=dict)
     parked: list[tuple[str, float, str]] = field(default_factory=list)  # (custom_id, resume in s, why)
+    tags: dict[str, str] = field(default_factory=dict)  # the batch's metadata, on every result
 
     def scope(self, spec: ModelSpec, api_key: str) -> Scope:
         limits = self.limits.get(spec.id) or spec.limits or RateLimits()
@@ -191,6 +193,7 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
         if record is None:
             raise InvalidRequest(f"request {custom_id!r} is missing from the batch (expired or deleted)")
         meta["model"] = record["body"].get("model")
+        meta["tags"] = {**ctx.tags, **(record.get("tags") or {})}
         closed = ctx.batch.closed_code()
         if closed:
             raise BatchClosed(closed)
@@ -341,9 +344,10 @@ def _token_counts(usage: Usage) -> dict[str, int]:
     }
 
 
-def _batch_options(store: Store, batch_id: str) -> dict[str, Any]:
+def _batch_options(store: Store, batch_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The submission's options and metadata (the tags every result of the batch carries)."""
     raw = store.batch(batch_id) or {}
-    return json.loads(raw.get("options") or "{}")
+    return json.loads(raw.get("options") or "{}"), json.loads(raw.get("metadata") or "{}")
 
 
 def _today() -> dt.date:

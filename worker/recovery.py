@@ -165,9 +165,10 @@ def _give_up(conn: redis.Redis, store: Store, queue: Queue, job: Job, count: int
         f"the worker running this request died {count} times (killed or out of memory); not retried further",
         code="worker_crashed", type="api_error", status_code=500)
     done = store.done_ids(bid, custom_ids)
+    requests = store.load_requests(bid, [c for c in custom_ids if c not in done])
     for cid in custom_ids:
         if cid not in done:
-            store.commit(bid, cid, error_line(bid, cid, error, {"model": None}), "errored", {}, {})
+            store.commit(bid, cid, error_line(bid, cid, error, _meta_of(store, bid, requests.get(cid))), "errored", {}, {})
     job.set_status(JobStatus.FAILED)
     queue.failed_job_registry.add(job, ttl=settings.result_ttl, exc_string="worker died repeatedly")
 
@@ -188,9 +189,10 @@ def close_unstarted(conn: redis.Redis, settings: Settings, bid: str, code: str) 
             continue
         error = BatchClosed(code)
         done = store.done_ids(bid, custom_ids)
+        requests = store.load_requests(bid, [c for c in custom_ids if c not in done])
         for cid in custom_ids:
             if cid not in done:
-                meta = {"model": None, "attempts": 0}
+                meta = _meta_of(store, bid, requests.get(cid))
                 closed += store.commit(bid, cid, error_line(bid, cid, error, meta), _outcome(code), {}, {})
         job.set_status(JobStatus.CANCELED)
     return closed
@@ -206,6 +208,13 @@ def expire_due(conn: redis.Redis, settings: Settings, *, now: float | None = Non
             close_unstarted(conn, settings, bid, "batch_expired")
         conn.zrem(store.keys.deadlines, bid)
     return due
+
+
+def _meta_of(store: Store, bid: str, record: dict[str, Any] | None) -> dict[str, Any]:
+    """Model and tags of a request that ends without running, so reports group it with its peers."""
+    batch = store.batch(bid) or {}
+    tags = {**json.loads(batch.get("metadata") or "{}"), **((record or {}).get("tags") or {})}
+    return {"model": (record or {}).get("body", {}).get("model"), "tags": tags, "attempts": 0}
 
 
 def _outcome(code: str) -> str:

@@ -16,6 +16,7 @@ Money in Redis is integer pico-dollars (1e-12 USD) so aggregates stay exact unde
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -25,35 +26,50 @@ from typing import Any
 
 import redis
 
+from . import aggregates
 from .pricing import from_pico, normalize
 from .schemas import COST_FIELDS
 
 OUTCOMES = ("succeeded", "errored", "canceled", "expired")
 TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 
-# Write a result once; count it once; close the batch when the last one lands.
+# Write a result once; count it once (batch counters and hourly aggregates); publish the event;
+# close the batch when the last one lands.
+# KEYS: results, batch, agg hour hash, agg hours index, batch events, global events
+# ARGV: custom_id, line, outcome, ttl, now, n batch pairs, hour member, hour start, agg ttl, pairs...
 _COMMIT = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-for i = 6, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local split = 10 + 2 * tonumber(ARGV[6])
+for i = 10, split - 1, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = split, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[3], ARGV[9])
+redis.call('ZADD', KEYS[4], ARGV[8], ARGV[7])
+redis.call('XADD', KEYS[5], '*', 'type', 'request', 'custom_id', ARGV[1], 'outcome', ARGV[3])
+if redis.call('TTL', KEYS[5]) < 0 then redis.call('EXPIRE', KEYS[5], ARGV[4]) end
 local h = redis.call('HMGET', KEYS[2], 'total', 'succeeded', 'errored', 'canceled', 'expired', 'status')
 local done = (tonumber(h[2]) or 0) + (tonumber(h[3]) or 0) + (tonumber(h[4]) or 0) + (tonumber(h[5]) or 0)
 if done >= (tonumber(h[1]) or 0) then
   local final = 'completed'
   if h[6] == 'cancelling' then final = 'cancelled' elseif h[6] == 'expiring' then final = 'expired' end
   redis.call('HSET', KEYS[2], 'status', final, 'completed_at', ARGV[5])
+  local bid = redis.call('HGET', KEYS[2], 'id')
+  redis.call('XADD', KEYS[5], '*', 'type', 'batch', 'batch', bid, 'status', final)
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', 10000, '*', 'type', 'batch', 'batch', bid, 'status', final)
 end
 return 1
 """
 
-# Take an errored result back (for `otb retry`) only if it is still the line we read.
+# Take an errored result back (for `otb retry`) only if it is still the line we read, and its
+# share of the aggregates with it. KEYS: results, batch, agg hour hash. ARGV: custom_id, line, outcome, pairs...
 _UNCOMMIT = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[2], ARGV[3], -1)
 redis.call('HSET', KEYS[2], 'status', 'in_progress')
 redis.call('HDEL', KEYS[2], 'completed_at')
+for i = 4, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
@@ -87,6 +103,20 @@ class Keys:
     def lease(self, job_id: str) -> str:
         return f"{self.prefix}:lease:{job_id}"
 
+    def events(self, bid: str) -> str:
+        return f"{self.prefix}:batch:{bid}:events"
+
+    @property
+    def all_events(self) -> str:
+        return f"{self.prefix}:events"
+
+    def agg_hour(self, hour: str) -> str:
+        return f"{self.prefix}:agg:{hour}"
+
+    @property
+    def agg_hours(self) -> str:
+        return f"{self.prefix}:agg:hours"
+
     def idempotency(self, digest: str) -> str:
         return f"{self.prefix}:idempotency:{digest}"
 
@@ -100,10 +130,12 @@ class Keys:
 
 
 class Store:
-    def __init__(self, conn: redis.Redis, prefix: str = "otb", ttl: int = 7 * 24 * 3600) -> None:
+    def __init__(self, conn: redis.Redis, prefix: str = "otb", ttl: int = 7 * 24 * 3600,
+                 aggregate_ttl: int = 400 * 24 * 3600) -> None:
         self.conn = conn
         self.keys = Keys(prefix)
         self.ttl = ttl
+        self.aggregate_ttl = aggregate_ttl
         self._commit = conn.register_script(_COMMIT)
         self._uncommit = conn.register_script(_UNCOMMIT)
         self._close = conn.register_script(_CLOSE)
@@ -131,9 +163,20 @@ class Store:
             pipe.hset(k.requests(bid), mapping=payload)
         if rejected:
             pipe.hset(k.results(bid), mapping=dict(rejected))
+            for cid, raw in rejected:
+                line = json.loads(raw)
+                hour, start = aggregates.hour_of(_committed_at(line))  # the same hour `uncommit` will use
+                flat = aggregates.increments(bid, line)
+                for i in range(0, len(flat), 2):
+                    pipe.hincrby(k.agg_hour(hour), flat[i], flat[i + 1])
+                pipe.expire(k.agg_hour(hour), self.aggregate_ttl)
+                pipe.zadd(k.agg_hours, {hour: start})
+                pipe.xadd(k.events(bid), {"type": "request", "custom_id": cid, "outcome": "errored"})
         if not requests:
             pipe.hset(k.batch(bid), mapping={"status": "completed", "completed_at": now})
-        for key in (k.batch(bid), k.ids(bid), k.requests(bid), k.results(bid)):
+            pipe.xadd(k.events(bid), {"type": "batch", "batch": bid, "status": "completed"})
+            pipe.xadd(k.all_events, {"type": "batch", "batch": bid, "status": "completed"}, maxlen=10000, approximate=True)
+        for key in (k.batch(bid), k.ids(bid), k.requests(bid), k.results(bid), k.events(bid)):
             pipe.expire(key, self.ttl)
         pipe.zadd(k.batches, {bid: now})
         if record.get("expires_at"):
@@ -179,14 +222,22 @@ class Store:
         for name, value in tokens.items():
             if value:
                 increments += [name, value]
-        args = [custom_id, json.dumps(line, separators=(",", ":")), outcome, self.ttl, f"{time.time():.3f}"]
+        now = _committed_at(line)  # the line's own time decides its hour, here and in `uncommit`
+        hour, start = aggregates.hour_of(now)
+        args = [custom_id, json.dumps(line, separators=(",", ":")), outcome, self.ttl, f"{now:.3f}",
+                len(increments) // 2, hour, start, self.aggregate_ttl]
         k = self.keys
-        return bool(self._commit(keys=[k.results(bid), k.batch(bid)], args=args + increments))
+        keys = [k.results(bid), k.batch(bid), k.agg_hour(hour), k.agg_hours, k.events(bid), k.all_events]
+        return bool(self._commit(keys=keys, args=args + increments + aggregates.increments(bid, line)))
 
     def uncommit(self, bid: str, custom_id: str, line_json: str, outcome: str) -> bool:
         """Remove one final result so the request can run again; False if it changed meanwhile."""
         k = self.keys
-        return bool(self._uncommit(keys=[k.results(bid), k.batch(bid)], args=[custom_id, line_json, outcome]))
+        line = json.loads(line_json)
+        hour, _ = aggregates.hour_of(_committed_at(line))
+        undo = aggregates.increments(bid, line, sign=-1)
+        return bool(self._uncommit(keys=[k.results(bid), k.batch(bid), k.agg_hour(hour)],
+                                   args=[custom_id, line_json, outcome, *undo]))
 
     def close(self, bid: str, closing: str) -> str | None:
         """in_progress -> `closing` (cancelling / expiring); returns the status the batch now has."""
@@ -245,6 +296,11 @@ class Store:
 
     def batch_ids(self) -> list[str]:
         return [_text(b) for b in self.conn.zrange(self.keys.batches, 0, -1)]
+
+
+def _committed_at(line: dict[str, Any]) -> float:
+    stamp = (line.get("meta") or {}).get("completed_at")
+    return dt.datetime.fromisoformat(stamp).timestamp() if stamp else time.time()
 
 
 def _scalar(v: Any) -> Any:
