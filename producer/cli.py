@@ -154,7 +154,20 @@ submit_options = [
     click.option("--metadata", "-m", multiple=True, metavar="KEY=VALUE", help="Attach metadata to the batch."),
     click.option("--completion-window", metavar="DURATION", help="End what is not done by then as batch_expired (e.g. 24h, 90m)."),
     click.option("--idempotency-key", metavar="KEY", help="Submitting again with the same key returns the same batch."),
+    click.option("--max-cost", metavar="USD", help="Budget: requests that could pass it end as budget_exceeded, unsent."),
 ]
+
+
+def _usd(text: str | None) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text.lstrip("$"))
+    except ArithmeticError:
+        raise click.BadParameter(f"{text!r} is not an amount in USD such as 25 or 0.50", param_hint="--max-cost") from None
+    if not value.is_finite() or value <= 0:
+        raise click.BadParameter("must be a positive amount", param_hint="--max-cost")
+    return value.quantize(Decimal("0.000000000001"))
 
 
 def _duration(text: str | None) -> float | None:
@@ -180,7 +193,8 @@ def _with_submit_options(fn: F) -> F:
 
 def _validate_and_submit(conn: Any, settings: Settings, registry: Registry, file: str, keep_valid: bool,
                          drop_unsupported_params: bool, metadata: tuple[str, ...], as_json: bool,
-                         completion_window: str | None = None, idempotency_key: str | None = None) -> str:
+                         completion_window: str | None = None, idempotency_key: str | None = None,
+                         max_cost: str | None = None) -> str:
     from producer.batchfile import Limits, read_batch
     from producer.submit import SubmissionRejected, submit
 
@@ -189,7 +203,7 @@ def _validate_and_submit(conn: Any, settings: Settings, registry: Registry, file
     try:
         bid = submit(conn, settings, parsed, keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
                      metadata=_parse_metadata(metadata), completion_window=_duration(completion_window),
-                     idempotency_key=idempotency_key)
+                     idempotency_key=idempotency_key, max_cost=_usd(max_cost))
     except SubmissionRejected as exc:
         if as_json:
             click.echo(_dumps({"error": {"message": str(exc), "type": "invalid_request_error", "code": "invalid_batch"},
@@ -210,13 +224,14 @@ def _validate_and_submit(conn: Any, settings: Settings, registry: Registry, file
 @click.option("--wait", is_flag=True, help="Follow the batch until every request has a result.")
 @friendly
 def submit_cmd(file: str, keep_valid: bool, drop_unsupported_params: bool, metadata: tuple[str, ...],
-               completion_window: str | None, idempotency_key: str | None, as_json: bool, wait: bool) -> None:
+               completion_window: str | None, idempotency_key: str | None, max_cost: str | None,
+               as_json: bool, wait: bool) -> None:
     """Validate FILE (JSONL; - for stdin) and enqueue it. Prints the batch id."""
     settings = _settings()
     registry = _registry(settings)
     conn = _shared_redis(settings)
     bid = _validate_and_submit(conn, settings, registry, file, keep_valid, drop_unsupported_params, metadata, as_json,
-                               completion_window, idempotency_key)
+                               completion_window, idempotency_key, max_cost)
     if not wait:
         click.echo(_dumps({"id": bid}) if as_json else bid)
         return
@@ -229,21 +244,15 @@ def submit_cmd(file: str, keep_valid: bool, drop_unsupported_params: bool, metad
 
 
 def _follow(client: Any, bid: str, poll: float = 0.5) -> dict[str, Any]:
-    """Poll until final; a progress line on stderr whenever the counts move."""
-    last = None
-    started, first_done = time.monotonic(), None
+    """Follow a batch to the end: a live bar on a terminal, a plain line every 5 s otherwise."""
+    from producer.progress import Progress
+
+    progress = Progress(sys.stderr, tty=sys.stderr.isatty())
     while True:
         status = client.status(bid)
-        c = status["request_counts"]
-        done = c["total"] - c["processing"]
-        first_done = done if first_done is None else first_done
-        now = (done, c["errored"])
-        if now != last:
-            rate = (done - first_done) / max(time.monotonic() - started, 1e-9)
-            click.echo(f"{bid}: {done}/{c['total']} done, {c['errored']} errored, "
-                       f"{rate:.1f} req/s, cost ${status['cost']['total']}", err=True)
-            last = now
+        progress.update(status)
         if status["status"] in ("completed", "cancelled", "expired"):
+            progress.finish(status)
             return status
         time.sleep(poll)
 
@@ -258,16 +267,22 @@ def _status_text(s: dict[str, Any]) -> str:
         f"cost      ${cost['total']}  (input {cost['input']}, cache_read {cost['cache_read']}, "
         f"cache_write {cost['cache_write']}, output {cost['output']})",
         f"spent     ${s['spent']}  (billed by providers over all attempts)",
+        *([f"budget    ${s['max_cost']}"] if s.get("max_cost") else []),
+        *([f"parked    {s['parked']['requests']} requests until "
+           f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(s['parked']['until']))}: {s['parked']['reason']}"]
+          if s.get("parked") else []),
     ])
 
 
 @main.command()
 @click.argument("batch_id")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--watch", is_flag=True, help="Follow the batch to the end with a live progress bar.")
 @friendly
-def status(batch_id: str, as_json: bool) -> None:
+def status(batch_id: str, as_json: bool, watch: bool) -> None:
     """Show a batch's status, request counts and cost so far."""
-    s = _client().status(batch_id)
+    client = _client()
+    s = _follow(client, batch_id) if watch else client.status(batch_id)
     click.echo(_dumps(s) if as_json else _status_text(s))
 
 
@@ -305,6 +320,35 @@ def cancel_cmd(batch_id: str) -> None:
 def retry_cmd(batch_id: str) -> None:
     """Re-run only the errored requests of a batch (results of the others are kept)."""
     click.echo(f"{batch_id}: {_client().retry(batch_id)} errored requests re-enqueued")
+
+
+# -- estimate ----------------------------------------------------------------------------------
+@main.command()
+@click.argument("file")
+@click.option("--json", "as_json", is_flag=True, help="Print the otb.estimate/1 JSON.")
+@friendly
+def estimate(file: str, as_json: bool) -> None:
+    """Expected and maximum cost of FILE per model, before anything is sent (nothing is enqueued)."""
+    from producer.batchfile import Limits, read_batch
+    from producer.estimate import estimate as run_estimate
+    from producer.report import format_columns
+
+    settings = _settings()
+    registry = _registry(settings)
+    parsed = read_batch(_read_lines(file), registry, drop_unsupported=True,
+                        limits=Limits(settings.max_line_bytes, settings.max_lines))
+    for err in parsed.errors:
+        click.echo(f"{err} (not counted)", err=True)
+    data = run_estimate(parsed, registry)
+    if as_json:
+        click.echo(_dumps(data))
+        return
+    head = ["model", "reqs", "input tok (est)", "output tok (est)", "output tok (max)", "$ expected (est)", "$ max (bound)"]
+    body = [[r.get("model", "total"), str(r["requests"]), str(r["input_tokens"]), str(r["output_tokens_expected"]),
+             str(r["output_tokens_max"]), r["cost_expected"], r["cost_max"]] for r in [*data["rows"], data["total"]]]
+    click.echo(format_columns(head, body, separator_before_last=True))
+    click.echo(f"prices in effect on {data['priced_on']}; input tokens are estimated from the text (chars/4), "
+               "the max assumes every request uses its whole output limit, expected assumes typical answers")
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -410,10 +454,11 @@ def emulator(host: str, port: int, latency_ms: float, jitter_ms: float, error_ra
 @friendly
 def run(file: str, output: str | None, keep_valid: bool, drop_unsupported_params: bool,
         metadata: tuple[str, ...], completion_window: str | None, idempotency_key: str | None,
-        use_emulator: bool, latency_ms: float) -> None:
+        max_cost: str | None, use_emulator: bool, latency_ms: float) -> None:
     """Submit, process and report FILE in one process (embedded Redis when REDIS_URL is unset)."""
     _run_and_report(file, output, keep_valid, drop_unsupported_params, metadata, use_emulator, latency_ms,
-                    show_lines=False, completion_window=completion_window, idempotency_key=idempotency_key)
+                    show_lines=False, completion_window=completion_window, idempotency_key=idempotency_key,
+                    max_cost=max_cost)
 
 
 @main.command()
@@ -427,7 +472,8 @@ def demo(output: str | None) -> None:
 
 def _run_and_report(file: str, output: str | None, keep_valid: bool, drop: bool, metadata: tuple[str, ...],
                     use_emulator: bool, latency_ms: float, *, show_lines: bool,
-                    completion_window: str | None = None, idempotency_key: str | None = None) -> None:
+                    completion_window: str | None = None, idempotency_key: str | None = None,
+                    max_cost: str | None = None) -> None:
     from contextlib import ExitStack
 
     from producer.client import Client, write_jsonl
@@ -443,7 +489,7 @@ def _run_and_report(file: str, output: str | None, keep_valid: bool, drop: bool,
         conn = connect(settings)
         where = "embedded Redis" if not settings.redis_url else _safe_url(settings.redis_url)
         bid = _validate_and_submit(conn, settings, registry, file, keep_valid, drop, metadata, False,
-                                   completion_window, idempotency_key)
+                                   completion_window, idempotency_key, max_cost)
         click.echo(f"{bid}: submitted to {where}; processing in this process"
                    + (" against the built-in emulator" if use_emulator else ""), err=True)
         started = time.monotonic()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from decimal import Decimal
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class Client:
         metadata: dict[str, str] | None = None,
         completion_window: float | None = None,
         idempotency_key: str | None = None,
+        max_cost: Decimal | None = None,
     ) -> str:
         """Submit request dicts (either line format) or a JSONL path; returns the batch id.
 
@@ -75,7 +77,7 @@ class Client:
         return submit(
             self.conn, self.settings, parsed, keep_valid=keep_valid,
             drop_unsupported_params=drop_unsupported_params, metadata=metadata,
-            completion_window=completion_window, idempotency_key=idempotency_key,
+            completion_window=completion_window, idempotency_key=idempotency_key, max_cost=max_cost,
         )
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
@@ -94,21 +96,82 @@ class Client:
             raise BatchNotFound(f"batch {batch_id!r} not found (wrong id, or its records expired)")
         return status
 
-    def wait(self, batch_id: str, *, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
-        """Block until the batch is final; TimeoutError (with the last status) if `timeout` passes."""
+    def wait(self, batch_id: str, *, timeout: float | None = None, poll: float | None = None) -> dict[str, Any]:
+        """Block until the batch is final, woken by its completion event (no polling).
+
+        TimeoutError (with the counts so far) if `timeout` passes. `poll` is accepted for
+        compatibility and ignored.
+        """
+        for event in self.events(batch_id, timeout=timeout):
+            if event.get("type") == "batch":
+                return self.status(batch_id)
+        status = self.status(batch_id)
+        if status["status"] in FINAL:
+            return status
+        raise TimeoutError(f"batch {batch_id} not finished after {timeout} s: {status['request_counts']}")
+
+    def events(self, batch_id: str, *, timeout: float | None = None, since: str = "0") -> Iterator[dict[str, str]]:
+        """The batch's completion events, oldest first, blocking for new ones until the batch ends.
+
+        Each is {"type": "request", "custom_id", "outcome"} or {"type": "batch", "batch", "status"}.
+        Other languages read the same Redis stream: XREAD BLOCK 0 STREAMS otb:batch:{id}:events 0.
+        """
+        key = self.store.keys.events(batch_id)
         deadline = None if timeout is None else time.monotonic() + timeout
+        last = since
+        self.status(batch_id)
         while True:
-            status = self.status(batch_id)
-            if status["status"] in FINAL:
-                return status
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"batch {batch_id} not finished after {timeout} s: {status['request_counts']}")
-            time.sleep(poll)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            block = 5000 if left is None else max(1, min(int(left * 1000), 5000))
+            for _, entries in self.conn.xread({key: last}, block=block) or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    event = {k.decode(): v.decode() for k, v in fields.items()}
+                    yield event
+                    if event.get("type") == "batch":
+                        return
+            if self.store.batch(batch_id) is None:
+                return  # expired or deleted meanwhile
+
+    def submit_one(self, request: dict[str, Any], *, tags: dict[str, str] | None = None,
+                   drop_unsupported_params: bool = False, completion_window: float | None = None,
+                   idempotency_key: str | None = None) -> "Handle":
+        """Hand one chat or embedding request (short form or OpenAI line) to the workers."""
+        line = dict(request)
+        custom_id = str(line.setdefault("custom_id", "request"))
+        batch_id = self.submit([line], drop_unsupported_params=drop_unsupported_params, metadata=tags,
+                               completion_window=completion_window, idempotency_key=idempotency_key)
+        return Handle(self, batch_id, custom_id)
 
     def results(self, batch_id: str) -> Iterator[dict[str, Any]]:
         """Result lines in input order (requests without a result yet are skipped)."""
         self.status(batch_id)
         return (line for line in self.store.iter_results(batch_id) if line is not None)
+
+
+class Handle:
+    """One request handed to the workers: wait for its result, look at it, or cancel it."""
+
+    def __init__(self, client: Client, batch_id: str, custom_id: str) -> None:
+        self.client, self.batch_id, self.custom_id = client, batch_id, custom_id
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """The result line (OpenAI batch output + cost), woken by the completion event."""
+        for event in self.client.events(self.batch_id, timeout=timeout):
+            if event.get("custom_id") == self.custom_id or event.get("type") == "batch":
+                break
+        line = self.client.store.conn.hget(self.client.store.keys.results(self.batch_id), self.custom_id)
+        if line is None:
+            raise TimeoutError(f"no result for {self.custom_id} of {self.batch_id} after {timeout} s")
+        return json.loads(line)
+
+    def status(self) -> dict[str, Any]:
+        return self.client.status(self.batch_id)
+
+    def cancel(self) -> dict[str, Any]:
+        return self.client.cancel(self.batch_id)
 
 
 def write_jsonl(lines: Iterable[dict[str, Any]], out: io.TextIOBase | Any) -> int:

@@ -13,11 +13,12 @@ from decimal import Decimal
 from html import escape
 from typing import Any
 
+# 16 mutually distinct colours (Tableau 10, then darker/lighter hues that don't echo it).
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-           "#9c755f", "#bab0ac", "#1f4e79", "#a0cbe8", "#ffbe7d", "#8cd17d", "#86bcb6", "#d37295")
+           "#9c755f", "#bab0ac", "#1d3f6e", "#b5cf6b", "#8c1c13", "#a0cbe8", "#6b3fa0", "#3d3d3d")
 
 CSS = """
-body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;color:#222;margin:24px auto;max-width:1200px;padding:0 16px}
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;color:#222;margin:20px auto;max-width:1400px;padding:0 12px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .meta{color:#555;font-size:13px}.meta b{color:#222;font-weight:600}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin:16px 0}
@@ -27,13 +28,15 @@ svg{display:block;width:100%;height:auto;font-family:inherit}svg text{fill:#333}
 .legend{display:flex;flex-wrap:wrap;gap:4px 16px;margin:6px 0 0 60px;font-size:12px}
 .sw{display:inline-block;width:11px;height:11px;margin-right:5px;vertical-align:-1px;border-radius:2px}
 .sw,svg rect{-webkit-print-color-adjust:exact;print-color-adjust:exact}
-table{border-collapse:collapse;font-size:12.5px;margin:4px 0}
-th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
-th{background:#f4f4f4;font-weight:600}th.t,td.t{text-align:left}
-td{font-variant-numeric:tabular-nums}tfoot td{font-weight:600;border-top:2px solid #999}
+table{border-collapse:collapse;font-size:11.5px;margin:4px 0}
+th,td{padding:3px 5px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
+th{background:#f4f4f4;font-weight:600;white-space:normal;vertical-align:bottom}th.t,td.t{text-align:left}
+th[colspan]{text-align:center}.b{border-left:1px solid #ccc}
+td{font-variant-numeric:tabular-nums}tr.tot td{font-weight:600;border-top:2px solid #999}
 .wrap{overflow-x:auto}.nodata{color:#888;font-style:italic;margin:8px 0}
+@page{size:A4 landscape;margin:10mm}
 @media print{body{margin:0;max-width:none;font-size:11px}.wrap{overflow:visible}
- h2,.chart,table{break-inside:avoid}table{font-size:10px}th,td{padding:2px 5px}}
+ h2{break-after:avoid}.keep,tr{break-inside:avoid}table{font-size:9.5px}th,td{padding:2px 4px}}
 """
 
 
@@ -159,6 +162,9 @@ def chart_by_model(series: dict[str, Any], colours: dict[str, str]) -> str:
     return "".join(out) + "</svg>"
 
 
+_SEP = ' class="b"'  # left rule where the tokens and the cost column groups start
+
+
 def _group_label(key: str) -> str:
     return key.replace("tag:", "tag ") if key.startswith("tag:") else key
 
@@ -170,7 +176,7 @@ def rows_table(report: dict[str, Any]) -> str:
     if not rows:
         return '<p class="nodata">no data</p>'
     heads = ["requests", "ok", "err", "uncached input", "cache read", "cache write", "output (reasoning)",
-             "cost input", "cost cache_read", "cost cache_write", "cost output", "cost total"]
+             "input", "cache_read", "cache_write", "output", "total"]
 
     def cells(r: dict[str, Any]) -> str:
         t, c = r.get("tokens") or {}, r.get("cost") or {}
@@ -178,19 +184,22 @@ def rows_table(report: dict[str, Any]) -> str:
         nums = [_n(r.get("requests", 0)), _n(r.get("succeeded", 0)), _n(r.get("errored", 0)),
                 _n(t.get("input", 0)), _n(t.get("cache_read", 0)), _n(t.get("cache_write", 0)), out]
         nums += [_e(c.get(k, "")) for k in ("input", "cache_read", "cache_write", "output", "total")]
-        return "".join(f"<td>{v}</td>" for v in nums)
+        return "".join(f'<td{_SEP if i in (3, 7) else ""}>{v}</td>' for i, v in enumerate(nums))
 
     def group(r: dict[str, Any]) -> str:
         g = r.get("group") or {}
         return "".join(f'<td class="t">{_e(g.get(k, "—"))}</td>' for k in group_by) or '<td class="t">all</td>'
 
-    head = "".join(f'<th class="t">{_e(_group_label(g))}</th>' for g in group_by) or '<th class="t"></th>'
-    head += "".join(f"<th>{h}</th>" for h in heads)
+    head = "".join(f'<th class="t" rowspan="2">{_e(_group_label(g))}</th>' for g in group_by) or '<th rowspan="2"></th>'
+    head += "".join(f'<th rowspan="2">{h}</th>' for h in heads[:3])
+    head += '<th class="b" colspan="4">tokens</th><th class="b" colspan="5">cost (USD)</th></tr><tr>'
+    head += "".join(f'<th{_SEP if i in (3, 7) else ""}>{h}</th>' for i, h in enumerate(heads) if i >= 3)
     body = "".join(f"<tr>{group(r)}{cells(r)}</tr>" for r in rows)
     total = report.get("total") or {}
-    foot = f'<tr><td class="t" colspan="{max(len(group_by), 1)}">total</td>{cells(total) if total else ""}</tr>'
-    return (f'<div class="wrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
-            f"<tfoot>{foot}</tfoot></table></div>")
+    # In the body, not <tfoot>: print engines repeat a tfoot on every page, which reads as a page subtotal.
+    foot = f'<tr class="tot"><td class="t" colspan="{max(len(group_by), 1)}">total</td>{cells(total) if total else ""}</tr>'
+    return (f'<div class="wrap"><table><thead><tr>{head}</tr></thead><tbody>{body}{foot}</tbody>'
+            "</table></div>")
 
 
 def errors_table(errors: dict[str, Any]) -> str:
@@ -240,8 +249,8 @@ def render_html(report: dict[str, Any]) -> str:
 <div class="meta">generated <b>{_e(report.get("generated_at"))}</b> · days in <b>{tz}</b> · grouped by <b>{group_by}</b>
  · schema {_e(report.get("schema"))}</div>
 <div class="cards">{cards_html}</div>
-<h2>Cost per day, by model</h2>{chart_by_day(series, colours)}
-<h2>Cost by model</h2>{chart_by_model(series, colours)}
+<section class="keep"><h2>Cost per day, by model</h2>{chart_by_day(series, colours)}</section>
+<section class="keep"><h2>Cost by model</h2>{chart_by_model(series, colours)}</section>
 <h2>Breakdown</h2>{rows_table(report)}
 <h2>Errors by code</h2>{errors_table(report.get("errors") or {})}
 <h2>Re-routed models</h2>{rerouted_table(report.get("rerouted") or [])}

@@ -11,11 +11,13 @@ import hashlib
 import json
 import time
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import redis
 
 from worker.errors import OTBError
+from worker.pricing import to_pico
 from worker.results import error_line
 from worker.recovery import chunk_jobs, queue_for
 from worker.settings import Settings
@@ -54,6 +56,7 @@ def submit(
     chunk_size: int | None = None,
     completion_window: float | None = None,
     idempotency_key: str | None = None,
+    max_cost: Decimal | None = None,
 ) -> str:
     """Store and enqueue; returns the batch id.
 
@@ -71,9 +74,12 @@ def submit(
         "id": bid,
         "status": "in_progress",
         "created_at": f"{time.time():.3f}",
-        "options": {"drop_unsupported_params": drop_unsupported_params, "keep_valid": keep_valid},
+        "options": {"drop_unsupported_params": drop_unsupported_params, "keep_valid": keep_valid,
+                    **({"max_cost_pico": to_pico(max_cost)} if max_cost is not None else {})},
         "metadata": metadata or {},
     }
+    if max_cost is not None:
+        record["max_cost_pico"] = to_pico(max_cost)
     if completion_window:
         record["expires_at"] = f"{time.time() + completion_window:.3f}"
     store = Store(conn, settings.key_prefix, settings.result_ttl)

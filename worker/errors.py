@@ -11,7 +11,8 @@
         ├── UpstreamError           provider answered 4xx/5xx       (retryable per status)
         ├── TransportError          timeout, reset, refused         (retryable)
         ├── ProtocolError           provider JSON we cannot read    (retryable)
-        └── BatchClosed             batch cancelled or past its window before the call (batch_cancelled / batch_expired)
+        ├── BatchClosed             batch cancelled or past its window before the call (batch_cancelled / batch_expired)
+        └── BudgetExceeded          the call could take the batch past its --max-cost (budget_exceeded)
 
 Each `RequestFailed` renders as the OpenAI error object
 `{"error": {"message", "type", "param", "code"}}` so results read like an OpenAI batch.
@@ -153,7 +154,15 @@ class BatchClosed(RequestFailed):
         super().__init__(f"not sent: {reason} before this request started", code=code)
 
 
+class BudgetExceeded(RequestFailed):
+    """Sending this request could take the batch past its --max-cost."""
+
+    code = "budget_exceeded"
+    type = "batch_error"
+
+
 OUTCOME_BY_CODE = {"batch_cancelled": "canceled", "batch_expired": "expired"}
+NO_ANSWER_CODES = {"batch_cancelled", "batch_expired", "budget_exceeded", "worker_crashed"}
 
 
 def type_for_status(status: int) -> str:

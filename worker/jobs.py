@@ -23,8 +23,8 @@ from pydantic import ValidationError
 
 from . import http
 from . import tokens
-from .errors import BatchClosed, InvalidRequest, MissingApiKey, Parked, ProtocolError, RequestFailed
-from .pricing import cost as price, to_pico
+from .errors import BatchClosed, BudgetExceeded, InvalidRequest, MissingApiKey, Parked, ProtocolError, RequestFailed
+from .pricing import cost as price, from_pico, to_pico
 from .ratelimit import Limiter, RateLimits, Scope, load_limits
 from .recovery import Lease, enqueue_chunks, park
 from .providers import ADAPTERS
@@ -205,6 +205,7 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
         meta["dropped_params"] = prepared.dropped_params
         if prepared.notes:
             meta["notes"] = prepared.notes
+        _hold_budget(ctx, batch_id, custom_id, spec, kind, record["body"], prepared)
         parsed = await _execute(ctx, adapter, spec, kind, record["body"], prepared, attempts)
         billed = _billed_spec(ctx.registry, spec, parsed)
         meta["billed_model"] = billed.id
@@ -216,6 +217,7 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
         )
         costs = {name: to_pico(getattr(charge, name)) for name in ("input", "cache_read", "cache_write", "output")}
         won = ctx.store.commit(batch_id, custom_id, line, "succeeded", costs, _token_counts(parsed.usage))
+        _release_budget(ctx, batch_id, custom_id)
         return "succeeded" if won else "skipped"
     except Parked as park:
         ctx.parked.append((custom_id, park.resume_in, park.reason))
@@ -226,7 +228,36 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
         line = error_line(batch_id, custom_id, error, meta)
         outcome = line["meta"]["outcome"]
         won = ctx.store.commit(batch_id, custom_id, line, outcome, {}, {})
+        _release_budget(ctx, batch_id, custom_id)
         return outcome if won else "skipped"
+
+
+def _hold_budget(ctx: Context, batch_id: str, custom_id: str, spec: ModelSpec, kind: str, body: dict[str, Any],
+                 prepared: Prepared) -> None:
+    """With --max-cost: reserve this call's worst case (its input, all of its output limit) or refuse it."""
+    max_pico = ctx.options.get("max_cost_pico")
+    if not max_pico:
+        return
+    if kind == "chat":
+        worst = Usage(input_tokens=tokens.chat_input_tokens(body), output_tokens=_output_limit(prepared, spec))
+    else:
+        worst = Usage(input_tokens=tokens.embedding_input_tokens(body))
+    pico = to_pico(price(worst, spec, _today()).total)
+    if not ctx.store.reserve(batch_id, custom_id, pico, int(max_pico)):
+        raise BudgetExceeded(f"not sent: committed cost plus calls in flight plus this one (up to ${price(worst, spec, _today()).total}) "
+                             f"would pass the batch budget of ${from_pico(int(max_pico))}")
+
+
+def _release_budget(ctx: Context, batch_id: str, custom_id: str) -> None:
+    if ctx.options.get("max_cost_pico"):
+        ctx.store.release(batch_id, custom_id)
+
+
+def _output_limit(prepared: Prepared, spec: ModelSpec) -> int:
+    """The most output tokens the provider may bill for this call, as it will be sent."""
+    body = prepared.calls[0].json
+    limit = body.get("max_tokens") or (body.get("generationConfig") or {}).get("maxOutputTokens")
+    return int(limit or spec.rules.max_output_tokens or spec.rules.default_max_tokens or 65536)
 
 
 def _prepare(ctx: Context, adapter: Any, spec: ModelSpec, kind: str, body: dict[str, Any]) -> Prepared:

@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 from typing import Any
 
-from .errors import OUTCOME_BY_CODE, ProtocolError, RequestFailed, TransportError
+from .errors import NO_ANSWER_CODES, OUTCOME_BY_CODE, ProtocolError, RequestFailed, TransportError
 from .schemas import Cost, Usage
 
 ZERO_COST = Cost().as_strings()
@@ -48,7 +48,7 @@ def success_line(
 
 
 def error_line(batch_id: str, custom_id: str, error: RequestFailed, meta: dict[str, Any]) -> dict[str, Any]:
-    no_answer = isinstance(error, (TransportError, ProtocolError)) or error.code in OUTCOME_BY_CODE
+    no_answer = isinstance(error, (TransportError, ProtocolError)) or error.code in NO_ANSWER_CODES
     return {
         "id": line_id(batch_id, custom_id),
         "custom_id": custom_id,

@@ -73,6 +73,20 @@ for i = 4, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
+# Reserve a request's worst-case cost against the batch budget: committed + reserved + this <= max.
+# KEYS: batch, reservations. ARGV: custom_id, pico, max pico, ttl. (Lua numbers are doubles: exact to $9,007.)
+_RESERVE = """
+local h = redis.call('HMGET', KEYS[1], 'cost_input_pico', 'cost_cache_read_pico', 'cost_cache_write_pico', 'cost_output_pico')
+local used = 0
+for i = 1, 4 do used = used + (tonumber(h[i]) or 0) end
+redis.call('HDEL', KEYS[2], ARGV[1])
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do used = used + tonumber(v) end
+if used + tonumber(ARGV[2]) > tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
 # Move an open batch to a closing status (cancelling / expiring); a finished one stays as it is.
 _CLOSE = """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -102,6 +116,9 @@ class Keys:
 
     def lease(self, job_id: str) -> str:
         return f"{self.prefix}:lease:{job_id}"
+
+    def reservations(self, bid: str) -> str:
+        return f"{self.prefix}:batch:{bid}:reserved"
 
     def events(self, bid: str) -> str:
         return f"{self.prefix}:batch:{bid}:events"
@@ -139,6 +156,7 @@ class Store:
         self._commit = conn.register_script(_COMMIT)
         self._uncommit = conn.register_script(_UNCOMMIT)
         self._close = conn.register_script(_CLOSE)
+        self._reserve = conn.register_script(_RESERVE)
 
     # -- submit -------------------------------------------------------------------------------
     def write_batch(
@@ -247,6 +265,14 @@ class Store:
     def raw_results(self, bid: str) -> dict[str, str]:
         return {_text(k): _text(v) for k, v in self.conn.hgetall(self.keys.results(bid)).items()}
 
+    def reserve(self, bid: str, custom_id: str, pico: int, max_pico: int) -> bool:
+        """Hold `pico` of the batch budget for a call about to be sent; False if it would pass the budget."""
+        k = self.keys
+        return bool(self._reserve(keys=[k.batch(bid), k.reservations(bid)], args=[custom_id, pico, max_pico, self.ttl]))
+
+    def release(self, bid: str, custom_id: str) -> None:
+        self.conn.hdel(self.keys.reservations(bid), custom_id)
+
     def add_spend(self, bid: str, pico: int) -> None:
         """Money the provider billed for one HTTP attempt, whether or not its result is committed."""
         if pico:
@@ -279,6 +305,7 @@ class Store:
             "request_counts": counts,
             "cost": {n: format(v, "f") for n, v in cost.items()},
             "spent": format(from_pico(int(raw.get("spent_pico", 0))), "f"),
+            "max_cost": format(from_pico(int(raw["max_cost_pico"])), "f") if raw.get("max_cost_pico") else None,
             "usage": {n: int(raw.get(n, 0)) for n in TOKEN_FIELDS},
             "metadata": json.loads(raw.get("metadata", "{}") or "{}"),
             "parked": {"requests": int(raw["parked"]), "until": _float(raw.get("parked_until")),

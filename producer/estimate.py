@@ -1,0 +1,67 @@
+"""What a batch will cost, before anything is sent: per model, an expected figure and an upper bound.
+
+- input tokens: estimated from the text (worker/tokens.py: ceil(chars / 4), 1,000 per image);
+- output, bound: each request's output limit as it would be sent (max_tokens, or the model's
+  default / maximum when the request sets none): the most the provider can bill;
+- output, expected: a typical answer (min(limit, 512) tokens), an estimate;
+- cost: today's registry prices on those tokens, request by request (size tiers included), with no
+  cache discount; `expected` is an estimate, `max` a bound (as far as the input estimate holds).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from worker import tokens
+from worker.pricing import cost, normalize
+from worker.providers import ADAPTERS
+from worker.registry import Registry
+from worker.schemas import KIND_BY_URL, ChatRequest, Usage
+
+from .batchfile import ParsedBatch
+
+
+def estimate(parsed: ParsedBatch, registry: Registry, on: dt.date | None = None) -> dict[str, Any]:
+    on = on or dt.datetime.now(dt.timezone.utc).date()
+    rows: dict[str, dict[str, Any]] = {}
+    for line in parsed.lines:
+        kind = KIND_BY_URL[line.url]
+        spec = registry.resolve_for(line.body["model"], kind)
+        if kind == "chat":
+            tokens_in = tokens.chat_input_tokens(line.body)
+            limit = _output_limit(line.body, spec, registry)
+            typical = min(limit, tokens.DEFAULT_OUTPUT_GUESS)
+        else:
+            tokens_in, limit, typical = tokens.embedding_input_tokens(line.body), 0, 0
+        row = rows.setdefault(spec.id, {"model": spec.id, "requests": 0, "input_tokens": 0, "output_tokens_expected": 0,
+                                        "output_tokens_max": 0, "cost_expected": Decimal(0), "cost_max": Decimal(0)})
+        row["requests"] += 1
+        row["input_tokens"] += tokens_in
+        row["output_tokens_expected"] += typical
+        row["output_tokens_max"] += limit
+        row["cost_expected"] += cost(Usage(input_tokens=tokens_in, output_tokens=typical), spec, on).total
+        row["cost_max"] += cost(Usage(input_tokens=tokens_in, output_tokens=limit), spec, on).total
+    out = sorted(rows.values(), key=lambda r: r["model"])
+    total = {k: sum(r[k] for r in out) for k in ("requests", "input_tokens", "output_tokens_expected",
+                                                  "output_tokens_max", "cost_expected", "cost_max")}
+    for r in [*out, total]:
+        r["cost_expected"] = format(normalize(Decimal(r["cost_expected"])), "f")
+        r["cost_max"] = format(normalize(Decimal(r["cost_max"])), "f")
+    return {"schema": "otb.estimate/1", "priced_on": on.isoformat(), "rows": out, "total": total,
+            "invalid_lines": len(parsed.errors),
+            "kinds": {"input_tokens": "estimate", "output_tokens_expected": "estimate", "output_tokens_max": "bound",
+                      "cost_expected": "estimate", "cost_max": "bound"}}
+
+
+def _output_limit(body: dict[str, Any], spec: Any, registry: Registry) -> int:
+    """The output limit the request would be sent with (the adapter's own translation decides)."""
+    request = ChatRequest.model_validate(body)
+    adapter = ADAPTERS[spec.provider]
+    prepared = adapter.prepare_chat(request, spec, api_version=registry.api_version(spec.provider), drop_unsupported=True)
+    sent = prepared.calls[0].json
+    limit = sent.get("max_tokens") or (sent.get("generationConfig") or {}).get("maxOutputTokens")
+    return int(limit or spec.rules.max_output_tokens or spec.rules.default_max_tokens or 65536)
+
+
