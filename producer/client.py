@@ -41,7 +41,7 @@ class Client:
         self.conn = conn
         self.settings = settings
         self.registry = registry or load_registry(settings.registry_path)
-        self.store = Store(conn, settings.key_prefix, settings.result_ttl)
+        self.store = Store.of(conn, settings)
 
     @classmethod
     def from_env(cls) -> "Client":

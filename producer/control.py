@@ -15,7 +15,7 @@ from worker.store import Store
 
 def cancel(conn: redis.Redis, settings: Settings, bid: str) -> dict[str, Any]:
     """Stop what has not started (`batch_cancelled`); calls in flight finish and keep their results."""
-    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    store = Store.of(conn, settings)
     status = store.close(bid, "cancelling")
     if status == "cancelling":
         close_unstarted(conn, settings, bid, "batch_cancelled")
@@ -24,7 +24,7 @@ def cancel(conn: redis.Redis, settings: Settings, bid: str) -> dict[str, Any]:
 
 def retry(conn: redis.Redis, settings: Settings, bid: str) -> int:
     """Run the errored requests again (not canceled or expired ones, not lines refused at submit)."""
-    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    store = Store.of(conn, settings)
     again = []
     for cid, raw in store.raw_results(bid).items():
         line = json.loads(raw)

@@ -180,8 +180,9 @@ def rows_table(report: dict[str, Any]) -> str:
 
     def cells(r: dict[str, Any]) -> str:
         t, c = r.get("tokens") or {}, r.get("cost") or {}
-        out = _n(t.get("output", 0)) + (f" ({_n(t['reasoning'])})" if t.get("reasoning") else "")
-        nums = [_n(r.get("requests", 0)), _n(r.get("succeeded", 0)), _n(r.get("errored", 0)),
+        out = _n(t.get("output", 0)) + (f" ({_n(t['reasoning'])} r)" if t.get("reasoning") else "")
+        err = sum(r.get(k, 0) for k in ("errored", "canceled", "expired"))  # as the CLI table counts it
+        nums = [_n(r.get("requests", 0)), _n(r.get("succeeded", 0)), _n(err),
                 _n(t.get("input", 0)), _n(t.get("cache_read", 0)), _n(t.get("cache_write", 0)), out]
         nums += [_e(c.get(k, "")) for k in ("input", "cache_read", "cache_write", "output", "total")]
         return "".join(f'<td{_SEP if i in (3, 7) else ""}>{v}</td>' for i, v in enumerate(nums))
@@ -191,7 +192,7 @@ def rows_table(report: dict[str, Any]) -> str:
         return "".join(f'<td class="t">{_e(g.get(k, "—"))}</td>' for k in group_by) or '<td class="t">all</td>'
 
     head = "".join(f'<th class="t" rowspan="2">{_e(_group_label(g))}</th>' for g in group_by) or '<th rowspan="2"></th>'
-    head += "".join(f'<th rowspan="2">{h}</th>' for h in heads[:3])
+    head += '<th rowspan="2">requests</th><th rowspan="2">ok</th><th rowspan="2" title="errored + canceled + expired">err</th>'
     head += '<th class="b" colspan="4">tokens</th><th class="b" colspan="5">cost (USD)</th></tr><tr>'
     head += "".join(f'<th{_SEP if i in (3, 7) else ""}>{h}</th>' for i, h in enumerate(heads) if i >= 3)
     body = "".join(f"<tr>{group(r)}{cells(r)}</tr>" for r in rows)

@@ -82,7 +82,7 @@ def submit(
         record["max_cost_pico"] = to_pico(max_cost)
     if completion_window:
         record["expires_at"] = f"{time.time() + completion_window:.3f}"
-    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    store = Store.of(conn, settings)
     queue = queue_for(conn, settings)
     ids = [cid for cid, _ in requests]
     jobs = chunk_jobs(settings, bid, ids, "part", chunk_size)

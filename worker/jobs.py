@@ -65,7 +65,7 @@ def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, Any]:
     conn = job.connection if job is not None else redis.Redis.from_url(settings.redis_url or "")
     if job is None:
         return asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN))
-    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    store = Store.of(conn, settings)
     with Lease(conn, store.keys.lease(job.id), settings.lease_ttl):
         summary = asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN))
     leftover, parked = summary.pop("leftover", []), summary.pop("parked", [])
@@ -85,7 +85,7 @@ async def process_chunk(
     """Run a chunk's open requests concurrently. With `drain` set mid-way, start nothing new, give
     in-flight calls `stop_grace` seconds, and report the rest as `leftover` (uncommitted, safe to re-run)."""
     registry = load_registry(settings.registry_path)  # again: the registry may have changed since submit
-    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    store = Store.of(conn, settings)
     done = store.done_ids(batch_id, custom_ids)
     todo = [cid for cid in custom_ids if cid not in done]
     requests = store.load_requests(batch_id, todo)

@@ -54,7 +54,7 @@ def chunk_jobs(settings: Settings, bid: str, ids: list[str], tag: str, size: int
 def enqueue_chunks(conn: redis.Redis, settings: Settings, bid: str, ids: list[str], tag: str) -> list[str]:
     """Enqueue `ids` of batch `bid` again (retry, checkpoint, resume) and record the jobs on the batch."""
     jobs = chunk_jobs(settings, bid, ids, tag)
-    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    store = Store.of(conn, settings)
     with conn.pipeline() as pipe:
         queue_for(conn, settings).enqueue_many(jobs, pipeline=pipe)
         store.add_jobs(pipe, bid, [j.job_id for j in jobs])
@@ -64,7 +64,7 @@ def enqueue_chunks(conn: redis.Redis, settings: Settings, bid: str, ids: list[st
 
 def park(conn: redis.Redis, settings: Settings, bid: str, parked: list[tuple[str, float, str]]) -> None:
     """Set requests aside until the provider will take them (a daily quota, a long cool-down)."""
-    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    store = Store.of(conn, settings)
     resume_at = time.time() + max(wait for _, wait, _ in parked)
     reason = parked[0][2]
     member = json.dumps({"batch": bid, "ids": [cid for cid, _, _ in parked]})
@@ -79,7 +79,7 @@ def park(conn: redis.Redis, settings: Settings, bid: str, parked: list[tuple[str
 
 def resume_parked(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> int:
     """Enqueue parked requests whose time has come; returns how many."""
-    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    store = Store.of(conn, settings)
     key = f"{settings.key_prefix}:parked"
     resumed = 0
     for member in conn.zrangebyscore(key, 0, time.time() if now is None else now):
@@ -128,7 +128,7 @@ def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | Non
     """Re-enqueue started chunks whose lease lapsed; returns their job ids."""
     queue = queue_for(conn, settings)
     started = StartedJobRegistry(queue=queue)
-    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    store = Store.of(conn, settings)
     now = time.time() if now is None else now
     recovered = []
     for job_id, execution_id in started.get_job_and_execution_ids(cleanup=False):
@@ -176,7 +176,7 @@ def _give_up(conn: redis.Redis, store: Store, queue: Queue, job: Job, count: int
 def close_unstarted(conn: redis.Redis, settings: Settings, bid: str, code: str) -> int:
     """Take a batch's not-yet-started chunks off the queue and end their requests with `code`."""
     queue = queue_for(conn, settings)
-    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    store = Store.of(conn, settings)
     closed = 0
     for raw_id in sorted(conn.smembers(store.keys.jobs(bid))):
         job_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
@@ -200,7 +200,7 @@ def close_unstarted(conn: redis.Redis, settings: Settings, bid: str, code: str) 
 
 def expire_due(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
     """Batches whose completion window has ended: close them and what has not started."""
-    store = Store(conn, settings.key_prefix, settings.result_ttl)
+    store = Store.of(conn, settings)
     now = time.time() if now is None else now
     due = [b.decode() if isinstance(b, bytes) else b for b in conn.zrangebyscore(store.keys.deadlines, 0, now)]
     for bid in due:

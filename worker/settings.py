@@ -37,6 +37,7 @@ class Settings:
     max_attempts: int = 5  # HTTP tries per request
     retry_max_wait: float = 60.0  # longest Retry-After honoured by sleeping
     result_ttl: int = 7 * 24 * 3600  # seconds results and batch records are kept
+    aggregate_ttl: int = 400 * 24 * 3600  # seconds the hourly cost aggregates are kept (reports)
     lease_ttl: float = 15.0  # a chunk whose runner is silent this long is re-enqueued
     max_recoveries: int = 5  # re-runs of a chunk after its worker died, before its requests are failed
     stop_grace: float = 25.0  # seconds in-flight calls get to finish after SIGTERM
@@ -63,6 +64,7 @@ class Settings:
             job_timeout=_int(env, "OTB_JOB_TIMEOUT", 3600),
             max_attempts=_int(env, "OTB_MAX_ATTEMPTS", 5),
             result_ttl=_int(env, "OTB_RESULT_TTL", 7 * 24 * 3600),
+            aggregate_ttl=_int(env, "OTB_AGGREGATE_TTL", 400 * 24 * 3600),
             lease_ttl=float(_int(env, "OTB_LEASE_TTL", 15)),
             max_recoveries=_int(env, "OTB_MAX_RECOVERIES", 5),
             stop_grace=float(_int(env, "OTB_STOP_GRACE", 25)),

@@ -158,6 +158,11 @@ class Store:
         self._close = conn.register_script(_CLOSE)
         self._reserve = conn.register_script(_RESERVE)
 
+    @classmethod
+    def of(cls, conn: redis.Redis, settings: Any) -> "Store":
+        """The store as configured (prefix, result and aggregate TTLs)."""
+        return cls(conn, settings.key_prefix, settings.result_ttl, settings.aggregate_ttl)
+
     # -- submit -------------------------------------------------------------------------------
     def write_batch(
         self,
