@@ -7,6 +7,8 @@ Retried writes are safe: result commits are once-only (HSETNX) and re-runs skip 
 
 from __future__ import annotations
 
+import ssl
+
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -14,11 +16,33 @@ from redis.retry import Retry
 RETRIES = 40  # with the backoff below: about two minutes of waiting in all
 
 
+class TransientRetry(Retry):
+    """Retry dropped connections, never a refused login or certificate: those will not heal by waiting.
+
+    (redis-py makes AuthenticationError a ConnectionError, so plain Retry waits minutes on a typo.)
+    """
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[no-untyped-def]
+        def transient(error: Exception) -> bool:
+            return not _permanent(error) and (is_retryable is None or is_retryable(error))
+
+        return super().call_with_retry(do, fail, transient, with_failure_count)
+
+
+def _permanent(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (redis.AuthenticationError, ssl.SSLCertVerificationError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "certificate verify failed" in str(error)
+
+
 def connect(url: str) -> redis.Redis:
     """A client for REDIS_URL (`redis://`, `rediss://`, `unix://`; user:password and ACLs work)."""
     return redis.Redis.from_url(
         url,
-        retry=Retry(ExponentialBackoff(cap=4.0, base=0.05), RETRIES),
+        retry=TransientRetry(ExponentialBackoff(cap=4.0, base=0.05), RETRIES),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         health_check_interval=15,
         socket_keepalive=True,
