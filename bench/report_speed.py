@@ -30,8 +30,8 @@ MODELS = ["anthropic/claude-haiku-5-5", "google/gemini-3-flash", "anthropic/clau
 def fill(store: Store, bid: str, n: int) -> None:
     ids = [f"r{i}" for i in range(n)]
     pipe = store.conn.pipeline(transaction=False)
-    store.write_batch(pipe, bid, {"id": bid, "status": "in_progress", "created_at": time.time()},
-                      [(cid, {"url": "/v1/chat/completions", "body": {}, "line": i}) for i, cid in enumerate(ids)], [], ids)
+    store.write_requests(pipe, bid, [(cid, {"url": "/v1/chat/completions", "body": {}, "line": i}) for i, cid in enumerate(ids)])
+    store.write_batch(pipe, bid, {"id": bid, "status": "in_progress", "created_at": time.time()}, [], ids)
     pipe.execute()
     for i, cid in enumerate(ids):
         usage = Usage(input_tokens=100 + i % 50, output_tokens=200 + i % 70)

@@ -10,6 +10,7 @@ translation is pure, so running it here costs nothing and catches a rejected par
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ class Line:
     number: int
     custom_id: str
     url: str
-    body: dict[str, Any]
+    body: dict[str, Any] | None  # None once validated when streaming (read again at write time)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class LineError:
 class ParsedBatch:
     lines: list[Line] = field(default_factory=list)
     errors: list[LineError] = field(default_factory=list)
+    digest: str = ""  # of the valid lines' bytes: what an idempotency key is bound to
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,15 @@ def read_batch(
     *,
     drop_unsupported: bool = False,
     limits: Limits = Limits(),
+    keep_bodies: bool = True,
 ) -> ParsedBatch:
-    """Validate every line; the result holds the good lines and every bad one with its reason."""
+    """Validate every line; the result holds the good lines and every bad one with its reason.
+
+    With `keep_bodies=False` only ids and line numbers are kept, so memory stays flat however long
+    the file is; `read_bodies` reads the bodies again when they are written.
+    """
     out = ParsedBatch()
+    digest = hashlib.sha256()
     first_seen: dict[str, int] = {}
     count = 0
     for number, raw in _numbered(raw_lines):
@@ -93,10 +101,21 @@ def read_batch(
             out.errors.append(LineError(number, cid, error, model))
             continue
         first_seen[line.custom_id] = number
+        digest.update(raw + b"\n")
+        if not keep_bodies:
+            line.body = None
         out.lines.append(line)
     if count == 0:
         out.errors.append(LineError(0, None, InvalidRequest("the batch is empty: it has no request lines")))
+    out.digest = digest.hexdigest()
     return out
+
+
+def read_bodies(raw_lines: Iterable[bytes], numbers: set[int], limits: Limits = Limits()) -> Iterator[Line]:
+    """The already-validated lines `numbers`, read again with their bodies, in file order."""
+    for number, raw in _numbered(raw_lines):
+        if number in numbers:
+            yield _parse_line(number, raw, limits)
 
 
 def _numbered(raw_lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from functools import wraps
 from pathlib import Path
@@ -195,26 +198,53 @@ def _validate_and_submit(conn: Any, settings: Settings, registry: Registry, file
                          drop_unsupported_params: bool, metadata: tuple[str, ...], as_json: bool,
                          completion_window: str | None = None, idempotency_key: str | None = None,
                          max_cost: str | None = None) -> str:
-    from producer.batchfile import Limits, read_batch
+    from producer.batchfile import Limits, read_batch, read_bodies
     from producer.submit import SubmissionRejected, submit
 
     limits = Limits(settings.max_line_bytes, settings.max_lines)
-    parsed = read_batch(_read_lines(file), registry, drop_unsupported=drop_unsupported_params, limits=limits)
-    try:
-        bid = submit(conn, settings, parsed, keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
-                     metadata=_parse_metadata(metadata), completion_window=_duration(completion_window),
-                     idempotency_key=idempotency_key, max_cost=_usd(max_cost))
-    except SubmissionRejected as exc:
-        if as_json:
-            click.echo(_dumps({"error": {"message": str(exc), "type": "invalid_request_error", "code": "invalid_batch"},
-                               "lines": [e.to_json() for e in exc.errors]}))
-        else:
-            for err in exc.errors:
-                click.echo(str(err), err=True)
-        raise click.ClickException(str(exc)) from None
+    with _spooled(file) as path:  # read twice: validate everything, then stream bodies into Redis
+        with path.open("rb") as fh:
+            parsed = read_batch(fh, registry, drop_unsupported=drop_unsupported_params, limits=limits, keep_bodies=False)
+        numbers = {ln.number for ln in parsed.lines}
+
+        def bodies() -> Any:
+            with path.open("rb") as again:
+                yield from read_bodies(again, numbers, limits)
+
+        try:
+            bid = submit(conn, settings, parsed, keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
+                         metadata=_parse_metadata(metadata), completion_window=_duration(completion_window),
+                         idempotency_key=idempotency_key, max_cost=_usd(max_cost), bodies=bodies)
+        except SubmissionRejected as exc:
+            _report_rejection(exc, as_json)
     for err in parsed.errors:  # kept as errored results
         click.echo(f"{err} (recorded as an errored result)", err=True)
     return bid
+
+
+def _report_rejection(exc: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(_dumps({"error": {"message": str(exc), "type": "invalid_request_error", "code": "invalid_batch"},
+                           "lines": [e.to_json() for e in exc.errors]}))
+    else:
+        for err in exc.errors:
+            click.echo(str(err), err=True)
+    raise click.ClickException(str(exc)) from None
+
+
+@contextmanager
+def _spooled(file: str) -> Iterator[Path]:
+    """A path to read (twice): the file itself, or stdin copied to a temporary file in small blocks."""
+    if file != "-":
+        path = Path(file)
+        if not path.is_file():
+            raise click.ClickException(f"{file}: no such file")
+        yield path
+        return
+    with tempfile.NamedTemporaryFile(prefix="otb-stdin-", suffix=".jsonl") as tmp:
+        shutil.copyfileobj(sys.stdin.buffer, tmp, length=1 << 20)
+        tmp.flush()
+        yield Path(tmp.name)
 
 
 @main.command("submit")

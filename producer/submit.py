@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from decimal import Decimal
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -23,7 +24,7 @@ from worker.recovery import chunk_jobs, queue_for
 from worker.settings import Settings
 from worker.store import Store
 
-from .batchfile import LineError, ParsedBatch
+from .batchfile import Line, LineError, ParsedBatch
 
 class SubmissionRejected(OTBError):
     """Some lines are bad and the caller did not ask to keep the good ones."""
@@ -57,39 +58,36 @@ def submit(
     completion_window: float | None = None,
     idempotency_key: str | None = None,
     max_cost: Decimal | None = None,
+    bodies: Callable[[], Iterator[Line]] | None = None,
 ) -> str:
     """Store and enqueue; returns the batch id.
 
-    With `idempotency_key`, submitting the same requests again returns the first batch's id and
-    enqueues nothing; the same key with different requests is refused.
+    The batch appears at once: its record, input order, refused lines and jobs land in one
+    transaction. Request bodies come first: from `parsed` when it holds them, else streamed from
+    `bodies()` in pipelined slices (flat memory for big files); if the producer dies before the
+    final transaction, they are never seen and expire. With `idempotency_key`, submitting the same
+    requests again returns the first batch's id and enqueues nothing; the same key with different
+    requests is refused.
     """
     if parsed.errors and (not keep_valid or not parsed.lines):
         raise SubmissionRejected(parsed.errors, any_valid=bool(parsed.lines))
     bid = "batch_" + uuid.uuid4().hex[:24]
-    requests = [(ln.custom_id, {"url": ln.url, "body": ln.body, "line": ln.number}) for ln in parsed.lines]
     rejected, rejected_numbers = _rejected_results(bid, parsed, metadata or {})
     numbered = [(ln.number, ln.custom_id) for ln in parsed.lines] + list(zip(rejected_numbers, (c for c, _ in rejected)))
     order = [cid for _, cid in sorted(numbered)]
-    record: dict[str, Any] = {
-        "id": bid,
-        "status": "in_progress",
-        "created_at": f"{time.time():.3f}",
-        "options": {"drop_unsupported_params": drop_unsupported_params, "keep_valid": keep_valid,
-                    **({"max_cost_pico": to_pico(max_cost)} if max_cost is not None else {})},
-        "metadata": metadata or {},
-    }
-    if max_cost is not None:
-        record["max_cost_pico"] = to_pico(max_cost)
-    if completion_window:
-        record["expires_at"] = f"{time.time() + completion_window:.3f}"
+    record = _record(bid, keep_valid, drop_unsupported_params, metadata, completion_window, max_cost)
     store = Store.of(conn, settings)
-    queue = queue_for(conn, settings)
-    ids = [cid for cid, _ in requests]
-    jobs = chunk_jobs(settings, bid, ids, "part", chunk_size)
+    streamed = any(ln.body is None for ln in parsed.lines)
+    if streamed:
+        if bodies is None:
+            raise ValueError("parsed lines carry no bodies: pass bodies= to read them again")
+        _stream_requests(conn, store, bid, bodies())
+    jobs = chunk_jobs(settings, bid, [ln.custom_id for ln in parsed.lines], "part", chunk_size)
     claim = None
     if idempotency_key is not None:
         name = store.keys.idempotency(hashlib.sha256(idempotency_key.encode()).hexdigest())
-        claim = (name, f"{bid} {_digest(parsed, keep_valid, drop_unsupported_params)}", idempotency_key)
+        digest = hashlib.sha256(f"{parsed.digest}{keep_valid}{drop_unsupported_params}".encode()).hexdigest()
+        claim = (name, f"{bid} {digest}", idempotency_key)
     with conn.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -100,9 +98,11 @@ def submit(
                         return earlier
                     pipe.multi()
                     pipe.set(claim[0], claim[1], ex=settings.result_ttl)
-                store.write_batch(pipe, bid, record, requests, rejected, order)
+                if not streamed:
+                    store.write_requests(pipe, bid, [(ln.custom_id, _request(ln)) for ln in parsed.lines])
+                store.write_batch(pipe, bid, record, rejected, order)
                 if jobs:
-                    queue.enqueue_many(jobs, pipeline=pipe)
+                    queue_for(conn, settings).enqueue_many(jobs, pipeline=pipe)
                     store.add_jobs(pipe, bid, [j.job_id for j in jobs])
                 pipe.execute()
                 return bid
@@ -110,13 +110,43 @@ def submit(
                 continue  # someone submitted with the same key meanwhile: look again
 
 
-def _digest(parsed: ParsedBatch, *flags: bool) -> str:
-    h = hashlib.sha256(json.dumps(flags).encode())
-    for line in parsed.lines:
-        h.update(json.dumps([line.custom_id, line.url, line.body], sort_keys=True).encode())
-    for err in parsed.errors:
-        h.update(f"{err.number}:{err.error.message}".encode())
-    return h.hexdigest()
+def _request(line: Line) -> dict[str, Any]:
+    return {"url": line.url, "body": line.body, "line": line.number}
+
+
+def _stream_requests(conn: redis.Redis, store: Store, bid: str, lines: Iterator[Line], slice_size: int = 2000) -> None:
+    """Write request bodies in pipelined slices, so a 100,000-line file never sits in memory whole."""
+    batch: list[tuple[str, dict[str, Any]]] = []
+    for line in lines:
+        batch.append((line.custom_id, _request(line)))
+        if len(batch) >= slice_size:
+            _flush(conn, store, bid, batch)
+    _flush(conn, store, bid, batch)
+
+
+def _flush(conn: redis.Redis, store: Store, bid: str, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    if batch:
+        with conn.pipeline(transaction=False) as pipe:
+            store.write_requests(pipe, bid, batch)
+            pipe.execute()
+        batch.clear()
+
+
+def _record(bid: str, keep_valid: bool, drop: bool, metadata: dict[str, str] | None, completion_window: float | None,
+            max_cost: Decimal | None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": bid,
+        "status": "in_progress",
+        "created_at": f"{time.time():.3f}",
+        "options": {"drop_unsupported_params": drop, "keep_valid": keep_valid,
+                    **({"max_cost_pico": to_pico(max_cost)} if max_cost is not None else {})},
+        "metadata": metadata or {},
+    }
+    if max_cost is not None:
+        record["max_cost_pico"] = to_pico(max_cost)
+    if completion_window:
+        record["expires_at"] = f"{time.time() + completion_window:.3f}"
+    return record
 
 
 def _earlier_batch(raw: bytes | str | None, claim: tuple[str, str, str]) -> str | None:

@@ -164,26 +164,29 @@ class Store:
         return cls(conn, settings.key_prefix, settings.result_ttl, settings.aggregate_ttl)
 
     # -- submit -------------------------------------------------------------------------------
+    def write_requests(self, pipe: Any, bid: str, requests: list[tuple[str, dict[str, Any]]]) -> None:
+        """Request bodies; invisible until write_batch adds the record, and expiring if that never comes."""
+        if requests:
+            payload = {cid: json.dumps(req, separators=(",", ":")) for cid, req in requests}
+            pipe.hset(self.keys.requests(bid), mapping=payload)
+            pipe.expire(self.keys.requests(bid), self.ttl)
+
     def write_batch(
         self,
         pipe: Any,
         bid: str,
         record: Mapping[str, Any],
-        requests: list[tuple[str, dict[str, Any]]],
         rejected: list[tuple[str, str]],
         order: list[str],
     ) -> None:
-        """Queue the batch record, its requests, results for refused lines, and the input order on `pipe`."""
+        """Queue the batch record, results for refused lines, and the input order on `pipe`."""
         k = self.keys
         now = time.time()
         fields = {k_: _scalar(v) for k_, v in record.items()}
-        fields.update(total=len(requests) + len(rejected), succeeded=0, errored=len(rejected), canceled=0, expired=0)
+        fields.update(total=len(order), succeeded=0, errored=len(rejected), canceled=0, expired=0)
         pipe.hset(k.batch(bid), mapping=fields)
         for start in range(0, len(order), 1000):
             pipe.rpush(k.ids(bid), *order[start : start + 1000])
-        if requests:
-            payload = {cid: json.dumps(req, separators=(",", ":")) for cid, req in requests}
-            pipe.hset(k.requests(bid), mapping=payload)
         if rejected:
             pipe.hset(k.results(bid), mapping=dict(rejected))
             for cid, raw in rejected:
@@ -195,7 +198,7 @@ class Store:
                 pipe.expire(k.agg_hour(hour), self.aggregate_ttl)
                 pipe.zadd(k.agg_hours, {hour: start})
                 pipe.xadd(k.events(bid), {"type": "request", "custom_id": cid, "outcome": "errored"})
-        if not requests:
+        if len(order) == len(rejected):
             pipe.hset(k.batch(bid), mapping={"status": "completed", "completed_at": now})
             pipe.xadd(k.events(bid), {"type": "batch", "batch": bid, "status": "completed"})
             pipe.xadd(k.all_events, {"type": "batch", "batch": bid, "status": "completed"}, maxlen=10000, approximate=True)
