@@ -242,3 +242,15 @@ def test_a_429_is_retried_after_the_shared_cool_down(setup, emulator):
     _, lines, status = run(client, conn, settings, reqs)
     assert status["request_counts"]["succeeded"] == 6
     assert lines["first"]["meta"]["attempts"] == 2
+
+
+def test_per_model_caps_limit_calls_in_flight(setup):
+    import time as _time
+
+    conn, settings, client = setup
+    client.settings = settings = settings.with_(concurrency=20, concurrency_per_model=2)
+    reqs = [chat(f"m{i}", "google/gemini-3-flash", f"#emu:slow=200 q{i}") for i in range(6)]
+    started = _time.monotonic()
+    _, lines, status = run(client, conn, settings, reqs)
+    assert status["request_counts"]["succeeded"] == 6
+    assert _time.monotonic() - started >= 0.6  # 6 calls of 0.2 s, 2 at a time: 3 waves

@@ -9,6 +9,7 @@ execution) finds committed requests and neither calls nor bills them again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -172,7 +173,13 @@ class Context:
     limits: dict[str, RateLimits] = field(default_factory=dict)
     parked: list[tuple[str, float, str]] = field(default_factory=list)  # (custom_id, resume in s, why)
     tags: dict[str, str] = field(default_factory=dict)  # the batch's metadata, on every result
+    gates: dict[str, asyncio.Semaphore] = field(default_factory=dict)
 
+    def caps(self, spec: ModelSpec) -> list[asyncio.Semaphore]:
+        """The in-flight caps a call to `spec` must pass besides the process-wide one."""
+        wanted = [(f"model:{spec.id}", self.settings.concurrency_per_model),
+                  (f"provider:{spec.provider}", self.settings.concurrency_per_provider)]
+        return [self.gates.setdefault(name, asyncio.Semaphore(limit)) for name, limit in wanted if limit > 0]
     def scope(self, spec: ModelSpec, api_key: str) -> Scope:
         limits = self.limits.get(spec.id) or spec.limits or RateLimits()
         return Scope.of(spec.provider, spec.upstream, api_key, limits)
@@ -285,7 +292,10 @@ async def _execute(
     scope = ctx.scope(spec, key)
     if kind == "chat":
         need = (tokens.chat_input_tokens(body), tokens.output_guess(body))
-        data, request_id = await _call(ctx, adapter, base, prepared.calls[0], auth, attempts, scope, need)
+        async with contextlib.AsyncExitStack() as caps:
+            for gate in ctx.caps(spec):
+                await caps.enter_async_context(gate)
+            data, request_id = await _call(ctx, adapter, base, prepared.calls[0], auth, attempts, scope, need)
         parsed = adapter.parse_chat(data, spec, request_id=request_id)
     else:
         request = EmbeddingRequest.model_validate(body)

@@ -8,6 +8,7 @@ say) is not slept on: the request ends with that error instead of holding a work
 from __future__ import annotations
 
 import email.utils
+from datetime import datetime
 import random
 import time
 from collections.abc import Mapping
@@ -68,3 +69,21 @@ def parse_duration(value: str) -> float | None:
         return float(value[:-1])
     except ValueError:
         return None
+
+
+def ratelimit_reset_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds until the latest `anthropic-ratelimit-*-reset` (RFC 3339) among the limits at zero."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    now = time.time() if now is None else now
+    waits = []
+    for name, value in lowered.items():
+        if not (name.startswith("anthropic-ratelimit-") and name.endswith("-reset")):
+            continue
+        remaining = lowered.get(name.removesuffix("-reset") + "-remaining")
+        if remaining is not None and remaining.strip() not in ("0", ""):
+            continue  # that limit is not the one hit
+        try:
+            waits.append(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - now)
+        except ValueError:
+            continue
+    return max(max(waits), 0.0) if waits else None

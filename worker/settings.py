@@ -31,6 +31,8 @@ class Settings:
     google_base_url: str = DEFAULT_BASE_URLS["google"]
     api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     concurrency: int = 64  # HTTP calls in flight per worker process
+    concurrency_per_model: int = 0  # ... and at most this many to one model (0: no cap of its own)
+    concurrency_per_provider: int = 0  # ... and to one provider
     chunk_size: int = 100  # requests per RQ job
     request_timeout: float = 120.0  # seconds per HTTP call
     job_timeout: int = 3600  # seconds per RQ chunk job
@@ -59,6 +61,8 @@ class Settings:
             google_base_url=env.get("OTB_GOOGLE_BASE_URL") or DEFAULT_BASE_URLS["google"],
             api_keys=keys,
             concurrency=_int(env, "OTB_CONCURRENCY", 64),
+            concurrency_per_model=_int(env, "OTB_CONCURRENCY_PER_MODEL", 0, allow_zero=True),
+            concurrency_per_provider=_int(env, "OTB_CONCURRENCY_PER_PROVIDER", 0, allow_zero=True),
             chunk_size=_int(env, "OTB_CHUNK_SIZE", 100),
             request_timeout=float(_int(env, "OTB_REQUEST_TIMEOUT", 120)),
             job_timeout=_int(env, "OTB_JOB_TIMEOUT", 3600),
@@ -89,7 +93,7 @@ class Settings:
         return out
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -97,6 +101,6 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {value}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'zero or more' if allow_zero else 'positive'}, got {value}")
     return value

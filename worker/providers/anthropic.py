@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import InvalidRequest, ProtocolError, RequestFailed, UnsupportedParameter, upstream_error
 from ..registry import ModelSpec
-from ..retry import retry_after_from_headers
+from ..retry import ratelimit_reset_after, retry_after_from_headers
 from ..schemas import ChatRequest, Message, Usage
 from .base import Parsed, Prepared, UpstreamCall, checked_base64
 
@@ -533,8 +533,11 @@ def parse_error(status: int, headers: Mapping[str, str], body: bytes) -> Request
     retryable = should_retry == "true" if should_retry in ("true", "false") else None
     if details.get("error_code") == "enforced_spend_limit_reached":
         retryable = False
+    retry_after = retry_after_from_headers(headers)
+    if retry_after is None and status == 429:
+        retry_after = ratelimit_reset_after(headers)  # no retry-after: wait for the exhausted limit to reset
     return upstream_error("anthropic", status, _str(error, "type") or f"http_{status}",
-                          _str(error, "message") or "(no message)", retry_after=retry_after_from_headers(headers),
+                          _str(error, "message") or "(no message)", retry_after=retry_after,
                           request_id=_str(payload, "request_id") or lowered.get("request-id"), retryable=retryable)
 
 
