@@ -191,9 +191,9 @@ class Attempts:
 
 
 async def process_request(ctx: Context, batch_id: str, custom_id: str, record: dict[str, Any] | None) -> str:
-    """Run one request to a final, committed result. Returns 'succeeded', 'errored' or 'skipped'."""
-    if ctx.store.has_result(batch_id, custom_id):  # another execution finished it meanwhile
-        return "skipped"
+    """Run one request to a final, committed result. Returns its outcome, or 'skipped' if another
+    execution committed it first (the chunk skipped committed requests at its start; the commit is
+    once-only, so no per-request check is needed on this hot path)."""
     attempts = Attempts()
     meta: dict[str, Any] = {}
     try:
@@ -218,12 +218,13 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
         meta["billed_model"] = billed.id
         meta["attempts"] = attempts.count
         charge = price(parsed.usage, billed, _today())
-        ctx.store.add_spend(batch_id, to_pico(charge.total))  # paid, whether or not this commit wins
         line = success_line(
             batch_id, custom_id, parsed.body, request_id=parsed.request_id, usage=parsed.usage, cost=charge, meta=meta
         )
         costs = {name: to_pico(getattr(charge, name)) for name in ("input", "cache_read", "cache_write", "output")}
-        won = ctx.store.commit(batch_id, custom_id, line, "succeeded", costs, _token_counts(parsed.usage))
+        # off the event loop, so other calls keep flowing; spend is counted even if this commit loses
+        won = await asyncio.to_thread(ctx.store.commit, batch_id, custom_id, line, "succeeded", costs,
+                                      _token_counts(parsed.usage), spend_pico=to_pico(charge.total))
         _release_budget(ctx, batch_id, custom_id)
         return "succeeded" if won else "skipped"
     except Parked as park:
@@ -234,7 +235,7 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
         log.info("request %s/%s errored: %s", batch_id, custom_id, error.code)
         line = error_line(batch_id, custom_id, error, meta)
         outcome = line["meta"]["outcome"]
-        won = ctx.store.commit(batch_id, custom_id, line, outcome, {}, {})
+        won = await asyncio.to_thread(ctx.store.commit, batch_id, custom_id, line, outcome, {}, {})
         _release_budget(ctx, batch_id, custom_id)
         return outcome if won else "skipped"
 

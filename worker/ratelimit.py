@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,7 @@ class Limiter:
         self._acquire = conn.register_script(_ACQUIRE)
         self._adjust = conn.register_script(_ADJUST)
         self._cool = conn.register_script(_COOL)
+        self._cool_seen: dict[str, tuple[float, float]] = {}  # scope -> (checked at, cool until), monotonic
 
     def _keys(self, scope: Scope) -> list[str]:
         return [f"{self.prefix}:rl:{scope.name}", f"{self.prefix}:cool:{scope.name}"]
@@ -133,14 +135,27 @@ class Limiter:
         return max(int(self.conn.pttl(self._keys(scope)[1])), 0) / 1000.0
 
     async def acquire(self, scope: Scope, input_tokens: int, output_tokens: int, *, max_wait: float) -> float:
-        """Wait for capacity; returns 0, or the wait still ahead when it is longer than `max_wait`."""
+        """Wait for capacity; returns 0, or the wait still ahead when it is longer than `max_wait`.
+
+        A model with no limits only has to respect a shared cool-down, which is read at most every
+        100 ms per process instead of once per call.
+        """
         while True:
-            wait = self.try_acquire(scope, input_tokens, output_tokens)
+            wait = self._cooldown_cached(scope) if not scope.limits.active else self.try_acquire(
+                scope, input_tokens, output_tokens)
             if wait <= 0:
                 return 0.0
             if wait > max_wait:
                 return wait
             await asyncio.sleep(wait * (1 + 0.1 * random.random()))  # spread the wake-ups
+
+    def _cooldown_cached(self, scope: Scope) -> float:
+        now = time.monotonic()
+        checked_at, until = self._cool_seen.get(scope.name, (-1.0, 0.0))
+        if now - checked_at >= 0.1:
+            until = now + self.cooldown_left(scope)
+            self._cool_seen[scope.name] = (now, until)
+        return max(until - now, 0.0)
 
     def correct(self, scope: Scope, estimated_in: int, actual_in: int, estimated_out: int, actual_out: int) -> None:
         lim = scope.limits
@@ -150,3 +165,4 @@ class Limiter:
 
     def cool_down(self, scope: Scope, seconds: float, reason: str) -> None:
         self._cool(keys=self._keys(scope)[1:], args=[max(int(seconds * 1000), 1), reason[:200]])
+        self._cool_seen.pop(scope.name, None)  # this process sees its own cool-down at once

@@ -36,13 +36,14 @@ TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "outp
 # Write a result once; count it once (batch counters and hourly aggregates); publish the event;
 # close the batch when the last one lands.
 # KEYS: results, batch, agg hour hash, agg hours index, batch events, global events
-# ARGV: custom_id, line, outcome, ttl, now, n batch pairs, hour member, hour start, agg ttl, pairs...
+# ARGV: custom_id, line, outcome, ttl, now, n batch pairs, hour member, hour start, agg ttl, spend, pairs...
 _COMMIT = """
+if tonumber(ARGV[10]) > 0 then redis.call('HINCRBY', KEYS[2], 'spent_pico', ARGV[10]) end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-local split = 10 + 2 * tonumber(ARGV[6])
-for i = 10, split - 1, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local split = 11 + 2 * tonumber(ARGV[6])
+for i = 11, split - 1, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
 for i = split, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[3], ARGV[9])
 redis.call('ZADD', KEYS[4], ARGV[8], ARGV[7])
@@ -227,9 +228,6 @@ class Store:
             pipe.hexists(self.keys.results(bid), cid)
         return {cid for cid, exists in zip(custom_ids, pipe.execute()) if exists}
 
-    def has_result(self, bid: str, custom_id: str) -> bool:
-        return bool(self.conn.hexists(self.keys.results(bid), custom_id))
-
     def commit(
         self,
         bid: str,
@@ -238,8 +236,14 @@ class Store:
         outcome: str,
         cost_pico: Mapping[str, int],
         tokens: Mapping[str, int],
+        *,
+        spend_pico: int = 0,
     ) -> bool:
-        """Store one final result and fold it into the batch aggregates; False if one was already there."""
+        """Store one final result and fold it into the batch aggregates; False if one was already there.
+
+        `spend_pico` (what the provider billed for this call) is counted either way: a call sent twice
+        is paid twice, even though only one result is kept.
+        """
         assert outcome in OUTCOMES
         increments: list[Any] = []
         for name, value in cost_pico.items():
@@ -251,7 +255,7 @@ class Store:
         now = _committed_at(line)  # the line's own time decides its hour, here and in `uncommit`
         hour, start = aggregates.hour_of(now)
         args = [custom_id, json.dumps(line, separators=(",", ":")), outcome, self.ttl, f"{now:.3f}",
-                len(increments) // 2, hour, start, self.aggregate_ttl]
+                len(increments) // 2, hour, start, self.aggregate_ttl, spend_pico]
         k = self.keys
         keys = [k.results(bid), k.batch(bid), k.agg_hour(hour), k.agg_hours, k.events(bid), k.all_events]
         return bool(self._commit(keys=keys, args=args + increments + aggregates.increments(bid, line)))
@@ -280,11 +284,6 @@ class Store:
 
     def release(self, bid: str, custom_id: str) -> None:
         self.conn.hdel(self.keys.reservations(bid), custom_id)
-
-    def add_spend(self, bid: str, pico: int) -> None:
-        """Money the provider billed for one HTTP attempt, whether or not its result is committed."""
-        if pico:
-            self.conn.hincrby(self.keys.batch(bid), "spent_pico", pico)
 
     # -- read ---------------------------------------------------------------------------------
     def batch(self, bid: str) -> dict[str, str] | None:
