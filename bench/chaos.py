@@ -83,7 +83,7 @@ def main() -> int:
         bid = json.loads(sub.stdout)["id"]
         workers = [WorkerProcess(env, log=work / f"worker{i}.log") for i in range(args.workers)]
         conn = redis.Redis.from_url(server.url)
-        kills, restarts, recoveries = 0, 0, []
+        kills, mid_chunk, restarts, recoveries = 0, 0, 0, []
         events = sorted([("kill", rng.uniform(1.5, 3.0) * (k + 1)) for k in range(args.kills)]
                         + [("redis", rng.uniform(2.0, 4.0) * (r + 1) + 1) for r in range(args.redis_restarts)],
                         key=lambda e: e[1])
@@ -97,6 +97,7 @@ def main() -> int:
                 held = _held_by(conn, dead)
                 workers[victim].kill_all()
                 kills += 1
+                mid_chunk += bool(held)
                 killed_at = time.monotonic()
                 workers[victim] = WorkerProcess(env, log=work / f"worker{victim}.log")
                 for job_id in held:
@@ -109,7 +110,8 @@ def main() -> int:
         report = _check(conn, bid, args.requests)
         stats = httpx.get(emu_url + "/_emulator/stats").json()
         faults = sum(n for code, n in stats["by_status"].items() if code != "200")
-        summary = {"requests": args.requests, "workers": args.workers, "kills": kills, "redis_restarts": restarts,
+        summary = {"requests": args.requests, "workers": args.workers, "kills": kills, "kills_mid_chunk": mid_chunk,
+                   "redis_restarts": restarts,
                    "upstream_calls": stats["calls"], "faults_injected": faults, **report,
                    "recovery_s_max": round(max(recoveries), 1) if recoveries else None,
                    "chunks_recovered": len(recoveries), "status": status, "elapsed_s": round(elapsed, 1)}
