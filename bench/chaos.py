@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from bench.harness import ROOT, RedisServer, WorkerProcess, free_port, otb, worker_env
+from bench.harness import ROOT, RedisServer, WorkerProcess, chunks_held_by, free_port, otb, wait_taken_over, worker_env
 
 FAST = {"OTB_LEASE_TTL": "3", "OTB_CHUNK_SIZE": "25", "OTB_CONCURRENCY": "16", "OTB_STOP_GRACE": "5",
         "OTB_MAX_ATTEMPTS": "6"}
@@ -94,14 +94,14 @@ def main() -> int:
             if kind == "kill":
                 victim = rng.randrange(len(workers))
                 dead = workers[victim].session_pids()
-                held = _held_by(conn, dead)
+                held = chunks_held_by(conn, dead)
                 workers[victim].kill_all()
                 kills += 1
                 mid_chunk += bool(held)
                 killed_at = time.monotonic()
                 workers[victim] = WorkerProcess(env, log=work / f"worker{victim}.log")
                 for job_id in held:
-                    recoveries.append(_taken_over(conn, job_id, dead, killed_at))
+                    recoveries.append(wait_taken_over(conn, job_id, dead, killed_at))
             else:
                 server.restart(pause=1.0)
                 restarts += 1
@@ -140,27 +140,6 @@ def _check(conn: redis.Redis, bid: str, n: int) -> dict:
             "succeeded": outcomes.get("succeeded", 0), "errored": outcomes.get("errored", 0),
             "counts_match": counts_match and cost == Decimal(stored) / Decimal(10**12) and len(ids) == n,
             "cost_usd": format(cost, "f"), "spent_usd": format(Decimal(int(record.get("spent_pico", 0))) / Decimal(10**12), "f")}
-
-
-def _held_by(conn: redis.Redis, pids: list[int]) -> list[str]:
-    held = []
-    for key in conn.scan_iter("otb:lease:*"):
-        owner = (conn.get(key) or b"").decode()
-        if owner and int(owner.rsplit(":", 1)[1]) in pids:
-            held.append(key.decode().removeprefix("otb:lease:"))
-    return held
-
-
-def _taken_over(conn: redis.Redis, job_id: str, dead: list[int], since: float) -> float:
-    while time.monotonic() - since < 120:
-        try:
-            owner = (conn.get(f"otb:lease:{job_id}") or b"").decode()
-            if (owner and int(owner.rsplit(":", 1)[1]) not in dead) or conn.hget(f"rq:job:{job_id}", "status") == b"finished":
-                break
-        except redis.ConnectionError:
-            pass
-        time.sleep(0.1)
-    return time.monotonic() - since
 
 
 def _final(conn: redis.Redis, bid: str) -> bool:

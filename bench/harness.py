@@ -120,3 +120,26 @@ class WorkerProcess:
         for pid in self.session_pids():
             os.kill(pid, 9)
         return self.proc.stdout.read().decode() if self.proc.stdout else ""
+
+
+def chunks_held_by(conn: redis.Redis, pids: list[int], prefix: str = "otb") -> list[str]:
+    """Chunk jobs whose lease is held by one of `pids` (a lease's value is `host:pid`)."""
+    held = []
+    for key in conn.scan_iter(f"{prefix}:lease:*"):
+        owner = (conn.get(key) or b"").decode()
+        if owner and int(owner.rsplit(":", 1)[1]) in pids:
+            held.append(key.decode().removeprefix(f"{prefix}:lease:"))
+    return held
+
+
+def wait_taken_over(conn: redis.Redis, job_id: str, dead: list[int], since: float, limit: float = 120) -> float:
+    """Seconds from `since` (a kill) until another process holds the chunk's lease, or the chunk finished."""
+    while time.monotonic() - since < limit:
+        try:
+            owner = (conn.get(f"otb:lease:{job_id}") or b"").decode()
+            if (owner and int(owner.rsplit(":", 1)[1]) not in dead) or conn.hget(f"rq:job:{job_id}", "status") == b"finished":
+                break
+        except redis.ConnectionError:  # Redis restarting under a chaos run
+            pass
+        time.sleep(0.1)
+    return time.monotonic() - since

@@ -16,6 +16,8 @@ from producer.client import Client
 from worker.registry import Registry
 from worker.settings import Settings
 
+from bench.harness import chunks_held_by, wait_taken_over
+
 from ..conftest import RedisServer, otb, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -61,40 +63,19 @@ def test_killed_workers_lose_nothing_and_recover_fast(redis_server, emulator, re
         while not held and time.monotonic() < deadline:  # until it is mid-chunk
             time.sleep(0.1)
             pids = victim.session_pids()
-            held = _chunks_held_by(real_redis, pids)
+            held = chunks_held_by(real_redis, pids)
         assert held, "the victim never started a chunk"
         time.sleep(0.3)
         assert victim.kill_all() >= 2  # the worker and its work horse
         killed_at = time.monotonic()
         for job_id in held:
-            recoveries.append(_wait_taken_over(real_redis, job_id, pids, killed_at))
+            recoveries.append(wait_taken_over(real_redis, job_id, pids, killed_at))
     status = wait_final(client, bid)
     assert status["status"] == "completed"
     lines = assert_exactly_once(client, bid, 150)
     assert all(ln["meta"]["outcome"] == "succeeded" for ln in lines)
     assert Decimal(status["spent"]) >= Decimal(status["cost"]["total"])  # calls in flight at a kill are paid twice
     assert max(recoveries) < 60
-
-
-def _chunks_held_by(conn: redis.Redis, pids: list[int]) -> list[str]:
-    held = []
-    for key in conn.scan_iter("otb:lease:*"):
-        owner = (conn.get(key) or b"").decode()
-        if owner and int(owner.rsplit(":", 1)[1]) in pids:
-            held.append(key.decode().removeprefix("otb:lease:"))
-    return held
-
-
-def _wait_taken_over(conn: redis.Redis, job_id: str, dead: list[int], since: float) -> float:
-    """Seconds from the kill until another process holds the chunk or it has finished."""
-    while time.monotonic() - since < 90:
-        owner = (conn.get(f"otb:lease:{job_id}") or b"").decode()
-        if owner and int(owner.rsplit(":", 1)[1]) not in dead:
-            return time.monotonic() - since
-        if conn.hget(f"rq:job:{job_id}", "status") == b"finished":
-            return time.monotonic() - since
-        time.sleep(0.1)
-    return 90.0
 
 
 def test_sigterm_lets_calls_in_flight_finish_and_hands_back_the_rest(redis_server, emulator, real_redis, registry,
