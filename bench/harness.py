@@ -123,20 +123,28 @@ class WorkerProcess:
 
 
 def chunks_held_by(conn: redis.Redis, pids: list[int], prefix: str = "otb") -> list[str]:
-    """Chunk jobs whose lease is held by one of `pids` (a lease's value is `host:pid`)."""
+    """Chunk jobs run by one of `pids`: by their own lease (`host:pid`) or claimed under one."""
     held = []
     for key in conn.scan_iter(f"{prefix}:lease:*"):
         owner = (conn.get(key) or b"").decode()
         if owner and int(owner.rsplit(":", 1)[1]) in pids:
             held.append(key.decode().removeprefix(f"{prefix}:lease:"))
+    leases = {f"{prefix}:lease:{job}" for job in held}
+    for job, claim in conn.hgetall(f"{prefix}:claimed").items():
+        if claim.decode().rpartition(" ")[0] in leases:
+            held.append(job.decode())
     return held
 
 
 def wait_taken_over(conn: redis.Redis, job_id: str, dead: list[int], since: float, limit: float = 120) -> float:
-    """Seconds from `since` (a kill) until another process holds the chunk's lease, or the chunk finished."""
+    """Seconds from `since` (a kill) until another process runs the chunk (its own lease, or a claim
+    under a live runner's lease), or the chunk finished."""
     while time.monotonic() - since < limit:
         try:
             owner = (conn.get(f"otb:lease:{job_id}") or b"").decode()
+            claim = (conn.hget("otb:claimed", job_id) or b"").decode()
+            if claim:
+                owner = (conn.get(claim.rpartition(" ")[0]) or b"").decode()
             if (owner and int(owner.rsplit(":", 1)[1]) not in dead) or conn.hget(f"rq:job:{job_id}", "status") == b"finished":
                 break
         except redis.ConnectionError:  # Redis restarting under a chaos run

@@ -296,7 +296,7 @@ def _status_text(s: dict[str, Any]) -> str:
         f"{c['canceled']} canceled, {c['expired']} expired, {c['processing']} processing",
         f"cost      ${cost['total']}  (input {cost['input']}, cache_read {cost['cache_read']}, "
         f"cache_write {cost['cache_write']}, output {cost['output']})",
-        f"spent     ${s['spent']}  (billed by providers over all attempts)",
+        f"spent     ${s['spent']}  (billed by providers for every answer received, repeats included)",
         *([f"budget    ${s['max_cost']}"] if s.get("max_cost") else []),
         *([f"parked    {s['parked']['requests']} requests until "
            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(s['parked']['until']))}: {s['parked']['reason']}"]

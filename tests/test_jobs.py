@@ -254,3 +254,37 @@ def test_per_model_caps_limit_calls_in_flight(setup):
     _, lines, status = run(client, conn, settings, reqs)
     assert status["request_counts"]["succeeded"] == 6
     assert _time.monotonic() - started >= 0.6  # 6 calls of 0.2 s, 2 at a time: 3 waves
+
+
+def test_a_running_chunk_claims_the_next_ones_and_marks_them_finished(setup):
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    conn, settings, client = setup
+    client.settings = settings = settings.with_(chunk_size=4, concurrency=2)
+    bid = client.submit([chat(f"k{i}", "google/gemini-3-flash", f"q{i}") for i in range(20)])
+    drain(conn, settings)
+    assert client.status(bid)["request_counts"]["succeeded"] == 20
+    jobs = [Job.fetch(j.decode(), connection=conn, serializer=JSONSerializer) for j in conn.smembers(f"otb:batch:{bid}:jobs")]
+    assert len(jobs) == 5 and {j.get_status() for j in jobs} == {"finished"}
+    assert conn.hlen("otb:claimed") == 0
+    assert sum(1 for j in jobs if j.return_value() is not None) < 5  # some ran inside another chunk's run
+
+
+def test_a_claim_whose_runner_died_goes_back_to_the_queue(setup):
+    import time as _time
+
+    from worker.recovery import claim_next, queue_for, recover_claimed
+
+    conn, settings, client = setup
+    client.settings = settings = settings.with_(chunk_size=3)
+    bid = client.submit([chat(f"z{i}", "google/gemini-3-flash", f"q{i}") for i in range(6)])
+    queue = queue_for(conn, settings)
+    got = claim_next(conn, settings, "otb:lease:a-runner-that-died")
+    assert got is not None and got[1] == bid and len(got[2]) == 3
+    assert queue.count == 1 and conn.hexists("otb:claimed", got[0])
+    assert recover_claimed(conn, settings) == []  # too young to judge
+    assert recover_claimed(conn, settings, now=_time.time() + settings.lease_ttl * 3) == [got[0]]
+    assert queue.count == 2 and not conn.hexists("otb:claimed", got[0])
+    drain(conn, settings)
+    assert client.status(bid)["request_counts"]["succeeded"] == 6

@@ -15,7 +15,8 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -27,7 +28,7 @@ from . import tokens
 from .errors import BatchClosed, BudgetExceeded, InvalidRequest, MissingApiKey, Parked, ProtocolError, RequestFailed
 from .pricing import cost as price, from_pico, to_pico
 from .ratelimit import Limiter, RateLimits, Scope, load_limits
-from .recovery import Lease, enqueue_chunks, park
+from .recovery import Lease, claim_next, enqueue_chunks, finish_claimed, park
 from .providers import ADAPTERS
 from .providers.base import Parsed, Prepared, UpstreamCall
 from .registry import ModelSpec, Registry, load_registry
@@ -58,7 +59,8 @@ DRAIN = threading.Event()
 
 
 def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, Any]:
-    """RQ entry point: hold the chunk's lease, run it, and re-enqueue what a graceful stop left undone."""
+    """RQ entry point: hold the chunk's lease, run it (and the chunks it claims from the queue while
+    its own tail drains), then hand back what a graceful stop left undone and park what must wait."""
     from rq import get_current_job
 
     settings = current_settings()
@@ -67,72 +69,117 @@ def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, Any]:
     if job is None:
         return asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN))
     store = Store.of(conn, settings)
-    with Lease(conn, store.keys.lease(job.id), settings.lease_ttl):
-        summary = asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN))
-    leftover, parked = summary.pop("leftover", []), summary.pop("parked", [])
-    if leftover:  # a stopping worker hands its unstarted requests back to the queue
-        jobs = enqueue_chunks(conn, settings, batch_id, leftover, f"continue{int(time.time() * 1000)}")
-        log.info("stopping: %d requests of %s handed back as %s", len(leftover), job.id, ", ".join(jobs))
-        summary["checkpointed"] = len(leftover)
-    if parked:
-        park(conn, settings, batch_id, parked)
-        summary["parked"] = len(parked)
+    lease_key = store.keys.lease(job.id)
+    with Lease(conn, lease_key, settings.lease_ttl):
+        summary = asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN,
+                                            claim=lambda: claim_next(conn, settings, lease_key)))
+    leftover, parked = summary.pop("leftover", {}), summary.pop("parked", {})
+    for bid, ids in leftover.items():  # a stopping worker hands its unstarted requests back to the queue
+        jobs = enqueue_chunks(conn, settings, bid, ids, f"continue{int(time.time() * 1000)}")
+        log.info("stopping: %d requests of %s handed back as %s", len(ids), bid, ", ".join(jobs))
+    for bid, items in parked.items():
+        park(conn, settings, bid, items)
+    finish_claimed(conn, settings, summary.pop("claimed", []))
+    summary["checkpointed"] = sum(len(ids) for ids in leftover.values())
+    summary["parked"] = sum(len(items) for items in parked.values())
     return summary
 
 
 async def process_chunk(
-    conn: redis.Redis, settings: Settings, batch_id: str, custom_ids: list[str], *, drain: threading.Event | None = None
+    conn: redis.Redis, settings: Settings, batch_id: str, custom_ids: list[str], *,
+    drain: threading.Event | None = None, claim: Callable[[], tuple[str, str, list[str]] | None] | None = None,
 ) -> dict[str, Any]:
-    """Run a chunk's open requests concurrently. With `drain` set mid-way, start nothing new, give
-    in-flight calls `stop_grace` seconds, and report the rest as `leftover` (uncommitted, safe to re-run)."""
+    """Run a chunk's open requests concurrently, `concurrency` at a time.
+
+    When every request of the chunk has started and slots are free, `claim` takes the next chunk job
+    from the queue and its requests join the same event loop, so calls stay in flight across chunk
+    boundaries instead of draining to zero. With `drain` set mid-way, nothing new starts, calls in
+    flight get `stop_grace` seconds, and the rest is reported as `leftover` (uncommitted, safe to re-run).
+    """
     registry = load_registry(settings.registry_path)  # again: the registry may have changed since submit
     store = Store.of(conn, settings)
-    done = store.done_ids(batch_id, custom_ids)
-    todo = [cid for cid in custom_ids if cid not in done]
-    requests = store.load_requests(batch_id, todo)
-    summary: dict[str, Any] = {"skipped": len(done), "succeeded": 0, "errored": 0}
-    leftover: list[str] = []
+    summary: dict[str, Any] = {"skipped": 0, "succeeded": 0, "errored": 0}
+    leftover: dict[str, list[str]] = {}
     stop = drain or threading.Event()
+    contexts: dict[str, Context] = {}
+    claimed: list[str] = []
     async with http.make_client(concurrency=settings.concurrency, timeout=settings.request_timeout) as client:
-        policy = RetryPolicy(settings.max_attempts, max_wait=settings.retry_max_wait)
-        options, tags = _batch_options(store, batch_id)
-        ctx = Context(settings, registry, store, client, policy, BatchGate(store, batch_id), options,
-                      Limiter(conn, settings.key_prefix, settings.rate_burst), load_limits(settings.limits_path), tags=tags)
+        base = Context(settings, registry, store, client, RetryPolicy(settings.max_attempts, max_wait=settings.retry_max_wait),
+                       BatchGate(store, batch_id), limiter=Limiter(conn, settings.key_prefix, settings.rate_burst),
+                       limits=load_limits(settings.limits_path))
         gate = asyncio.Semaphore(settings.concurrency)
+        waiting = 0  # launched, not yet past the gate
 
-        async def one(cid: str) -> None:
+        async def one(ctx: Context, bid: str, cid: str, record: dict[str, Any] | None) -> None:
+            nonlocal waiting
             async with gate:
+                waiting -= 1
                 if stop.is_set():
-                    leftover.append(cid)
+                    leftover.setdefault(bid, []).append(cid)
                     return
                 try:
-                    outcome = await process_request(ctx, batch_id, cid, requests[cid])
+                    outcome = await process_request(ctx, bid, cid, record)
                 except asyncio.CancelledError:
-                    leftover.append(cid)  # cut off by the stop grace: nothing committed, runs again later
+                    leftover.setdefault(bid, []).append(cid)  # cut off by the stop grace: runs again later
                     raise
                 summary[outcome] = summary.get(outcome, 0) + 1
 
-        tasks = [asyncio.ensure_future(one(cid)) for cid in todo]
-        await _until_done_or_drained(tasks, stop, settings.stop_grace)
+        def launch(bid: str, ids: list[str]) -> list[asyncio.Task[None]]:
+            nonlocal waiting
+            ctx = contexts.get(bid) or contexts.setdefault(bid, _batch_context(base, store, bid))
+            done = store.done_ids(bid, ids)
+            summary["skipped"] += len(done)
+            todo = [cid for cid in ids if cid not in done]
+            records = store.load_requests(bid, todo)
+            waiting += len(todo)
+            return [asyncio.ensure_future(one(ctx, bid, cid, records[cid])) for cid in todo]
+
+        tasks = launch(batch_id, custom_ids)
+        running: dict[str, list[asyncio.Task[None]]] = {}  # claimed job id -> its tasks
+        claim_until = time.monotonic() + settings.job_timeout / 2  # stay well inside RQ's job timeout
+        quiet_until = 0.0
+        while True:
+            pending = [t for t in tasks if not t.done()]
+            if stop.is_set() and pending:
+                await _drain(pending, settings.stop_grace)
+                break
+            finished = [job_id for job_id, its in running.items() if all(t.done() for t in its)]
+            if finished:  # a claimed chunk is done: say so now, not when this whole run ends
+                await asyncio.to_thread(finish_claimed, conn, settings, finished)
+                for job_id in finished:
+                    del running[job_id]
+            now = time.monotonic()
+            if claim and waiting == 0 and len(pending) < settings.concurrency and not stop.is_set() \
+                    and now < claim_until and now >= quiet_until:
+                got = await asyncio.to_thread(claim)
+                if got is not None:
+                    running[got[0]] = launch(got[1], got[2])
+                    tasks += running[got[0]]
+                    continue
+                quiet_until = now + 0.5  # the queue is empty: do not ask on every tick
+            if not pending and not running:
+                break
+            if pending:
+                await asyncio.wait(pending, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        claimed = list(running)  # handed back or cut off by a stop: finished by run_chunk
     summary["leftover"] = leftover
-    summary["parked"] = ctx.parked
+    summary["parked"] = {bid: ctx.parked for bid, ctx in contexts.items() if ctx.parked}
+    summary["claimed"] = claimed
     return summary
 
 
-async def _until_done_or_drained(tasks: list[asyncio.Future[None]], stop: threading.Event, grace: float) -> None:
-    if not tasks:
-        return
-    everything = asyncio.gather(*tasks)
-    while not everything.done():
-        await asyncio.wait([everything], timeout=0.2)
-        if stop.is_set() and not everything.done():
-            log.warning("stop requested: letting calls in flight finish (up to %.0f s)", grace)
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            return
-    everything.result()
+def _batch_context(base: "Context", store: Store, batch_id: str) -> "Context":
+    """Per-batch state (open/closed, options, tags, parked) over the process's shared client and limits."""
+    options, tags = _batch_options(store, batch_id)
+    return replace(base, batch=BatchGate(store, batch_id), options=options, tags=tags, parked=[])
+
+
+async def _drain(pending: list[asyncio.Future[Any]], grace: float) -> None:
+    log.warning("stop requested: letting calls in flight finish (up to %.0f s)", grace)
+    _, late = await asyncio.wait(pending, timeout=grace)
+    for task in late:
+        task.cancel()
 
 
 class BatchGate:

@@ -173,6 +173,87 @@ def _give_up(conn: redis.Redis, store: Store, queue: Queue, job: Job, count: int
     queue.failed_job_registry.add(job, ttl=settings.result_ttl, exc_string="worker died repeatedly")
 
 
+# Take the queue's next job for a running chunk to work on too, recording who holds it.
+# KEYS: RQ queue list, claims hash. ARGV: claimer's lease key, now. Returns the job id or nil.
+_CLAIM = """
+local id = redis.call('LINDEX', KEYS[1], 0)
+if not id then return false end
+if redis.call('LREM', KEYS[1], 1, id) == 0 then return false end
+redis.call('HSET', KEYS[2], id, ARGV[1] .. ' ' .. ARGV[2])
+return id
+"""
+
+
+def claims_key(settings: Settings) -> str:
+    return f"{settings.key_prefix}:claimed"
+
+
+def claim_next(conn: redis.Redis, settings: Settings, lease_key: str) -> tuple[str, str, list[str]] | None:
+    """The next queued chunk job, taken by a running chunk whose own requests have all started.
+
+    It leaves the RQ queue and is recorded in `otb:claimed` with the claimer's lease, atomically; if
+    the claimer dies, the janitor puts it back (recover_claimed). Returns (job id, batch, custom_ids).
+    """
+    queue = queue_for(conn, settings)
+    raw = conn.eval(_CLAIM, 2, queue.key, claims_key(settings), lease_key, f"{time.time():.3f}")
+    if not raw:
+        return None
+    job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+    try:
+        job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        if job.func_name != CHUNK_JOB:
+            raise NoSuchJobError(job_id)
+    except NoSuchJobError:
+        with conn.pipeline() as pipe:  # not a chunk job of ours: give it back untouched
+            pipe.lpush(queue.key, job_id)
+            pipe.hdel(claims_key(settings), job_id)
+            pipe.execute()
+        return None
+    job.set_status(JobStatus.STARTED)
+    return job_id, job.args[0], list(job.args[1])
+
+
+def finish_claimed(conn: redis.Redis, settings: Settings, job_ids: list[str]) -> None:
+    """Claimed chunks are done (or handed back): mark their RQ jobs finished and drop the claims."""
+    for job_id in job_ids:
+        try:
+            Job.fetch(job_id, connection=conn, serializer=JSONSerializer).set_status(JobStatus.FINISHED)
+            conn.expire(f"rq:job:{job_id}", 3600)
+        except NoSuchJobError:
+            pass
+        conn.hdel(claims_key(settings), job_id)
+
+
+def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
+    """Claimed chunks whose claimer's lease lapsed go back to the front of the queue."""
+    now = time.time() if now is None else now
+    queue = queue_for(conn, settings)
+    back = []
+    for raw_id, raw in conn.hgetall(claims_key(settings)).items():
+        job_id = raw_id.decode()
+        lease_key, _, at = raw.decode().rpartition(" ")
+        if conn.exists(lease_key) or now - float(at) < settings.lease_ttl * 2:
+            continue
+        if not conn.set(f"{settings.key_prefix}:recovering:{job_id}", "1", nx=True, ex=int(settings.lease_ttl * 2)):
+            continue
+        if conn.hincrby(f"{settings.key_prefix}:recoveries", job_id, 1) > settings.max_recoveries:
+            try:
+                _give_up(conn, Store.of(conn, settings), queue,
+                         Job.fetch(job_id, connection=conn, serializer=JSONSerializer), settings.max_recoveries + 1, settings)
+            except NoSuchJobError:
+                pass
+            conn.hdel(claims_key(settings), job_id)
+            continue
+        log.warning("claimed chunk %s lost its worker: re-enqueued", job_id)
+        with conn.pipeline() as pipe:
+            pipe.lpush(queue.key, job_id)
+            pipe.hset(f"rq:job:{job_id}", "status", JobStatus.QUEUED.value)
+            pipe.hdel(claims_key(settings), job_id)
+            pipe.execute()
+        back.append(job_id)
+    return back
+
+
 def close_unstarted(conn: redis.Redis, settings: Settings, bid: str, code: str) -> int:
     """Take a batch's not-yet-started chunks off the queue and end their requests with `code`."""
     queue = queue_for(conn, settings)
@@ -235,6 +316,7 @@ class Janitor(threading.Thread):
         while not self.stopped.wait(self.interval):
             try:
                 recover_abandoned(conn, self.settings)
+                recover_claimed(conn, self.settings)
                 expire_due(conn, self.settings)
                 resume_parked(conn, self.settings)
             except redis.RedisError as exc:

@@ -53,7 +53,7 @@ def assert_exactly_once(client: Client, bid: str, n: int) -> list[dict]:
 def test_killed_workers_lose_nothing_and_recover_fast(redis_server, emulator, real_redis, registry, spawn_worker):
     env = worker_env(redis_server.url, emulator.url, **FAST)
     client = client_for(redis_server.url, registry)
-    bid = client.submit(slow_batch(150, ms=600))
+    bid = client.submit(slow_batch(300, ms=600))
     spawn_worker(env)  # a survivor, always running
     recoveries = []
     for _ in range(3):  # kill a worker and its horse mid-chunk, three times over
@@ -72,7 +72,7 @@ def test_killed_workers_lose_nothing_and_recover_fast(redis_server, emulator, re
             recoveries.append(wait_taken_over(real_redis, job_id, pids, killed_at))
     status = wait_final(client, bid)
     assert status["status"] == "completed"
-    lines = assert_exactly_once(client, bid, 150)
+    lines = assert_exactly_once(client, bid, 300)
     assert all(ln["meta"]["outcome"] == "succeeded" for ln in lines)
     assert Decimal(status["spent"]) >= Decimal(status["cost"]["total"])  # calls in flight at a kill are paid twice
     assert max(recoveries) < 60
