@@ -106,6 +106,16 @@ def test_200_line_mixed_batch_ends_with_one_exact_result_per_request(workers, re
     assert any(line["meta"]["usage"]["cache_read_tokens"] for line in lines if "usage" in line["meta"])
     assert {line["meta"]["billed_model"] for line in lines if line["custom_id"].startswith("chat-")} >= {"google/gemini-3.6-flash"}
 
+    # the report agrees with the results file to the last digit, in all three formats
+    report = json.loads(otb(["report", "--batch", status["id"], "--by", "model", "--format", "json"], env).stdout)
+    assert Decimal(report["total"]["cost"]["total"]) == total and report["total"]["requests"] == 200
+    assert sum(Decimal(r["cost"]["total"]) for r in report["rows"]) == total
+    csv_rows = otb(["report", "--batch", status["id"], "--format", "csv"], env).stdout.decode().splitlines()
+    assert csv_rows[-1].startswith("total,200,196,4,") and Decimal(csv_rows[-1].rsplit(",", 1)[1]) == total
+    table = otb(["report", "--batch", status["id"], "--by", "provider"], env).stdout.decode()
+    assert Decimal(next(ln for ln in table.splitlines() if ln.startswith("total")).split()[-1]) == total
+    assert report["errors"] == {"model_not_found": 4}
+
     human = otb(["status", status["id"]], env)
     assert f"${status['cost']['total']}" in human.stdout.decode()
     # keys never reach Redis
