@@ -1,12 +1,13 @@
-"""Nothing is lost when a worker dies: chunk leases, a janitor that re-enqueues dead work, closing batches.
+"""The life of chunk jobs beyond RQ: enqueueing, leases, claims, recovery, parking, closing batches.
 
 Stock RQ notices a dead worker only after its heartbeat TTL (job_monitoring_interval + 60 s) and
 the next maintenance pass of some idle worker: minutes (reference/rq.md §1). Here the process
-running a chunk holds a short lease (`otb:lease:{job}`, refreshed by a thread every ttl/3), and a
-janitor thread in every `otb worker` re-enqueues started chunks whose lease has lapsed. Re-running
-a chunk is safe: committed requests are skipped (jobs.py), so only calls in flight at the kill are
-sent again. A re-run chunk counts against `max_recoveries`, so a chunk that kills every worker it
-touches (a poison input) stops being retried and shows up in RQ's failed registry.
+running a chunk holds a short lease (`otb:lease:{job}`, refreshed by a thread every ttl/3); the
+chunks it claims from the queue are recorded under that lease (`otb:claimed`). A janitor thread in
+every `otb worker` re-enqueues started or claimed chunks whose lease has lapsed. Re-running a chunk
+is safe: committed requests are skipped (jobs.py), so only calls in flight at the kill are sent
+again. Re-runs count against `max_recoveries`: a chunk that kills every worker it touches (a poison
+input) ends its open requests as `worker_crashed` and shows up in RQ's failed registry.
 """
 
 from __future__ import annotations
