@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -27,20 +28,28 @@ def free_port() -> int:
 class RedisServer:
     """A private redis-server on a free port (so tests never touch a developer's data)."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, workdir: Path, *, appendonly: bool = False, extra: tuple[str, ...] = (), tls: bool = False,
+                 url_of: Callable[[int], str] | None = None) -> None:
+        """`extra` adds server arguments (auth, ACL users, certificates); with `tls` the port is the TLS
+        port; `url_of(port)` gives the client URL (default plain redis://)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: apt-get install redis-server (see README)")
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "yes" if appendonly else "no", "--appendfsync", "always", "--dir", str(workdir)]
+        self.url = url_of(self.port) if url_of else f"redis://127.0.0.1:{self.port}/0"
+        ports = ["--port", "0", "--tls-port", str(self.port)] if tls else ["--port", str(self.port)]
+        self.log = workdir / f"redis-{self.port}.log"
+        self.args = [binary, *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes" if appendonly else "no",
+                     "--appendfsync", "always", "--dir", str(workdir), *extra]
         self._start()
 
     def _start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        conn = redis.Redis(port=self.port)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        conn = redis.Redis.from_url(self.url)
         for _ in range(200):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log.read_text()[-2000:]}")
             try:
                 conn.ping()
                 return
@@ -51,7 +60,7 @@ class RedisServer:
     def restart(self, pause: float) -> None:
         """Shut Redis down (as an operator would), stay down for `pause` seconds, start it on the same data."""
         try:
-            redis.Redis(port=self.port).shutdown()
+            redis.Redis.from_url(self.url).shutdown()
         except redis.ConnectionError:
             pass
         self.proc.wait(timeout=10)

@@ -17,6 +17,7 @@ from typing import Any
 from worker import tokens
 from worker.pricing import cost, normalize
 from worker.providers import ADAPTERS
+from worker.providers.base import output_limit
 from worker.registry import Registry
 from worker.schemas import KIND_BY_URL, ChatRequest, Usage
 
@@ -60,8 +61,6 @@ def _output_limit(body: dict[str, Any], spec: Any, registry: Registry) -> int:
     request = ChatRequest.model_validate(body)
     adapter = ADAPTERS[spec.provider]
     prepared = adapter.prepare_chat(request, spec, api_version=registry.api_version(spec.provider), drop_unsupported=True)
-    sent = prepared.calls[0].json
-    limit = sent.get("max_tokens") or (sent.get("generationConfig") or {}).get("maxOutputTokens")
-    return int(limit or spec.rules.max_output_tokens or spec.rules.default_max_tokens or 65536)
+    return output_limit(prepared, spec.rules.max_output_tokens)
 
 

@@ -30,7 +30,7 @@ from .pricing import cost as price, from_pico, to_pico
 from .ratelimit import Limiter, RateLimits, Scope, load_limits
 from .recovery import Lease, claim_next, enqueue_chunks, finish_claimed, park
 from .providers import ADAPTERS
-from .providers.base import Parsed, Prepared, UpstreamCall
+from .providers.base import Parsed, Prepared, UpstreamCall, output_limit
 from .registry import ModelSpec, Registry, load_registry
 from .results import error_line, success_line
 from .retry import RetryPolicy
@@ -294,25 +294,19 @@ def _hold_budget(ctx: Context, batch_id: str, custom_id: str, spec: ModelSpec, k
     if not max_pico:
         return
     if kind == "chat":
-        worst = Usage(input_tokens=tokens.chat_input_tokens(body), output_tokens=_output_limit(prepared, spec))
+        worst = Usage(input_tokens=tokens.chat_input_tokens(body),
+                      output_tokens=output_limit(prepared, spec.rules.max_output_tokens))
     else:
         worst = Usage(input_tokens=tokens.embedding_input_tokens(body))
-    pico = to_pico(price(worst, spec, _today()).total)
-    if not ctx.store.reserve(batch_id, custom_id, pico, int(max_pico)):
-        raise BudgetExceeded(f"not sent: committed cost plus calls in flight plus this one (up to ${price(worst, spec, _today()).total}) "
+    worst_cost = price(worst, spec, _today()).total
+    if not ctx.store.reserve(batch_id, custom_id, to_pico(worst_cost), int(max_pico)):
+        raise BudgetExceeded(f"not sent: committed cost plus calls in flight plus this one (up to ${worst_cost}) "
                              f"would pass the batch budget of ${from_pico(int(max_pico))}")
 
 
 def _release_budget(ctx: Context, batch_id: str, custom_id: str) -> None:
     if ctx.options.get("max_cost_pico"):
         ctx.store.release(batch_id, custom_id)
-
-
-def _output_limit(prepared: Prepared, spec: ModelSpec) -> int:
-    """The most output tokens the provider may bill for this call, as it will be sent."""
-    body = prepared.calls[0].json
-    limit = body.get("max_tokens") or (body.get("generationConfig") or {}).get("maxOutputTokens")
-    return int(limit or spec.rules.max_output_tokens or spec.rules.default_max_tokens or 65536)
 
 
 def _prepare(ctx: Context, adapter: Any, spec: ModelSpec, kind: str, body: dict[str, Any]) -> Prepared:

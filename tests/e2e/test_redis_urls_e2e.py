@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
-from ..conftest import ROOT, free_port, otb, worker_env
+from ..conftest import ROOT, RedisServer, otb, worker_env
 
 pytestmark = pytest.mark.e2e
 
@@ -22,47 +21,15 @@ TLS_PASSWORD = "tls-s3cret"
 MODELS = ["google/gemini-3-flash", "anthropic/claude-haiku-5-5", "google/gemini-3-flash"]
 
 
-class SecuredRedis:
-    """A private redis-server on a free port, started with extra (auth / TLS) arguments."""
-
-    def __init__(self, workdir: Path, extra: list[str], *, tls: bool = False) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed: apt-get install redis-server (see README)")
-        self.port = free_port()
-        ports = ["--port", "0", "--tls-port", str(self.port)] if tls else ["--port", str(self.port)]
-        self.log = workdir / f"redis-{self.port}.log"
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([binary, *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                          "--dir", str(workdir), *extra], stdout=log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, url: str) -> None:
-        conn = redis.Redis.from_url(url)
-        for _ in range(200):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.log.read_text()}")
-            try:
-                conn.ping()
-                return
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
 @pytest.fixture
 def start_redis(tmp_path):  # type: ignore[no-untyped-def]
-    started: list[SecuredRedis] = []
+    """Private redis-servers with extra (auth / TLS) arguments, stopped after the test."""
+    started: list[RedisServer] = []
 
-    def start(extra: list[str], url_of, *, tls: bool = False) -> tuple[SecuredRedis, str]:  # type: ignore[no-untyped-def]
-        server = SecuredRedis(tmp_path, extra, tls=tls)
+    def start(extra: list[str], url_of, *, tls: bool = False) -> tuple[RedisServer, str]:  # type: ignore[no-untyped-def]
+        server = RedisServer(tmp_path, extra=tuple(extra), tls=tls, url_of=url_of)
         started.append(server)
-        url = url_of(server.port)
-        server.wait_ready(url)
-        return server, url
+        return server, server.url
 
     yield start
     for server in started:

@@ -55,3 +55,11 @@ def checked_base64(data: str, where: str) -> str:
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise InvalidRequest(f"{where}: the image data after 'base64,' is not valid base64", param=where) from None
     return data
+
+
+def output_limit(prepared: Prepared, max_output_tokens: int | None) -> int:
+    """The most output tokens the provider may bill for this call as it will be sent
+    (Anthropic `max_tokens`, Gemini `generationConfig.maxOutputTokens`, else the model's maximum)."""
+    body = prepared.calls[0].json
+    limit = body.get("max_tokens") or (body.get("generationConfig") or {}).get("maxOutputTokens")
+    return int(limit or max_output_tokens or 65536)
