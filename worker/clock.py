@@ -1,0 +1,53 @@
+"""The one place the code reads the wall clock.
+
+Dates decide what a request may do (a model retires, a price changes on a UTC day), so every date
+and timestamp comes from here and tests pin it with `pinned()` instead of depending on the day
+they run. Durations (timeouts, rates, progress) use `time.monotonic()` directly: they are not dates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator
+
+_source: Callable[[], float] = time.time
+
+
+def now() -> float:
+    """Unix seconds (UTC)."""
+    return _source()
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.fromtimestamp(_source(), dt.timezone.utc)
+
+
+def today() -> dt.date:
+    """The UTC day: the day a retirement or a price change is judged by."""
+    return utcnow().date()
+
+
+@contextlib.contextmanager
+def pinned(when: dt.datetime | dt.date | str | float) -> Iterator[None]:
+    """Freeze the clock at `when` (a date means its 12:00 UTC) in this process, for tests."""
+    global _source
+    stamp = _stamp(when)
+    saved, _source = _source, (lambda: stamp)
+    try:
+        yield
+    finally:
+        _source = saved
+
+
+def _stamp(when: dt.datetime | dt.date | str | float) -> float:
+    if isinstance(when, (int, float)):
+        return float(when)
+    if isinstance(when, str):
+        when = dt.datetime.fromisoformat(when) if "T" in when or " " in when else dt.date.fromisoformat(when)
+    if not isinstance(when, dt.datetime):
+        when = dt.datetime(when.year, when.month, when.day, 12, tzinfo=dt.timezone.utc)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()
