@@ -24,7 +24,6 @@ import array
 import asyncio
 import collections
 import base64
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -41,6 +40,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from . import clock
 from .registry import ModelSpec, Registry
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ class _State:
 
     def check_retired(self, provider: str, model: str, message: str) -> None:
         spec = self.spec(provider, model)
-        if spec is not None and spec.is_retired(dt.datetime.now(dt.timezone.utc).date()):
+        if spec is not None and spec.is_retired(clock.today()):
             raise EmuError(404, message)
 
 
