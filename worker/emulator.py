@@ -55,6 +55,7 @@ ANTHROPIC_FIELDS = frozenset({
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 MAX_IMAGE_BASE64 = 5 * 1024 * 1024  # counted on the base64 text, as Anthropic does
 MAX_BREAKPOINTS = 4
+TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
 BLOCK_TYPES = frozenset({"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"})
 ANTHROPIC_ERRORS = {
     400: ("invalid_request_error", "Invalid request (emulated)"),
@@ -574,6 +575,8 @@ def _check_blocks(blocks: Any, where: str, role: str, version: str) -> None:
         elif kind == "tool_use" and not (isinstance(b.get("id"), str) and isinstance(b.get("name"), str)
                                          and isinstance(b.get("input"), dict)):
             raise EmuError(400, f"{at}: tool_use blocks need id, name and an input object")
+        elif kind == "tool_use" and not TOOL_ID.fullmatch(b["id"]):
+            raise EmuError(400, f"{at}.id: String should match pattern '^[a-zA-Z0-9_-]+$'")
         elif kind == "tool_result" and not isinstance(b.get("tool_use_id"), str):
             raise EmuError(400, f"{at}.tool_use_id: Field required")
         elif kind == "tool_result" and not isinstance(b.get("content", ""), (str, list)):
@@ -682,6 +685,10 @@ def _check_tools(body: dict[str, Any]) -> None:
         _check_cache_control(tool, f"tools.{k}")
         if tool.get("type") in (None, "custom") and not isinstance(tool.get("input_schema"), dict):
             raise EmuError(400, f"tools.{k}.input_schema: Field required")
+        kind = (tool.get("input_schema") or {}).get("type")
+        if tool.get("type") in (None, "custom") and kind != "object":
+            problem = "Field required" if kind is None else "Input should be 'object'"
+            raise EmuError(400, f"tools.{k}.custom.input_schema.type: {problem}")
     choice = body.get("tool_choice")
     if choice is not None:
         if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -863,3 +864,31 @@ def test_created_comes_from_the_clock() -> None:
     with clock.pinned("2026-12-02"):
         parsed = anthropic.parse_chat(fixture("text_reply.json"), SONNET_45)
     assert parsed.body["created"] == 1796212800
+
+
+def test_tool_call_ids_anthropic_refuses_are_rewritten_in_pairs() -> None:
+    msgs = tool_loop()
+    msgs[1]["tool_calls"][0]["id"] = "functions.get_weather:0"  # ids from other providers' histories
+    msgs[2]["tool_call_id"] = "functions.get_weather:0"
+    prepared = prep(req(*msgs, tools=TOOLS))
+    b = prepared.calls[0].json
+    sent = b["messages"][1]["content"][1]["id"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", sent) and sent.startswith("functions_get_weather_0_")
+    assert b["messages"][2]["content"][0]["tool_use_id"] == sent
+    assert b["messages"][1]["content"][2]["id"] == "toolu_2"  # valid ids are left alone
+    assert prepared.notes == [f"tool call id 'functions.get_weather:0' sent as '{sent}' (Anthropic takes only "
+                              "letters, digits, '_' and '-' in ids)"]
+    other = anthropic.prepare_chat(req(*msgs[:1]), PLAIN, api_version=OLD_API, drop_unsupported=False)
+    assert other.notes == []
+
+
+def test_tool_parameters_without_type_get_object_and_other_types_are_refused() -> None:
+    loose = {"type": "function", "function": {"name": "f", "parameters": {"properties": {"q": {"type": "string"}}}}}
+    prepared = prep(req(tools=[loose]))
+    assert prepared.calls[0].json["tools"][0]["input_schema"] == {"type": "object",
+                                                                  "properties": {"q": {"type": "string"}}}
+    assert prepared.notes == ["tools[0]: parameters sent with type 'object' (Anthropic requires it)"]
+    array = {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}
+    with pytest.raises(InvalidRequest, match="object") as exc:
+        prep(req(tools=[array]))
+    assert exc.value.param == "tools[0].function.parameters"

@@ -55,6 +55,12 @@ CASES: dict[str, dict[str, Any]] = {
     "empty tool output": {"tools": [TOOL], "messages": [
         {"role": "user", "content": "Look it up"}, {"role": "assistant", "content": "", "tool_calls": [CALL]},
         {"role": "tool", "tool_call_id": "call_1", "content": [text("")]}]},
+    "foreign tool call id": {"tools": [TOOL], "messages": [
+        {"role": "user", "content": "Look it up"},
+        {"role": "assistant", "content": None, "tool_calls": [{**CALL, "id": "functions.lookup:0"}]},
+        {"role": "tool", "tool_call_id": "functions.lookup:0", "content": "found"}]},
+    "parameters without type": {"messages": [{"role": "user", "content": "Look it up"}], "tools": [
+        {"type": "function", "function": {"name": "lookup", "parameters": {"properties": {"q": {"type": "string"}}}}}]},
 }
 
 

@@ -7,6 +7,7 @@ so a request fails fast and names the fix, or is dropped and recorded when the s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ MEDIA_TYPE_ALIASES = {"image/jpg": "image/jpeg"}  # a common misspelling of the 
 MAX_IMAGE_BASE64 = 5 * 1024 * 1024  # "image exceeds 5 MB maximum", counted on the base64 text
 CACHE_TTLS = ("5m", "1h")
 MAX_BREAKPOINTS = 4  # "A maximum of 4 blocks with cache_control may be provided"
+_TOOL_ID = re.compile(r"[A-Za-z0-9_-]+")  # what tool_use.id and tool_result.tool_use_id must match
 _DATA_URI = re.compile(r"data:(image/[\w.+-]+);base64,(.+)", re.S | re.I)
 _PLAIN_TEXT_KEYS = {"type", "text"}
 
@@ -197,7 +199,7 @@ def _turn(msg: Message, i: int, ctx: _Ctx) -> Turn:
     if msg.role == "tool":
         return "user", [_tool_result(msg, i, ctx)]
     blocks = _thinking_blocks(msg, i) + _blocks(msg, i, ctx, ("text", "refusal"))
-    blocks += [_tool_use(call, i, k) for k, call in enumerate(msg.tool_calls or [])]
+    blocks += [_tool_use(call, i, k, ctx) for k, call in enumerate(msg.tool_calls or [])]
     if not blocks:
         raise InvalidRequest(f"messages[{i}] is an empty assistant message", param=f"messages[{i}]")
     return "assistant", blocks
@@ -205,7 +207,7 @@ def _turn(msg: Message, i: int, ctx: _Ctx) -> Turn:
 
 def _tool_result(msg: Message, i: int, ctx: _Ctx) -> Block:
     """A tool message -> tool_result; empty output leaves `content` out (it is optional) rather than send ""."""
-    block: Block = {"type": "tool_result", "tool_use_id": msg.tool_call_id}
+    block: Block = {"type": "tool_result", "tool_use_id": _tool_id(msg.tool_call_id or "", ctx)}
     content: Any = msg.content if isinstance(msg.content, str) else _blocks(msg, i, ctx, USER_PARTS)
     if content:
         block["content"] = content
@@ -328,7 +330,7 @@ def _thinking_blocks(msg: Message, i: int) -> list[Block]:
     return list(raw)
 
 
-def _tool_use(call: dict[str, Any], i: int, k: int) -> Block:
+def _tool_use(call: dict[str, Any], i: int, k: int, ctx: _Ctx) -> Block:
     """An OpenAI tool call -> tool_use; "" arguments (a no-argument call some clients send) read as {}."""
     fn, where = call.get("function"), f"messages[{i}]"
     if not isinstance(call.get("id"), str) or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
@@ -340,7 +342,20 @@ def _tool_use(call: dict[str, Any], i: int, k: int) -> Block:
                              param=where) from exc
     if not isinstance(args, dict):
         raise InvalidRequest(f"{where}: tool_calls[{k}].function.arguments must be a JSON object", param=where)
-    return {"type": "tool_use", "id": call["id"], "name": fn["name"], "input": args}
+    return {"type": "tool_use", "id": _tool_id(call["id"], ctx), "name": fn["name"], "input": args}
+
+
+def _tool_id(raw: str, ctx: _Ctx) -> str:
+    """Anthropic refuses tool ids outside ^[a-zA-Z0-9_-]+$, which histories from other providers carry
+    ("functions.f:0"). Such an id is rewritten the same way in its tool_use and its tool_result, with a
+    hash of the original so two ids never collide."""
+    if _TOOL_ID.fullmatch(raw):
+        return raw
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", raw) + "_" + hashlib.sha256(raw.encode()).hexdigest()[:8]
+    note = f"tool call id {raw!r} sent as {safe!r} (Anthropic takes only letters, digits, '_' and '-' in ids)"
+    if note not in ctx.notes:
+        ctx.notes.append(note)
+    return safe
 
 
 def _collapse(blocks: list[Block], *, join: bool) -> str | list[Block]:
@@ -436,7 +451,7 @@ def _apply_sampling(body: dict[str, Any], request: ChatRequest, ctx: _Ctx, think
 def _apply_tools(body: dict[str, Any], request: ChatRequest, ctx: _Ctx, thinking_on: bool) -> None:
     """tools, then tool_choice (+ parallel_tool_calls); a refused forced choice drops to auto."""
     if request.tools:
-        body["tools"] = [_tool(t, f"tools[{k}]") for k, t in enumerate(request.tools)]
+        body["tools"] = [_tool(t, f"tools[{k}]", ctx) for k, t in enumerate(request.tools)]
     choice = _map_tool_choice(request)
     if choice is None and request.parallel_tool_calls is False and request.tools:
         choice = {"type": "auto"}
@@ -452,12 +467,20 @@ def _apply_tools(body: dict[str, Any], request: ChatRequest, ctx: _Ctx, thinking
     body["tool_choice"] = choice
 
 
-def _tool(tool: dict[str, Any], where: str) -> Block:
+def _tool(tool: dict[str, Any], where: str, ctx: _Ctx) -> Block:
+    """An OpenAI function -> an Anthropic tool, whose input_schema must be an object schema with its `type`."""
     fn = tool["function"]
     out: Block = {"name": fn["name"]}
     if fn.get("description"):
         out["description"] = fn["description"]
-    out["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+    schema = fn.get("parameters") or {"type": "object", "properties": {}}
+    if isinstance(schema, dict) and "type" not in schema:  # OpenAI tolerates it; Anthropic: "type: Field required"
+        schema = {"type": "object", **schema}
+        ctx.notes.append(f"{where}: parameters sent with type 'object' (Anthropic requires it)")
+    if not isinstance(schema, dict) or schema["type"] != "object":
+        raise InvalidRequest(f"{where}.function.parameters must be an object schema (type 'object'): Anthropic "
+                             "passes tool input only as an object", param=f"{where}.function.parameters")
+    out["input_schema"] = schema
     return _keep_cache(out, tool, where)
 
 
