@@ -686,8 +686,8 @@ def test_non_json_error_body() -> None:
 def test_a_429_without_retry_after_waits_for_the_exhausted_limit_to_reset() -> None:
     import datetime as dt
 
-    soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=20)).isoformat().replace("+00:00", "Z")
-    later = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=50)).isoformat().replace("+00:00", "Z")
+    soon = (clock.utcnow() + dt.timedelta(seconds=20)).isoformat().replace("+00:00", "Z")
+    later = (clock.utcnow() + dt.timedelta(seconds=50)).isoformat().replace("+00:00", "Z")
     headers = {"anthropic-ratelimit-input-tokens-remaining": "0", "anthropic-ratelimit-input-tokens-reset": soon,
                "anthropic-ratelimit-requests-remaining": "120", "anthropic-ratelimit-requests-reset": later}
     body = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
