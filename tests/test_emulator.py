@@ -251,15 +251,18 @@ def _text(text: str, **extra: Any) -> dict[str, Any]:
     ({"output_config": {"format": {"type": "json_schema", "schema": OPEN_OBJECT}}},
      "output_config.format.schema: For 'object' type, 'additionalProperties' must be explicitly set to false"),
     ({"output_config": {"format": {"type": "json_schema", "schema": {
-        "type": "object", "additionalProperties": False, "properties": {"in": {"type": "array", "items": OPEN_OBJECT}}}}}},
+        "type": "object", "additionalProperties": False,
+        "properties": {"in": {"type": "array", "items": OPEN_OBJECT}}}}}},
      "'additionalProperties' must be explicitly set to false"),
     ({"output_config": {"format": {"type": "json_schema", "schema": {**OPEN_OBJECT, "additionalProperties": True}}}},
      "'additionalProperties' must be explicitly set to false"),
     ({"messages": [{"role": "user", "content": "go"}, {"role": "assistant", "content": [{**CALL, "id": "fn.f:0"}]},
                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "fn.f:0"}]}]},
      "messages.1.content.0.id: String should match pattern '^[a-zA-Z0-9_-]+$'"),
-    ({"tools": [{"name": "f", "input_schema": {"properties": {}}}]}, "tools.0.custom.input_schema.type: Field required"),
-    ({"tools": [{"name": "f", "input_schema": {"type": "array"}}]}, "tools.0.custom.input_schema.type: Input should be"),
+    ({"tools": [{"name": "f", "input_schema": {"properties": {}}}]},
+     "tools.0.custom.input_schema.type: Field required"),
+    ({"tools": [{"name": "f", "input_schema": {"type": "array"}}]},
+     "tools.0.custom.input_schema.type: Input should be"),
 ])
 def test_anthropic_refuses_what_the_api_refuses(client: httpx.Client, body: dict[str, Any], message: str) -> None:
     r = messages(client, **body)

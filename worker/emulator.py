@@ -615,7 +615,8 @@ def _closed_objects(schema: Any) -> bool:
     if not isinstance(schema, dict):
         return True
     kind = schema.get("type")
-    is_object = kind == "object" or (isinstance(kind, list) and "object" in kind) or ("properties" in schema and not kind)
+    is_object = (kind == "object" or (isinstance(kind, list) and "object" in kind)
+                 or ("properties" in schema and not kind))
     if is_object and schema.get("additionalProperties") is not False:
         return False
     subschemas = [schema.get(k) for k in ("items", "anyOf", "oneOf", "allOf", "prefixItems")]

@@ -716,7 +716,8 @@ def test_empty_system_text_is_skipped_not_joined() -> None:
 def test_empty_mid_conversation_system_turn_is_not_sent() -> None:
     prepared = prep(req({"role": "user", "content": "U1"}, {"role": "system", "content": ""}), OPUS_55, api=NEW_API)
     assert prepared.calls[0].json["messages"] == [{"role": "user", "content": "U1"}]
-    b = body(req({"role": "user", "content": "U1"}, {"role": "system", "content": [text_part(""), text_part("Be brief.")]},
+    system = {"role": "system", "content": [text_part(""), text_part("Be brief.")]}
+    b = body(req({"role": "user", "content": "U1"}, system,
                  {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"}), OPUS_55, api=NEW_API)
     assert b["messages"][1] == {"role": "system", "content": "Be brief."}
 
@@ -731,7 +732,8 @@ def test_empty_text_part_beside_other_parts_is_skipped() -> None:
 def test_empty_text_inside_a_tool_result_is_skipped() -> None:
     call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     history = [{"role": "user", "content": "Go"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
-    listed = body(req(*history, {"role": "tool", "tool_call_id": "call_1", "content": [text_part(""), text_part("42")]}))
+    parts = [text_part(""), text_part("42")]
+    listed = body(req(*history, {"role": "tool", "tool_call_id": "call_1", "content": parts}))
     assert listed["messages"][2]["content"] == [
         {"type": "tool_result", "tool_use_id": "call_1", "content": [{"type": "text", "text": "42"}]}]
     empty = body(req(*history, {"role": "tool", "tool_call_id": "call_1", "content": ""}))
@@ -739,7 +741,8 @@ def test_empty_text_inside_a_tool_result_is_skipped() -> None:
 
 
 def test_a_breakpoint_on_empty_text_is_dropped_with_a_note() -> None:
-    prepared = prep(req({"role": "user", "content": [text_part("Q"), text_part("", cache_control={"type": "ephemeral"})]}))
+    parts = [text_part("Q"), text_part("", cache_control={"type": "ephemeral"})]
+    prepared = prep(req({"role": "user", "content": parts}))
     assert prepared.calls[0].json["messages"] == [{"role": "user", "content": "Q"}]
     assert prepared.notes == ["messages[0].content[1]: empty text with cache_control not sent (Anthropic refuses "
                               "empty text blocks), so that cache breakpoint is gone"]
@@ -777,7 +780,8 @@ def test_a_non_strict_schema_gets_additional_properties_false_on_every_object() 
 
 
 def test_a_map_schema_cannot_be_closed_and_is_refused() -> None:
-    schema = {"type": "object", "properties": {"scores": {"type": "object", "additionalProperties": {"type": "number"}}}}
+    scores = {"type": "object", "additionalProperties": {"type": "number"}}
+    schema = {"type": "object", "properties": {"scores": scores}}
     with pytest.raises(InvalidRequest) as exc:
         prep(req(response_format={"type": "json_schema", "json_schema": {"name": "m", "schema": schema}}))
     assert exc.value.param == "response_format"
