@@ -19,7 +19,8 @@ from worker.connection import connect as connect_redis
 from worker.emulator import EmulatorConfig, start_background
 from worker.recovery import queue_for
 from worker.registry import Registry
-from worker.settings import KEY_ENV, Settings
+from worker.providers import ADAPTERS
+from worker.settings import Settings
 
 
 EMULATOR_KEY = "emulator-key-not-secret"
@@ -38,8 +39,8 @@ def emulated(settings: Settings, registry: Registry, config: EmulatorConfig | No
     with ExitStack() as stack:
         emu = start_background(config or EmulatorConfig(), registry)
         stack.callback(emu.stop)
-        keys = {p: settings.api_keys.get(p) or EMULATOR_KEY for p in KEY_ENV}
-        yield settings.with_(anthropic_base_url=emu.url, google_base_url=emu.url, api_keys=keys)
+        keys = {p: settings.api_keys.get(p) or EMULATOR_KEY for p in ADAPTERS}
+        yield settings.pointed_at(emu.url).with_(api_keys=keys)
 
 
 def drain(conn: redis.Redis, settings: Settings) -> None:

@@ -5,9 +5,11 @@ Token rule under test: tokens(text) = max(1, ceil(len(text) / 4)); JSON is count
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -440,6 +442,8 @@ def test_random_faults_latency_and_stats() -> None:
             httpx.Client(base_url=emu.url) as c:
         statuses = {messages(c, headers={"anthropic-version": "2023-06-01"}).status_code for _ in range(20)}
         assert statuses <= {500, 503, 529} and len(statuses) > 1
+        assert {generate(c).status_code for _ in range(20)} == {500, 503}  # Gemini has no 529
+        assert emu.stats()["by_status"].keys() <= {"500", "503", "529"}
 
 
 def test_rpm_limit_answers_429_over_a_sliding_minute():
@@ -447,3 +451,20 @@ def test_rpm_limit_answers_429_over_a_sliding_minute():
         codes = [messages(c, headers={"anthropic-version": "2026-10-21"}).status_code for _ in range(5)]
         assert codes == [200, 200, 200, 429, 429]
         assert emu.stats()["rate_limited"] == 2
+
+
+@pytest.mark.parametrize("package", ["worker/emulator", "worker/providers"])
+def test_each_module_reads_in_one_sitting(package: str) -> None:
+    """Issue 9's bound for the wire formats: no module over 400 lines, no function over 60."""
+    paths = sorted((Path(__file__).resolve().parents[1] / package).rglob("*.py"))
+    assert paths, f"{package} is not a package"
+    too_long = []
+    for path in paths:
+        source = path.read_text()
+        lines = source.count("\n")
+        too_long += [f"{path.name}: {lines} lines"] if lines > 400 else []
+        too_long += [f"{path.name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+                     for node in ast.walk(ast.parse(source))
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     and (node.end_lineno or node.lineno) - node.lineno + 1 > 60]
+    assert too_long == []

@@ -35,7 +35,7 @@ from .registry import ModelSpec, Registry, load_registry
 from .results import error_line, success_line
 from .retry import RetryPolicy
 from .schemas import KIND_BY_URL, ChatRequest, EmbeddingRequest, Usage
-from .settings import KEY_ENV, Settings
+from .settings import Settings
 from .store import Store
 
 log = logging.getLogger("otb.worker")
@@ -327,7 +327,7 @@ async def _execute(
 ) -> Parsed:
     key = ctx.settings.api_key(spec.provider)
     if not key:
-        var = KEY_ENV[spec.provider]
+        var = adapter.API_KEY_ENV
         raise MissingApiKey(f"{var} is not set for the worker; export {var} to call {spec.provider} models")
     auth = adapter.auth_headers(key)
     base = ctx.settings.base_url(spec.provider)

@@ -34,7 +34,7 @@ class RetryPolicy:
         """Seconds to wait after failed try number `attempt` (from 1)."""
         if retry_after is not None and 0 <= retry_after <= self.max_wait:
             return retry_after
-        backoff = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
+        backoff = min(self.base_delay * 2.0 ** (attempt - 1), self.max_delay)
         jitter = 1 - 0.25 * (rng or random).random()  # up to 25% shorter, never longer than the cap
         return backoff * jitter
 
