@@ -71,7 +71,7 @@ def enqueue_chunks(conn: redis.Redis, settings: Settings, bid: str, ids: list[st
 def park(conn: redis.Redis, settings: Settings, bid: str, parked: list[tuple[str, float, str]]) -> None:
     """Set requests aside until the provider will take them (a daily quota, a long cool-down)."""
     store = Store.of(conn, settings)
-    resume_at = time.time() + max(wait for _, wait, _ in parked)
+    resume_at = clock.now() + max(wait for _, wait, _ in parked)
     reason = parked[0][2]
     member = json.dumps({"batch": bid, "ids": [cid for cid, _, _ in parked]})
     if store.count_parked(bid, len(parked), resume_at, reason) < 0:
@@ -86,12 +86,12 @@ def resume_parked(conn: redis.Redis, settings: Settings, *, now: float | None = 
     store = Store.of(conn, settings)
     key = f"{settings.key_prefix}:parked"
     resumed = 0
-    for member in conn.zrangebyscore(key, 0, time.time() if now is None else now):
+    for member in conn.zrangebyscore(key, 0, clock.now() if now is None else now):
         if not conn.zrem(key, member):
             continue  # another janitor took it
         entry = json.loads(member)
         bid, ids = entry["batch"], entry["ids"]
-        enqueue_chunks(conn, settings, bid, ids, f"resume{int(time.time() * 1000)}")
+        enqueue_chunks(conn, settings, bid, ids, f"resume{int(clock.now() * 1000)}")
         store.count_parked(bid, -len(ids))
         resumed += len(ids)
     return resumed
@@ -132,7 +132,7 @@ def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | Non
     queue = queue_for(conn, settings)
     started = StartedJobRegistry(queue=queue)
     store = Store.of(conn, settings)
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     recovered = []
     for job_id, execution_id in started.get_job_and_execution_ids(cleanup=False):
         if conn.exists(store.keys.lease(job_id)):
@@ -194,7 +194,7 @@ def claim_next(conn: redis.Redis, settings: Settings, lease_key: str) -> tuple[s
     the claimer dies, the janitor puts it back (recover_claimed). Returns (job id, batch, custom_ids).
     """
     queue = queue_for(conn, settings)
-    raw = conn.eval(_CLAIM, 2, queue.key, claims_key(settings), lease_key, f"{time.time():.3f}")
+    raw = conn.eval(_CLAIM, 2, queue.key, claims_key(settings), lease_key, f"{clock.now():.3f}")
     if not raw:
         return None
     job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -225,7 +225,7 @@ def finish_claimed(conn: redis.Redis, settings: Settings, job_ids: list[str]) ->
 
 def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
     """Claimed chunks whose claimer's lease lapsed go back to the front of the queue."""
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     queue = queue_for(conn, settings)
     back = []
     for raw_id, raw in conn.hgetall(claims_key(settings)).items():
