@@ -187,6 +187,7 @@ class BatchGate:
 
     The completion window is judged on Redis's clock (TIME, read with the status), never this
     machine's: a worker whose clock runs hours ahead must not expire a batch early, nor one behind late.
+    A batch whose record is gone counts as expired: its requests are not sent (no result could be kept).
     """
 
     def __init__(self, store: Store, batch_id: str) -> None:
@@ -207,6 +208,8 @@ class BatchGate:
             self._expires_at = float(expires) if expires else None
             self._redis_now, self._read_at = sec + usec / 1e6, now
         redis_now = self._redis_now + (now - self._read_at)
+        if self._status is None:  # the record is gone (expired, evicted, lost): nothing to send for
+            return "batch_expired"
         if self._status in ("cancelling", "cancelled"):
             return "batch_cancelled"
         if self._status == "in_progress" and self._expires_at is not None and redis_now >= self._expires_at:

@@ -40,11 +40,13 @@ def assert_nothing_immortal_or_negative(conn: redis.Redis, bid: str) -> None:
 
 
 def test_a_batch_that_outlives_its_ttl_is_not_brought_back(redis_server, emulator, real_redis, registry):
-    env = worker_env(redis_server.url, emulator.url, OTB_RESULT_TTL="2", **FAST)
-    client = Client(real_redis, Settings(redis_url=redis_server.url, result_ttl=2, chunk_size=10), registry)
-    bid = client.submit(slow(20, 800, "ttl"))  # 4 waves of 0.8 s: the records expire half-way
+    env = worker_env(redis_server.url, emulator.url, OTB_RESULT_TTL="2", **{**FAST, "OTB_CHUNK_SIZE": "40"})
+    client = Client(real_redis, Settings(redis_url=redis_server.url, result_ttl=2, chunk_size=40), registry)
+    bid = client.submit(slow(40, 800, "ttl"))  # one chunk, 8 waves of 0.8 s: the records expire in the third
+    calls = emulator.stats()["calls"]
     assert otb(["worker", "--burst"], env, timeout=120).returncode == 0
     assert_nothing_immortal_or_negative(real_redis, bid)
+    assert emulator.stats()["calls"] - calls < 40  # once the batch is gone, its requests are not sent
     time.sleep(2.1)
     shown = otb(["status", bid], env)
     assert shown.returncode == 1 and "not found" in shown.stderr.decode(), shown.stdout.decode()
