@@ -80,10 +80,9 @@ def _client() -> Any:
 
 def _safe_url(url: str) -> str:
     """REDIS_URL without its password, for messages."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    from worker.connection import mask_url
+
+    return mask_url(url)
 
 
 def _dumps(obj: Any) -> str:

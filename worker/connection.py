@@ -49,6 +49,20 @@ def connect(url: str) -> redis.Redis:
     )
 
 
+def mask_url(url: str) -> str:
+    """REDIS_URL for messages and logs: everything before the host (user and password) masked.
+
+    The credentials end at the *last* `@` (as URL parsers read it), so a password that itself holds
+    an `@` is masked whole: `redis://:p@ss@host` -> `redis://***@host`.
+    """
+    if "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
 def durability_warnings(conn: redis.Redis) -> list[str]:
     """What could make Redis lose our queue or results; empty when CONFIG is not allowed (managed Redis)."""
     try:
