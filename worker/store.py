@@ -304,7 +304,7 @@ class Store:
         cost["total"] = normalize(sum(cost.values(), Decimal(0)))
         return {
             "id": bid,
-            "object": "batch",
+            "object": "otb.batch_status",  # not an OpenAI Batch object: our own counts and costs
             "status": raw.get("status", "unknown"),
             "created_at": _float(raw.get("created_at")),
             "expires_at": _float(raw.get("expires_at")),
