@@ -13,7 +13,9 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "registry.json"
+# Package data: a symlink to the top-level registry.json in a checkout (the one file people edit),
+# a real copy inside an installed wheel, so `otb` works from any directory without OTB_REGISTRY.
+DEFAULT_REGISTRY = Path(__file__).resolve().parent / "registry.json"
 DEFAULT_BASE_URLS = {
     "anthropic": "https://api.anthropic.com",
     "google": "https://generativelanguage.googleapis.com",
@@ -53,7 +55,7 @@ class Settings:
         env = os.environ if env is None else env
         keys = {p: env[var] for p, var in KEY_ENV.items() if env.get(var)}
         return cls(
-            redis_url=env.get("REDIS_URL") or None,
+            redis_url=_redis_url(env.get("REDIS_URL") or None),
             registry_path=Path(env.get("OTB_REGISTRY") or DEFAULT_REGISTRY),
             key_prefix=env.get("OTB_KEY_PREFIX", "otb"),
             queue_name=env.get("OTB_QUEUE", "otb"),
@@ -91,6 +93,17 @@ class Settings:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_keys"}
         out["api_keys"] = sorted(self.api_keys)
         return out
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_url(url: str | None) -> str | None:
+    """REDIS_URL as given, once it has a scheme redis-py reads (the URL is not echoed: it may hold a password)."""
+    if url is not None and not url.lower().startswith(REDIS_SCHEMES):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix:// "
+                          "(e.g. redis://127.0.0.1:6379/0, rediss://user:password@host:6380/0)")
+    return url
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:
