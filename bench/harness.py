@@ -25,6 +25,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def real_clock_env() -> dict[str, str]:
+    """This environment without libfaketime: redis-server (jemalloc) cannot start under it, and Redis
+    is infrastructure here, not code under test, so it keeps the real clock when the suite runs
+    under `faketime` (README, Testing)."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")}
+
+
 class RedisServer:
     """A private redis-server on a free port (so tests never touch a developer's data)."""
 
@@ -45,7 +52,7 @@ class RedisServer:
 
     def _start(self, attempts: int = 200) -> None:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=real_clock_env())
         conn = redis.Redis.from_url(self.url)
         for _ in range(attempts):
             if self.proc.poll() is not None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import redis
 
+from worker import clock
 from worker.recovery import close_unstarted, enqueue_chunks
 from worker.settings import Settings
 from worker.store import Store
@@ -35,7 +35,7 @@ def retry(conn: redis.Redis, settings: Settings, bid: str) -> int:
         if store.uncommit(bid, cid, raw, "errored"):
             again.append(cid)
     if again:
-        enqueue_chunks(conn, settings, bid, again, f"retry{int(time.time() * 1000)}")
+        enqueue_chunks(conn, settings, bid, again, f"retry{int(clock.now() * 1000)}")
     return len(again)
 
 

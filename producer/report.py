@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import redis
 
-from worker import aggregates
+from worker import aggregates, clock
 from worker.pricing import from_pico
 from worker.store import Keys
 
@@ -95,7 +95,7 @@ def build_report(conn: redis.Redis, prefix: str, query: Query) -> dict[str, Any]
                 rerouted[pair] = rerouted.get(pair, 0) + value
     return {
         "schema": "otb.report/1",
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": clock.utcnow().isoformat(timespec="seconds"),
         "timezone": query.timezone,
         "filters": {"batch": query.batch, "model": query.model, "provider": query.provider, "tags": query.tags,
                     "since": query.since.isoformat() if query.since else None,

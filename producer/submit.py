@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 from decimal import Decimal
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import redis
 
+from worker import clock
 from worker.errors import OTBError
 from worker.pricing import to_pico
 from worker.results import error_line
@@ -137,7 +137,7 @@ def _record(bid: str, keep_valid: bool, drop: bool, metadata: dict[str, str] | N
     record: dict[str, Any] = {
         "id": bid,
         "status": "in_progress",
-        "created_at": f"{time.time():.3f}",
+        "created_at": f"{clock.now():.3f}",
         "options": {"drop_unsupported_params": drop, "keep_valid": keep_valid,
                     **({"max_cost_pico": to_pico(max_cost)} if max_cost is not None else {})},
         "metadata": metadata or {},
@@ -145,7 +145,7 @@ def _record(bid: str, keep_valid: bool, drop: bool, metadata: dict[str, str] | N
     if max_cost is not None:
         record["max_cost_pico"] = to_pico(max_cost)
     if completion_window:
-        record["expires_at"] = f"{time.time() + completion_window:.3f}"
+        record["expires_at"] = f"{clock.now() + completion_window:.3f}"
     return record
 
 

@@ -24,7 +24,6 @@ import array
 import asyncio
 import collections
 import base64
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -41,6 +40,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from . import clock
 from .registry import ModelSpec, Registry
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,10 @@ ANTHROPIC_FIELDS = frozenset({
     "stream", "tools", "tool_choice", "metadata", "thinking", "output_config", "service_tier",
     "cache_control", "inference_geo", "container", "context_management", "mcp_servers",
 })
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+MAX_IMAGE_BASE64 = 5 * 1024 * 1024  # counted on the base64 text, as Anthropic does
+MAX_BREAKPOINTS = 4
+TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
 BLOCK_TYPES = frozenset({"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"})
 ANTHROPIC_ERRORS = {
     400: ("invalid_request_error", "Invalid request (emulated)"),
@@ -310,7 +314,7 @@ class _State:
 
     def check_retired(self, provider: str, model: str, message: str) -> None:
         spec = self.spec(provider, model)
-        if spec is not None and spec.is_retired(dt.datetime.now(dt.timezone.utc).date()):
+        if spec is not None and spec.is_retired(clock.today()):
             raise EmuError(404, message)
 
 
@@ -498,6 +502,15 @@ def _validate_messages(body: dict[str, Any], version: str) -> None:
     _expect((body.get("output_config") or {}).get("format") or {}, "output_config.format.", schema=dict)
     if not all(isinstance(x, str) for x in body.get("stop_sequences") or []):
         raise EmuError(400, "stop_sequences: Input should be a list of strings")
+    for stop in body.get("stop_sequences") or []:
+        if not stop:
+            raise EmuError(400, "stop_sequences: each stop sequence must be non-empty")
+        if not stop.strip():
+            raise EmuError(400, "stop_sequences: each stop sequence must contain non-whitespace")
+    fmt = (body.get("output_config") or {}).get("format") or {}
+    if fmt.get("schema") is not None and not _closed_objects(fmt["schema"]):
+        raise EmuError(400, "output_config.format.schema: For 'object' type, 'additionalProperties' must be "
+                       "explicitly set to false")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise EmuError(400, "model: Field required")
     if not _is_int(body.get("max_tokens")) or body["max_tokens"] < 1:
@@ -522,6 +535,7 @@ def _validate_messages(body: dict[str, Any], version: str) -> None:
             _check_blocks(content, f"messages.{i}.content", role, version)
     _check_tool_pairs(messages)
     _check_tools(body)
+    _check_breakpoints(body)
     thinking = body.get("thinking") or {}
     if thinking and thinking.get("type") not in ("enabled", "disabled", "adaptive"):
         raise EmuError(400, "thinking.type: Input should be 'enabled', 'disabled' or 'adaptive'")
@@ -554,23 +568,88 @@ def _check_blocks(blocks: Any, where: str, role: str, version: str) -> None:
                   or (kind == "document" and src.get("type") in ("text", "file", "content")))
             if not ok:
                 raise EmuError(400, f"{at}.source: expected {{type: base64, media_type, data}} or {{type: url, url}}")
+            if kind == "image" and src.get("type") == "base64":
+                _check_image_source(src, at)
             if kind == "document" and role == "assistant" and version == "2026-10-21":
                 raise EmuError(400, f"{at}: document blocks are not accepted in assistant messages")
         elif kind == "tool_use" and not (isinstance(b.get("id"), str) and isinstance(b.get("name"), str)
                                          and isinstance(b.get("input"), dict)):
             raise EmuError(400, f"{at}: tool_use blocks need id, name and an input object")
+        elif kind == "tool_use" and not TOOL_ID.fullmatch(b["id"]):
+            raise EmuError(400, f"{at}.id: String should match pattern '^[a-zA-Z0-9_-]+$'")
         elif kind == "tool_result" and not isinstance(b.get("tool_use_id"), str):
             raise EmuError(400, f"{at}.tool_use_id: Field required")
         elif kind == "tool_result" and not isinstance(b.get("content", ""), (str, list)):
             raise EmuError(400, f"{at}.content: Input should be a valid string or list of content blocks")
+        elif kind == "tool_result" and isinstance(b.get("content"), list):
+            _check_blocks(b["content"], f"{at}.content", role, version)
         elif kind == "thinking" and not (isinstance(b.get("thinking"), str) and isinstance(b.get("signature"), str)):
             raise EmuError(400, f"{at}: thinking blocks need thinking and signature")
         elif kind == "redacted_thinking" and not isinstance(b.get("data"), str):
             raise EmuError(400, f"{at}.data: Field required")
-        cc = b.get("cache_control")
-        valid_cc = isinstance(cc, dict) and cc.get("type") == "ephemeral" and cc.get("ttl", "5m") in ("5m", "1h")
-        if cc is not None and not valid_cc:
-            raise EmuError(400, f"{at}.cache_control: expected {{type: ephemeral, ttl?: 5m|1h}}")
+        _check_cache_control(b, at)
+
+
+def _check_cache_control(block: dict[str, Any], at: str) -> None:
+    """CacheControlEphemeral: exactly {type: ephemeral, ttl?: 5m|1h}; extra keys are refused like any extra input."""
+    cc = block.get("cache_control")
+    valid = (isinstance(cc, dict) and cc.get("type") == "ephemeral" and set(cc) <= {"type", "ttl"}
+             and cc.get("ttl", "5m") in ("5m", "1h"))
+    if cc is not None and not valid:
+        raise EmuError(400, f"{at}.cache_control: expected {{type: ephemeral, ttl?: 5m|1h}}, got {_compact(cc)}")
+
+
+def _check_image_source(src: dict[str, Any], at: str) -> None:
+    if src["media_type"] not in IMAGE_MEDIA_TYPES:
+        raise EmuError(400, f"{at}.source.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' or "
+                       "'image/webp'")
+    size = len(src["data"]) if isinstance(src["data"], str) else 0
+    if size > MAX_IMAGE_BASE64:
+        raise EmuError(400, f"{at}.source.base64: image exceeds 5 MB maximum: {size} bytes > {MAX_IMAGE_BASE64} bytes")
+
+
+def _closed_objects(schema: Any) -> bool:
+    """Structured output takes an object schema only with additionalProperties: false, at every depth."""
+    if isinstance(schema, list):
+        return all(_closed_objects(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    kind = schema.get("type")
+    is_object = (kind == "object" or (isinstance(kind, list) and "object" in kind)
+                 or ("properties" in schema and not kind))
+    if is_object and schema.get("additionalProperties") is not False:
+        return False
+    subschemas = [schema.get(k) for k in ("items", "anyOf", "oneOf", "allOf", "prefixItems")]
+    subschemas += [list(schema[k].values()) for k in ("properties", "$defs", "definitions")
+                   if isinstance(schema.get(k), dict)]
+    return all(_closed_objects(s) for s in subschemas)
+
+
+def _check_breakpoints(body: dict[str, Any]) -> None:
+    """At most 4 cache_control blocks; ttls may only shrink in reading order (tools, system, messages)."""
+    marked: list[tuple[str, str]] = []  # (where, ttl)
+
+    def visit(blocks: Any, where: str) -> None:
+        for j, b in enumerate(blocks if isinstance(blocks, list) else []):
+            if isinstance(b, dict) and isinstance(b.get("cache_control"), dict):
+                marked.append((f"{where}.{j}", b["cache_control"].get("ttl", "5m")))
+            if isinstance(b, dict) and isinstance(b.get("content"), list):
+                visit(b["content"], f"{where}.{j}.content")
+
+    visit(body.get("tools"), "tools")
+    visit(body.get("system"), "system")
+    for i, msg in enumerate(body["messages"]):
+        visit(msg.get("content"), f"messages.{i}.content")
+    if len(marked) > MAX_BREAKPOINTS:
+        raise EmuError(400, f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. "
+                       f"Found {len(marked)}.")
+    seen_short = False
+    for where, ttl in marked:
+        if ttl == "1h" and seen_short:
+            raise EmuError(400, f"{where}.cache_control.ttl: a ttl='1h' cache_control block must not come after a "
+                           "ttl='5m' cache_control block. Note that blocks are processed in the following order: "
+                           "`tools`, `system`, `messages`.")
+        seen_short = seen_short or ttl == "5m"
 
 
 def _check_tool_pairs(messages: list[dict[str, Any]]) -> None:
@@ -604,8 +683,13 @@ def _check_tools(body: dict[str, Any]) -> None:
     for k, tool in enumerate(tools):
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
             raise EmuError(400, f"tools.{k}.name: Field required")
+        _check_cache_control(tool, f"tools.{k}")
         if tool.get("type") in (None, "custom") and not isinstance(tool.get("input_schema"), dict):
             raise EmuError(400, f"tools.{k}.input_schema: Field required")
+        kind = (tool.get("input_schema") or {}).get("type")
+        if tool.get("type") in (None, "custom") and kind != "object":
+            problem = "Field required" if kind is None else "Input should be 'object'"
+            raise EmuError(400, f"tools.{k}.custom.input_schema.type: {problem}")
     choice = body.get("tool_choice")
     if choice is not None:
         if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):

@@ -23,7 +23,7 @@ import httpx
 import redis
 from pydantic import ValidationError
 
-from . import http
+from . import clock, http
 from . import tokens
 from .errors import BatchClosed, BudgetExceeded, InvalidRequest, MissingApiKey, Parked, ProtocolError, RequestFailed
 from .pricing import cost as price, from_pico, to_pico
@@ -75,7 +75,7 @@ def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, Any]:
                                             claim=lambda: claim_next(conn, settings, lease_key)))
     leftover, parked = summary.pop("leftover", {}), summary.pop("parked", {})
     for bid, ids in leftover.items():  # a stopping worker hands its unstarted requests back to the queue
-        jobs = enqueue_chunks(conn, settings, bid, ids, f"continue{int(time.time() * 1000)}")
+        jobs = enqueue_chunks(conn, settings, bid, ids, f"continue{int(clock.now() * 1000)}")
         log.info("stopping: %d requests of %s handed back as %s", len(ids), bid, ", ".join(jobs))
     for bid, items in parked.items():
         park(conn, settings, bid, items)
@@ -434,4 +434,4 @@ def _batch_options(store: Store, batch_id: str) -> tuple[dict[str, Any], dict[st
 
 
 def _today() -> dt.date:
-    return dt.datetime.now(dt.timezone.utc).date()
+    return clock.today()

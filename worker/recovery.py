@@ -27,6 +27,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from . import clock
 from .errors import BatchClosed, RequestFailed
 from .results import error_line
 from .settings import Settings
@@ -66,7 +67,7 @@ def enqueue_chunks(conn: redis.Redis, settings: Settings, bid: str, ids: list[st
 def park(conn: redis.Redis, settings: Settings, bid: str, parked: list[tuple[str, float, str]]) -> None:
     """Set requests aside until the provider will take them (a daily quota, a long cool-down)."""
     store = Store.of(conn, settings)
-    resume_at = time.time() + max(wait for _, wait, _ in parked)
+    resume_at = clock.now() + max(wait for _, wait, _ in parked)
     reason = parked[0][2]
     member = json.dumps({"batch": bid, "ids": [cid for cid, _, _ in parked]})
     with conn.pipeline() as pipe:
@@ -83,12 +84,12 @@ def resume_parked(conn: redis.Redis, settings: Settings, *, now: float | None = 
     store = Store.of(conn, settings)
     key = f"{settings.key_prefix}:parked"
     resumed = 0
-    for member in conn.zrangebyscore(key, 0, time.time() if now is None else now):
+    for member in conn.zrangebyscore(key, 0, clock.now() if now is None else now):
         if not conn.zrem(key, member):
             continue  # another janitor took it
         entry = json.loads(member)
         bid, ids = entry["batch"], entry["ids"]
-        enqueue_chunks(conn, settings, bid, ids, f"resume{int(time.time() * 1000)}")
+        enqueue_chunks(conn, settings, bid, ids, f"resume{int(clock.now() * 1000)}")
         if conn.hincrby(store.keys.batch(bid), "parked", -len(ids)) <= 0:
             conn.hdel(store.keys.batch(bid), "parked", "parked_until", "parked_reason")
         resumed += len(ids)
@@ -130,7 +131,7 @@ def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | Non
     queue = queue_for(conn, settings)
     started = StartedJobRegistry(queue=queue)
     store = Store.of(conn, settings)
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     recovered = []
     for job_id, execution_id in started.get_job_and_execution_ids(cleanup=False):
         if conn.exists(store.keys.lease(job_id)):
@@ -196,7 +197,7 @@ def claim_next(conn: redis.Redis, settings: Settings, lease_key: str) -> tuple[s
     the claimer dies, the janitor puts it back (recover_claimed). Returns (job id, batch, custom_ids).
     """
     queue = queue_for(conn, settings)
-    raw = conn.eval(_CLAIM, 2, queue.key, claims_key(settings), lease_key, f"{time.time():.3f}")
+    raw = conn.eval(_CLAIM, 2, queue.key, claims_key(settings), lease_key, f"{clock.now():.3f}")
     if not raw:
         return None
     job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -227,7 +228,7 @@ def finish_claimed(conn: redis.Redis, settings: Settings, job_ids: list[str]) ->
 
 def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
     """Claimed chunks whose claimer's lease lapsed go back to the front of the queue."""
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     queue = queue_for(conn, settings)
     back = []
     for raw_id, raw in conn.hgetall(claims_key(settings)).items():
@@ -283,7 +284,7 @@ def close_unstarted(conn: redis.Redis, settings: Settings, bid: str, code: str) 
 def expire_due(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
     """Batches whose completion window has ended: close them and what has not started."""
     store = Store.of(conn, settings)
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     due = [b.decode() if isinstance(b, bytes) else b for b in conn.zrangebyscore(store.keys.deadlines, 0, now)]
     for bid in due:
         if store.close(bid, "expiring") == "expiring":

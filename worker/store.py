@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,7 +25,7 @@ from typing import Any
 
 import redis
 
-from . import aggregates
+from . import aggregates, clock
 from .pricing import from_pico, normalize
 from .schemas import COST_FIELDS
 
@@ -182,7 +181,7 @@ class Store:
     ) -> None:
         """Queue the batch record, results for refused lines, and the input order on `pipe`."""
         k = self.keys
-        now = time.time()
+        now = clock.now()
         fields = {k_: _scalar(v) for k_, v in record.items()}
         fields.update(total=len(order), succeeded=0, errored=len(rejected), canceled=0, expired=0)
         pipe.hset(k.batch(bid), mapping=fields)
@@ -334,7 +333,7 @@ class Store:
 
 def _committed_at(line: dict[str, Any]) -> float:
     stamp = (line.get("meta") or {}).get("completed_at")
-    return dt.datetime.fromisoformat(stamp).timestamp() if stamp else time.time()
+    return dt.datetime.fromisoformat(stamp).timestamp() if stamp else clock.now()
 
 
 def _scalar(v: Any) -> Any:

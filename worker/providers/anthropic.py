@@ -7,13 +7,14 @@ so a request fails fast and names the fix, or is dropped and recorded when the s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import clock
 from ..errors import InvalidRequest, ProtocolError, RequestFailed, UnsupportedParameter, upstream_error
 from ..registry import ModelSpec
 from ..retry import ratelimit_reset_after, retry_after_from_headers
@@ -35,6 +36,12 @@ FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "st
 # OpenAI-only request fields that arrive as pydantic extras, with why Anthropic can't honour them.
 OPENAI_ONLY = {"logit_bias": "Anthropic has no logit bias", "logprobs": "Anthropic returns no logprobs",
                "top_logprobs": "Anthropic returns no logprobs"}
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # all Base64ImageSource takes
+MEDIA_TYPE_ALIASES = {"image/jpg": "image/jpeg"}  # a common misspelling of the same format
+MAX_IMAGE_BASE64 = 5 * 1024 * 1024  # "image exceeds 5 MB maximum", counted on the base64 text
+CACHE_TTLS = ("5m", "1h")
+MAX_BREAKPOINTS = 4  # "A maximum of 4 blocks with cache_control may be provided"
+_TOOL_ID = re.compile(r"[A-Za-z0-9_-]+")  # what tool_use.id and tool_result.tool_use_id must match
 _DATA_URI = re.compile(r"data:(image/[\w.+-]+);base64,(.+)", re.S | re.I)
 _PLAIN_TEXT_KEYS = {"type", "text"}
 
@@ -76,14 +83,16 @@ def prepare_chat(request: ChatRequest, spec: ModelSpec, *, api_version: str, dro
     if system:
         body["system"] = system
     body["messages"] = messages
-    if request.stop:
-        body["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else list(request.stop)
+    stops = _stop_sequences(request, ctx)
+    if stops:
+        body["stop_sequences"] = stops
     thinking_on = _apply_reasoning(body, request, ctx)
     _apply_sampling(body, request, ctx, thinking_on)
     _apply_tools(body, request, ctx, thinking_on)
     _apply_response_format(body, request, ctx)
     if request.user:
         body["metadata"] = {"user_id": request.user}
+    _check_breakpoints(body)
     headers = {"anthropic-version": api_version, "content-type": "application/json"}
     call = UpstreamCall("POST", MESSAGES_PATH, json=body, headers=headers)
     return Prepared(calls=[call], dropped_params=ctx.dropped, notes=ctx.notes)
@@ -102,6 +111,16 @@ def _refuse_openai_only(request: ChatRequest, ctx: _Ctx) -> None:
         if value is None or value is False or (isinstance(value, (dict, list)) and not value):
             continue  # explicitly unset
         ctx.unsupported(name, OPENAI_ONLY.get(name, "not a parameter the Anthropic adapter knows"))
+
+
+def _stop_sequences(request: ChatRequest, ctx: _Ctx) -> list[str]:
+    """Anthropic 400s on a stop sequence that is empty or only whitespace ("\\n" is a common OpenAI one)."""
+    stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    blank = [s for s in stops if not s.strip()]
+    if blank:
+        ctx.unsupported("stop", "Anthropic refuses stop sequences that are empty or only whitespace")
+        ctx.notes.append(f"stop sequences {json.dumps(blank)} not sent: Anthropic refuses blank ones")
+    return [s for s in stops if s.strip()]
 
 
 def _max_tokens(request: ChatRequest, spec: ModelSpec) -> int:
@@ -123,11 +142,13 @@ def _convert_messages(messages: list[Message], ctx: _Ctx) -> tuple[str | list[Bl
     system: list[Block] = []
     start = 0
     while start < len(messages) and messages[start].role in SYSTEM_ROLES:
-        system += _blocks(messages[start], start, ctx.spec, ("text",))
+        system += _blocks(messages[start], start, ctx, ("text",))
         start += 1
     turns: list[Turn] = []
     for i in range(start, len(messages)):
-        _append(turns, *_turn(messages[i], i, ctx.spec))
+        role, blocks = _turn(messages[i], i, ctx)
+        if blocks:  # a system message of empty text says nothing, and an empty turn is refused
+            _append(turns, role, blocks)
     turns = _place_system(turns, system, ctx)
     if not turns:
         raise InvalidRequest("messages holds only system/developer messages; add a user message", param="messages")
@@ -165,27 +186,40 @@ def _place_system(turns: list[Turn], system: list[Block], ctx: _Ctx) -> list[Tur
     return kept
 
 
-def _turn(msg: Message, i: int, spec: ModelSpec) -> Turn:
+def _turn(msg: Message, i: int, ctx: _Ctx) -> Turn:
+    """One message as a turn; empty text never becomes a block (Anthropic refuses empty text blocks)."""
     if msg.role in SYSTEM_ROLES:
-        return "system", _blocks(msg, i, spec, ("text",))
+        return "system", _blocks(msg, i, ctx, ("text",))
     if msg.role == "user":
-        blocks = _blocks(msg, i, spec, USER_PARTS)
-        if not blocks or all(b.get("type") == "text" and not b.get("text") for b in blocks):
+        blocks = _blocks(msg, i, ctx, USER_PARTS)
+        if not blocks:
             raise InvalidRequest(f"messages[{i}] has no content (Anthropic refuses empty messages)",
                                  param=f"messages[{i}].content")
         return "user", blocks
     if msg.role == "tool":
-        content: Any = msg.content if isinstance(msg.content, str) else _blocks(msg, i, spec, USER_PARTS)
-        return "user", [{"type": "tool_result", "tool_use_id": msg.tool_call_id, "content": content}]
-    blocks = _thinking_blocks(msg, i) + [b for b in _blocks(msg, i, spec, ("text", "refusal")) if b["text"]]
-    blocks += [_tool_use(call, i, k) for k, call in enumerate(msg.tool_calls or [])]
-    if not blocks:  # Anthropic rejects empty text blocks, so "" was left out above
+        return "user", [_tool_result(msg, i, ctx)]
+    blocks = _thinking_blocks(msg, i) + _blocks(msg, i, ctx, ("text", "refusal"))
+    blocks += [_tool_use(call, i, k, ctx) for k, call in enumerate(msg.tool_calls or [])]
+    if not blocks:
         raise InvalidRequest(f"messages[{i}] is an empty assistant message", param=f"messages[{i}]")
     return "assistant", blocks
 
 
-def _blocks(msg: Message, i: int, spec: ModelSpec, kinds: tuple[str, ...]) -> list[Block]:
-    """OpenAI content (string or parts) -> Anthropic blocks; `kinds` are the part types this role may carry."""
+def _tool_result(msg: Message, i: int, ctx: _Ctx) -> Block:
+    """A tool message -> tool_result; empty output leaves `content` out (it is optional) rather than send ""."""
+    block: Block = {"type": "tool_result", "tool_use_id": _tool_id(msg.tool_call_id or "", ctx)}
+    content: Any = msg.content if isinstance(msg.content, str) else _blocks(msg, i, ctx, USER_PARTS)
+    if content:
+        block["content"] = content
+    return block
+
+
+def _blocks(msg: Message, i: int, ctx: _Ctx, kinds: tuple[str, ...]) -> list[Block]:
+    """OpenAI content (string or parts) -> Anthropic blocks; `kinds` are the part types this role may carry.
+
+    Empty text is skipped, as the Gemini adapter does: Anthropic answers 400 "text content blocks must be
+    non-empty", and joining it would leave stray blank lines in a system prompt.
+    """
     parts = [{"type": "text", "text": msg.content}] if isinstance(msg.content, str) else msg.content or []
     blocks = []
     for j, part in enumerate(parts):
@@ -194,36 +228,96 @@ def _blocks(msg: Message, i: int, spec: ModelSpec, kinds: tuple[str, ...]) -> li
             raise InvalidRequest(f"{where}: '{kind}' parts are not accepted in a {msg.role} message for Anthropic",
                                  param=where)
         if kind == "image_url":
-            blocks.append(_image_block(part, where, spec))
+            blocks.append(_image_block(part, where, ctx))
             continue
         text = part.get(kind)  # "text" or "refusal" (an assistant refusal goes back as plain text)
         if not isinstance(text, str):
             raise InvalidRequest(f"{where}: a {kind} part needs a string '{kind}'", param=where)
-        blocks.append(_keep_cache({"type": "text", "text": text}, part))
+        if text:
+            blocks.append(_keep_cache({"type": "text", "text": text}, part, where))
+        elif part.get("cache_control") is not None:
+            ctx.notes.append(f"{where}: empty text with cache_control not sent (Anthropic refuses empty text "
+                             "blocks), so that cache breakpoint is gone")
     return blocks
 
 
-def _image_block(part: dict[str, Any], where: str, spec: ModelSpec) -> Block:
+def _image_block(part: dict[str, Any], where: str, ctx: _Ctx) -> Block:
     """data: URIs become base64 sources; http(s) URLs are fetched by Anthropic."""
-    if not spec.rules.images:
-        raise InvalidRequest(f"{where}: {spec.id} does not accept images", param=where)
+    if not ctx.spec.rules.images:
+        raise InvalidRequest(f"{where}: {ctx.spec.id} does not accept images", param=where)
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
     match = _DATA_URI.fullmatch(url) if isinstance(url, str) else None
     if match:
-        source = {"type": "base64", "media_type": match.group(1).lower(), "data": checked_base64(match.group(2), where)}
+        source = {"type": "base64", "media_type": _media_type(match.group(1).lower(), where, ctx),
+                  "data": _image_data(match.group(2), where)}
     elif isinstance(url, str) and url.startswith(("http://", "https://")):
         source = {"type": "url", "url": url}
     else:
         raise InvalidRequest(f"{where}: image_url.url must be http(s) or a base64 data: URI of an image", param=where)
-    return _keep_cache({"type": "image", "source": source}, part)
+    return _keep_cache({"type": "image", "source": source}, part, where)
 
 
-def _keep_cache(block: Block, part: dict[str, Any]) -> Block:
-    """`cache_control` on an OpenAI part (or tool) is our pass-through extension for prompt caching."""
-    if part.get("cache_control") is not None:
-        block["cache_control"] = part["cache_control"]
+def _media_type(media: str, where: str, ctx: _Ctx) -> str:
+    """Only the four types Anthropic decodes; refused here rather than by a 400 after the batch was queued."""
+    if media in MEDIA_TYPE_ALIASES:
+        ctx.notes.append(f"{where}: media type {media} sent as {MEDIA_TYPE_ALIASES[media]}")
+        return MEDIA_TYPE_ALIASES[media]
+    if media not in IMAGE_MEDIA_TYPES:
+        raise InvalidRequest(f"{where}: Anthropic does not accept {media} images (it takes "
+                             f"{', '.join(IMAGE_MEDIA_TYPES)}); convert the image first", param=where)
+    return media
+
+
+def _image_data(data: str, where: str) -> str:
+    checked_base64(data, where)
+    if len(data) > MAX_IMAGE_BASE64:
+        raise InvalidRequest(f"{where}: the image is {len(data)} bytes of base64; Anthropic takes at most 5 MB "
+                             f"({MAX_IMAGE_BASE64} bytes) per image; send it smaller", param=where)
+    return data
+
+
+def _keep_cache(block: Block, part: dict[str, Any], where: str) -> Block:
+    """`cache_control` on an OpenAI part (or tool) is our pass-through extension for prompt caching.
+
+    Only what Anthropic's CacheControlEphemeral takes passes: {"type": "ephemeral"} and an optional ttl
+    of "5m" or "1h"; anything else would be a 400 after the batch was queued.
+    """
+    cc = part.get("cache_control")
+    if cc is None:
+        return block
+    valid = (isinstance(cc, dict) and cc.get("type") == "ephemeral" and set(cc) <= {"type", "ttl"}
+             and cc.get("ttl", "5m") in CACHE_TTLS)
+    if not valid:
+        raise InvalidRequest(f"{where}.cache_control must be {{'type': 'ephemeral'}} with an optional 'ttl' of "
+                             f"'5m' or '1h', got {json.dumps(cc)}", param=f"{where}.cache_control")
+    block["cache_control"] = dict(cc)
     return block
+
+
+def _check_breakpoints(body: dict[str, Any]) -> None:
+    """At most 4 breakpoints, and no 1h one after a 5m one, in the order Anthropic reads: tools, system, messages."""
+    ttls = [cc.get("ttl", "5m") for cc in _cache_controls(body)]
+    if len(ttls) > MAX_BREAKPOINTS:
+        raise InvalidRequest(f"the request has {len(ttls)} cache_control breakpoints; Anthropic takes at most "
+                             f"{MAX_BREAKPOINTS}", param="cache_control")
+    if "5m" in ttls and "1h" in ttls[ttls.index("5m"):]:
+        raise InvalidRequest("a cache_control with ttl '1h' comes after one with ttl '5m'; Anthropic reads tools, "
+                             "then system, then messages, and refuses a longer ttl after a shorter one",
+                             param="cache_control")
+
+
+def _cache_controls(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every cache_control in reading order: tools, system blocks, message blocks and the blocks in tool results."""
+    system = body.get("system")
+    blocks = list(body.get("tools") or []) + (system if isinstance(system, list) else [])
+    for message in body["messages"]:
+        content = message["content"]
+        for block in content if isinstance(content, list) else []:
+            blocks.append(block)
+            inner = block.get("content")
+            blocks += inner if isinstance(inner, list) else []
+    return [b["cache_control"] for b in blocks if isinstance(b, dict) and isinstance(b.get("cache_control"), dict)]
 
 
 def _thinking_blocks(msg: Message, i: int) -> list[Block]:
@@ -236,7 +330,7 @@ def _thinking_blocks(msg: Message, i: int) -> list[Block]:
     return list(raw)
 
 
-def _tool_use(call: dict[str, Any], i: int, k: int) -> Block:
+def _tool_use(call: dict[str, Any], i: int, k: int, ctx: _Ctx) -> Block:
     """An OpenAI tool call -> tool_use; "" arguments (a no-argument call some clients send) read as {}."""
     fn, where = call.get("function"), f"messages[{i}]"
     if not isinstance(call.get("id"), str) or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
@@ -248,7 +342,20 @@ def _tool_use(call: dict[str, Any], i: int, k: int) -> Block:
                              param=where) from exc
     if not isinstance(args, dict):
         raise InvalidRequest(f"{where}: tool_calls[{k}].function.arguments must be a JSON object", param=where)
-    return {"type": "tool_use", "id": call["id"], "name": fn["name"], "input": args}
+    return {"type": "tool_use", "id": _tool_id(call["id"], ctx), "name": fn["name"], "input": args}
+
+
+def _tool_id(raw: str, ctx: _Ctx) -> str:
+    """Anthropic refuses tool ids outside ^[a-zA-Z0-9_-]+$, which histories from other providers carry
+    ("functions.f:0"). Such an id is rewritten the same way in its tool_use and its tool_result, with a
+    hash of the original so two ids never collide."""
+    if _TOOL_ID.fullmatch(raw):
+        return raw
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", raw) + "_" + hashlib.sha256(raw.encode()).hexdigest()[:8]
+    note = f"tool call id {raw!r} sent as {safe!r} (Anthropic takes only letters, digits, '_' and '-' in ids)"
+    if note not in ctx.notes:
+        ctx.notes.append(note)
+    return safe
 
 
 def _collapse(blocks: list[Block], *, join: bool) -> str | list[Block]:
@@ -344,7 +451,7 @@ def _apply_sampling(body: dict[str, Any], request: ChatRequest, ctx: _Ctx, think
 def _apply_tools(body: dict[str, Any], request: ChatRequest, ctx: _Ctx, thinking_on: bool) -> None:
     """tools, then tool_choice (+ parallel_tool_calls); a refused forced choice drops to auto."""
     if request.tools:
-        body["tools"] = [_tool(t) for t in request.tools]
+        body["tools"] = [_tool(t, f"tools[{k}]", ctx) for k, t in enumerate(request.tools)]
     choice = _map_tool_choice(request)
     if choice is None and request.parallel_tool_calls is False and request.tools:
         choice = {"type": "auto"}
@@ -360,13 +467,21 @@ def _apply_tools(body: dict[str, Any], request: ChatRequest, ctx: _Ctx, thinking
     body["tool_choice"] = choice
 
 
-def _tool(tool: dict[str, Any]) -> Block:
+def _tool(tool: dict[str, Any], where: str, ctx: _Ctx) -> Block:
+    """An OpenAI function -> an Anthropic tool, whose input_schema must be an object schema with its `type`."""
     fn = tool["function"]
     out: Block = {"name": fn["name"]}
     if fn.get("description"):
         out["description"] = fn["description"]
-    out["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
-    return _keep_cache(out, tool)
+    schema = fn.get("parameters") or {"type": "object", "properties": {}}
+    if isinstance(schema, dict) and "type" not in schema:  # OpenAI tolerates it; Anthropic: "type: Field required"
+        schema = {"type": "object", **schema}
+        ctx.notes.append(f"{where}: parameters sent with type 'object' (Anthropic requires it)")
+    if not isinstance(schema, dict) or schema["type"] != "object":
+        raise InvalidRequest(f"{where}.function.parameters must be an object schema (type 'object'): Anthropic "
+                             "passes tool input only as an object", param=f"{where}.function.parameters")
+    out["input_schema"] = schema
+    return _keep_cache(out, tool, where)
 
 
 def _forced_refusal(body: dict[str, Any], ctx: _Ctx, thinking_on: bool) -> str | None:
@@ -407,21 +522,71 @@ def _map_tool_choice(request: ChatRequest) -> Block | None:
 
 
 def _apply_response_format(body: dict[str, Any], request: ChatRequest, ctx: _Ctx) -> None:
-    """json_schema / json_object -> output_config.format (structured output); text is the default."""
+    """json_schema -> output_config.format (structured output); text is the default.
+
+    json_object is not sent: Anthropic has no JSON mode, and the only schema for "any object" it would take,
+    {"type": "object", "additionalProperties": false}, admits nothing but {}.
+    """
     rf = request.response_format or {}
     kind, inner = rf.get("type"), rf.get("json_schema")
     if kind in (None, "text"):
         return
-    schema = inner.get("schema") if isinstance(inner, dict) else None
     if kind == "json_object":
-        schema = {"type": "object"}
-    if kind not in ("json_object", "json_schema") or not isinstance(schema, dict):
+        ctx.dropped += [] if "response_format" in ctx.dropped else ["response_format"]
+        ctx.notes.append("response_format json_object not sent: Anthropic has no JSON mode (structured output "
+                         "needs a schema); ask for JSON in the prompt, or send a json_schema")
+        return
+    schema = inner.get("schema") if isinstance(inner, dict) else None
+    if kind != "json_schema" or not isinstance(schema, dict):
         raise InvalidRequest("response_format must be {'type': 'text'}, {'type': 'json_object'} or "
                              "{'type': 'json_schema', 'json_schema': {'schema': {...}}}", param="response_format")
     if not ctx.spec.rules.json_schema:
         ctx.unsupported("response_format", "the model has no structured output")
         return
+    closed: list[str] = []
+    schema = _closed(schema, "schema", closed)
+    if closed:
+        ctx.notes.append(f"response_format: additionalProperties: false set on {len(closed)} object schemas "
+                         f"({', '.join(closed)}): Anthropic's structured output requires it; answers still fit "
+                         "your schema")
     body.setdefault("output_config", {})["format"] = {"type": "json_schema", "schema": schema}
+
+
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+def _closed(schema: Any, where: str, closed: list[str]) -> Any:
+    """A copy of `schema` with additionalProperties: false on every object schema, which Anthropic's structured
+    output requires (a 400 otherwise, whatever OpenAI's `strict` says). Closing only narrows what the model may
+    answer, so its answers still validate against the caller's schema; `closed` collects where it was added."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    kind = out.get("type")
+    if kind == "object" or (isinstance(kind, list) and "object" in kind) or ("properties" in out and not kind):
+        _close(out, where, closed)
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: _closed(sub, f"{where}.{key}.{name}", closed) for name, sub in out[key].items()}
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_closed(sub, f"{where}.{key}[{k}]", closed) for k, sub in enumerate(out[key])]
+    if isinstance(out.get("items"), dict):
+        out["items"] = _closed(out["items"], f"{where}.items", closed)
+    return out
+
+
+def _close(obj: dict[str, Any], where: str, closed: list[str]) -> None:
+    extra = obj.get("additionalProperties")
+    if isinstance(extra, dict) and extra:
+        raise InvalidRequest(f"response_format {where}: an object whose additionalProperties is a schema (a map of "
+                             "arbitrary keys) cannot be sent to Anthropic, whose structured output requires "
+                             "additionalProperties: false on every object; list the keys as properties",
+                             param="response_format")
+    if extra is not False:
+        obj["additionalProperties"] = False
+        closed.append(where)
 
 
 # -- response -----------------------------------------------------------------------------------
@@ -436,7 +601,7 @@ def parse_chat(data: dict[str, Any], spec: ModelSpec, *, request_id: str | None 
     message = _message(content, stop_reason, data.get("stop_details"))
     finish = FINISH_REASONS.get(stop_reason, "stop")  # unknown future stop reasons read as a normal stop
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-    body = {"id": msg_id, "object": "chat.completion", "created": int(time.time()), "model": spec.id,
+    body = {"id": msg_id, "object": "chat.completion", "created": int(clock.now()), "model": spec.id,
             "choices": [choice], "usage": usage.openai_chat_usage()}
     model = data.get("model")
     return Parsed(body=body, usage=usage, upstream_model=model if isinstance(model, str) else None,

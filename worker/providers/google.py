@@ -13,12 +13,12 @@ import json
 import math
 import posixpath
 import struct
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+from .. import clock
 from ..errors import InvalidRequest, ProtocolError, RequestFailed, UnsupportedParameter, upstream_error
 from ..registry import ModelSpec
 from ..retry import parse_duration, retry_after_from_headers
@@ -36,10 +36,17 @@ GATED = (  # (request field, generationConfig key, the Rules flag that allows it
     ("frequency_penalty", "frequencyPenalty", "penalties"),
     ("seed", "seed", "seed"),
 )
-FILTER_REASONS = frozenset(
-    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
-     "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}
-)
+# Every candidate finishReason of google-genai's FinishReason (types.py, 2026-08) plus CONTINUATION and ESCALATION.
+# "length" when the answer was cut short, "content_filter" when a filter stopped it; the rest (and any reason
+# added later) end normally as "stop". OTHER is "all other reasons", not a filter; the tool-call failures leave
+# no tool call to report.
+FINISH_REASONS = {
+    "STOP": "stop", "FINISH_REASON_UNSPECIFIED": "stop", "OTHER": "stop", "IMAGE_OTHER": "stop", "NO_IMAGE": "stop",
+    "MALFORMED_FUNCTION_CALL": "stop", "UNEXPECTED_TOOL_CALL": "stop", "TOO_MANY_TOOL_CALLS": "stop",
+    "MAX_TOKENS": "length", "CONTINUATION": "length",
+    **dict.fromkeys(("SAFETY", "RECITATION", "LANGUAGE", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
+                     "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "ESCALATION"), "content_filter"),
+}
 NOOP_EXTRAS = frozenset({"logprobs", "logit_bias", "top_logprobs"})  # fine when falsy
 MIME_BY_EXTENSION = {
     ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -414,7 +421,7 @@ def parse_chat(data: dict, spec: ModelSpec, *, request_id: str | None = None) ->
     body = {
         "id": response_id if isinstance(response_id, str) and response_id else f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
-        "created": int(time.time()),
+        "created": int(clock.now()),
         "model": spec.id,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": usage.openai_chat_usage(),
@@ -487,9 +494,7 @@ def _finish_reason(reason: Any, has_calls: bool) -> str:
     """Gemini says STOP for function calls too, so the parts decide."""
     if has_calls:
         return "tool_calls"
-    if reason == "MAX_TOKENS":
-        return "length"
-    return "content_filter" if reason in FILTER_REASONS else "stop"
+    return FINISH_REASONS.get(reason, "stop") if isinstance(reason, str) else "stop"
 
 
 def _chat_usage(meta: Any) -> Usage:
