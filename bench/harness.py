@@ -50,11 +50,11 @@ class RedisServer:
                      "--appendfsync", "always", "--dir", str(workdir), *extra]
         self._start()
 
-    def _start(self) -> None:
+    def _start(self, attempts: int = 200) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=real_clock_env())
         conn = redis.Redis.from_url(self.url)
-        for _ in range(200):
+        for _ in range(attempts):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited: {self.log.read_text()[-2000:]}")
             try:
@@ -62,7 +62,8 @@ class RedisServer:
                 return
             except (redis.ConnectionError, redis.BusyLoadingError):
                 time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        self.stop()  # a server that never answered must not outlive the run that started it
+        raise RuntimeError(f"redis-server did not answer on port {self.port}: {self.log.read_text()[-2000:]}")
 
     def restart(self, pause: float) -> None:
         """Shut Redis down (as an operator would), stay down for `pause` seconds, start it on the same data."""
@@ -79,7 +80,11 @@ class RedisServer:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 def worker_env(redis_url: str, emulator_url: str, **extra: str) -> dict[str, str]:

@@ -16,6 +16,8 @@ from rq.serializers import JSONSerializer
 
 from worker import jobs
 from worker.connection import connect as connect_redis
+from worker.connection import RETRIES, ensure_reachable
+from worker.errors import ConfigError
 from worker.emulator import EmulatorConfig, start_background
 from worker.recovery import queue_for
 from worker.registry import Registry
@@ -24,13 +26,32 @@ from worker.settings import Settings
 
 
 EMULATOR_KEY = "emulator-key-not-secret"
+NO_REDIS_URL = ("REDIS_URL is not set. Workers and producers share one Redis, e.g. "
+                "export REDIS_URL=redis://127.0.0.1:6379/0 (`otb run` and `otb demo` work without it).")
 
 
 def connect(settings: Settings) -> redis.Redis:
     """A shared Redis from REDIS_URL, or (embedded default) a private in-process fakeredis."""
     if settings.redis_url:
         return connect_redis(settings.redis_url)
+    return embedded_redis()
+
+
+def embedded_redis() -> redis.Redis:
+    """A private in-process Redis: nothing outside this process (no `otb worker`) can see it."""
     return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+
+
+def connect_shared(settings: Settings, *, retries: int = RETRIES) -> redis.Redis:
+    """The Redis workers share, checked at once: ConfigError if REDIS_URL is unset or nothing answers.
+
+    Without REDIS_URL a submit would land in a private Redis no worker sees and never finish, so
+    the embedded stack is only ever chosen explicitly (`otb run`, `otb demo`, `Client.embedded()`).
+    """
+    if not settings.redis_url:
+        raise ConfigError(NO_REDIS_URL)
+    ensure_reachable(settings.redis_url)
+    return connect_redis(settings.redis_url, retries=retries)
 
 
 @contextmanager

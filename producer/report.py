@@ -177,19 +177,23 @@ HEAD = ["reqs", "ok", "err", "input", "cache_read", "cache_write", "output", "$ 
         "$ cache_write", "$ output", "$ total"]
 
 
-def _cells(r: dict[str, Any]) -> list[str]:
+ENDED = ("canceled", "expired")  # outcomes that are not errors: shown in their own columns when any occurred
+
+
+def _cells(r: dict[str, Any], ended: list[str]) -> list[str]:
     t, c = r["tokens"], r["cost"]
     output = f"{t['output']}" + (f" ({t['reasoning']} r)" if t["reasoning"] else "")
-    return [str(r["requests"]), str(r["succeeded"]), str(r["errored"] + r["canceled"] + r["expired"]),
+    return [str(r["requests"]), str(r["succeeded"]), str(r["errored"]), *(str(r[k]) for k in ended),
             str(t["input"]), str(t["cache_read"]), str(t["cache_write"]), output,
             c["input"], c["cache_read"], c["cache_write"], c["output"], c["total"]]
 
 
 def render_table(report: dict[str, Any]) -> str:
     groups = report["group_by"]
-    body = [[str(r["group"][g]) for g in groups] + _cells(r) for r in report["rows"]]
-    body.append(["total"] + [""] * (len(groups) - 1) + _cells(report["total"]))
-    out = [format_columns(groups + HEAD, body, separator_before_last=True,
+    ended = [k for k in ENDED if report["total"][k]]
+    body = [[str(r["group"][g]) for g in groups] + _cells(r, ended) for r in report["rows"]]
+    body.append(["total"] + [""] * (len(groups) - 1) + _cells(report["total"], ended))
+    out = [format_columns(groups + HEAD[:3] + ended + HEAD[3:], body, separator_before_last=True,
                           text_columns=frozenset(range(len(groups))))]
     if report["errors"]:
         out.append("errors: " + ", ".join(f"{code} x{n}" for code, n in report["errors"].items()))

@@ -40,7 +40,8 @@ class DrainingWorker(Worker):
                 pass
 
 
-def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> None:
+def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None,
+               logging_level: str = "WARNING") -> None:
     assert settings.redis_url
     conn = connect(settings.redis_url)
     for warning in durability_warnings(conn):
@@ -51,6 +52,6 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     worker = DrainingWorker([queue_for(conn, settings)], connection=conn, serializer=JSONSerializer, name=name,
                             job_monitoring_interval=10, worker_ttl=60, maintenance_interval=30)
     try:
-        worker.work(burst=burst, logging_level="INFO")
+        worker.work(burst=burst, logging_level=logging_level)
     finally:
         janitor.stopped.set()

@@ -14,7 +14,9 @@ from pathlib import Path
 from .errors import ConfigError
 from .providers import ADAPTERS
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "registry.json"
+# Package data: a symlink to the top-level registry.json in a checkout (the one file people edit),
+# a real copy inside an installed wheel, so `otb` works from any directory without OTB_REGISTRY.
+DEFAULT_REGISTRY = Path(__file__).resolve().parent / "registry.json"
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class Settings:
         keys = {name: env[a.API_KEY_ENV] for name, a in ADAPTERS.items() if env.get(a.API_KEY_ENV)}
         urls = {name: env[a.BASE_URL_ENV] for name, a in ADAPTERS.items() if env.get(a.BASE_URL_ENV)}
         return cls(
-            redis_url=env.get("REDIS_URL") or None,
+            redis_url=_redis_url(env.get("REDIS_URL") or None),
             registry_path=Path(env.get("OTB_REGISTRY") or DEFAULT_REGISTRY),
             key_prefix=env.get("OTB_KEY_PREFIX", "otb"),
             queue_name=env.get("OTB_QUEUE", "otb"),
@@ -95,6 +97,17 @@ class Settings:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_keys"}
         out["api_keys"] = sorted(self.api_keys)
         return out
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_url(url: str | None) -> str | None:
+    """REDIS_URL as given, once it has a scheme redis-py reads (the URL is not echoed: it may hold a password)."""
+    if url is not None and not url.lower().startswith(REDIS_SCHEMES):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix:// "
+                          "(e.g. redis://127.0.0.1:6379/0, rediss://user:password@host:6380/0)")
+    return url
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:

@@ -451,7 +451,7 @@ class Store:
         lost = self._lost(bid, counts)
         return {
             "id": bid,
-            "object": "batch",
+            "object": "otb.batch_status",  # not an OpenAI Batch object: our own counts and costs
             "status": "lost" if lost else raw.get("status", "unknown"),
             "created_at": _float(raw.get("created_at")),
             "expires_at": _float(raw.get("expires_at")),
