@@ -46,6 +46,10 @@ class IdempotencyConflict(OTBError):
     pass
 
 
+class RedisRefused(OTBError):
+    """Redis would not store the batch (full, read-only, unreachable); nothing of it is left behind."""
+
+
 def submit(
     conn: redis.Redis,
     settings: Settings,
@@ -108,6 +112,8 @@ def submit(
                 return bid
             except redis.WatchError:
                 continue  # someone submitted with the same key meanwhile: look again
+            except redis.RedisError as exc:
+                raise _refused(store, bid, exc) from None
 
 
 def _request(line: Line) -> dict[str, Any]:
@@ -117,11 +123,26 @@ def _request(line: Line) -> dict[str, Any]:
 def _stream_requests(conn: redis.Redis, store: Store, bid: str, lines: Iterator[Line], slice_size: int = 2000) -> None:
     """Write request bodies in pipelined slices, so a 100,000-line file never sits in memory whole."""
     batch: list[tuple[str, dict[str, Any]]] = []
-    for line in lines:
-        batch.append((line.custom_id, _request(line)))
-        if len(batch) >= slice_size:
-            _flush(conn, store, bid, batch)
-    _flush(conn, store, bid, batch)
+    try:
+        for line in lines:
+            batch.append((line.custom_id, _request(line)))
+            if len(batch) >= slice_size:
+                _flush(conn, store, bid, batch)
+        _flush(conn, store, bid, batch)
+    except redis.RedisError as exc:
+        raise _refused(store, bid, exc) from None
+
+
+def _refused(store: Store, bid: str, exc: redis.RedisError) -> RedisRefused:
+    """Delete the bodies already written (DEL works on a full Redis) and say why in one line."""
+    try:
+        store.conn.delete(store.keys.requests(bid))
+    except redis.RedisError:
+        pass  # unreachable: they expire after the result TTL, and no batch record ever points at them
+    full = isinstance(exc, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(exc)
+    why = ("Redis is out of memory (maxmemory reached); free memory or raise maxmemory, then submit again"
+           if full else f"Redis refused the batch: {exc}")
+    return RedisRefused(f"{why}; nothing was enqueued")
 
 
 def _flush(conn: redis.Redis, store: Store, bid: str, batch: list[tuple[str, dict[str, Any]]]) -> None:

@@ -119,8 +119,9 @@ class Lease:
 
     def _refresh(self) -> None:
         while not self._stop.wait(self.ttl / 3):
-            try:
-                self.conn.set(self.key, self.owner, px=int(self.ttl * 1000))
+            try:  # PEXPIRE needs no memory, so a full Redis (maxmemory, noeviction) keeps the lease alive
+                if not self.conn.pexpire(self.key, int(self.ttl * 1000)):
+                    self.conn.set(self.key, self.owner, px=int(self.ttl * 1000))
             except redis.RedisError as exc:  # Redis restarting: try again next tick
                 log.warning("lease %s not refreshed: %s", self.key, exc)
 
@@ -165,13 +166,20 @@ def _give_up(conn: redis.Redis, store: Store, queue: Queue, job: Job, count: int
     error = RequestFailed(
         f"the worker running this request died {count} times (killed or out of memory); not retried further",
         code="worker_crashed", type="api_error", status_code=500)
-    done = store.done_ids(bid, custom_ids)
-    requests = store.load_requests(bid, [c for c in custom_ids if c not in done])
-    for cid in custom_ids:
-        if cid not in done:
-            store.commit(bid, cid, error_line(bid, cid, error, _meta_of(store, bid, requests.get(cid))), "errored", {}, {})
+    end_open_requests(store, bid, custom_ids, error)
     job.set_status(JobStatus.FAILED)
     queue.failed_job_registry.add(job, ttl=settings.result_ttl, exc_string="worker died repeatedly")
+
+
+def end_open_requests(store: Store, bid: str, custom_ids: list[str], error: RequestFailed) -> int:
+    """End the requests of `custom_ids` that have no result yet with `error`; returns how many."""
+    done = store.done_ids(bid, custom_ids)
+    try:
+        requests = store.load_requests(bid, [c for c in custom_ids if c not in done])
+    except (ValueError, RecursionError):  # a record no one can read: end it without its model and tags
+        requests = {}
+    return sum(store.commit(bid, cid, error_line(bid, cid, error, _meta_of(store, bid, requests.get(cid))), "errored", {}, {})
+               for cid in custom_ids if cid not in done)
 
 
 # Take the queue's next job for a running chunk to work on too, recording who holds it.
