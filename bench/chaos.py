@@ -27,7 +27,7 @@ from bench.harness import ROOT, RedisServer, WorkerProcess, chunks_held_by, free
 
 FAST = {"OTB_LEASE_TTL": "3", "OTB_CHUNK_SIZE": "25", "OTB_CONCURRENCY": "16", "OTB_STOP_GRACE": "5",
         "OTB_MAX_ATTEMPTS": "6"}
-MODELS = ["google/gemini-3-flash", "anthropic/claude-haiku-5-5", "anthropic/claude-sonnet-4-5", "google/gemini-3.8-flash"]
+MODELS = ["google/gemini-3-flash", "anthropic/claude-haiku-5-5", "anthropic/claude-sonnet-5-5", "google/gemini-3.8-flash"]
 
 
 def batch(n: int, rng: random.Random) -> list[dict]:

@@ -26,6 +26,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def real_clock_env() -> dict[str, str]:
+    """This environment without libfaketime: redis-server (jemalloc) cannot start under it, and Redis
+    is infrastructure here, not code under test, so it keeps the real clock when the suite runs
+    under `faketime` (README, Testing)."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")}
+
+
 class RedisServer:
     """A private redis-server on a free port (so tests never touch a developer's data)."""
 
@@ -44,11 +51,11 @@ class RedisServer:
                      "--appendfsync", "always", "--dir", str(workdir), *extra]
         self._start()
 
-    def _start(self) -> None:
+    def _start(self, attempts: int = 200) -> None:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=real_clock_env())
         conn = redis.Redis.from_url(self.url)
-        for _ in range(200):
+        for _ in range(attempts):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited: {self.log.read_text()[-2000:]}")
             try:
@@ -56,7 +63,8 @@ class RedisServer:
                 return
             except (redis.ConnectionError, redis.BusyLoadingError):
                 time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        self.stop()  # a server that never answered must not outlive the run that started it
+        raise RuntimeError(f"redis-server did not answer on port {self.port}: {self.log.read_text()[-2000:]}")
 
     def restart(self, pause: float) -> None:
         """Shut Redis down (as an operator would), stay down for `pause` seconds, start it on the same data."""
@@ -73,7 +81,11 @@ class RedisServer:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 def worker_env(redis_url: str, emulator_url: str, **extra: str) -> dict[str, str]:

@@ -24,7 +24,7 @@ from worker.results import success_line
 from worker.settings import Settings
 from worker.store import Store
 
-MODELS = ["anthropic/claude-haiku-5-5", "google/gemini-3-flash", "anthropic/claude-sonnet-4-5", "google/gemini-3.8-flash"]
+MODELS = ["anthropic/claude-haiku-5-5", "google/gemini-3-flash", "anthropic/claude-sonnet-5-5", "google/gemini-3.8-flash"]
 
 
 def fill(store: Store, bid: str, n: int) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker.errors import InvalidRequest, RequestFailed
+from worker.errors import InvalidRequest, OTBError, RequestFailed
 from worker.providers import ADAPTERS
 from worker.registry import Registry
 from worker.schemas import CHAT_URL, EMBEDDINGS_URL, KIND_BY_URL, ChatRequest, EmbeddingRequest
@@ -33,6 +33,16 @@ MAX_CUSTOM_ID = 256
 # close. A deeper body would also exhaust Python's stack in the worker (deeper there than here).
 MAX_DEPTH = 64
 BOM = b"\xef\xbb\xbf"
+GZIP_MAGIC = b"\x1f\x8b"
+EXPECTED = "expected JSONL, one request per line"
+
+
+class NotJsonl(InvalidRequest):
+    """A line that is not a JSON object at all: many of them mean the file is CSV, a JSON array, binary..."""
+
+
+class BatchTooLarge(OTBError):
+    """More lines than a batch holds: refused whole, even with keep-valid, so no line is silently left out."""
 
 
 @dataclass
@@ -88,11 +98,16 @@ def read_batch(
     digest = hashlib.sha256()
     first_seen: dict[str, int] = {}
     count = 0
-    for number, raw in _numbered(raw_lines):
+    numbered = _numbered(raw_lines)
+    for number, raw in numbered:
         count += 1
         if count > limits.max_lines:
-            out.errors.append(LineError(number, None, InvalidRequest(
-                f"too many requests: a batch holds at most {limits.max_lines} lines; split the file")))
+            count += sum(1 for _ in numbered)
+            raise BatchTooLarge(f"too many requests: the file has {count:,} request lines and a batch holds at most "
+                                f"{limits.max_lines:,} (OTB_MAX_LINES); nothing was enqueued: split the file")
+        if count == 1 and raw.startswith(GZIP_MAGIC):
+            out.errors.append(LineError(number, None, NotJsonl(f"the file is gzip-compressed: {EXPECTED} "
+                                                               "(decompress it first, e.g. gunzip -c FILE)")))
             break
         try:
             line = _parse_line(number, raw, limits)
@@ -140,10 +155,10 @@ def _parse_line(number: int, raw: bytes, limits: Limits) -> Line:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"line is not valid UTF-8 (byte {exc.start})") from exc
+        raise NotJsonl(f"line is not valid UTF-8 (byte {exc.start})") from exc
     obj = _json(text)
     if not isinstance(obj, dict):
-        raise InvalidRequest(f"a line must be a JSON object, got {_json_type(obj)}")
+        raise NotJsonl(f"a line must be a JSON object, got {_json_type(obj)}")
     line = _openai_line(number, obj) if "body" in obj or "url" in obj or "method" in obj else _short_line(number, obj)
     if _nests_deeper(line.body, limits.max_depth):
         raise InvalidRequest(f"the body is nested more than {limits.max_depth} levels deep; "
@@ -155,7 +170,7 @@ def _json(text: str) -> Any:
     try:
         return json.loads(text, parse_constant=_no_constants, parse_float=_finite)
     except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from exc
+        raise NotJsonl(f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from exc
     except RecursionError:
         raise InvalidRequest("invalid JSON: nested too deeply to read") from None
     except ValueError as exc:  # NaN/Infinity, or an integer with thousands of digits

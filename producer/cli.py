@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import shutil
@@ -18,12 +19,15 @@ from typing import Any, TypeVar
 
 import click
 
-from worker.errors import ConfigError, OTBError
+from worker import clock
+from worker.errors import ConfigError, ModelNotFound, OTBError
 from worker.registry import Registry, load_registry
 from worker.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "demo.jsonl"
+MAX_LISTED = 20  # bad lines listed one by one; the rest are counted
+SOME_FAILED = 2  # exit status of `submit --wait` and `run` when the batch ended with errored or expired requests
 
 
 def friendly(fn: F) -> F:
@@ -33,6 +37,8 @@ def friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:
+            raise  # the reader stopped (`otb results B | head`): click exits quietly
         except (OTBError, LookupError, TimeoutError, OSError) as exc:
             message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
             raise click.ClickException(message) from exc
@@ -54,20 +60,14 @@ def _registry(settings: Settings) -> Registry:
         raise click.ClickException(f"cannot start: {exc}") from exc
 
 
-def _shared_redis(settings: Settings) -> Any:
-    if not settings.redis_url:
-        raise click.ClickException(
-            "REDIS_URL is not set. Workers and producers share one Redis, e.g. "
-            "export REDIS_URL=redis://127.0.0.1:6379/0 (`otb run` and `otb demo` work without it)."
-        )
-    from producer.local import connect
+def _shared_redis(settings: Settings, **kwargs: Any) -> Any:
+    """The Redis the workers share; one clear line within seconds if REDIS_URL is unset or nothing answers."""
+    from producer.local import connect_shared
 
-    conn = connect(settings)
     try:
-        conn.ping()
-    except Exception as exc:
-        raise click.ClickException(f"cannot reach Redis at {_safe_url(settings.redis_url)}: {exc}") from exc
-    return conn
+        return connect_shared(settings, **kwargs)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _client() -> Any:
@@ -80,20 +80,24 @@ def _client() -> Any:
 
 def _safe_url(url: str) -> str:
     """REDIS_URL without its password, for messages."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    from worker.connection import mask_url
+
+    return mask_url(url)
 
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=lambda o: float(o) if isinstance(o, Decimal) else str(o))
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="opentoken-batch", prog_name="otb")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """opentoken-batch: OpenAI-shaped batches over Redis + RQ to Anthropic and Gemini, with exact costs."""
+    """opentoken-batch: OpenAI-shaped batches over Redis + RQ to Anthropic and Gemini, with exact costs.
+
+    Exit status: 0 on success, 1 when a command fails, 2 when `submit --wait` or `run` saw the
+    batch end with errored or expired requests.
+    """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -105,12 +109,12 @@ def main(verbose: int) -> None:
 def models(as_json: bool, show_all: bool) -> None:
     """List the models you can call and their prices (USD per 1M tokens)."""
     registry = _registry(_settings())
+    today = clock.today()
     if as_json:
-        click.echo(_dumps(registry.catalog()))
+        click.echo(_dumps(_catalog(registry, today, show_all)))
         return
     from producer.report import format_columns
 
-    today = dt.datetime.now(dt.timezone.utc).date()
     rows = []
     for m in registry.models.values():
         retired = m.is_retired(today)
@@ -129,6 +133,16 @@ def models(as_json: bool, show_all: bool) -> None:
         rows.append([m.id, m.kind, status + (" (gated)" if m.access == "gated" else ""), *prices, when])
     head = ["id", "kind", "status", "input", "output", "cache_read", "cache_write", "lifecycle"]
     click.echo(format_columns(head, rows, text_columns=frozenset({0, 1, 2, 7})))
+
+
+def _catalog(registry: Registry, today: dt.date, show_all: bool) -> dict[str, Any]:
+    """GET /v1/models; with --all the retired models too, marked with their retirement and replacement."""
+    catalog = registry.catalog(today)
+    if show_all:
+        catalog["data"] += [{"id": m.id, "object": "model", "owned_by": m.owned_by, "retired_on": m.lifecycle.retires_on,
+                             "replacement": m.lifecycle.replacement}
+                            for m in registry.models.values() if m.is_retired(today)]
+    return catalog
 
 
 # -- submit ------------------------------------------------------------------------------------
@@ -155,10 +169,13 @@ submit_options = [
     click.option("--keep-valid", is_flag=True, help="Enqueue the valid lines; record bad lines as errored results."),
     click.option("--drop-unsupported-params", is_flag=True, help="Drop parameters a model would reject (recorded per result) instead of failing the line."),
     click.option("--metadata", "-m", multiple=True, metavar="KEY=VALUE", help="Attach metadata to the batch."),
-    click.option("--completion-window", metavar="DURATION", help="End what is not done by then as batch_expired (e.g. 24h, 90m)."),
+    click.option("--completion-window", metavar="DURATION", callback=lambda _c, _p, v: _duration(v), help="End what is not done by then as batch_expired (a number and a unit: 24h, 90m, 3600s, 2d)."),
     click.option("--idempotency-key", metavar="KEY", help="Submitting again with the same key returns the same batch."),
-    click.option("--max-cost", metavar="USD", help="Budget: requests that could pass it end as budget_exceeded, unsent."),
+    click.option("--max-cost", metavar="USD", callback=lambda _c, _p, v: _usd(v), help="Budget: requests that could pass it end as budget_exceeded, unsent."),
 ]
+
+
+MAX_USD = Decimal(2**63 - 1).scaleb(-12).quantize(Decimal(1), rounding="ROUND_FLOOR")  # Redis integers, in pico-USD
 
 
 def _usd(text: str | None) -> Decimal | None:
@@ -170,20 +187,26 @@ def _usd(text: str | None) -> Decimal | None:
         raise click.BadParameter(f"{text!r} is not an amount in USD such as 25 or 0.50", param_hint="--max-cost") from None
     if not value.is_finite() or value <= 0:
         raise click.BadParameter("must be a positive amount", param_hint="--max-cost")
+    if value > MAX_USD:
+        raise click.BadParameter(f"{text!r} is more than the largest budget, {MAX_USD} USD "
+                                 "(leave --max-cost out for no budget)", param_hint="--max-cost")
     return value.quantize(Decimal("0.000000000001"))
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def _duration(text: str | None) -> float | None:
+    """A number and a unit (24h, 90m, 3600s, 2d): a bare 3 is refused rather than read as 3 seconds."""
     if not text:
         return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (text[:-1], text[-1]) if text[-1] in units else (text, "s")
+    number, unit = text[:-1], text[-1:]
     try:
-        value = float(number) * units[unit]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration such as 24h, 90m or 3600s",
+        value = float(number) * DURATION_UNITS[unit]
+    except (ValueError, KeyError):
+        raise click.BadParameter(f"{text!r} is not a duration: give a number and a unit, such as 24h, 90m, 3600s or 2d",
                                  param_hint="--completion-window") from None
-    if value <= 0:
+    if not 0 < value < float("inf"):
         raise click.BadParameter("must be positive", param_hint="--completion-window")
     return value
 
@@ -196,8 +219,8 @@ def _with_submit_options(fn: F) -> F:
 
 def _validate_and_submit(conn: Any, settings: Settings, registry: Registry, file: str, keep_valid: bool,
                          drop_unsupported_params: bool, metadata: tuple[str, ...], as_json: bool,
-                         completion_window: str | None = None, idempotency_key: str | None = None,
-                         max_cost: str | None = None) -> str:
+                         completion_window: float | None = None, idempotency_key: str | None = None,
+                         max_cost: Decimal | None = None) -> str:
     from producer.batchfile import Limits, read_batch, read_bodies
     from producer.submit import SubmissionRejected, submit
 
@@ -213,23 +236,39 @@ def _validate_and_submit(conn: Any, settings: Settings, registry: Registry, file
 
         try:
             bid = submit(conn, settings, parsed, keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
-                         metadata=_parse_metadata(metadata), completion_window=_duration(completion_window),
-                         idempotency_key=idempotency_key, max_cost=_usd(max_cost), bodies=bodies)
+                         metadata=_parse_metadata(metadata), completion_window=completion_window,
+                         idempotency_key=idempotency_key, max_cost=max_cost, bodies=bodies)
         except SubmissionRejected as exc:
-            _report_rejection(exc, as_json)
-    for err in parsed.errors:  # kept as errored results
-        click.echo(f"{err} (recorded as an errored result)", err=True)
+            _report_rejection(exc, registry, as_json)
+    _print_line_errors(parsed.errors, registry, " (recorded as an errored result)")  # kept as errored results
     return bid
 
 
-def _report_rejection(exc: Any, as_json: bool) -> None:
+def _report_rejection(exc: Any, registry: Registry, as_json: bool) -> None:
     if as_json:
         click.echo(_dumps({"error": {"message": str(exc), "type": "invalid_request_error", "code": "invalid_batch"},
                            "lines": [e.to_json() for e in exc.errors]}))
     else:
-        for err in exc.errors:
-            click.echo(str(err), err=True)
+        _print_line_errors(exc.errors, registry)
     raise click.ClickException(str(exc)) from None
+
+
+def _print_line_errors(errors: list[Any], registry: Registry, suffix: str = "") -> None:
+    """The first MAX_LISTED bad lines on stderr, then a count: a CSV file must not print 20,000 lines."""
+    from producer.batchfile import EXPECTED, NotJsonl
+
+    for err in errors[:MAX_LISTED]:
+        click.echo(f"{err}{suffix}{_did_you_mean(err, registry)}", err=True)
+    if len(errors) > MAX_LISTED:
+        click.echo(f"... and {len(errors) - MAX_LISTED:,} more bad lines ({len(errors):,} in all)", err=True)
+    if any(isinstance(e.error, NotJsonl) for e in errors):
+        click.echo(f"note: {EXPECTED}, each a JSON object (not CSV, a JSON array or a compressed file)", err=True)
+
+
+def _did_you_mean(err: Any, registry: Registry) -> str:
+    """A hint after an unknown model id; the error itself stays exactly as the API words it."""
+    close = registry.suggest(err.error.model_id) if isinstance(err.error, ModelNotFound) else []
+    return f"  (did you mean {' or '.join(close)}?)" if close else ""
 
 
 @contextmanager
@@ -254,9 +293,12 @@ def _spooled(file: str) -> Iterator[Path]:
 @click.option("--wait", is_flag=True, help="Follow the batch until every request has a result.")
 @friendly
 def submit_cmd(file: str, keep_valid: bool, drop_unsupported_params: bool, metadata: tuple[str, ...],
-               completion_window: str | None, idempotency_key: str | None, max_cost: str | None,
+               completion_window: float | None, idempotency_key: str | None, max_cost: Decimal | None,
                as_json: bool, wait: bool) -> None:
-    """Validate FILE (JSONL; - for stdin) and enqueue it. Prints the batch id."""
+    """Validate FILE (JSONL; - for stdin) and enqueue it. Prints the batch id.
+
+    With --wait, follows the batch to the end; the exit status is then 2 if any request errored or expired.
+    """
     settings = _settings()
     registry = _registry(settings)
     conn = _shared_redis(settings)
@@ -267,24 +309,29 @@ def submit_cmd(file: str, keep_valid: bool, drop_unsupported_params: bool, metad
         return
     if not as_json:
         click.echo(bid)
-    from producer.client import Client
-
-    status = _follow(Client(conn, settings, registry), bid)
+    status = _follow(settings, registry, bid)
     click.echo(_dumps(status) if as_json else _status_text(status))
+    _exit_if_some_failed(status)
 
 
-def _follow(client: Any, bid: str, poll: float = 0.5) -> dict[str, Any]:
-    """Follow a batch to the end: a live bar on a terminal, a plain line every 5 s otherwise."""
-    from producer.progress import Progress
+def _exit_if_some_failed(status: dict[str, Any]) -> None:
+    counts = status["request_counts"]
+    if counts["errored"] or counts["expired"]:
+        sys.exit(SOME_FAILED)
 
-    progress = Progress(sys.stderr, tty=sys.stderr.isatty())
-    while True:
-        status = client.status(bid)
-        progress.update(status)
-        if status["status"] in ("completed", "cancelled", "expired"):
-            progress.finish(status)
-            return status
-        time.sleep(poll)
+
+def _follow(settings: Settings, registry: Registry, bid: str) -> dict[str, Any]:
+    """Follow a batch to the end on stderr; Ctrl-C stops following, not the batch."""
+    from producer.client import Client
+    from producer.progress import follow
+
+    client = Client(_shared_redis(settings, retries=0), settings, registry)  # fails fast: follow shows the retrying
+    try:
+        return follow(client, bid, sys.stderr)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped following {bid}; the batch goes on in the workers. Follow it with "
+                   f"`otb status {bid} --watch`, stop it with `otb cancel {bid}`.", err=True)
+        sys.exit(130)
 
 
 # -- status / results --------------------------------------------------------------------------
@@ -311,9 +358,37 @@ def _status_text(s: dict[str, Any]) -> str:
 @friendly
 def status(batch_id: str, as_json: bool, watch: bool) -> None:
     """Show a batch's status, request counts and cost so far."""
-    client = _client()
-    s = _follow(client, batch_id) if watch else client.status(batch_id)
+    if watch:
+        settings = _settings()
+        s = _follow(settings, _registry(settings), batch_id)
+    else:
+        s = _client().status(batch_id)
     click.echo(_dumps(s) if as_json else _status_text(s))
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000), help="How many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print {\"object\": \"list\", \"data\": [status, ...]}.")
+@friendly
+def batches(limit: int, as_json: bool) -> None:
+    """List the newest batches: id, status, when, request counts and cost."""
+    from producer.report import format_columns
+
+    found = _client().batches(limit)
+    if as_json:
+        click.echo(_dumps({"object": "list", "data": found}))
+        return
+    rows = [[s["id"], s["status"], _when(s["created_at"]), *(str(s["request_counts"][k]) for k in BATCH_COUNTS),
+             s["cost"]["total"]] for s in found]
+    click.echo(format_columns(["id", "status", "created (UTC)", *BATCH_COUNTS, "$ cost"], rows,
+                              text_columns=frozenset({0, 1, 2})))
+
+
+BATCH_COUNTS = ("total", "succeeded", "errored", "canceled", "expired", "processing")
+
+
+def _when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stamp)) if stamp else "-"
 
 
 @main.command()
@@ -338,18 +413,24 @@ def results(batch_id: str, output: str | None) -> None:
 
 @main.command("cancel")
 @click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the batch status as JSON.")
 @friendly
-def cancel_cmd(batch_id: str) -> None:
+def cancel_cmd(batch_id: str, as_json: bool) -> None:
     """Stop a batch: unstarted requests end as batch_cancelled, in-flight ones finish; results are kept."""
-    click.echo(f"{batch_id}: {_client().cancel(batch_id)['status']}")
+    client = _client()
+    client.cancel(batch_id)
+    s = client.status(batch_id)
+    click.echo(_dumps(s) if as_json else f"{batch_id}: {s['status']}")
 
 
 @main.command("retry")
 @click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True, help="Print {\"id\", \"retried\"} as JSON.")
 @friendly
-def retry_cmd(batch_id: str) -> None:
+def retry_cmd(batch_id: str, as_json: bool) -> None:
     """Re-run only the errored requests of a batch (results of the others are kept)."""
-    click.echo(f"{batch_id}: {_client().retry(batch_id)} errored requests re-enqueued")
+    n = _client().retry(batch_id)
+    click.echo(_dumps({"id": batch_id, "retried": n}) if as_json else f"{batch_id}: {n} errored requests re-enqueued")
 
 
 # -- estimate ----------------------------------------------------------------------------------
@@ -367,8 +448,7 @@ def estimate(file: str, as_json: bool) -> None:
     registry = _registry(settings)
     parsed = read_batch(_read_lines(file), registry, drop_unsupported=True,
                         limits=Limits(settings.max_line_bytes, settings.max_lines))
-    for err in parsed.errors:
-        click.echo(f"{err} (not counted)", err=True)
+    _print_line_errors(parsed.errors, registry, " (not counted)")
     data = run_estimate(parsed, registry)
     if as_json:
         click.echo(_dumps(data))
@@ -451,7 +531,8 @@ def worker(concurrency: int | None, burst: bool, name: str | None) -> None:
     _shared_redis(settings)
     click.echo(f"otb worker: queue {settings.queue_name!r} on {_safe_url(settings.redis_url or '')}, "
                f"concurrency {settings.concurrency}, keys for {sorted(settings.api_keys) or 'no provider'}", err=True)
-    run_worker(settings, burst=burst, name=name)
+    # RQ logs a line per job at INFO: only with -v, so two workers in a terminal do not flood it
+    run_worker(settings, burst=burst, name=name, logging_level=logging.getLevelName(logging.getLogger().level))
 
 
 # -- emulator ----------------------------------------------------------------------------------
@@ -473,7 +554,13 @@ def emulator(host: str, port: int, latency_ms: float, jitter_ms: float, error_ra
 
     config = EmulatorConfig(latency_ms=latency_ms, jitter_ms=jitter_ms, error_rate=error_rate, rate_429=rate_429,
                             retry_after=retry_after, seed=seed, rpm_limit=rpm_limit, tpm_limit=tpm_limit)
-    serve(host, port, config, _registry(_settings()))
+    try:
+        serve(host, port, config, _registry(_settings()))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise click.ClickException(f"port {port} on {host} is already in use (another emulator?): "
+                                   "stop it, or pick another with --port") from None
 
 
 # -- run / demo --------------------------------------------------------------------------------
@@ -486,12 +573,16 @@ def emulator(host: str, port: int, latency_ms: float, jitter_ms: float, error_ra
 @click.option("--latency-ms", default=0.0, help="Emulator latency per call.")
 @friendly
 def run(file: str, output: str | None, keep_valid: bool, drop_unsupported_params: bool,
-        metadata: tuple[str, ...], completion_window: str | None, idempotency_key: str | None,
-        max_cost: str | None, use_emulator: bool, latency_ms: float) -> None:
-    """Submit, process and report FILE in one process (embedded Redis when REDIS_URL is unset)."""
-    _run_and_report(file, output, keep_valid, drop_unsupported_params, metadata, use_emulator, latency_ms,
-                    show_lines=False, completion_window=completion_window, idempotency_key=idempotency_key,
-                    max_cost=max_cost)
+        metadata: tuple[str, ...], completion_window: float | None, idempotency_key: str | None,
+        max_cost: Decimal | None, use_emulator: bool, latency_ms: float) -> None:
+    """Submit, process and report FILE in one process (embedded Redis when REDIS_URL is unset).
+
+    The exit status is 2 if any request errored or expired.
+    """
+    status = _run_and_report(file, output, keep_valid, drop_unsupported_params, metadata, use_emulator, latency_ms,
+                             show_lines=False, completion_window=completion_window, idempotency_key=idempotency_key,
+                             max_cost=max_cost)
+    _exit_if_some_failed(status)
 
 
 @main.command()
@@ -505,8 +596,8 @@ def demo(output: str | None) -> None:
 
 def _run_and_report(file: str, output: str | None, keep_valid: bool, drop: bool, metadata: tuple[str, ...],
                     use_emulator: bool, latency_ms: float, *, show_lines: bool,
-                    completion_window: str | None = None, idempotency_key: str | None = None,
-                    max_cost: str | None = None) -> None:
+                    completion_window: float | None = None, idempotency_key: str | None = None,
+                    max_cost: Decimal | None = None) -> dict[str, Any]:
     from contextlib import ExitStack
 
     from producer.client import Client, write_jsonl
@@ -541,6 +632,7 @@ def _run_and_report(file: str, output: str | None, keep_valid: bool, drop: bool,
     click.echo(render_table(report))
     click.echo(_status_text(status))
     click.echo(f"processed in {elapsed:.2f} s", err=True)
+    return status
 
 
 def _result_lines_text(lines: list[dict[str, Any]]) -> str:

@@ -1,7 +1,7 @@
 """The Python API for other apps: submit work, follow it, read results. Same parts the CLI uses.
 
     from producer import Client
-    client = Client.from_env()                      # REDIS_URL, OTB_REGISTRY, ...
+    client = Client.from_env()                      # REDIS_URL (required), OTB_REGISTRY, ...
     batch_id = client.submit([{"model": "google/gemini-3-flash",
                                "messages": [{"role": "user", "content": "Hi"}]}])
     status = client.wait(batch_id, timeout=60)
@@ -26,7 +26,7 @@ from worker.store import Store
 
 from .batchfile import Limits, ParsedBatch, read_batch
 from .control import cancel, retry
-from .local import connect
+from .local import connect_shared, drain, embedded_redis
 from .submit import submit
 
 FINAL = ("completed", "cancelled", "expired")
@@ -45,8 +45,36 @@ class Client:
 
     @classmethod
     def from_env(cls) -> "Client":
+        """A client on the Redis the workers share (REDIS_URL); ConfigError at once if it is unset or down.
+
+        Never falls back to a private Redis: work submitted there would wait for a worker forever.
+        """
         settings = Settings.from_env()
-        return cls(connect(settings), settings)
+        return cls(connect_shared(settings), settings)
+
+    @classmethod
+    def embedded(cls, settings: Settings | None = None) -> "Client":
+        """A client on a private in-process Redis, for notebooks and tests: no `otb worker` sees it,
+        so its batches run only when this process calls `client.run_here()`."""
+        return cls(embedded_redis(), settings or Settings())
+
+    def run_here(self) -> None:
+        """Work every queued chunk in this process until the queue is empty (the embedded stack's worker)."""
+        drain(self.conn, self.settings)
+
+    def listening_workers(self) -> int:
+        """How many `otb worker` processes are registered on this queue (0: queued work waits)."""
+        from rq import Worker
+
+        from worker.recovery import queue_for
+
+        return Worker.count(queue=queue_for(self.conn, self.settings))
+
+    def batches(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Status of the newest `limit` batches, newest first (those whose records expired are left out)."""
+        ids = self.conn.zrevrange(self.store.keys.batches, 0, limit - 1)
+        found = (self.store.status(b.decode() if isinstance(b, bytes) else b) for b in ids)
+        return [s for s in found if s is not None]
 
     def validate(self, raw_lines: Iterable[bytes], *, drop_unsupported_params: bool = False) -> ParsedBatch:
         limits = Limits(self.settings.max_line_bytes, self.settings.max_lines)

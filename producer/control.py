@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import redis
 
+from worker import clock
+from worker.errors import OTBError
 from worker.recovery import close_unstarted, enqueue_chunks
 from worker.settings import Settings
 from worker.store import Store
@@ -23,19 +24,39 @@ def cancel(conn: redis.Redis, settings: Settings, bid: str) -> dict[str, Any]:
 
 
 def retry(conn: redis.Redis, settings: Settings, bid: str) -> int:
-    """Run the errored requests again (not canceled or expired ones, not lines refused at submit)."""
+    """Run the errored requests again (not canceled or expired ones, not lines refused at submit).
+
+    One chunk at a time, each in one transaction: its results are taken back and its job is queued
+    together, so a retry killed part-way leaves every request with a result or a job, and running
+    `otb retry` again picks up the rest. A cancel wins: once the batch is closing, no result is taken
+    back (the script checks the status) and the retry stops.
+    """
     store = Store.of(conn, settings)
-    again = []
-    for cid, raw in store.raw_results(bid).items():
-        line = json.loads(raw)
-        if (line.get("meta") or {}).get("outcome") != "errored":
-            continue
-        if not store.conn.hexists(store.keys.requests(bid), cid):
-            continue  # refused at submit: nothing to send
-        if store.uncommit(bid, cid, raw, "errored"):
-            again.append(cid)
-    if again:
-        enqueue_chunks(conn, settings, bid, again, f"retry{int(time.time() * 1000)}")
-    return len(again)
+    status = (store.batch(bid) or {}).get("status")
+    if status not in ("completed", "in_progress"):
+        raise OTBError(f"batch {bid} is {status}: only a running or completed batch is retried")
+    size = settings.chunk_size
+    errored = _retryable(store, bid)
+    again = 0
+    tag = f"retry{int(clock.now() * 1000)}"
+    for n, start in enumerate(range(0, len(errored), size)):
+        if (store.batch(bid) or {}).get("status") not in ("completed", "in_progress"):
+            break
+        part = errored[start : start + size]
+        with conn.pipeline(transaction=True) as pipe:
+            for cid, raw in part:
+                store.uncommit(bid, cid, raw, "errored", pipe=pipe)
+            enqueue_chunks(conn, settings, bid, [cid for cid, _ in part], f"{tag}-{n}", pipe=pipe)
+            taken = pipe.execute()[: len(part)]
+        again += sum(1 for got in taken if got == 1)
+    return again
 
 
+def _retryable(store: Store, bid: str) -> list[tuple[str, str]]:
+    """(custom_id, result line) of errored requests that have a body to send again."""
+    errored = [(cid, raw) for cid, raw in store.raw_results(bid).items()
+               if (json.loads(raw).get("meta") or {}).get("outcome") == "errored"]
+    pipe = store.conn.pipeline(transaction=False)
+    for cid, _ in errored:
+        pipe.hexists(store.keys.requests(bid), cid)  # refused at submit: nothing to send
+    return [item for item, has_body in zip(errored, pipe.execute()) if has_body]

@@ -14,7 +14,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from worker import tokens
+from worker import clock, tokens
 from worker.pricing import cost, normalize
 from worker.providers import ADAPTERS
 from worker.providers.base import output_limit
@@ -25,7 +25,7 @@ from .batchfile import ParsedBatch
 
 
 def estimate(parsed: ParsedBatch, registry: Registry, on: dt.date | None = None) -> dict[str, Any]:
-    on = on or dt.datetime.now(dt.timezone.utc).date()
+    on = on or clock.today()
     rows: dict[str, dict[str, Any]] = {}
     for line in parsed.lines:
         kind = KIND_BY_URL[line.url]

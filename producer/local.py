@@ -16,20 +16,42 @@ from rq.serializers import JSONSerializer
 
 from worker import jobs
 from worker.connection import connect as connect_redis
+from worker.connection import RETRIES, ensure_reachable
+from worker.errors import ConfigError
 from worker.emulator import EmulatorConfig, start_background
 from worker.recovery import queue_for
 from worker.registry import Registry
-from worker.settings import KEY_ENV, Settings
+from worker.providers import ADAPTERS
+from worker.settings import Settings
 
 
 EMULATOR_KEY = "emulator-key-not-secret"
+NO_REDIS_URL = ("REDIS_URL is not set. Workers and producers share one Redis, e.g. "
+                "export REDIS_URL=redis://127.0.0.1:6379/0 (`otb run` and `otb demo` work without it).")
 
 
 def connect(settings: Settings) -> redis.Redis:
     """A shared Redis from REDIS_URL, or (embedded default) a private in-process fakeredis."""
     if settings.redis_url:
         return connect_redis(settings.redis_url)
+    return embedded_redis()
+
+
+def embedded_redis() -> redis.Redis:
+    """A private in-process Redis: nothing outside this process (no `otb worker`) can see it."""
     return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+
+
+def connect_shared(settings: Settings, *, retries: int = RETRIES) -> redis.Redis:
+    """The Redis workers share, checked at once: ConfigError if REDIS_URL is unset or nothing answers.
+
+    Without REDIS_URL a submit would land in a private Redis no worker sees and never finish, so
+    the embedded stack is only ever chosen explicitly (`otb run`, `otb demo`, `Client.embedded()`).
+    """
+    if not settings.redis_url:
+        raise ConfigError(NO_REDIS_URL)
+    ensure_reachable(settings.redis_url)
+    return connect_redis(settings.redis_url, retries=retries)
 
 
 @contextmanager
@@ -38,8 +60,8 @@ def emulated(settings: Settings, registry: Registry, config: EmulatorConfig | No
     with ExitStack() as stack:
         emu = start_background(config or EmulatorConfig(), registry)
         stack.callback(emu.stop)
-        keys = {p: settings.api_keys.get(p) or EMULATOR_KEY for p in KEY_ENV}
-        yield settings.with_(anthropic_base_url=emu.url, google_base_url=emu.url, api_keys=keys)
+        keys = {p: settings.api_keys.get(p) or EMULATOR_KEY for p in ADAPTERS}
+        yield settings.pointed_at(emu.url).with_(api_keys=keys)
 
 
 def drain(conn: redis.Redis, settings: Settings) -> None:

@@ -1,15 +1,81 @@
 """Progress of a running batch: done/total, errored, requests per second, cost so far, ETA.
 
 On a terminal one line is redrawn in place with a bar; when output is a file or a pipe (CI logs,
-`| tee`), a plain line is written every `every` seconds and at the end, so logs stay readable.
+`| tee`), a plain line is written every `every` seconds, whenever the note changes, and at the end,
+so logs stay readable. A note says why nothing moves: Redis unreachable, no worker listening.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, TextIO
 
+import redis
+
+from worker.connection import PATIENCE, RedisUnreachable
+
 BAR = 24
+FINAL = ("completed", "cancelled", "expired")
+NO_WORKER_AFTER = 5.0  # seconds a followed batch waits with no worker on its queue before we say so
+
+
+def follow(client: Any, bid: str, out: TextIO, *, poll: float = 0.5) -> dict[str, Any]:
+    """Show a batch's progress until it is final; returns its last status.
+
+    `client` should read through a connection that fails at once (retries=0), so a Redis restart
+    shows as "Redis unreachable, retrying (Ns)" instead of a frozen bar; after the patience the
+    workers have (PATIENCE) it gives up with RedisUnreachable. The batch itself is never touched.
+    """
+    progress = Progress(out, tty=out.isatty())
+    watch = Watch(client)
+    while True:
+        try:
+            status = client.status(bid)
+            note = None if status["status"] in FINAL else watch.note(status)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            down = watch.unreachable()
+            if down > PATIENCE:
+                raise RedisUnreachable(f"Redis unreachable for {down:.0f} s; stopped following {bid}, "
+                                       f"which goes on (see it with `otb status {bid}`): {exc}") from exc
+            progress.update(None, f"Redis unreachable, retrying ({down:.0f}s)")
+            time.sleep(1.0)
+            continue
+        if status["status"] in FINAL:
+            progress.finish(status)
+            return status
+        progress.update(status, note)
+        time.sleep(poll)
+
+
+class Watch:
+    """Why a followed batch does not move: how long Redis has been unreachable, whether any worker listens."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.down_since: float | None = None
+        self.no_worker_since: float | None = None
+        self.checked = 0.0
+
+    def unreachable(self) -> float:
+        """Seconds since Redis stopped answering (0 on the first failure)."""
+        now = time.monotonic()
+        self.down_since = self.down_since or now
+        return now - self.down_since
+
+    def note(self, status: dict[str, Any]) -> str | None:
+        """Redis answered: a note if requests have waited NO_WORKER_AFTER seconds with no worker on the queue."""
+        self.down_since = None
+        now = time.monotonic()
+        if now - self.checked >= 1.0:
+            self.checked = now
+            idle = status["request_counts"]["processing"] and not self.client.listening_workers()
+            self.no_worker_since = (self.no_worker_since or now) if idle else None
+        if self.no_worker_since is not None and now - self.no_worker_since >= NO_WORKER_AFTER:
+            queue = self.client.settings.queue_name
+            return (f"no worker is listening on queue {queue!r}: start one with `otb worker` "
+                    "(same REDIS_URL) and the batch goes on")
+        return None
 
 
 class Progress:
@@ -18,8 +84,10 @@ class Progress:
         self.started = time.monotonic()
         self.first_done: int | None = None
         self.last_line = 0.0
+        self.last_status: dict[str, Any] | None = None
+        self.last_note: str | None = None
 
-    def line(self, status: dict[str, Any]) -> str:
+    def line(self, status: dict[str, Any], note: str | None = None) -> str:
         c = status["request_counts"]
         done = c["total"] - c["processing"]
         if self.first_done is None:
@@ -27,23 +95,30 @@ class Progress:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = (done - self.first_done) / elapsed
         eta = f"ETA {c['processing'] / rate:.0f}s" if rate > 0 and c["processing"] else ("done" if not c["processing"] else "ETA -")
-        failed = c["errored"] + c["canceled"] + c["expired"]
-        text = (f"{done}/{c['total']} done, {failed} errored, {rate:.1f} req/s, "
+        ended = "".join(f", {c[k]} {k}" for k in ("canceled", "expired") if c.get(k))
+        text = (f"{done}/{c['total']} done, {c['errored']} errored{ended}, {rate:.1f} req/s, "
                 f"cost ${status['cost']['total']}, {eta}")
         parked = status.get("parked")
         if parked:
             text += f", {parked['requests']} parked ({parked['reason']})"
+        if note:
+            text += f" - {note}"
         if not self.tty:
             return f"{status['id']}: {text}"
         filled = int(BAR * done / c["total"]) if c["total"] else BAR
         return f"[{'#' * filled}{'.' * (BAR - filled)}] {text}"
 
-    def update(self, status: dict[str, Any]) -> None:
-        text = self.line(status)
+    def update(self, status: dict[str, Any] | None, note: str | None = None) -> None:
+        """Show `status` (None: the last one again, when no new one could be read) with an optional note."""
+        status = status or self.last_status
+        self.last_status = status
+        text = self.line(status, note) if status else (note or "")
+        changed = _gist(note) != _gist(self.last_note)  # another note, not the same one with a new count
+        self.last_note = note
         if self.tty:
             self.out.write("\r\033[K" + text)
             self.out.flush()
-        elif time.monotonic() - self.last_line >= self.every or self.last_line == 0.0:
+        elif changed or time.monotonic() - self.last_line >= self.every or self.last_line == 0.0:
             self.out.write(text + "\n")
             self.out.flush()
             self.last_line = time.monotonic()
@@ -52,3 +127,7 @@ class Progress:
         text = self.line(status)
         self.out.write(("\r\033[K" + text + "\n") if self.tty else (text + "\n"))
         self.out.flush()
+
+
+def _gist(note: str | None) -> str | None:
+    return re.sub(r"\d+", "N", note) if note else None

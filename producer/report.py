@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import redis
 
-from worker import aggregates
+from worker import aggregates, clock
 from worker.pricing import from_pico
 from worker.store import Keys
 
@@ -64,38 +64,31 @@ class Acc:
 
 def build_report(conn: redis.Redis, prefix: str, query: Query) -> dict[str, Any]:
     tz = ZoneInfo(query.timezone)
-    keys = Keys(prefix)
-    low = _epoch(query.since, tz) // 3600 * 3600 if query.since else "-inf"
-    high = f"({_epoch(query.until, tz)}" if query.until else "+inf"
     rows: dict[tuple[str, ...], Acc] = {}
     total, errors = Acc(), {}
     series_day: dict[tuple[str, str], int] = {}
     series_model: dict[str, int] = {}
     rerouted: dict[tuple[str, str], int] = {}
-    for hour, start in conn.zrangebyscore(keys.agg_hours, low, high, withscores=True):
-        hour_key = keys.agg_hour(hour.decode() if isinstance(hour, bytes) else hour)
+    for dims, counter, value, start in _entries(conn, Keys(prefix), query, tz):
+        if not _matches(dims, query):
+            continue
         day = dt.datetime.fromtimestamp(start, tz).date().isoformat()
-        for raw_field, raw_value in conn.hgetall(hour_key).items():
-            dims, counter = aggregates.parse_field(raw_field.decode())
-            if not _matches(dims, query):
-                continue
-            value = int(raw_value)
-            if counter.startswith("err:"):
-                errors[counter[4:]] = errors.get(counter[4:], 0) + value
-                continue
-            key = tuple(_group_value(g, dims, day) for g in query.group_by)
-            rows.setdefault(key, Acc()).add(counter, value)
-            total.add(counter, value)
-            if counter.startswith("cost_"):
-                shown = _model_label(dims)
-                series_day[(day, shown)] = series_day.get((day, shown), 0) + value
-                series_model[shown] = series_model.get(shown, 0) + value
-            if counter == "requests" and dims["model"] != dims["billed_model"]:
-                pair = (dims["model"], dims["billed_model"])
-                rerouted[pair] = rerouted.get(pair, 0) + value
+        if counter.startswith("err:"):
+            errors[counter[4:]] = errors.get(counter[4:], 0) + value
+            continue
+        key = tuple(_group_value(g, dims, day) for g in query.group_by)
+        rows.setdefault(key, Acc()).add(counter, value)
+        total.add(counter, value)
+        if counter.startswith("cost_"):
+            shown = _model_label(dims)
+            series_day[(day, shown)] = series_day.get((day, shown), 0) + value
+            series_model[shown] = series_model.get(shown, 0) + value
+        if counter == "requests" and dims["model"] != dims["billed_model"]:
+            pair = (dims["model"], dims["billed_model"])
+            rerouted[pair] = rerouted.get(pair, 0) + value
     return {
         "schema": "otb.report/1",
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": clock.utcnow().isoformat(timespec="seconds"),
         "timezone": query.timezone,
         "filters": {"batch": query.batch, "model": query.model, "provider": query.provider, "tags": query.tags,
                     "since": query.since.isoformat() if query.since else None,
@@ -114,12 +107,42 @@ def build_report(conn: redis.Redis, prefix: str, query: Query) -> dict[str, Any]
     }
 
 
+def _entries(conn: redis.Redis, keys: Keys, query: Query, tz: ZoneInfo) -> Iterator[tuple[dict[str, Any], str, int, float]]:
+    """(dimensions, counter, value, hour start) of every aggregate in the query's time range.
+
+    A query by batch (`--batch`, `--by batch`) reads the batches' own hashes (they expire with the
+    batch); any other reads the long-lived hourly hashes, which hold no batch id. Fields written
+    before the batch id left the hourly hashes still carry one and count in both kinds of query.
+    """
+    low = _epoch(query.since, tz) // 3600 * 3600 if query.since else float("-inf")
+    high = _epoch(query.until, tz) if query.until else float("inf")
+    by_batch = bool(query.batch) or "batch" in query.group_by
+    for hour, start in conn.zrangebyscore(keys.agg_hours, low, f"({high}", withscores=True):
+        for raw_field, raw_value in conn.hgetall(keys.agg_hour(_text(hour))).items():
+            dims, counter = aggregates.parse_field(_text(raw_field))
+            if not by_batch or dims["batch"] is not None:
+                yield dims, counter, int(raw_value), start
+    if not by_batch:
+        return
+    batches = [query.batch] if query.batch else [_text(b) for b in conn.zrange(keys.batches, 0, -1)]
+    for bid in batches:
+        for raw_field, raw_value in conn.hgetall(keys.batch_agg(bid)).items():
+            hour, dims, counter = aggregates.parse_batch_field(_text(raw_field), bid)
+            start = dt.datetime.strptime(hour, "%Y%m%d%H").replace(tzinfo=dt.timezone.utc).timestamp()
+            if low <= start < high:
+                yield dims, counter, int(raw_value), start
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
 def _epoch(moment: dt.datetime, tz: ZoneInfo) -> int:
     return int((moment if moment.tzinfo else moment.replace(tzinfo=tz)).timestamp())
 
 
 def _matches(dims: dict[str, Any], q: Query) -> bool:
-    if q.batch and dims["batch"] != q.batch:
+    if q.batch and dims["batch"] != q.batch:  # (old hourly fields; a batch's own hash is its own)
         return False
     if q.model and q.model not in (dims["model"], dims["billed_model"]):
         return False
@@ -135,7 +158,7 @@ def _model_label(dims: dict[str, Any]) -> str:
 
 def _group_value(group: str, dims: dict[str, Any], day: str) -> str:
     if group == "batch":
-        return dims["batch"]
+        return dims["batch"] or "(none)"
     if group == "model":
         return _model_label(dims)
     if group == "provider":
@@ -154,19 +177,23 @@ HEAD = ["reqs", "ok", "err", "input", "cache_read", "cache_write", "output", "$ 
         "$ cache_write", "$ output", "$ total"]
 
 
-def _cells(r: dict[str, Any]) -> list[str]:
+ENDED = ("canceled", "expired")  # outcomes that are not errors: shown in their own columns when any occurred
+
+
+def _cells(r: dict[str, Any], ended: list[str]) -> list[str]:
     t, c = r["tokens"], r["cost"]
     output = f"{t['output']}" + (f" ({t['reasoning']} r)" if t["reasoning"] else "")
-    return [str(r["requests"]), str(r["succeeded"]), str(r["errored"] + r["canceled"] + r["expired"]),
+    return [str(r["requests"]), str(r["succeeded"]), str(r["errored"]), *(str(r[k]) for k in ended),
             str(t["input"]), str(t["cache_read"]), str(t["cache_write"]), output,
             c["input"], c["cache_read"], c["cache_write"], c["output"], c["total"]]
 
 
 def render_table(report: dict[str, Any]) -> str:
     groups = report["group_by"]
-    body = [[str(r["group"][g]) for g in groups] + _cells(r) for r in report["rows"]]
-    body.append(["total"] + [""] * (len(groups) - 1) + _cells(report["total"]))
-    out = [format_columns(groups + HEAD, body, separator_before_last=True,
+    ended = [k for k in ENDED if report["total"][k]]
+    body = [[str(r["group"][g]) for g in groups] + _cells(r, ended) for r in report["rows"]]
+    body.append(["total"] + [""] * (len(groups) - 1) + _cells(report["total"], ended))
+    out = [format_columns(groups + HEAD[:3] + ended + HEAD[3:], body, separator_before_last=True,
                           text_columns=frozenset(range(len(groups))))]
     if report["errors"]:
         out.append("errors: " + ", ".join(f"{code} x{n}" for code, n in report["errors"].items()))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from worker import clock
 from worker.registry import Registry, load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,14 +38,28 @@ def _loopback_only() -> None:
     socket.socket.connect_ex = _guarded(_real_connect_ex)  # type: ignore[method-assign]
 
 
+# The day in-process tests run on, whatever the machine's date: the registry's retirements and price
+# changes make results depend on the day. A test about another day pins it with `clock.pinned(...)`.
+# End-to-end tests run real processes on the real date, so they use models with no retirement
+# scheduled (tests/test_dates.py keeps them so).
+SUITE_DAY = "2026-11-27"
+
+
+@pytest.fixture(autouse=True)
+def _suite_day(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("e2e"):
+        yield
+        return
+    with clock.pinned(SUITE_DAY):
+        yield
+
+
 @pytest.fixture(scope="session")
 def registry() -> Registry:
     return load_registry(ROOT / "registry.json")
 
 
 # -- real services -----------------------------------------------------------------------------
-from collections.abc import Iterator  # noqa: E402
-
 import redis  # noqa: E402
 
 from bench.harness import RedisServer, WorkerProcess, free_port, otb, worker_env  # noqa: E402,F401

@@ -25,7 +25,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from producer.batchfile import Limits, read_batch
+from producer.batchfile import BatchTooLarge, Limits, read_batch
 from producer.submit import SubmissionRejected, submit
 from worker.settings import Settings
 
@@ -172,8 +172,6 @@ CASES: list[Case] = [
     # -- limits ------------------------------------------------------------------------------------
     case("line-over-max-line-bytes", [GOOD, j(chat(messages=[{"role": "user", "content": "x" * 300}]))],
          ("line is 38", "bytes; the limit is 200"), line=2, limits=SMALL_LINES),
-    case("more-lines-than-max-lines", [GOOD] * 5, ("too many requests", "at most 3 lines", "split the file"), line=4,
-         limits=FEW_LINES),
     # -- messages ----------------------------------------------------------------------------------
     case("openai-body-without-messages", [j(openai("a", {"model": "google/gemini-3-flash"}))],
          ("body.messages", "Field required"), param="messages"),
@@ -350,10 +348,11 @@ def test_the_line_limits_are_configurable(registry):
     assert parsed.errors == [] and len(parsed.lines) == 2  # ...accepted at 400
     assert read_batch(io.BytesIO(too_long.raw()), registry).errors == []  # and by default (8 MiB)
 
-    too_many = next(c for c in CASES if c.id == "more-lines-than-max-lines")
-    assert [e.number for e in parse(too_many, registry).errors] == [4]
-    assert read_batch(io.BytesIO(too_many.raw()), registry, limits=Limits(max_lines=5)).errors == []
-    assert read_batch(io.BytesIO(too_many.raw()), registry).errors == []
+    too_many = b"".join(GOOD + b"\n" for _ in range(5))  # over the limit: the whole file is refused (test_new_user)
+    with pytest.raises(BatchTooLarge, match="at most 3"):
+        read_batch(io.BytesIO(too_many), registry, limits=FEW_LINES)
+    assert read_batch(io.BytesIO(too_many), registry, limits=Limits(max_lines=5)).errors == []
+    assert read_batch(io.BytesIO(too_many), registry).errors == []
 
 
 def test_a_line_of_exactly_the_limit_is_accepted(registry):

@@ -5,9 +5,11 @@ Token rule under test: tokens(text) = max(1, ceil(len(text) / 4)); JSON is count
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -205,6 +207,81 @@ def test_anthropic_auth_version_and_validation(client: httpx.Client) -> None:
     assert gone.json()["error"] == {"type": "not_found_error", "message": "model: claude-old-1"}
 
 
+def _image(media: str, data: str = "iVBORw0KGgo=") -> dict[str, Any]:
+    return {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
+
+
+def _user(*blocks: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": list(blocks)}]
+
+
+EPHEMERAL, ONE_HOUR = {"type": "ephemeral"}, {"type": "ephemeral", "ttl": "1h"}
+OPEN_OBJECT = {"type": "object", "properties": {"a": {"type": "string"}}}
+CALL = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+LOOKUP = {"name": "f", "input_schema": {"type": "object"}}
+
+
+def _text(text: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "text", "text": text, **extra}
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"system": [_text("")]}, "system.0.text: text content blocks must be non-empty"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": ""}]},
+     "text content blocks must be non-empty"),
+    ({"messages": _user(_text(""), _text("b"))}, "messages.0.content.0.text: text content blocks must be non-empty"),
+    ({"messages": [{"role": "user", "content": "go"}, {"role": "assistant", "content": [CALL]},
+                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                                 "content": [_text("")]}]}]},
+     "messages.2.content.0.content.0.text: text content blocks must be non-empty"),
+    ({"messages": _user(_image("image/jpg"))}, "messages.0.content.0.source.media_type: Input should be"),
+    ({"messages": _user(_image("image/heic"))}, "'image/jpeg', 'image/png', 'image/gif' or 'image/webp'"),
+    ({"messages": _user(_image("image/svg+xml"))}, "media_type"),
+    ({"messages": _user(_image("image/png", "A" * (5 * 1024 * 1024 + 4)))},
+     "image exceeds 5 MB maximum: 5242884 bytes > 5242880 bytes"),
+    ({"messages": _user(_text("a", cache_control={"type": "ephemeral", "scope": "x"}))},
+     "messages.0.content.0.cache_control"),
+    ({"messages": _user(_text("a", cache_control={"type": "ephemeral", "ttl": "2h"}))}, "cache_control"),
+    ({"tools": [{**LOOKUP, "cache_control": {"type": "persistent"}}], "tool_choice": {"type": "none"}},
+     "tools.0.cache_control"),
+    ({"messages": _user(*[_text(f"p{k}", cache_control=EPHEMERAL) for k in range(5)])},
+     "A maximum of 4 blocks with cache_control may be provided. Found 5."),
+    ({"system": [_text("s", cache_control=EPHEMERAL)], "messages": _user(_text("a", cache_control=ONE_HOUR))},
+     "a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block"),
+    ({"stop_sequences": ["END", "\n"]}, "stop_sequences: each stop sequence must contain non-whitespace"),
+    ({"stop_sequences": [""]}, "stop_sequences: each stop sequence must be non-empty"),
+    ({"output_config": {"format": {"type": "json_schema", "schema": OPEN_OBJECT}}},
+     "output_config.format.schema: For 'object' type, 'additionalProperties' must be explicitly set to false"),
+    ({"output_config": {"format": {"type": "json_schema", "schema": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"in": {"type": "array", "items": OPEN_OBJECT}}}}}},
+     "'additionalProperties' must be explicitly set to false"),
+    ({"output_config": {"format": {"type": "json_schema", "schema": {**OPEN_OBJECT, "additionalProperties": True}}}},
+     "'additionalProperties' must be explicitly set to false"),
+    ({"messages": [{"role": "user", "content": "go"}, {"role": "assistant", "content": [{**CALL, "id": "fn.f:0"}]},
+                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "fn.f:0"}]}]},
+     "messages.1.content.0.id: String should match pattern '^[a-zA-Z0-9_-]+$'"),
+    ({"tools": [{"name": "f", "input_schema": {"properties": {}}}]},
+     "tools.0.custom.input_schema.type: Field required"),
+    ({"tools": [{"name": "f", "input_schema": {"type": "array"}}]},
+     "tools.0.custom.input_schema.type: Input should be"),
+])
+def test_anthropic_refuses_what_the_api_refuses(client: httpx.Client, body: dict[str, Any], message: str) -> None:
+    r = messages(client, **body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error" and message in r.json()["error"]["message"]
+
+
+def test_anthropic_accepts_the_valid_neighbours(client: httpx.Client) -> None:
+    ok = [_image(media) for media in ("image/jpeg", "image/png", "image/gif", "image/webp")]
+    assert messages(client, messages=_user(*ok, _text("?"))).status_code == 200
+    four = [_text(f"p{k}", cache_control=ONE_HOUR if k < 2 else EPHEMERAL) for k in range(4)]
+    assert messages(client, messages=_user(*four), stop_sequences=[" END "]).status_code == 200
+    tools = [{**LOOKUP, "cache_control": ONE_HOUR}]
+    system = [_text("s", cache_control={"type": "ephemeral", "ttl": "5m"})]
+    assert messages(client, tools=tools, tool_choice={"type": "none"}, system=system).status_code == 200
+
+
 # -- Gemini ---------------------------------------------------------------------------------------
 def test_gemini_success_with_exact_usage(client: httpx.Client) -> None:
     r = generate(client, systemInstruction={"parts": [{"text": "You are terse."}]})
@@ -365,6 +442,8 @@ def test_random_faults_latency_and_stats() -> None:
             httpx.Client(base_url=emu.url) as c:
         statuses = {messages(c, headers={"anthropic-version": "2023-06-01"}).status_code for _ in range(20)}
         assert statuses <= {500, 503, 529} and len(statuses) > 1
+        assert {generate(c).status_code for _ in range(20)} == {500, 503}  # Gemini has no 529
+        assert emu.stats()["by_status"].keys() <= {"500", "503", "529"}
 
 
 def test_rpm_limit_answers_429_over_a_sliding_minute():
@@ -372,3 +451,20 @@ def test_rpm_limit_answers_429_over_a_sliding_minute():
         codes = [messages(c, headers={"anthropic-version": "2026-10-21"}).status_code for _ in range(5)]
         assert codes == [200, 200, 200, 429, 429]
         assert emu.stats()["rate_limited"] == 2
+
+
+@pytest.mark.parametrize("package", ["worker/emulator", "worker/providers"])
+def test_each_module_reads_in_one_sitting(package: str) -> None:
+    """Issue 9's bound for the wire formats: no module over 400 lines, no function over 60."""
+    paths = sorted((Path(__file__).resolve().parents[1] / package).rglob("*.py"))
+    assert paths, f"{package} is not a package"
+    too_long = []
+    for path in paths:
+        source = path.read_text()
+        lines = source.count("\n")
+        too_long += [f"{path.name}: {lines} lines"] if lines > 400 else []
+        too_long += [f"{path.name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+                     for node in ast.walk(ast.parse(source))
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     and (node.end_lineno or node.lineno) - node.lineno + 1 > 60]
+    assert too_long == []

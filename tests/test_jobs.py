@@ -12,6 +12,7 @@ import pytest
 from producer.client import Client
 from producer.local import drain
 from worker.jobs import process_chunk
+from worker import clock
 from worker.settings import Settings
 from worker.store import Store
 
@@ -272,7 +273,6 @@ def test_a_running_chunk_claims_the_next_ones_and_marks_them_finished(setup):
 
 
 def test_a_claim_whose_runner_died_goes_back_to_the_queue(setup):
-    import time as _time
 
     from worker.recovery import claim_next, queue_for, recover_claimed
 
@@ -284,7 +284,7 @@ def test_a_claim_whose_runner_died_goes_back_to_the_queue(setup):
     assert got is not None and got[1] == bid and len(got[2]) == 3
     assert queue.count == 1 and conn.hexists("otb:claimed", got[0])
     assert recover_claimed(conn, settings) == []  # too young to judge
-    assert recover_claimed(conn, settings, now=_time.time() + settings.lease_ttl * 3) == [got[0]]
+    assert recover_claimed(conn, settings, now=clock.now() + settings.lease_ttl * 3) == [got[0]]
     assert queue.count == 2 and not conn.hexists("otb:claimed", got[0])
     drain(conn, settings)
     assert client.status(bid)["request_counts"]["succeeded"] == 6

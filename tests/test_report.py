@@ -15,6 +15,7 @@ from producer.client import Client
 from producer.control import retry
 from producer.local import drain
 from producer.report import Query, build_report, render_csv, render_table, total_of_lines
+from worker import clock
 from worker.settings import Settings
 
 from .conftest import ROOT
@@ -76,7 +77,7 @@ def test_grouping_and_filters(finished):
     assert Decimal(chat_only["total"]["cost"]["total"]) == total_of_lines(client.results(b))
     google = build_report(conn, "otb", Query(provider="google", batch=a))
     assert all(r["group"]["model"].startswith("google/") for r in google["rows"])
-    day = dt.datetime.now(dt.timezone.utc).date()
+    day = clock.today()
     by_day = build_report(conn, "otb", Query(group_by=["day"], since=dt.datetime.combine(day, dt.time())))
     assert [r["group"]["day"] for r in by_day["rows"]] == [day.isoformat()]
     future = build_report(conn, "otb", Query(since=dt.datetime.combine(day + dt.timedelta(days=2), dt.time())))

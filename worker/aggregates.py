@@ -1,12 +1,18 @@
 """Running cost aggregates, kept in Redis as results are committed, so reports never read every result.
 
-    otb:agg:{YYYYMMDDHH}   HASH  "{batch}␟{model}␟{billed model}␟{tags json}␞{counter}" -> integer
-    otb:agg:hours          ZSET  hour keys scored by the hour's start (unix seconds)
+    otb:agg:{YYYYMMDDHH}   HASH  "{model}␟{billed model}␟{tags json}␞{counter}" -> integer   (OTB_AGGREGATE_TTL)
+    otb:agg:hours          ZSET  hour keys scored by the hour's start (unix seconds), pruned with them
+    otb:batch:{id}:agg     HASH  "{YYYYMMDDHH}␟{model}␟{billed model}␟{tags json}␞{counter}" -> integer
+                                 (one batch's share, expiring with the batch: `--batch`, `--by batch`)
 
 One hash per UTC hour: a report over a time range reads only the hours in it (hour resolution),
-and regroups by day in any time zone. Counters are integers (tokens, requests, pico-dollars), so
-sums are exact. They are updated in the same Lua script that commits the result, so a result and
-its share of the aggregates land together or not at all.
+and regroups by day in any time zone. The long-lived hourly hashes hold no batch id, so they grow
+with the groups (model, billed model, tags), never with the number of batches: an app that submits
+one request per batch leaves nothing behind per request once its batches expire. Counters are
+integers (tokens, requests, pico-dollars), so sums are exact. They are updated in the same Lua
+script that commits the result, so a result and its share of the aggregates land together or not at all.
+
+Fields written before 2026-12 carry the batch id first (`{batch}␟{model}␟...`); parse_field reads both.
 """
 
 from __future__ import annotations
@@ -30,12 +36,12 @@ def hour_of(ts: float) -> tuple[str, int]:
     return dt.datetime.fromtimestamp(start, dt.timezone.utc).strftime("%Y%m%d%H"), start
 
 
-def dims(batch_id: str, line: dict[str, Any]) -> str:
+def dims(line: dict[str, Any]) -> str:
     meta = line.get("meta") or {}
     model = meta.get("model") or "(invalid line)"
     billed = meta.get("billed_model") or model
     tags = json.dumps(meta.get("tags") or {}, sort_keys=True, separators=(",", ":"))
-    return DIM_SEP.join((batch_id, model, billed, tags))
+    return DIM_SEP.join((model, billed, tags))
 
 
 def counters(line: dict[str, Any]) -> dict[str, int]:
@@ -65,17 +71,32 @@ def error_code(line: dict[str, Any]) -> str | None:
     return (body.get("error") or {}).get("code") or "unknown"
 
 
-def increments(batch_id: str, line: dict[str, Any], sign: int = 1) -> list[Any]:
-    """Flat [field, amount, ...] for HINCRBY, for this line's dimensions."""
-    prefix = dims(batch_id, line) + FIELD_SEP
+def increments(line: dict[str, Any], sign: int = 1) -> list[Any]:
+    """Flat [field, amount, ...] for HINCRBY on the hourly hash, for this line's dimensions."""
+    prefix = dims(line) + FIELD_SEP
     flat: list[Any] = []
     for name, value in counters(line).items():
         flat += [prefix + name, sign * value]
     return flat
 
 
-def parse_field(field: str) -> tuple[dict[str, Any], str]:
-    """Back from a hash field to its dimensions and counter name."""
+def batch_field(hour: str, field: str) -> str:
+    """The per-batch hash's field for an hourly field: the hour goes first (the commit script does the same)."""
+    return hour + DIM_SEP + field
+
+
+def parse_field(field: str, batch: str | None = None) -> tuple[dict[str, Any], str]:
+    """Back from an hourly hash field to its dimensions and counter name (`batch` None: not recorded)."""
     dim, counter = field.split(FIELD_SEP, 1)
-    batch, model, billed, tags = dim.split(DIM_SEP, 3)
+    parts = dim.split(DIM_SEP)  # tags are JSON, where a raw separator cannot occur
+    if len(parts) == 4:  # written before the batch id left the hourly hashes
+        batch, parts = parts[0], parts[1:]
+    model, billed, tags = parts
     return {"batch": batch, "model": model, "billed_model": billed, "tags": json.loads(tags)}, counter
+
+
+def parse_batch_field(field: str, batch: str) -> tuple[str, dict[str, Any], str]:
+    """Back from a per-batch hash field to (hour, dimensions, counter)."""
+    hour, rest = field.split(DIM_SEP, 1)
+    dims_, counter = parse_field(rest, batch)
+    return hour, dims_, counter

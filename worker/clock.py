@@ -31,10 +31,13 @@ def today() -> dt.date:
 
 @contextlib.contextmanager
 def pinned(when: dt.datetime | dt.date | str | float) -> Iterator[None]:
-    """Freeze the clock at `when` (a date means its 12:00 UTC) in this process, for tests."""
+    """Start this process's clock at `when` (a date means its 12:00 UTC), for tests.
+
+    The pinned clock keeps ticking from there, so windows and expiries still pass in real time.
+    """
     global _source
-    stamp = _stamp(when)
-    saved, _source = _source, (lambda: stamp)
+    offset = _stamp(when) - time.time()
+    saved, _source = _source, (lambda: time.time() + offset)
     try:
         yield
     finally:

@@ -1,8 +1,10 @@
-"""Redis clients that ride out a Redis restart, and a start-up check of how Redis keeps our data.
+"""Redis clients that ride out a Redis restart, and start-up checks: is Redis there, does it keep our data.
 
 Every command retries on connection errors with capped exponential backoff for about two minutes,
 so a restarting Redis (with AOF on) pauses workers and producers instead of failing their work.
 Retried writes are safe: result commits are once-only (HSETNX) and re-runs skip committed requests.
+That patience is for a Redis that was up and restarts: a Redis that cannot be reached when a
+command starts (wrong URL, not running) is said at once by `ensure_reachable`.
 """
 
 from __future__ import annotations
@@ -10,10 +12,19 @@ from __future__ import annotations
 import ssl
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
+from .errors import ConfigError
+
 RETRIES = 40  # with the backoff below: about two minutes of waiting in all
+BACKOFF_CAP, BACKOFF_BASE = 4.0, 0.05
+PATIENCE = sum(min(BACKOFF_CAP, BACKOFF_BASE * 2**n) for n in range(RETRIES))  # seconds a restart may take
+START_TIMEOUT = 3.0  # seconds to reach Redis at start before saying it cannot be reached
+
+
+class RedisUnreachable(ConfigError):
+    """Redis did not answer when a command started: a wrong URL or a Redis that is not running."""
 
 
 class TransientRetry(Retry):
@@ -38,15 +49,55 @@ def _permanent(error: BaseException) -> bool:
     return "certificate verify failed" in str(error)
 
 
-def connect(url: str) -> redis.Redis:
-    """A client for REDIS_URL (`redis://`, `rediss://`, `unix://`; user:password and ACLs work)."""
+def connect(url: str, *, retries: int = RETRIES) -> redis.Redis:
+    """A client for REDIS_URL (`redis://`, `rediss://`, `unix://`; user:password and ACLs work).
+
+    `retries=0` gives a client that fails at once, for a caller that shows its own retrying.
+    """
     return redis.Redis.from_url(
         url,
-        retry=TransientRetry(ExponentialBackoff(cap=4.0, base=0.05), RETRIES),
+        retry=TransientRetry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE), retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         health_check_interval=15,
         socket_keepalive=True,
     )
+
+
+def mask_url(url: str) -> str:
+    """REDIS_URL for messages and logs: everything before the host (user and password) masked.
+
+    The credentials end at the *last* `@` (as URL parsers read it), so a password that itself holds
+    an `@` is masked whole: `redis://:p@ss@host` -> `redis://***@host`.
+    """
+    if "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+def ensure_reachable(url: str, timeout: float = START_TIMEOUT) -> None:
+    """Ping once, without the restart patience; RedisUnreachable names the server (never the password)."""
+    probe = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                 retry=Retry(NoBackoff(), 0))
+    try:
+        probe.ping()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise RedisUnreachable(f"cannot reach Redis at {server_of(url, probe)}: {exc}") from exc
+    except redis.ResponseError as exc:  # e.g. NOAUTH: the server is there, the login is wrong
+        raise RedisUnreachable(f"Redis at {server_of(url, probe)} refused us: {exc}") from exc
+    finally:
+        probe.close()
+
+
+def server_of(url: str, client: redis.Redis) -> str:
+    """scheme://***@host:port/db (or unix://path) of a client: the URL with its user and password hidden."""
+    kw = client.connection_pool.connection_kwargs
+    scheme = url.split("://", 1)[0]
+    login = "***@" if kw.get("username") or kw.get("password") else ""
+    where = kw["path"] if "path" in kw else f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
+    return f"{scheme}://{login}{where}"
 
 
 def durability_warnings(conn: redis.Redis) -> list[str]:

@@ -24,7 +24,7 @@ import httpx
 import redis
 from pydantic import ValidationError
 
-from . import http
+from . import clock, http
 from . import tokens
 from .errors import BatchClosed, BudgetExceeded, InvalidRequest, MissingApiKey, Parked, ProtocolError, RequestFailed
 from .pricing import cost as price, from_pico, to_pico
@@ -36,7 +36,7 @@ from .registry import ModelSpec, Registry, current_registry
 from .results import error_line, success_line
 from .retry import RetryPolicy
 from .schemas import KIND_BY_URL, ChatRequest, EmbeddingRequest, Usage
-from .settings import KEY_ENV, Settings
+from .settings import Settings
 from .store import Store
 
 log = logging.getLogger("otb.worker")
@@ -76,7 +76,7 @@ def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, Any]:
                                             claim=lambda: claim_next(conn, settings, lease_key)))
     leftover, parked = summary.pop("leftover", {}), summary.pop("parked", {})
     for bid, ids in leftover.items():  # a stopping worker hands its unstarted requests back to the queue
-        jobs = enqueue_chunks(conn, settings, bid, ids, f"continue{int(time.time() * 1000)}")
+        jobs = enqueue_chunks(conn, settings, bid, ids, f"continue{int(clock.now() * 1000)}")
         log.info("stopping: %d requests of %s handed back as %s", len(ids), bid, ", ".join(jobs))
     for bid, items in parked.items():
         park(conn, settings, bid, items)
@@ -251,24 +251,36 @@ async def _drain(pending: list[asyncio.Future[Any]], grace: float) -> None:
 
 
 class BatchGate:
-    """Is the batch still open? Read at most once a second, so cancel and expiry reach running chunks fast."""
+    """Is the batch still open? Read at most once a second, so cancel and expiry reach running chunks fast.
+
+    The completion window is judged on Redis's clock (TIME, read with the status), never this
+    machine's: a worker whose clock runs hours ahead must not expire a batch early, nor one behind late.
+    A batch whose record is gone counts as expired: its requests are not sent (no result could be kept).
+    """
 
     def __init__(self, store: Store, batch_id: str) -> None:
         self.store, self.batch_id = store, batch_id
         self._read_at = -1.0
         self._status: str | None = None
         self._expires_at: float | None = None
+        self._redis_now = 0.0
 
     def closed_code(self) -> str | None:
         now = time.monotonic()
         if now - self._read_at >= 1.0:
-            status, expires = self.store.conn.hmget(self.store.keys.batch(self.batch_id), "status", "expires_at")
+            pipe = self.store.conn.pipeline(transaction=False)
+            pipe.hmget(self.store.keys.batch(self.batch_id), "status", "expires_at")
+            pipe.time()
+            (status, expires), (sec, usec) = pipe.execute()
             self._status = status.decode() if isinstance(status, bytes) else status
             self._expires_at = float(expires) if expires else None
-            self._read_at = now
+            self._redis_now, self._read_at = sec + usec / 1e6, now
+        redis_now = self._redis_now + (now - self._read_at)
+        if self._status is None:  # the record is gone (expired, evicted, lost): nothing to send for
+            return "batch_expired"
         if self._status in ("cancelling", "cancelled"):
             return "batch_cancelled"
-        if self._status == "in_progress" and self._expires_at is not None and time.time() >= self._expires_at:
+        if self._status == "in_progress" and self._expires_at is not None and redis_now >= self._expires_at:
             self._status = self.store.close(self.batch_id, "expiring")  # the window ended: the batch ends expired
         if self._status in ("expiring", "expired"):
             return "batch_expired"
@@ -317,6 +329,7 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: R
     """
     attempts = Attempts()
     meta: dict[str, Any] = {}
+    held = False
     try:
         if record is None:
             raise InvalidRequest(f"request {custom_id!r} is missing from the batch (expired or deleted)")
@@ -335,7 +348,7 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: R
         meta["dropped_params"] = prepared.dropped_params
         if prepared.notes:
             meta["notes"] = prepared.notes
-        _hold_budget(ctx, batch_id, custom_id, spec, kind, record["body"], prepared)
+        held = await _hold_budget(ctx, batch_id, custom_id, spec, kind, record["body"], prepared)
         parsed = await _execute(ctx, adapter, spec, kind, record["body"], prepared, attempts)
         billed = _billed_spec(ctx.registry, spec, parsed)
         meta["billed_model"] = billed.id
@@ -348,7 +361,6 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: R
         # spend is counted even if this commit loses; the commit waits out a Redis that refuses writes
         won = await _store(ctx, batch_id, custom_id, line, "succeeded", costs, _token_counts(parsed.usage),
                            spend_pico=to_pico(charge.total))
-        _release_after_commit(ctx, batch_id, custom_id)
         return "succeeded" if won else "skipped"
     except Parked as park:
         ctx.parked.append((custom_id, park.resume_in, park.reason))
@@ -360,6 +372,9 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: R
             raise  # before the call: _until_done waits for Redis, then starts this request over
         log.exception("request %s/%s failed inside the worker", batch_id, custom_id)
         return await _fail(ctx, batch_id, custom_id, _internal(exc), meta, attempts)
+    finally:
+        if held:  # after the commit, so the cost lands before the hold goes; also when parked or cut off
+            _release_after_commit(ctx, batch_id, custom_id)
 
 
 async def _fail(ctx: Context, batch_id: str, custom_id: str, error: RequestFailed, meta: dict[str, Any],
@@ -370,7 +385,6 @@ async def _fail(ctx: Context, batch_id: str, custom_id: str, error: RequestFaile
     line = error_line(batch_id, custom_id, error, meta)
     outcome = line["meta"]["outcome"]
     won = await _store(ctx, batch_id, custom_id, line, outcome)
-    _release_after_commit(ctx, batch_id, custom_id)
     return outcome if won else "skipped"
 
 
@@ -403,11 +417,12 @@ async def _store(ctx: Context, batch_id: str, custom_id: str, line: dict[str, An
 
 
 def _release_after_commit(ctx: Context, batch_id: str, custom_id: str) -> None:
-    """Free the budget hold; the result is stored, so a Redis error here must not run the request again."""
+    """Free the budget hold; a Redis error here must not run a stored request again: the hold lapses with
+    its holder's lease."""
     try:
         _release_budget(ctx, batch_id, custom_id)
     except redis.RedisError as exc:
-        log.warning("budget hold of %s/%s not released (%s); it expires with the batch", batch_id, custom_id, exc)
+        log.warning("budget hold of %s/%s not released (%s); it lapses with this chunk's lease", batch_id, custom_id, exc)
 
 
 def refused_write(exc: BaseException) -> bool:
@@ -468,26 +483,51 @@ class Writes(Refusals):
                 self.taken()
 
 
-def _hold_budget(ctx: Context, batch_id: str, custom_id: str, spec: ModelSpec, kind: str, body: dict[str, Any],
-                 prepared: Prepared) -> None:
-    """With --max-cost: reserve this call's worst case (its input, all of its output limit) or refuse it."""
+async def _hold_budget(ctx: Context, batch_id: str, custom_id: str, spec: ModelSpec, kind: str,
+                       body: dict[str, Any], prepared: Prepared) -> bool:
+    """With --max-cost: hold this call's worst case (its input, all of its output limit) before sending.
+
+    A call that fits once the calls in flight settle (their holds become their real, usually much
+    smaller, cost) waits for them; only a call that can no longer fit, because what was spent plus
+    its worst case passes the budget, is refused. Returns whether a hold was taken (to release).
+    """
     max_pico = ctx.options.get("max_cost_pico")
     if not max_pico:
-        return
+        return False
     if kind == "chat":
         worst = Usage(input_tokens=tokens.chat_input_tokens(body),
                       output_tokens=output_limit(prepared, spec.rules.max_output_tokens))
     else:
         worst = Usage(input_tokens=tokens.embedding_input_tokens(body))
     worst_cost = price(worst, spec, _today()).total
-    if not ctx.store.reserve(batch_id, custom_id, to_pico(worst_cost), int(max_pico)):
-        raise BudgetExceeded(f"not sent: committed cost plus calls in flight plus this one (up to ${worst_cost}) "
-                             f"would pass the batch budget of ${from_pico(int(max_pico))}")
+    settings = ctx.settings
+    hold_for = (settings.request_timeout + settings.retry_max_wait) * settings.max_attempts + 60
+    lease, pause = _lease_key(ctx.store), 0.02
+    while True:
+        held = await asyncio.to_thread(ctx.store.reserve, batch_id, custom_id, to_pico(worst_cost), int(max_pico),
+                                       lease=lease, hold_for=hold_for)
+        if held == 1:
+            return True
+        if held == 0:
+            raise BudgetExceeded(f"not sent: the cost so far plus this request's worst case (${worst_cost}) "
+                                 f"would pass the batch budget of ${from_pico(int(max_pico))}")
+        closed = ctx.batch.closed_code()
+        if closed:
+            raise BatchClosed(closed)
+        await asyncio.sleep(pause)  # calls in flight hold the rest of the budget: wait for them to settle
+        pause = min(pause * 2, 0.5)
+
+
+def _lease_key(store: Store) -> str:
+    """The lease of the chunk job this process runs: a hold counts only while its holder is alive."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    return store.keys.lease(job.id) if job is not None else ""
 
 
 def _release_budget(ctx: Context, batch_id: str, custom_id: str) -> None:
-    if ctx.options.get("max_cost_pico"):
-        ctx.store.release(batch_id, custom_id)
+    ctx.store.release(batch_id, custom_id)
 
 
 def _prepare(ctx: Context, adapter: Any, spec: ModelSpec, kind: str, body: dict[str, Any]) -> Prepared:
@@ -508,7 +548,7 @@ async def _execute(
 ) -> Parsed:
     key = ctx.settings.api_key(spec.provider)
     if not key:
-        var = KEY_ENV[spec.provider]
+        var = adapter.API_KEY_ENV
         raise MissingApiKey(f"{var} is not set for the worker; export {var} to call {spec.provider} models")
     auth = adapter.auth_headers(key)
     base = ctx.settings.base_url(spec.provider)
@@ -619,4 +659,4 @@ def _batch_options(store: Store, batch_id: str) -> tuple[dict[str, Any], dict[st
 
 
 def _today() -> dt.date:
-    return dt.datetime.now(dt.timezone.utc).date()
+    return clock.today()

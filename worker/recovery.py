@@ -12,6 +12,7 @@ input) ends its open requests as `worker_crashed` and shows up in RQ's failed re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from . import clock
 from .errors import BatchClosed, RequestFailed
 from .results import error_line
 from .settings import Settings
@@ -52,28 +54,29 @@ def chunk_jobs(settings: Settings, bid: str, ids: list[str], tag: str, size: int
     ) for start in range(0, len(ids), size)]
 
 
-def enqueue_chunks(conn: redis.Redis, settings: Settings, bid: str, ids: list[str], tag: str) -> list[str]:
-    """Enqueue `ids` of batch `bid` again (retry, checkpoint, resume) and record the jobs on the batch."""
+def enqueue_chunks(conn: redis.Redis, settings: Settings, bid: str, ids: list[str], tag: str, *,
+                   pipe: Any = None) -> list[str]:
+    """Enqueue `ids` of batch `bid` again (retry, checkpoint, resume, rescue) and record the jobs on the
+    batch; with `pipe`, as part of the caller's transaction."""
     jobs = chunk_jobs(settings, bid, ids, tag)
     store = Store.of(conn, settings)
-    with conn.pipeline() as pipe:
-        queue_for(conn, settings).enqueue_many(jobs, pipeline=pipe)
-        store.add_jobs(pipe, bid, [j.job_id for j in jobs])
-        pipe.execute()
+    with contextlib.nullcontext(pipe) if pipe is not None else conn.pipeline() as p:
+        queue_for(conn, settings).enqueue_many(jobs, pipeline=p)
+        store.add_jobs(p, bid, [j.job_id for j in jobs])
+        if pipe is None:
+            p.execute()
     return [j.job_id for j in jobs]
 
 
 def park(conn: redis.Redis, settings: Settings, bid: str, parked: list[tuple[str, float, str]]) -> None:
     """Set requests aside until the provider will take them (a daily quota, a long cool-down)."""
     store = Store.of(conn, settings)
-    resume_at = time.time() + max(wait for _, wait, _ in parked)
+    resume_at = clock.now() + max(wait for _, wait, _ in parked)
     reason = parked[0][2]
     member = json.dumps({"batch": bid, "ids": [cid for cid, _, _ in parked]})
-    with conn.pipeline() as pipe:
-        pipe.zadd(f"{settings.key_prefix}:parked", {member: resume_at})
-        pipe.hincrby(store.keys.batch(bid), "parked", len(parked))
-        pipe.hset(store.keys.batch(bid), mapping={"parked_until": f"{resume_at:.3f}", "parked_reason": reason})
-        pipe.execute()
+    if store.count_parked(bid, len(parked), resume_at, reason) < 0:
+        return  # the batch is gone: nothing to come back for
+    conn.zadd(f"{settings.key_prefix}:parked", {member: resume_at})
     log.warning("%d requests of %s parked until %s: %s", len(parked), bid,
                 time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(resume_at)), reason)
 
@@ -83,14 +86,13 @@ def resume_parked(conn: redis.Redis, settings: Settings, *, now: float | None = 
     store = Store.of(conn, settings)
     key = f"{settings.key_prefix}:parked"
     resumed = 0
-    for member in conn.zrangebyscore(key, 0, time.time() if now is None else now):
+    for member in conn.zrangebyscore(key, 0, clock.now() if now is None else now):
         if not conn.zrem(key, member):
             continue  # another janitor took it
         entry = json.loads(member)
         bid, ids = entry["batch"], entry["ids"]
-        enqueue_chunks(conn, settings, bid, ids, f"resume{int(time.time() * 1000)}")
-        if conn.hincrby(store.keys.batch(bid), "parked", -len(ids)) <= 0:
-            conn.hdel(store.keys.batch(bid), "parked", "parked_until", "parked_reason")
+        enqueue_chunks(conn, settings, bid, ids, f"resume{int(clock.now() * 1000)}")
+        store.count_parked(bid, -len(ids))
         resumed += len(ids)
     return resumed
 
@@ -131,7 +133,7 @@ def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | Non
     queue = queue_for(conn, settings)
     started = StartedJobRegistry(queue=queue)
     store = Store.of(conn, settings)
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     recovered = []
     for job_id, execution_id in started.get_job_and_execution_ids(cleanup=False):
         if conn.exists(store.keys.lease(job_id)):
@@ -166,20 +168,9 @@ def _give_up(conn: redis.Redis, store: Store, queue: Queue, job: Job, count: int
     error = RequestFailed(
         f"the worker running this request died {count} times (killed or out of memory); not retried further",
         code="worker_crashed", type="api_error", status_code=500)
-    end_open_requests(store, bid, custom_ids, error)
+    end_requests(store, bid, custom_ids, error, "errored")
     job.set_status(JobStatus.FAILED)
     queue.failed_job_registry.add(job, ttl=settings.result_ttl, exc_string="worker died repeatedly")
-
-
-def end_open_requests(store: Store, bid: str, custom_ids: list[str], error: RequestFailed) -> int:
-    """End the requests of `custom_ids` that have no result yet with `error`; returns how many."""
-    done = store.done_ids(bid, custom_ids)
-    try:
-        requests = store.load_requests(bid, [c for c in custom_ids if c not in done])
-    except (ValueError, RecursionError):  # a record no one can read: end it without its model and tags
-        requests = {}
-    return sum(store.commit(bid, cid, error_line(bid, cid, error, _meta_of(store, bid, requests.get(cid))), "errored", {}, {})
-               for cid in custom_ids if cid not in done)
 
 
 # Take the queue's next job for a running chunk to work on too, recording who holds it.
@@ -204,7 +195,7 @@ def claim_next(conn: redis.Redis, settings: Settings, lease_key: str) -> tuple[s
     the claimer dies, the janitor puts it back (recover_claimed). Returns (job id, batch, custom_ids).
     """
     queue = queue_for(conn, settings)
-    raw = conn.eval(_CLAIM, 2, queue.key, claims_key(settings), lease_key, f"{time.time():.3f}")
+    raw = conn.eval(_CLAIM, 2, queue.key, claims_key(settings), lease_key, f"{clock.now():.3f}")
     if not raw:
         return None
     job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -235,7 +226,7 @@ def finish_claimed(conn: redis.Redis, settings: Settings, job_ids: list[str]) ->
 
 def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
     """Claimed chunks whose claimer's lease lapsed go back to the front of the queue."""
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     queue = queue_for(conn, settings)
     back = []
     for raw_id, raw in conn.hgetall(claims_key(settings)).items():
@@ -277,27 +268,94 @@ def close_unstarted(conn: redis.Redis, settings: Settings, bid: str, code: str) 
             custom_ids = list(job.args[1])
         except NoSuchJobError:
             continue
-        error = BatchClosed(code)
-        done = store.done_ids(bid, custom_ids)
-        requests = store.load_requests(bid, [c for c in custom_ids if c not in done])
-        for cid in custom_ids:
-            if cid not in done:
-                meta = _meta_of(store, bid, requests.get(cid))
-                closed += store.commit(bid, cid, error_line(bid, cid, error, meta), _outcome(code), {}, {})
+        closed += end_requests(store, bid, custom_ids, BatchClosed(code), _outcome(code))
         job.set_status(JobStatus.CANCELED)
     return closed
 
 
+def end_requests(store: Store, bid: str, custom_ids: list[str], error: RequestFailed, outcome: str) -> int:
+    """End those of `custom_ids` that have no result yet with `error`, without running them."""
+    done = store.done_ids(bid, custom_ids)
+    try:
+        requests = store.load_requests(bid, [c for c in custom_ids if c not in done])
+    except (ValueError, RecursionError):  # a record no one can read: end them without model and tags
+        requests = {}
+    ended = 0
+    for cid in custom_ids:
+        if cid not in done:
+            meta = _meta_of(store, bid, requests.get(cid))
+            ended += store.commit(bid, cid, error_line(bid, cid, error, meta), outcome, {}, {})
+    return ended
+
+
 def expire_due(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
-    """Batches whose completion window has ended: close them and what has not started."""
+    """Batches whose completion window has ended, on Redis's clock: close them and what has not started."""
     store = Store.of(conn, settings)
-    now = time.time() if now is None else now
+    now = store.redis_now() if now is None else now
     due = [b.decode() if isinstance(b, bytes) else b for b in conn.zrangebyscore(store.keys.deadlines, 0, now)]
     for bid in due:
         if store.close(bid, "expiring") == "expiring":
             close_unstarted(conn, settings, bid, "batch_expired")
         conn.zrem(store.keys.deadlines, bid)
     return due
+
+
+LIVE_JOB = {JobStatus.QUEUED.value, JobStatus.STARTED.value, JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value}
+
+
+def rescue_stranded(conn: redis.Redis, settings: Settings) -> dict[str, int]:
+    """Find requests of unfinished batches that have neither a result nor a live job, and finish them.
+
+    Nothing should leave such requests (retry takes results back and queues their job in one
+    transaction), but an interrupted retry of an earlier version did, and a job lost with Redis data
+    can: without this, the batch would stay `in_progress` or `cancelling` for ever. Requests of a
+    running batch are queued again (at most `max_recoveries` times, then they end `worker_crashed`);
+    those of a closing batch end cancelled or expired at once. One janitor does a round every
+    2 x `lease_ttl`. Returns {batch: requests rescued}.
+    """
+    store = Store.of(conn, settings)
+    if not conn.set(f"{settings.key_prefix}:rescuing", "1", nx=True, px=int(settings.lease_ttl * 2000)):
+        return {}
+    rescued: dict[str, int] = {}
+    for bid in [b.decode() if isinstance(b, bytes) else b for b in conn.zrange(store.keys.open, 0, -1)]:
+        record = store.batch(bid)
+        status = (record or {}).get("status")
+        if status not in ("in_progress", "cancelling", "expiring"):
+            conn.zrem(store.keys.open, bid)  # finished, or gone: nothing to watch
+            continue
+        if int(record.get("parked") or 0) > 0 or _has_live_job(conn, store, bid):
+            continue
+        stranded = store.open_ids(bid)
+        if not stranded or _has_live_job(conn, store, bid):  # again: a retry may have queued a job meanwhile
+            continue
+        rescued[bid] = len(stranded)
+        _finish_stranded(conn, settings, store, bid, status, stranded)
+    return rescued
+
+
+def _has_live_job(conn: redis.Redis, store: Store, bid: str) -> bool:
+    """Does a queued, running or claimed chunk job still carry requests of `bid`?"""
+    job_ids = [j.decode() if isinstance(j, bytes) else j for j in conn.smembers(store.keys.jobs(bid))]
+    pipe = conn.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hget(f"rq:job:{job_id}", "status")
+    return any(s is not None and s.decode() in LIVE_JOB for s in pipe.execute())
+
+
+def _finish_stranded(conn: redis.Redis, settings: Settings, store: Store, bid: str, status: str,
+                     stranded: list[str]) -> None:
+    if status != "in_progress":
+        code = "batch_cancelled" if status == "cancelling" else "batch_expired"
+        end_requests(store, bid, stranded, BatchClosed(code), _outcome(code))
+        return
+    if conn.hincrby(store.keys.batch(bid), "rescues", 1) > settings.max_recoveries:
+        error = RequestFailed(f"no worker ran this request after {settings.max_recoveries} rescues (its job was lost)",
+                              code="worker_crashed", type="api_error", status_code=500)
+        end_requests(store, bid, stranded, error, "errored")
+        return
+    jobs = enqueue_chunks(conn, settings, bid, stranded, f"rescue{int(clock.now() * 1000)}")
+    log.warning("%d requests of %s had neither a result nor a job: queued again as %s", len(stranded), bid,
+                ", ".join(jobs))
 
 
 def _meta_of(store: Store, bid: str, record: dict[str, Any] | None) -> dict[str, Any]:
@@ -328,6 +386,7 @@ class Janitor(threading.Thread):
                 recover_claimed(conn, self.settings)
                 expire_due(conn, self.settings)
                 resume_parked(conn, self.settings)
+                rescue_stranded(conn, self.settings)
             except redis.RedisError as exc:
                 log.warning("janitor: Redis unavailable (%s); retrying", exc)
             except Exception:  # never let the janitor die silently

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import clock
 from .errors import ConfigError, InvalidRequest, ModelNotFound, ModelRetired
 from .ratelimit import RateLimits
 
@@ -202,7 +203,7 @@ class Registry:
         spec = self.models.get(model_id)
         if spec is None:
             raise ModelNotFound(model_id)
-        today = today or dt.datetime.now(dt.timezone.utc).date()
+        today = today or clock.today()
         if spec.is_retired(today):
             lc = spec.lifecycle
             hint = f"; use {lc.replacement} instead" if lc.replacement else ""
@@ -243,12 +244,12 @@ class Registry:
 
     # -- catalog ------------------------------------------------------------------------------
     def callable_models(self, today: dt.date | None = None) -> list[ModelSpec]:
-        today = today or dt.datetime.now(dt.timezone.utc).date()
+        today = today or clock.today()
         return [m for m in self.models.values() if not m.is_retired(today)]
 
     def catalog(self, today: dt.date | None = None) -> dict[str, Any]:
         """`GET /v1/models` shape, prices in effect today (Decimal values)."""
-        today = today or dt.datetime.now(dt.timezone.utc).date()
+        today = today or clock.today()
         data = []
         for m in self.callable_models(today):
             assert m.pricing is not None

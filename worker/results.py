@@ -12,10 +12,10 @@ cancel, expiry).
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from typing import Any
 
+from . import clock
 from .errors import NO_ANSWER_CODES, OUTCOME_BY_CODE, ProtocolError, RequestFailed, TransportError
 from .schemas import Cost, Usage
 
@@ -65,5 +65,5 @@ def _meta(meta: dict[str, Any], outcome: str, usage: Usage | None) -> dict[str, 
     out = {"outcome": outcome, **meta}
     if usage is not None:
         out["usage"] = usage.model_dump()
-    out["completed_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    out["completed_at"] = clock.utcnow().isoformat(timespec="milliseconds")
     return out

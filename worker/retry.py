@@ -10,10 +10,10 @@ from __future__ import annotations
 import email.utils
 from datetime import datetime
 import random
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from . import clock
 from .errors import RequestFailed
 
 
@@ -34,7 +34,7 @@ class RetryPolicy:
         """Seconds to wait after failed try number `attempt` (from 1)."""
         if retry_after is not None and 0 <= retry_after <= self.max_wait:
             return retry_after
-        backoff = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
+        backoff = min(self.base_delay * 2.0 ** (attempt - 1), self.max_delay)
         jitter = 1 - 0.25 * (rng or random).random()  # up to 25% shorter, never longer than the cap
         return backoff * jitter
 
@@ -58,7 +58,7 @@ def retry_after_from_headers(headers: Mapping[str, str], *, now: float | None = 
             parsed = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
-        return max(parsed.timestamp() - (now if now is not None else time.time()), 0.0)
+        return max(parsed.timestamp() - (now if now is not None else clock.now()), 0.0)
 
 
 def parse_duration(value: str) -> float | None:
@@ -74,7 +74,7 @@ def parse_duration(value: str) -> float | None:
 def ratelimit_reset_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """Seconds until the latest `anthropic-ratelimit-*-reset` (RFC 3339) among the limits at zero."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     waits = []
     for name, value in lowered.items():
         if not (name.startswith("anthropic-ratelimit-") and name.endswith("-reset")):

@@ -32,7 +32,7 @@ from rq.serializers import JSONSerializer
 from . import jobs
 from .connection import connect, durability_warnings
 from .errors import ConfigError, OTBError, RequestFailed
-from .recovery import CHUNK_JOB, Janitor, end_open_requests, queue_for
+from .recovery import CHUNK_JOB, Janitor, end_requests, queue_for
 from .registry import current_registry
 from .settings import Settings
 from .store import Store
@@ -89,7 +89,7 @@ class DrainingWorker(Worker):
         error = RequestFailed(f"the worker could not run this request's chunk ({reason}), after RQ's retries; "
                               f"`otb retry {bid}` runs it again", code="chunk_failed", type="api_error", status_code=500)
         try:
-            ended = end_open_requests(Store.of(self.connection, jobs.current_settings()), bid, custom_ids, error)
+            ended = end_requests(Store.of(self.connection, jobs.current_settings()), bid, custom_ids, error, "errored")
         except redis.RedisError as exc:  # left as they are: the janitor re-runs the chunk once its lease lapses
             log.error("chunk %s failed for good and its requests could not be ended: %s", job.id, exc)
             return
@@ -203,7 +203,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> None:
+def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None,
+               logging_level: str = "WARNING") -> None:
     assert settings.redis_url
     conn = connect(settings.redis_url)
     for warning in durability_warnings(conn):
@@ -220,6 +221,6 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     worker = DrainingWorker([queue_for(conn, settings)], connection=conn, serializer=JSONSerializer, name=name,
                             job_monitoring_interval=10, worker_ttl=60, maintenance_interval=30)
     try:
-        worker.work(burst=burst, logging_level="INFO")
+        worker.work(burst=burst, logging_level=logging_level)
     finally:
         janitor.stopped.set()

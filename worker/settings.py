@@ -12,13 +12,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import ConfigError
+from .providers import ADAPTERS
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "registry.json"
-DEFAULT_BASE_URLS = {
-    "anthropic": "https://api.anthropic.com",
-    "google": "https://generativelanguage.googleapis.com",
-}
-KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "google": "GEMINI_API_KEY"}
+# Package data: a symlink to the top-level registry.json in a checkout (the one file people edit),
+# a real copy inside an installed wheel, so `otb` works from any directory without OTB_REGISTRY.
+DEFAULT_REGISTRY = Path(__file__).resolve().parent / "registry.json"
 
 
 @dataclass(frozen=True)
@@ -27,8 +25,8 @@ class Settings:
     registry_path: Path = DEFAULT_REGISTRY
     key_prefix: str = "otb"
     queue_name: str = "otb"
-    anthropic_base_url: str = DEFAULT_BASE_URLS["anthropic"]
-    google_base_url: str = DEFAULT_BASE_URLS["google"]
+    anthropic_base_url: str | None = None  # the older spelling of base_urls["anthropic"], which it beats
+    google_base_url: str | None = None  # likewise for "google"
     api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     concurrency: int = 64  # HTTP calls in flight per worker process
     concurrency_per_model: int = 0  # ... and at most this many to one model (0: no cap of its own)
@@ -47,18 +45,20 @@ class Settings:
     rate_burst: float = 0.05  # share of a minute's limit a bucket holds; the steady pace is the rest
     max_line_bytes: int = 8 * 1024 * 1024  # submission limits
     max_lines: int = 100_000
+    # Provider -> base URL, from each adapter's BASE_URL_ENV (OTB_<PROVIDER>_BASE_URL); unset: its default.
+    base_urls: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
-        keys = {p: env[var] for p, var in KEY_ENV.items() if env.get(var)}
+        keys = {name: env[a.API_KEY_ENV] for name, a in ADAPTERS.items() if env.get(a.API_KEY_ENV)}
+        urls = {name: env[a.BASE_URL_ENV] for name, a in ADAPTERS.items() if env.get(a.BASE_URL_ENV)}
         return cls(
-            redis_url=env.get("REDIS_URL") or None,
+            redis_url=_redis_url(env.get("REDIS_URL") or None),
             registry_path=Path(env.get("OTB_REGISTRY") or DEFAULT_REGISTRY),
             key_prefix=env.get("OTB_KEY_PREFIX", "otb"),
             queue_name=env.get("OTB_QUEUE", "otb"),
-            anthropic_base_url=env.get("OTB_ANTHROPIC_BASE_URL") or DEFAULT_BASE_URLS["anthropic"],
-            google_base_url=env.get("OTB_GOOGLE_BASE_URL") or DEFAULT_BASE_URLS["google"],
+            base_urls=urls,
             api_keys=keys,
             concurrency=_int(env, "OTB_CONCURRENCY", 64),
             concurrency_per_model=_int(env, "OTB_CONCURRENCY_PER_MODEL", 0, allow_zero=True),
@@ -78,7 +78,13 @@ class Settings:
         )
 
     def base_url(self, provider: str) -> str:
-        return {"anthropic": self.anthropic_base_url, "google": self.google_base_url}[provider].rstrip("/")
+        """Where `provider`'s calls go: a URL given for it, else its adapter's default."""
+        named = {"anthropic": self.anthropic_base_url, "google": self.google_base_url}.get(provider)
+        return (named or self.base_urls.get(provider) or ADAPTERS[provider].DEFAULT_BASE_URL).rstrip("/")
+
+    def pointed_at(self, url: str) -> "Settings":
+        """Every provider sent to one base URL (the emulator), whatever was set before."""
+        return replace(self, base_urls=dict.fromkeys(ADAPTERS, url), anthropic_base_url=None, google_base_url=None)
 
     def api_key(self, provider: str) -> str | None:
         return self.api_keys.get(provider)
@@ -91,6 +97,17 @@ class Settings:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_keys"}
         out["api_keys"] = sorted(self.api_keys)
         return out
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_url(url: str | None) -> str | None:
+    """REDIS_URL as given, once it has a scheme redis-py reads (the URL is not echoed: it may hold a password)."""
+    if url is not None and not url.lower().startswith(REDIS_SCHEMES):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix:// "
+                          "(e.g. redis://127.0.0.1:6379/0, rediss://user:password@host:6380/0)")
+    return url
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:

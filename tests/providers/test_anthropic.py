@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from worker import clock
 from worker.errors import InvalidRequest, ProtocolError, UnsupportedParameter, UpstreamError
 from worker.providers import anthropic
 from worker.registry import ModelSpec
@@ -494,8 +496,7 @@ def test_response_format_mapping() -> None:
     rf = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": SCHEMA}}
     b = body(req(response_format=rf, reasoning_effort="high"), OPUS_5, api=NEW_API)
     assert b["output_config"] == {"effort": "high", "format": {"type": "json_schema", "schema": SCHEMA}}
-    assert body(req(response_format={"type": "json_object"}))["output_config"] == {
-        "format": {"type": "json_schema", "schema": {"type": "object"}}}
+    assert "output_config" not in body(req(response_format={"type": "json_object"}))  # see the json_object test
     assert "output_config" not in body(req(response_format={"type": "text"}))
 
 
@@ -685,10 +686,213 @@ def test_non_json_error_body() -> None:
 def test_a_429_without_retry_after_waits_for_the_exhausted_limit_to_reset() -> None:
     import datetime as dt
 
-    soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=20)).isoformat().replace("+00:00", "Z")
-    later = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=50)).isoformat().replace("+00:00", "Z")
+    soon = (clock.utcnow() + dt.timedelta(seconds=20)).isoformat().replace("+00:00", "Z")
+    later = (clock.utcnow() + dt.timedelta(seconds=50)).isoformat().replace("+00:00", "Z")
     headers = {"anthropic-ratelimit-input-tokens-remaining": "0", "anthropic-ratelimit-input-tokens-reset": soon,
                "anthropic-ratelimit-requests-remaining": "120", "anthropic-ratelimit-requests-reset": later}
     body = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
     err = anthropic.parse_error(429, headers, body)
     assert err.retryable and 18 < err.retry_after <= 20  # the input-token limit, not the untouched request limit
+
+
+# -- what the Messages API refuses (issue 8): empty text, images, structured output, caching, stops ---------
+PNG = "iVBORw0KGgo="
+
+
+def image_part(media: str, data: str = PNG, **extra: Any) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{data}"}, **extra}
+
+
+def text_part(text: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "text", "text": text, **extra}
+
+
+def test_empty_system_text_is_skipped_not_joined() -> None:
+    parts = [text_part(""), text_part("Valid"), text_part("")]
+    assert body(req({"role": "system", "content": parts}, {"role": "user", "content": "Q"}))["system"] == "Valid"
+    assert "system" not in body(req({"role": "system", "content": ""}, {"role": "user", "content": "Q"}))
+
+
+def test_empty_mid_conversation_system_turn_is_not_sent() -> None:
+    prepared = prep(req({"role": "user", "content": "U1"}, {"role": "system", "content": ""}), OPUS_55, api=NEW_API)
+    assert prepared.calls[0].json["messages"] == [{"role": "user", "content": "U1"}]
+    system = {"role": "system", "content": [text_part(""), text_part("Be brief.")]}
+    b = body(req({"role": "user", "content": "U1"}, system,
+                 {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"}), OPUS_55, api=NEW_API)
+    assert b["messages"][1] == {"role": "system", "content": "Be brief."}
+
+
+def test_empty_text_part_beside_other_parts_is_skipped() -> None:
+    b = body(req({"role": "user", "content": [text_part(""), image_part("image/png"), text_part("What is it?")]}))
+    assert b["messages"][0]["content"] == [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+        {"type": "text", "text": "What is it?"}]
+
+
+def test_empty_text_inside_a_tool_result_is_skipped() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    history = [{"role": "user", "content": "Go"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    parts = [text_part(""), text_part("42")]
+    listed = body(req(*history, {"role": "tool", "tool_call_id": "call_1", "content": parts}))
+    assert listed["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "call_1", "content": [{"type": "text", "text": "42"}]}]
+    empty = body(req(*history, {"role": "tool", "tool_call_id": "call_1", "content": ""}))
+    assert empty["messages"][2]["content"] == [{"type": "tool_result", "tool_use_id": "call_1"}]
+
+
+def test_a_breakpoint_on_empty_text_is_dropped_with_a_note() -> None:
+    parts = [text_part("Q"), text_part("", cache_control={"type": "ephemeral"})]
+    prepared = prep(req({"role": "user", "content": parts}))
+    assert prepared.calls[0].json["messages"] == [{"role": "user", "content": "Q"}]
+    assert prepared.notes == ["messages[0].content[1]: empty text with cache_control not sent (Anthropic refuses "
+                              "empty text blocks), so that cache breakpoint is gone"]
+
+
+def test_json_object_is_not_sent_and_says_so() -> None:
+    prepared = prep(req(response_format={"type": "json_object"}), OPUS_5, api=NEW_API)
+    assert "output_config" not in prepared.calls[0].json
+    assert prepared.dropped_params == ["response_format"]
+    assert len(prepared.notes) == 1 and "json_object" in prepared.notes[0] and "json_schema" in prepared.notes[0]
+
+
+def test_a_non_strict_schema_gets_additional_properties_false_on_every_object() -> None:
+    item = {"type": "object", "properties": {"id": {"type": "integer"}}}
+    schema = {"type": "object", "properties": {
+        "user": {"type": "object", "properties": {"name": {"type": "string"}}, "additionalProperties": True},
+        "items": {"type": "array", "items": item},
+        "either": {"anyOf": [{"$ref": "#/$defs/point"}, {"type": "null"}]}},
+        "$defs": {"point": {"type": ["object", "null"], "properties": {"x": {"type": "number"}}}}}
+    original = json.loads(json.dumps(schema))
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    prepared = prep(req(response_format=rf), OPUS_5, api=NEW_API)
+    sent = prepared.calls[0].json["output_config"]["format"]["schema"]
+    assert sent["additionalProperties"] is False
+    assert sent["properties"]["user"]["additionalProperties"] is False
+    assert sent["properties"]["items"]["items"]["additionalProperties"] is False
+    assert sent["$defs"]["point"]["additionalProperties"] is False
+    assert sent["properties"]["either"] == schema["properties"]["either"]  # $ref and null: not objects
+    assert schema == original  # the caller's schema is not changed in place
+    assert prepared.notes == ["response_format: additionalProperties: false set on 4 object schemas (schema, "
+                              "schema.properties.user, schema.properties.items.items, schema.$defs.point): Anthropic's "
+                              "structured output requires it; answers still fit your schema"]
+    strict = prep(req(response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}))
+    assert strict.calls[0].json["output_config"]["format"]["schema"] == SCHEMA and strict.notes == []
+
+
+def test_a_map_schema_cannot_be_closed_and_is_refused() -> None:
+    scores = {"type": "object", "additionalProperties": {"type": "number"}}
+    schema = {"type": "object", "properties": {"scores": scores}}
+    with pytest.raises(InvalidRequest) as exc:
+        prep(req(response_format={"type": "json_schema", "json_schema": {"name": "m", "schema": schema}}))
+    assert exc.value.param == "response_format"
+    assert "schema.properties.scores" in exc.value.message and "additionalProperties" in exc.value.message
+
+
+def test_image_jpg_is_sent_as_jpeg_with_a_note() -> None:
+    prepared = prep(req({"role": "user", "content": [image_part("image/jpg"), text_part("?")]}))
+    assert prepared.calls[0].json["messages"][0]["content"][0]["source"]["media_type"] == "image/jpeg"
+    assert prepared.notes == ["messages[0].content[0]: media type image/jpg sent as image/jpeg"]
+
+
+@pytest.mark.parametrize("media", ["image/heic", "image/svg+xml", "image/bmp", "image/tiff"])
+def test_image_media_types_anthropic_refuses_fail_at_submit(media: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        prep(req({"role": "user", "content": [image_part(media)]}))
+    assert exc.value.param == "messages[0].content[0]"
+    assert media in exc.value.message and "image/jpeg, image/png, image/gif, image/webp" in exc.value.message
+
+
+def test_image_over_five_megabytes_of_base64_is_refused() -> None:
+    limit = anthropic.MAX_IMAGE_BASE64
+    assert limit == 5 * 1024 * 1024
+    prep(req({"role": "user", "content": [image_part("image/png", "A" * limit)]}))
+    with pytest.raises(InvalidRequest, match="5 MB") as exc:
+        prep(req({"role": "user", "content": [image_part("image/png", "A" * (limit + 4))]}))
+    assert exc.value.param == "messages[0].content[0]"
+
+
+@pytest.mark.parametrize("cc", [
+    {"type": "persistent"}, {"type": "ephemeral", "ttl": "2h"}, {"type": "ephemeral", "ttl": 300},
+    {"type": "ephemeral", "scope": "global"}, "ephemeral", {},
+])
+def test_invalid_cache_control_is_refused_where_it_stands(cc: Any) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        prep(req({"role": "user", "content": [text_part("Q", cache_control=cc)]}))
+    assert exc.value.param == "messages[0].content[0].cache_control"
+    assert "ephemeral" in exc.value.message and "5m" in exc.value.message
+    tool = {"type": "function", "function": {"name": "f"}, "cache_control": cc}
+    with pytest.raises(InvalidRequest) as exc:
+        prep(req(tools=[tool]))
+    assert exc.value.param == "tools[0].cache_control"
+
+
+def test_valid_cache_control_passes_unchanged() -> None:
+    for cc in ({"type": "ephemeral"}, {"type": "ephemeral", "ttl": "5m"}, {"type": "ephemeral", "ttl": "1h"}):
+        b = body(req({"role": "user", "content": [text_part("Q", cache_control=cc)]}))
+        assert b["messages"][0]["content"][0]["cache_control"] == cc
+
+
+def test_more_than_four_breakpoints_are_refused() -> None:
+    cc = {"type": "ephemeral"}
+    four = [text_part(f"part {k}", cache_control=cc) for k in range(4)]
+    prep(req({"role": "user", "content": four}))
+    tool = {"type": "function", "function": {"name": "f"}, "cache_control": cc}
+    with pytest.raises(InvalidRequest, match="at most 4") as exc:
+        prep(req({"role": "user", "content": four}, tools=[tool]))
+    assert exc.value.param == "cache_control"
+
+
+def test_a_1h_breakpoint_after_a_5m_one_is_refused() -> None:
+    short, long = {"type": "ephemeral"}, {"type": "ephemeral", "ttl": "1h"}
+    tool = {"type": "function", "function": {"name": "f"}, "cache_control": long}
+    system = {"role": "system", "content": [text_part("S", cache_control=short)]}
+    prep(req(system, {"role": "user", "content": "Q"}, tools=[tool]))  # tools come first: 1h then 5m is fine
+    late = {"role": "user", "content": [text_part("Q", cache_control=long)]}
+    with pytest.raises(InvalidRequest, match="1h") as exc:
+        prep(req(system, late))
+    assert exc.value.param == "cache_control"
+
+
+@pytest.mark.parametrize("stop", ["\n", ["END", " \t"], [""]])
+def test_blank_stop_sequences_are_refused_or_dropped(stop: Any) -> None:
+    with pytest.raises(UnsupportedParameter, match="whitespace") as exc:
+        prep(req(stop=stop))
+    assert exc.value.param == "stop"
+    prepared = prep(req(stop=stop), drop=True)
+    kept = [s for s in ([stop] if isinstance(stop, str) else stop) if s.strip()]
+    assert prepared.calls[0].json.get("stop_sequences", []) == kept
+    assert prepared.dropped_params == ["stop"]
+
+
+def test_created_comes_from_the_clock() -> None:
+    with clock.pinned("2026-12-02"):
+        parsed = anthropic.parse_chat(fixture("text_reply.json"), SONNET_45)
+    assert parsed.body["created"] == 1796212800
+
+
+def test_tool_call_ids_anthropic_refuses_are_rewritten_in_pairs() -> None:
+    msgs = tool_loop()
+    msgs[1]["tool_calls"][0]["id"] = "functions.get_weather:0"  # ids from other providers' histories
+    msgs[2]["tool_call_id"] = "functions.get_weather:0"
+    prepared = prep(req(*msgs, tools=TOOLS))
+    b = prepared.calls[0].json
+    sent = b["messages"][1]["content"][1]["id"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", sent) and sent.startswith("functions_get_weather_0_")
+    assert b["messages"][2]["content"][0]["tool_use_id"] == sent
+    assert b["messages"][1]["content"][2]["id"] == "toolu_2"  # valid ids are left alone
+    assert prepared.notes == [f"tool call id 'functions.get_weather:0' sent as '{sent}' (Anthropic takes only "
+                              "letters, digits, '_' and '-' in ids)"]
+    other = anthropic.prepare_chat(req(*msgs[:1]), PLAIN, api_version=OLD_API, drop_unsupported=False)
+    assert other.notes == []
+
+
+def test_tool_parameters_without_type_get_object_and_other_types_are_refused() -> None:
+    loose = {"type": "function", "function": {"name": "f", "parameters": {"properties": {"q": {"type": "string"}}}}}
+    prepared = prep(req(tools=[loose]))
+    assert prepared.calls[0].json["tools"][0]["input_schema"] == {"type": "object",
+                                                                  "properties": {"q": {"type": "string"}}}
+    assert prepared.notes == ["tools[0]: parameters sent with type 'object' (Anthropic requires it)"]
+    array = {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}
+    with pytest.raises(InvalidRequest, match="object") as exc:
+        prep(req(tools=[array]))
+    assert exc.value.param == "tools[0].function.parameters"

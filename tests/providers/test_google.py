@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from worker import clock
 from worker.errors import InvalidRequest, ProtocolError, UnsupportedParameter, UpstreamError
 from worker.providers import google
 from worker.providers.base import UpstreamCall
@@ -525,13 +526,29 @@ def test_tool_use_prompt_tokens_bill_as_input() -> None:
     assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == (90, 40, 12)
 
 
-@pytest.mark.parametrize("reason, finish", [
-    ("SAFETY", "content_filter"), ("RECITATION", "content_filter"), ("SPII", "content_filter"),
-    ("MALFORMED_FUNCTION_CALL", "stop"), ("OTHER", "stop"), (None, "stop"),
-])
+# Every google-genai FinishReason (types.py, HEAD 66807187, 2026-08-21), plus CONTINUATION and ESCALATION
+# (issue 8): an answer cut short is "length", one a filter stopped is "content_filter".
+FINISH_REASONS = {
+    "FINISH_REASON_UNSPECIFIED": "stop", "STOP": "stop", "MAX_TOKENS": "length", "CONTINUATION": "length",
+    "SAFETY": "content_filter", "RECITATION": "content_filter", "LANGUAGE": "content_filter",
+    "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter", "IMAGE_PROHIBITED_CONTENT": "content_filter",
+    "IMAGE_RECITATION": "content_filter", "ESCALATION": "content_filter",
+    "OTHER": "stop", "IMAGE_OTHER": "stop", "NO_IMAGE": "stop",
+    "MALFORMED_FUNCTION_CALL": "stop", "UNEXPECTED_TOOL_CALL": "stop", "TOO_MANY_TOOL_CALLS": "stop",
+}
+
+
+@pytest.mark.parametrize("reason, finish", [*FINISH_REASONS.items(), (None, "stop"), ("SOMETHING_NEW", "stop")])
 def test_finish_reasons(reason: str | None, finish: str) -> None:
     parsed = google.parse_chat(reply({"promptTokenCount": 1}, finish=reason), G3)  # type: ignore[arg-type]
     assert parsed.body["choices"][0]["finish_reason"] == finish
+
+
+def test_created_comes_from_the_clock() -> None:
+    with clock.pinned("2026-12-02"):
+        parsed = google.parse_chat(reply({"promptTokenCount": 1}), G3)
+    assert parsed.body["created"] == 1796212800
 
 
 def test_candidate_without_content_has_no_text() -> None:

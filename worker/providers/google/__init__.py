@@ -1,0 +1,29 @@
+"""Gemini API adapter (generateContent, batchEmbedContents, countTokens). Pure translation, no I/O.
+
+OpenAI-shaped requests go in and `UpstreamCall`s come out. Gemini JSON comes back and becomes
+OpenAI-shaped bodies with normalised `Usage`. The provider's facts live here; the translation in
+`messages.py` (messages -> contents, thought signatures), `request.py` (`prepare_chat`: the parameters),
+`response.py` (`parse_chat`, `parse_error`) and `embeddings.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .embeddings import estimate_tokens, parse_count_tokens, parse_embeddings, prepare_count_tokens, prepare_embeddings
+from .request import prepare_chat
+from .response import parse_chat, parse_error
+
+NAME: Final = "google"
+API_KEY_ENV: Final = "GEMINI_API_KEY"
+BASE_URL_ENV: Final = "OTB_GOOGLE_BASE_URL"
+DEFAULT_BASE_URL: Final = "https://generativelanguage.googleapis.com"
+
+
+def auth_headers(api_key: str) -> dict[str, str]:
+    return {"x-goog-api-key": api_key}
+
+
+__all__ = ["API_KEY_ENV", "BASE_URL_ENV", "DEFAULT_BASE_URL", "NAME", "auth_headers", "estimate_tokens",
+           "parse_chat", "parse_count_tokens", "parse_embeddings", "parse_error", "prepare_chat",
+           "prepare_count_tokens", "prepare_embeddings"]
