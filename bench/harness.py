@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import redis
@@ -176,3 +177,14 @@ def wait_taken_over(conn: redis.Redis, job_id: str, dead: list[int], since: floa
             pass
         time.sleep(0.1)
     return time.monotonic() - since
+
+
+def settle(client: Any, bid: str, timeout: float = 60) -> dict[str, Any]:
+    """The batch's status once it is final, or as it is after `timeout`. Polled: a blocking read of the
+    events stream longer than the client's socket timeout fails instead of waiting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.status(bid)
+        if status["status"] in ("completed", "cancelled", "expired") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
