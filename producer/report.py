@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo
 import redis
 
 from worker import aggregates, clock
+from worker.keys import Keys
 from worker.pricing import from_pico
-from worker.store import Keys
 
 GROUPS = ("batch", "model", "provider", "day", "tag")
 OUTCOMES = ("succeeded", "errored", "canceled", "expired")
