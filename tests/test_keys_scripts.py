@@ -58,3 +58,29 @@ def test_a_name_that_takes_the_rest_must_come_last():
         parse("x.lua", text)
     ok = parse("y.lua", "-- y\n-- KEYS:\n--   batch   one\n--   others...   the rest\nlocal batch = KEYS[1]\n")
     assert ok.order({"batch": "a", "others": ["b", "c"]}) == (["a", "b", "c"], [])
+
+
+def test_one_reading_of_a_line_feeds_the_record_the_aggregates_and_the_spend(registry):
+    """Every token bucket and cost bucket of a committed line lands, once, in the batch record, its
+    spend and the hourly aggregates, from the line alone."""
+    from producer.client import Client
+    from producer.report import Query, build_report
+    from worker.results import success_line
+    from worker.schemas import Cost, Usage
+    from worker.settings import Settings
+
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    client = Client(conn, Settings(registry_path=ROOT / "registry.json"), registry)
+    bid = client.submit([{"custom_id": "a", "model": "google/gemini-3-flash", "messages": [{"role": "user", "content": "x"}]}])
+    usage = Usage(input_tokens=11, cache_read_tokens=7, cache_write_5m_tokens=5, cache_write_1h_tokens=3,
+                  output_tokens=13, reasoning_tokens=2)
+    cost = Cost(input="0.000011", cache_read="0.0000007", cache_write="0.000013", output="0.00013", total="0.0001547")
+    line = success_line(bid, "a", {}, request_id="r", usage=usage, cost=cost, meta={"model": "google/gemini-3-flash"})
+    assert client.store.commit(bid, "a", line, "succeeded")
+    status = client.status(bid)
+    tokens = {"input_tokens": 11, "cache_read_tokens": 7, "cache_write_tokens": 8, "output_tokens": 13, "reasoning_tokens": 2}
+    assert status["usage"] == tokens
+    assert status["cost"] == line["cost"] and status["spent"] == "0.0001547"
+    total = build_report(conn, "otb", Query(group_by=["model"]))["total"]
+    assert total["tokens"] == {name.removesuffix("_tokens"): n for name, n in tokens.items()}
+    assert total["cost"] == line["cost"] and total["succeeded"] == 1

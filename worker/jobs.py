@@ -281,10 +281,8 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
         line = success_line(
             batch_id, custom_id, parsed.body, request_id=parsed.request_id, usage=parsed.usage, cost=charge, meta=meta
         )
-        costs = {name: to_pico(getattr(charge, name)) for name in ("input", "cache_read", "cache_write", "output")}
         # off the event loop, so other calls keep flowing; spend is counted even if this commit loses
-        won = await asyncio.to_thread(ctx.store.commit, batch_id, custom_id, line, "succeeded", costs,
-                                      _token_counts(parsed.usage), spend_pico=to_pico(charge.total))
+        won = await asyncio.to_thread(ctx.store.commit, batch_id, custom_id, line, "succeeded")
         return "succeeded" if won else "skipped"
     except Parked as park:
         ctx.parked.append((custom_id, park.resume_in, park.reason))
@@ -294,7 +292,7 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
         log.info("request %s/%s errored: %s", batch_id, custom_id, error.code)
         line = error_line(batch_id, custom_id, error, meta)
         outcome = line["meta"]["outcome"]
-        won = await asyncio.to_thread(ctx.store.commit, batch_id, custom_id, line, outcome, {}, {})
+        won = await asyncio.to_thread(ctx.store.commit, batch_id, custom_id, line, outcome)
         return outcome if won else "skipped"
     finally:
         if held:  # after the commit, so the cost lands before the hold goes; also when parked or cut off
@@ -454,16 +452,6 @@ def _billed_spec(registry: Registry, spec: ModelSpec, parsed: Parsed) -> ModelSp
         return spec
     other = registry.by_upstream(spec.provider, served)
     return other if other is not None and other.pricing is not None else spec
-
-
-def _token_counts(usage: Usage) -> dict[str, int]:
-    return {
-        "input_tokens": usage.input_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_5m_tokens + usage.cache_write_1h_tokens,
-        "output_tokens": usage.output_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-    }
 
 
 def _batch_options(store: Store, batch_id: str) -> tuple[dict[str, Any], dict[str, str]]:

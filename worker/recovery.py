@@ -278,7 +278,7 @@ def end_requests(store: Store, bid: str, custom_ids: list[str], error: RequestFa
     for cid in custom_ids:
         if cid not in done:
             meta = _meta_of(store, bid, requests.get(cid))
-            ended += store.commit(bid, cid, error_line(bid, cid, error, meta), outcome, {}, {})
+            ended += store.commit(bid, cid, error_line(bid, cid, error, meta), outcome)
     return ended
 
 

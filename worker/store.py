@@ -21,14 +21,11 @@ import redis
 
 from . import aggregates, clock
 from .keys import Keys
-from .pricing import from_pico, normalize
-from .schemas import COST_FIELDS
+from .pricing import COST_BUCKETS, from_pico, normalize
 from .scripts import Scripts
 
 OUTCOMES = ("succeeded", "errored", "canceled", "expired")
 log = logging.getLogger("otb.store")
-
-TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 
 
 class Store:
@@ -142,32 +139,21 @@ class Store:
             out += [cid for cid, res in zip(ids, self.conn.hmget(k.results(bid), ids)) if res is None]
         return out
 
-    def commit(
-        self,
-        bid: str,
-        custom_id: str,
-        line: dict[str, Any],
-        outcome: str,
-        cost_pico: Mapping[str, int],
-        tokens: Mapping[str, int],
-        *,
-        spend_pico: int = 0,
-    ) -> bool:
-        """Store one final result and fold it into the batch aggregates; False if one was already there.
+    def commit(self, bid: str, custom_id: str, line: dict[str, Any], outcome: str) -> bool:
+        """Store one final result and fold it into the batch's sums and the aggregates; False if one
+        was already there.
 
-        `spend_pico` (what the provider billed for this answer) is counted once per answer: a call
-        sent twice is paid twice even though one result is kept, but a commit that the Redis client
-        sends again (a timeout during a Redis pause) is recognised and counted once. A batch whose
-        record is gone (expired, evicted, lost in a restart) is never re-created: False, and a warning.
+        Its figures are read from the line once (aggregates.counters): the batch record, the hourly
+        and the per-batch aggregates and the spend all take them from that one reading. The line's
+        cost is what the provider billed for this answer (zero for an error), counted in `spent`
+        once per answer: a call sent twice is paid twice even though one result is kept, but a
+        commit that the Redis client sends again (a timeout during a Redis pause) is recognised and
+        counted once. A batch whose record is gone (expired, evicted, lost in a restart) is never
+        re-created: False, and a warning.
         """
         assert outcome in OUTCOMES
-        for_record: list[Any] = []
-        for name, value in cost_pico.items():
-            if value:
-                for_record += [f"cost_{name}_pico", value]
-        for name, value in tokens.items():
-            if value:
-                for_record += [name, value]
+        counts = aggregates.counters(line)
+        for_record = [x for name in aggregates.RECORD_COUNTERS if name in counts for x in (name, counts[name])]
         now = _committed_at(line)  # the line's own time decides its hour, here and in `uncommit`
         hour, start = aggregates.hour_of(now)
         text = json.dumps(line, separators=(",", ":"))
@@ -177,8 +163,9 @@ class Store:
             events=k.events(bid), all_events=k.all_events, batch_agg=k.batch_agg(bid), open=k.open,
             answers=k.answers(bid), custom_id=custom_id, line=text, outcome=outcome, ttl=self.ttl,
             now=f"{now:.3f}", n_batch=len(for_record) // 2, hour=hour, hour_start=start,
-            agg_ttl=self.aggregate_ttl, spend=spend_pico, answer=hashlib.sha256(text.encode()).hexdigest()[:20],
-            counters=for_record + aggregates.increments(line))
+            agg_ttl=self.aggregate_ttl, spend=sum(counts.get(c, 0) for c in aggregates.COST_COUNTERS),
+            answer=hashlib.sha256(text.encode()).hexdigest()[:20],
+            counters=for_record + aggregates.increments(line, counts=counts))
         if got == -1:
             log.warning("batch %s is gone (expired after OTB_RESULT_TTL, evicted, or lost in a Redis restart): "
                         "result of %s not stored", bid, custom_id)
@@ -239,8 +226,7 @@ class Store:
             return None
         counts = {name: int(raw.get(name, 0)) for name in ("total", *OUTCOMES)}
         counts["processing"] = max(counts["total"] - sum(counts[o] for o in OUTCOMES), 0)
-        buckets = [n for n in COST_FIELDS if n != "total"]
-        cost = {n: from_pico(int(raw.get(f"cost_{n}_pico", 0))) for n in buckets}
+        cost = {n: from_pico(int(raw.get(f"cost_{n}_pico", 0))) for n in COST_BUCKETS}
         cost["total"] = normalize(sum(cost.values(), Decimal(0)))
         lost = self._lost(bid, counts)
         return {
@@ -254,7 +240,7 @@ class Store:
             "cost": {n: format(v, "f") for n, v in cost.items()},
             "spent": format(from_pico(int(raw.get("spent_pico", 0))), "f"),
             "max_cost": format(from_pico(int(raw["max_cost_pico"])), "f") if raw.get("max_cost_pico") else None,
-            "usage": {n: int(raw.get(n, 0)) for n in TOKEN_FIELDS},
+            "usage": {n: int(raw.get(n, 0)) for n in aggregates.TOKEN_COUNTERS},
             "metadata": json.loads(raw.get("metadata", "{}") or "{}"),
             "parked": {"requests": int(raw["parked"]), "until": _float(raw.get("parked_until")),
                        "reason": raw.get("parked_reason")} if int(raw.get("parked", 0) or 0) > 0 else None,
