@@ -23,7 +23,7 @@ here: they are reached through RQ's API (`Queue`, `Job`, the registries), never 
     {p}:lease:{job}              STRING  held by the process running a chunk
     {p}:claimed                  HASH    job id -> "{claimer's lease key} {unix s}" for claimed chunks
     {p}:recovering:{job}         STRING  one janitor's lock on recovering a chunk
-    {p}:recoveries               HASH    job id -> how often the chunk was recovered
+    {p}:recoveries:{job}         STRING  how often a chunk was recovered; expires `OTB_RESULT_TTL` after the last
     {p}:rescuing                 STRING  one janitor's lock on a round of rescues
     {p}:parked                   ZSET    {"batch", "ids"} of requests set aside, by when they resume
     {p}:rl:{scope}               HASH    a shared rate-limit bucket (model and a hash of the API key)
@@ -113,9 +113,8 @@ class Keys:
     def recovering(self, job_id: str) -> str:
         return f"{self.prefix}:recovering:{job_id}"
 
-    @property
-    def recoveries(self) -> str:
-        return f"{self.prefix}:recoveries"
+    def recoveries(self, job_id: str) -> str:
+        return f"{self.prefix}:recoveries:{job_id}"
 
     @property
     def rescuing(self) -> str:

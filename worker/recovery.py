@@ -153,7 +153,6 @@ def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | Non
         count = _take_for_recovery(conn, store.keys, settings, job_id)
         if count is None:
             continue  # another janitor is on it
-        conn.expire(store.keys.recoveries, settings.result_ttl)
         recovered.append(job_id)
         if count > settings.max_recoveries:
             _give_up(conn, store, queue, job, count, settings)
@@ -166,10 +165,18 @@ def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | Non
 
 
 def _take_for_recovery(conn: redis.Redis, keys: Keys, settings: Settings, job_id: str) -> int | None:
-    """Lock `job_id` for this janitor and count one more recovery of it; None if another janitor has it."""
+    """Lock `job_id` for this janitor and count one more recovery of it; None if another janitor has it.
+
+    The count (`otb:recoveries:{job}`) lives `result_ttl` after the chunk's last recovery: every
+    recovery happens while its batch lives, so a counter outlives its batch by one lifetime at most.
+    """
     if not conn.set(keys.recovering(job_id), "1", nx=True, ex=int(settings.lease_ttl * 2)):
         return None
-    return int(conn.hincrby(keys.recoveries, job_id, 1))
+    with conn.pipeline() as pipe:
+        pipe.incr(keys.recoveries(job_id))
+        pipe.expire(keys.recoveries(job_id), settings.result_ttl)
+        count, _ = pipe.execute()
+    return int(count)
 
 
 def _give_up(conn: redis.Redis, store: Store, queue: Queue, job: Job, count: int, settings: Settings) -> None:
