@@ -28,6 +28,7 @@ here: they are reached through RQ's API (`Queue`, `Job`, the registries), never 
     {p}:parked                   ZSET    {"batch", "ids"} of requests set aside, by when they resume
     {p}:rl:{scope}               HASH    a shared rate-limit bucket (model and a hash of the API key)
     {p}:cool:{scope}             STRING  a shared cool-down of that scope
+    {p}:writable                 STRING  a worker's probe: does Redis take writes again? (10 s)
 """
 
 from __future__ import annotations
@@ -130,3 +131,8 @@ class Keys:
 
     def cooldown(self, scope: str) -> str:
         return f"{self.prefix}:cool:{scope}"
+
+    # -- worker health -------------------------------------------------------------------------
+    @property
+    def writable(self) -> str:
+        return f"{self.prefix}:writable"
