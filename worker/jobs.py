@@ -431,7 +431,7 @@ async def _call(
                 raise
             if scope is not None and ctx.limiter is not None and error.status_code in (429, 529):
                 continue  # the shared cool-down is the wait; acquire() sleeps it out
-            await asyncio.sleep(ctx.policy.delay(tries, error.retry_after))
+            await ctx.policy.pause(tries, error.retry_after)
 
 
 def _cool_down(ctx: Context, scope: Scope | None, error: RequestFailed) -> None:
