@@ -46,6 +46,10 @@ class IdempotencyConflict(OTBError):
     pass
 
 
+class RedisRefused(OTBError):
+    """Redis would not store the batch (full, read-only); nothing of it is left behind."""
+
+
 def submit(
     conn: redis.Redis,
     settings: Settings,
@@ -114,6 +118,8 @@ def submit(
                     return bid
                 except redis.WatchError:
                     continue  # someone submitted with the same key meanwhile: look again
+    except redis.ResponseError as exc:  # full (OOM), read-only, MISCONF: Redis answered, and said no
+        raise _refused(exc) from None
     finally:
         if streamed and not landed:
             _discard(store, bid)  # failed, refused, or another submit took the key: leave nothing behind
@@ -152,6 +158,14 @@ def _stream_requests(conn: redis.Redis, store: Store, bid: str, lines: Iterator[
         if len(batch) >= slice_size:
             _flush(conn, store, bid, batch)
     _flush(conn, store, bid, batch)
+
+
+def _refused(exc: redis.ResponseError) -> RedisRefused:
+    """Why Redis did not take the batch, in one line (what it had taken is discarded by submit)."""
+    full = isinstance(exc, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(exc)
+    why = ("Redis is out of memory (maxmemory reached); free memory or raise maxmemory, then submit again"
+           if full else f"Redis refused the batch: {exc}")
+    return RedisRefused(f"{why}; nothing was enqueued")
 
 
 def _flush(conn: redis.Redis, store: Store, bid: str, batch: list[tuple[str, dict[str, Any]]]) -> None:
