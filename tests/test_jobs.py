@@ -258,8 +258,8 @@ def test_per_model_caps_limit_calls_in_flight(setup, monkeypatch):
     send = httpx.AsyncClient.request
 
     async def counting(self, method, url, **kw):  # type: ignore[no-untyped-def]
-        anthropic = str(url).endswith("/v1/messages")
-        model = kw["json"]["model"] if anthropic else str(url).rsplit("/", 1)[-1].split(":")[0]
+        anthropic = str(url).endswith("/v1/messages")  # its model is in the body; Gemini's in the path
+        model = json.loads(kw["content"])["model"] if anthropic else str(url).rsplit("/", 1)[-1].split(":")[0]
         places = (f"model:{model}", "provider:" + ("anthropic" if anthropic else "google"))
         for place in places:
             in_flight[place] += 1
