@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import redis
-from pydantic import ValidationError
 
 from . import clock, http
 from . import tokens
@@ -36,7 +35,7 @@ from .providers.base import Parsed, Prepared, UpstreamCall, output_limit
 from .registry import ModelSpec, Registry, current_registry
 from .results import error_line, success_line
 from .retry import RetryPolicy
-from .schemas import KIND_BY_URL, ChatRequest, EmbeddingRequest, Usage
+from .schemas import KIND_BY_URL, EmbeddingRequest, Usage, chat_request, embedding_request
 from .settings import Settings
 from .store import Store
 
@@ -529,14 +528,10 @@ def _release_budget(ctx: Context, batch_id: str, custom_id: str) -> None:
 
 def _prepare(ctx: Context, adapter: Any, spec: ModelSpec, kind: str, body: dict[str, Any]) -> Prepared:
     api_version = ctx.registry.api_version(spec.provider)
-    try:
-        if kind == "chat":
-            request = ChatRequest.model_validate(body)
-            drop = bool(ctx.options.get("drop_unsupported_params"))
-            return adapter.prepare_chat(request, spec, api_version=api_version, drop_unsupported=drop)
-        return adapter.prepare_embeddings(EmbeddingRequest.model_validate(body), spec, api_version=api_version)
-    except ValidationError as exc:
-        raise InvalidRequest(f"invalid request body: {exc.errors()[0]['msg']}") from exc
+    if kind == "chat":
+        drop = bool(ctx.options.get("drop_unsupported_params"))
+        return adapter.prepare_chat(chat_request(body), spec, api_version=api_version, drop_unsupported=drop)
+    return adapter.prepare_embeddings(embedding_request(body), spec, api_version=api_version)
 
 
 async def _execute(
@@ -619,7 +614,7 @@ async def _call(
                 raise
             if scope is not None and ctx.limiter is not None and error.status_code in (429, 529):
                 continue  # the shared cool-down is the wait; acquire() sleeps it out
-            await asyncio.sleep(ctx.policy.delay(tries, error.retry_after))
+            await ctx.policy.pause(tries, error.retry_after)
 
 
 def _cool_down(ctx: Context, scope: Scope | None, error: RequestFailed) -> None:
