@@ -26,14 +26,19 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from worker import clock
 from worker.errors import ConfigError
+from worker.keys import Keys
 from worker.ratelimit import Limiter, RateLimits, Scope
 
 from .errors import ApiError
-from .keyspace import ApiKeys, rate_scope
 
 KEY_PREFIX = "sk-otb-"
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a Redis key part and a report tag: no ':'
 NO_AUTH_TENANT = "local"  # the tenant of every request under `otb serve --no-auth`
+
+
+def rate_scope(tenant: str) -> str:
+    """The name of a tenant's request bucket in worker/ratelimit.py (`{p}:rl:tenant:<name>`)."""
+    return f"tenant:{tenant}"
 
 
 def digest(key: str) -> str:
@@ -78,7 +83,7 @@ class KeyStore:
     """Create, list, revoke and look up keys in Redis (sync: the CLI and the server's threads share it)."""
 
     def __init__(self, conn: redis.Redis, prefix: str = "otb") -> None:
-        self.conn, self.keys = conn, ApiKeys(prefix)
+        self.conn, self.keys = conn, Keys(prefix)
 
     def create(self, name: str, *, rpm: int = 0, max_cost: Decimal | None = None,
                webhook_url: str | None = None) -> NewKey:

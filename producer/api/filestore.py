@@ -23,8 +23,8 @@ from typing import Any
 import redis
 
 from worker import clock
+from worker.keys import Keys
 
-from .keyspace import ApiKeys
 
 # Bytes per Redis list element: just under 1 MiB, because jemalloc rounds an allocation of 1 MiB plus
 # Redis's string header up to its next size class (1.25 MiB): 25% more memory than the file.
@@ -135,7 +135,7 @@ class FileStore:
     """One tenant's view is every call's first argument: nothing here reads across tenants."""
 
     def __init__(self, conn: redis.Redis, prefix: str = "otb") -> None:
-        self.conn, self.keys = conn, ApiKeys(prefix)
+        self.conn, self.keys = conn, Keys(prefix)
 
     def writer(self, tenant: str) -> FileWriter:
         return FileWriter(self, tenant)
