@@ -16,7 +16,7 @@ import time
 from decimal import Decimal
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -27,6 +27,7 @@ from worker.store import Store
 from .batchfile import Limits, ParsedBatch, read_batch
 from .control import cancel, retry
 from .local import connect_shared, drain, embedded_redis
+from .options import SubmitOptions
 from .submit import submit
 
 FINAL = ("completed", "cancelled", "expired")
@@ -72,11 +73,12 @@ class Client:
 
     def batches(self, limit: int = 20) -> list[dict[str, Any]]:
         """Status of the newest `limit` batches, newest first (those whose records expired are left out)."""
-        ids = self.conn.zrevrange(self.store.keys.batches, 0, limit - 1)
-        found = (self.store.status(b.decode() if isinstance(b, bytes) else b) for b in ids)
+        ids = cast(list[bytes], self.conn.zrevrange(self.store.keys.batches, 0, limit - 1))
+        found = (self.store.status(_text(b)) for b in ids)
         return [s for s in found if s is not None]
 
     def validate(self, raw_lines: Iterable[bytes], *, drop_unsupported_params: bool = False) -> ParsedBatch:
+        """Check lines without storing anything: every bad one with its reason (as `otb estimate` reads them)."""
         limits = Limits(self.settings.max_line_bytes, self.settings.max_lines)
         return read_batch(raw_lines, self.registry, drop_unsupported=drop_unsupported_params, limits=limits)
 
@@ -94,19 +96,13 @@ class Client:
         """Submit request dicts (either line format) or a JSONL path; returns the batch id.
 
         Raises SubmissionRejected listing every bad line unless `keep_valid`. The same
-        `idempotency_key` with the same requests returns the first batch's id.
+        `idempotency_key` with the same requests returns the first batch's id. The options are
+        those of `SubmitOptions` (BadOption for a value that cannot be used, a negative budget say).
         """
-        if isinstance(requests, (str, Path)):
-            with open(requests, "rb") as fh:
-                parsed = self.validate(fh, drop_unsupported_params=drop_unsupported_params)
-        else:
-            raw = (json.dumps(r).encode() for r in requests)
-            parsed = self.validate(raw, drop_unsupported_params=drop_unsupported_params)
-        return submit(
-            self.conn, self.settings, parsed, keep_valid=keep_valid,
-            drop_unsupported_params=drop_unsupported_params, metadata=metadata,
-            completion_window=completion_window, idempotency_key=idempotency_key, max_cost=max_cost,
-        )
+        options = SubmitOptions(keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
+                                metadata=metadata or {}, completion_window=completion_window,
+                                idempotency_key=idempotency_key, max_cost=max_cost)
+        return submit(self.conn, self.settings, self.registry, _raw_lines(requests), options).batch_id
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
         """Stop unstarted requests (they end `batch_cancelled`); in-flight ones finish. Results are kept."""
@@ -153,13 +149,11 @@ class Client:
             if left is not None and left <= 0:
                 return
             block = 5000 if left is None else max(1, min(int(left * 1000), 5000))
-            for _, entries in self.conn.xread({key: last}, block=block) or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    event = {k.decode(): v.decode() for k, v in fields.items()}
-                    yield event
-                    if event.get("type") == "batch":
-                        return
+            for entry_id, event in next_events(self.conn, key, last, block):
+                last = entry_id
+                yield event
+                if event.get("type") == "batch":
+                    return
             if self.store.batch(batch_id) is None:
                 return  # expired or deleted meanwhile
 
@@ -193,13 +187,37 @@ class Handle:
         line = self.client.store.conn.hget(self.client.store.keys.results(self.batch_id), self.custom_id)
         if line is None:
             raise TimeoutError(f"no result for {self.custom_id} of {self.batch_id} after {timeout} s")
-        return json.loads(line)
+        return dict(json.loads(line))
 
     def status(self) -> dict[str, Any]:
         return self.client.status(self.batch_id)
 
     def cancel(self) -> dict[str, Any]:
         return self.client.cancel(self.batch_id)
+
+
+def next_events(conn: redis.Redis, key: str, after: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+    """A stream's entries after id `after`, waiting up to `block_ms` for the first one, decoded."""
+    found: list[tuple[str, dict[str, str]]] = []
+    read = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], conn.xread({key: after}, block=block_ms))
+    for _, entries in read or []:
+        for entry_id, fields in entries:
+            found.append((_text(entry_id), {_text(k): _text(v) for k, v in fields.items()}))
+    return found
+
+
+def _raw_lines(requests: Iterable[dict[str, Any]] | str | Path) -> Iterator[bytes]:
+    """JSONL bytes from a path (read as it is submitted) or from request dicts."""
+    if isinstance(requests, (str, Path)):
+        with open(requests, "rb") as fh:
+            yield from fh
+    else:
+        for request in requests:
+            yield json.dumps(request).encode()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def write_jsonl(lines: Iterable[dict[str, Any]], out: io.TextIOBase | Any) -> int:
