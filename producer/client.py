@@ -30,7 +30,7 @@ from .local import connect_shared, drain, embedded_redis
 from .options import SubmitOptions
 from .submit import submit
 
-FINAL = ("completed", "cancelled", "expired")
+FINAL = ("completed", "cancelled", "expired", "lost")  # a batch in one of these changes no more on its own
 
 
 class BatchNotFound(LookupError):
@@ -120,15 +120,14 @@ class Client:
             raise BatchNotFound(f"batch {batch_id!r} not found (wrong id, or its records expired)")
         return status
 
-    def wait(self, batch_id: str, *, timeout: float | None = None, poll: float | None = None) -> dict[str, Any]:
+    def wait(self, batch_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Block until the batch is final, woken by its completion event (no polling).
 
-        TimeoutError (with the counts so far) if `timeout` passes. `poll` is accepted for
-        compatibility and ignored.
+        TimeoutError (with the counts so far) if `timeout` passes.
         """
         for event in self.events(batch_id, timeout=timeout):
             if event.get("type") == "batch":
-                return self.status(batch_id)
+                break
         status = self.status(batch_id)
         if status["status"] in FINAL:
             return status
@@ -139,6 +138,9 @@ class Client:
 
         Each is {"type": "request", "custom_id", "outcome"} or {"type": "batch", "batch", "status"}.
         Other languages read the same Redis stream: XREAD BLOCK 0 STREAMS otb:batch:{id}:events 0.
+        A batch event from before a `retry` (the batch is running again) is history, not the end:
+        it is skipped, and the events go on to the batch's real end. Ends too when the batch's
+        record is gone or its status is final without an event (`lost`).
         """
         key = self.store.keys.events(batch_id)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -149,13 +151,21 @@ class Client:
             if left is not None and left <= 0:
                 return
             block = 5000 if left is None else max(1, min(int(left * 1000), 5000))
-            for entry_id, event in next_events(self.conn, key, last, block):
+            read = next_events(self.conn, key, last, block)
+            for entry_id, event in read:
                 last = entry_id
-                yield event
-                if event.get("type") == "batch":
+                if event.get("type") != "batch":
+                    yield event
+                elif self._is_final(batch_id):
+                    yield event
                     return
-            if self.store.batch(batch_id) is None:
-                return  # expired or deleted meanwhile
+            if not read and self._is_final(batch_id, missing=True):
+                return  # quiet, and expired or deleted meanwhile, or final with no event (lost)
+
+    def _is_final(self, batch_id: str, *, missing: bool = False) -> bool:
+        """Whether the batch changes no more (`missing`: what a batch whose record is gone counts as)."""
+        status = self.store.status(batch_id)
+        return missing if status is None else status["status"] in FINAL
 
     def submit_one(self, request: dict[str, Any], *, tags: dict[str, str] | None = None,
                    drop_unsupported_params: bool = False, completion_window: float | None = None,
@@ -180,14 +190,17 @@ class Handle:
         self.client, self.batch_id, self.custom_id = client, batch_id, custom_id
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
-        """The result line (OpenAI batch output + cost), woken by the completion event."""
+        """The result line (OpenAI batch output + cost), woken by the completion event.
+
+        An event for this request whose result is no longer there (taken back by a `retry`) is
+        history: the wait goes on for the next one."""
+        key = self.client.store.keys.results(self.batch_id)
         for event in self.client.events(self.batch_id, timeout=timeout):
             if event.get("custom_id") == self.custom_id or event.get("type") == "batch":
-                break
-        line = self.client.store.conn.hget(self.client.store.keys.results(self.batch_id), self.custom_id)
-        if line is None:
-            raise TimeoutError(f"no result for {self.custom_id} of {self.batch_id} after {timeout} s")
-        return dict(json.loads(line))
+                line = self.client.conn.hget(key, self.custom_id)
+                if line is not None:
+                    return dict(json.loads(line))
+        raise TimeoutError(f"no result for {self.custom_id} of {self.batch_id} after {timeout} s")
 
     def status(self) -> dict[str, Any]:
         return self.client.status(self.batch_id)
@@ -204,6 +217,12 @@ def next_events(conn: redis.Redis, key: str, after: str, block_ms: int) -> list[
         for entry_id, fields in entries:
             found.append((_text(entry_id), {_text(k): _text(v) for k, v in fields.items()}))
     return found
+
+
+def last_event_id(conn: redis.Redis, key: str) -> str:
+    """The id of a stream's newest entry ("0-0" when empty): reading after it gives only what comes next."""
+    newest = cast(list[tuple[bytes, Any]], conn.xrevrange(key, count=1))
+    return _text(newest[0][0]) if newest else "0-0"
 
 
 def _raw_lines(requests: Iterable[dict[str, Any]] | str | Path) -> Iterator[bytes]:
