@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import fakeredis
 import pytest
 
 from producer.client import Client
+from producer.options import BadOption
 from worker.settings import Settings
 
 from .conftest import ROOT
@@ -41,3 +44,10 @@ def test_wait_returns_a_lost_batch_as_final(client):
     status = client.wait(bid, timeout=3)  # before: TimeoutError, `lost` was not final
     assert status["status"] == "lost" and status["lost"]["requests"] == 2
 
+
+
+@pytest.mark.parametrize("options", [{"max_cost": Decimal("-1")}, {"max_cost": Decimal("1e30")}, {"completion_window": 0}])
+def test_the_python_api_refuses_the_option_values_the_cli_refuses(client, options):
+    with pytest.raises(BadOption):  # before: a negative budget was stored, and every request refused
+        client.submit([OK], **options)
+    assert client.conn.keys("*") == []
