@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import redis
@@ -26,9 +27,13 @@ def free_port() -> int:
 
 
 def real_clock_env() -> dict[str, str]:
-    """This environment without libfaketime: redis-server (jemalloc) cannot start under it, and Redis
-    is infrastructure here, not code under test, so it keeps the real clock when the suite runs
-    under `faketime` (README, Testing)."""
+    """This environment without libfaketime, for the processes tests start (README, Testing).
+
+    Under Debian's libfaketime 0.9.10 redis-server (jemalloc) cannot start, and a Python thread's
+    timed wait (`Event.wait(5)`: glibc's sem_clockwait, which it does not intercept) never returns.
+    So when the suite runs under `faketime`, only the test process is shifted; the processes it
+    starts run on the real date, and tests/test_dates.py keeps what they use callable on any date.
+    """
     return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")}
 
 
@@ -89,7 +94,7 @@ class RedisServer:
 
 def worker_env(redis_url: str, emulator_url: str, **extra: str) -> dict[str, str]:
     """The environment of a worker or CLI run against `redis_url` and the emulator (placeholder keys)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTB_", "ANTHROPIC", "GEMINI", "REDIS_URL"))}
+    env = {k: v for k, v in real_clock_env().items() if not k.startswith(("OTB_", "ANTHROPIC", "GEMINI", "REDIS_URL"))}
     env.update(
         REDIS_URL=redis_url,
         OTB_ANTHROPIC_BASE_URL=emulator_url,
@@ -172,3 +177,14 @@ def wait_taken_over(conn: redis.Redis, job_id: str, dead: list[int], since: floa
             pass
         time.sleep(0.1)
     return time.monotonic() - since
+
+
+def settle(client: Any, bid: str, timeout: float = 60) -> dict[str, Any]:
+    """The batch's status once it is final, or as it is after `timeout`. Polled: a blocking read of the
+    events stream longer than the client's socket timeout fails instead of waiting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.status(bid)
+        if status["status"] in ("completed", "cancelled", "expired") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)

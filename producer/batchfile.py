@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,10 @@ OPENAI_LINE_KEYS = {"custom_id", "method", "url", "body"}
 MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_LINES = 100_000
 MAX_CUSTOM_ID = 256
+# Nesting levels a body may have. System.Text.Json stops at 64 by default, serde_json at 128, and Gemini
+# parses request JSON into protobuf (100 levels, struct values counting twice); no real request comes
+# close. A deeper body would also exhaust Python's stack in the worker (deeper there than here).
+MAX_DEPTH = 64
 BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
 EXPECTED = "expected JSONL, one request per line"
@@ -73,6 +78,7 @@ class ParsedBatch:
 class Limits:
     max_line_bytes: int = MAX_LINE_BYTES
     max_lines: int = MAX_LINES
+    max_depth: int = MAX_DEPTH
 
 
 def read_batch(
@@ -166,14 +172,16 @@ def _parse_line(number: int, raw: bytes, limits: Limits) -> Line:
     obj = _json(text)
     if not isinstance(obj, dict):
         raise NotJsonl(f"a line must be a JSON object, got {_json_type(obj)}")
-    if "body" in obj or "url" in obj or "method" in obj:
-        return _openai_line(number, obj)
-    return _short_line(number, obj)
+    line = _openai_line(number, obj) if "body" in obj or "url" in obj or "method" in obj else _short_line(number, obj)
+    if _nests_deeper(line.body, limits.max_depth):
+        raise InvalidRequest(f"the body is nested more than {limits.max_depth} levels deep; "
+                             f"JSON parsers and the providers refuse such input")
+    return line
 
 
 def _json(text: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_no_constants)
+        return json.loads(text, parse_constant=_no_constants, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise NotJsonl(f"invalid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from exc
     except RecursionError:
@@ -184,6 +192,30 @@ def _json(text: str) -> Any:
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (use a number or null)")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as Python reads it, refusing those too large for a double (1e400 would become
+    Infinity, which no JSON encoder will send on)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is out of range (larger than 1.8e308)")
+    return value
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether `value` nests objects/arrays more than `limit` levels (level by level, never recursing)."""
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        inner: list[Any] = []
+        for item in level:
+            children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+            inner.extend(c for c in children if isinstance(c, (dict, list)))
+        level = inner
+    return False
 
 
 def _json_type(obj: Any) -> str:

@@ -49,6 +49,10 @@ class IdempotencyConflict(OTBError):
     pass
 
 
+class RedisRefused(OTBError):
+    """Redis would not store the batch (full, read-only); nothing of it is left behind."""
+
+
 @dataclass
 class Submission:
     """What a submit did: the batch's id, and the refused lines (kept as errored results, to show)."""
@@ -88,6 +92,8 @@ def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines:
         landed_id = _land(conn, store, settings, bid, parsed, options, staging, claim)
         landed = landed_id == bid  # else another submit with the same key won: this one's bodies go
         return Submission(landed_id, parsed.errors)
+    except redis.ResponseError as exc:  # full (OOM), read-only, MISCONF: Redis answered, and said no
+        raise _refused(exc) from None
     finally:
         if staging.staged and not landed:
             _discard(store, bid)  # failed, refused, or another submit took the key: leave nothing behind
@@ -170,6 +176,14 @@ class _Staging:
     def write_rest(self, pipe: Any) -> None:
         """The bodies still in memory, on the landing transaction (which gives all of them the batch's lifetime)."""
         self.store.write_requests(pipe, self.bid, self.pending)
+
+
+def _refused(exc: redis.ResponseError) -> RedisRefused:
+    """Why Redis did not take the batch, in one line (what it had taken is discarded by submit)."""
+    full = isinstance(exc, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(exc)
+    why = ("Redis is out of memory (maxmemory reached); free memory or raise maxmemory, then submit again"
+           if full else f"Redis refused the batch: {exc}")
+    return RedisRefused(f"{why}; nothing was enqueued")
 
 
 def _discard(store: Store, bid: str) -> None:

@@ -112,6 +112,11 @@ CASES: list[Case] = [
     case("json-comment-line", [b"// first request", GOOD], ("invalid JSON", "column 1")),
     case("json-nan-literal", [j(chat("google/gemini-2.5-flash"))[:-1] + b', "temperature": NaN}'], ("NaN",)),
     case("json-nested-too-deep", [GOOD, b"[" * 100_000 + b"]" * 100_000], ("JSON",), line=2),
+    case("body-nested-deeper-than-providers-accept", [GOOD, j(chat())[:-1] + b', "metadata": ' + b"[" * 300 + b"]" * 300 + b"}"],
+         ("nested more than 64 levels",), line=2, forbid=("Recursion",)),
+    case("number-too-large-for-a-double", [j(chat())[:-1] + b', "response_format": {"type": "json_schema", '
+                                           b'"json_schema": {"name": "x", "schema": {"maximum": 1e400}}}}'],
+         ("1e400", "out of range"), forbid=("Infinity",)),
     case("json-integer-over-4300-digits", [j(chat())[:-1] + b', "max_tokens": ' + b"9" * 5000 + b"}"], ("JSON",)),
     # -- wrong top-level types ---------------------------------------------------------------------
     case("top-level-array", [b'[{"model": "google/gemini-3-flash"}]'], ("a line must be a JSON object",)),

@@ -158,7 +158,7 @@ class BudgetExceeded(RequestFailed):
 
 
 OUTCOME_BY_CODE = {"batch_cancelled": "canceled", "batch_expired": "expired"}
-NO_ANSWER_CODES = {"batch_cancelled", "batch_expired", "budget_exceeded", "worker_crashed"}
+NO_ANSWER_CODES = {"batch_cancelled", "batch_expired", "budget_exceeded", "worker_crashed", "chunk_failed", "internal_error"}
 
 
 def type_for_status(status: int) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from .errors import ProtocolError, TransportError
+from .errors import InvalidRequest, ProtocolError, TransportError
 from .providers.base import UpstreamCall
 
 
@@ -41,10 +41,16 @@ def make_client(*, concurrency: int, timeout: float) -> httpx.AsyncClient:
 
 
 async def send(client: httpx.AsyncClient, base_url: str, call: UpstreamCall, auth: dict[str, str]) -> Answer:
-    """POST one call; TransportError for anything that is not an HTTP answer."""
+    """POST one call; TransportError for anything that is not an HTTP answer.
+
+    The body is encoded here, before anything is sent, so that our own encoder failing (a number too
+    large for JSON, a body nested too deeply) ends the request as invalid instead of being retried and
+    reported as the network failing.
+    """
+    content = encode(call.json)
     try:
         response = await client.request(
-            call.method, base_url + call.path, json=call.json, headers={**call.headers, **auth}
+            call.method, base_url + call.path, content=content, headers={**JSON_TYPE, **call.headers, **auth}
         )
         content = await response.aread()
     except httpx.TimeoutException as exc:
@@ -56,6 +62,19 @@ async def send(client: httpx.AsyncClient, base_url: str, call: UpstreamCall, aut
     except Exception as exc:  # aiohttp errors the transport does not map (e.g. payload errors mid-body)
         raise TransportError(f"connection to {base_url} broke: {type(exc).__name__}") from exc
     return Answer(response.status_code, dict(response.headers), content)
+
+
+JSON_TYPE = {"content-type": "application/json"}
+
+
+def encode(body: Any) -> bytes:
+    """The JSON bytes of a call (compact, UTF-8, as httpx would send them); InvalidRequest if impossible."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except RecursionError:
+        raise InvalidRequest("the request cannot be sent: it is nested too deeply to encode as JSON") from None
+    except (ValueError, TypeError) as exc:  # NaN/Infinity (1e400 read as a float), or a value JSON has no form for
+        raise InvalidRequest(f"the request cannot be sent as JSON: {exc}") from None
 
 
 def _really_timed_out(exc: httpx.TimeoutException) -> bool:

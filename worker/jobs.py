@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import threading
@@ -31,7 +32,7 @@ from .ratelimit import Limiter, RateLimits, Scope, load_limits
 from .recovery import Lease, claim_next, enqueue_chunks, finish_claimed, park
 from .providers import ADAPTERS
 from .providers.base import Parsed, Prepared, UpstreamCall, output_limit
-from .registry import ModelSpec, Registry, load_registry
+from .registry import ModelSpec, Registry, current_registry
 from .results import error_line, success_line
 from .retry import RetryPolicy
 from .schemas import KIND_BY_URL, ChatRequest, EmbeddingRequest, Usage
@@ -96,77 +97,144 @@ async def process_chunk(
     boundaries instead of draining to zero. With `drain` set mid-way, nothing new starts, calls in
     flight get `stop_grace` seconds, and the rest is reported as `leftover` (uncommitted, safe to re-run).
     """
-    registry = load_registry(settings.registry_path)  # again: the registry may have changed since submit
-    store = Store.of(conn, settings)
-    summary: dict[str, Any] = {"skipped": 0, "succeeded": 0, "errored": 0}
-    leftover: dict[str, list[str]] = {}
-    stop = drain or threading.Event()
-    contexts: dict[str, Context] = {}
-    claimed: list[str] = []
+    run = ChunkRun(conn, settings, drain or threading.Event())
     async with http.make_client(concurrency=settings.concurrency, timeout=settings.request_timeout) as client:
-        base = Context(settings, registry, store, client, RetryPolicy(settings.max_attempts, max_wait=settings.retry_max_wait),
-                       BatchGate(store, batch_id), limiter=Limiter(conn, settings.key_prefix, settings.rate_burst),
-                       limits=load_limits(settings.limits_path))
-        gate = asyncio.Semaphore(settings.concurrency)
-        waiting = 0  # launched, not yet past the gate
+        run.base = Context(settings, current_registry(settings.registry_path), run.store, client,
+                           RetryPolicy(settings.max_attempts, max_wait=settings.retry_max_wait), BatchGate(run.store, batch_id),
+                           limiter=Limiter(conn, settings.key_prefix, settings.rate_burst),
+                           limits=load_limits(settings.limits_path), writes=Writes(conn, settings.key_prefix))
+        await run.work(batch_id, custom_ids, claim)
+    return run.summary()
 
-        async def one(ctx: Context, bid: str, cid: str, record: dict[str, Any] | None) -> None:
-            nonlocal waiting
-            async with gate:
-                waiting -= 1
-                if stop.is_set():
-                    leftover.setdefault(bid, []).append(cid)
-                    return
-                try:
-                    outcome = await process_request(ctx, bid, cid, record)
-                except asyncio.CancelledError:
-                    leftover.setdefault(bid, []).append(cid)  # cut off by the stop grace: runs again later
-                    raise
-                summary[outcome] = summary.get(outcome, 0) + 1
 
-        def launch(bid: str, ids: list[str]) -> list[asyncio.Task[None]]:
-            nonlocal waiting
-            ctx = contexts.get(bid) or contexts.setdefault(bid, _batch_context(base, store, bid))
-            done = store.done_ids(bid, ids)
-            summary["skipped"] += len(done)
-            todo = [cid for cid in ids if cid not in done]
-            records = store.load_requests(bid, todo)
-            waiting += len(todo)
-            return [asyncio.ensure_future(one(ctx, bid, cid, records[cid])) for cid in todo]
+class ChunkRun:
+    """One chunk job's run: its own requests and those of the chunks it claims, on one event loop.
 
-        tasks = launch(batch_id, custom_ids)
-        running: dict[str, list[asyncio.Task[None]]] = {}  # claimed job id -> its tasks
-        claim_until = time.monotonic() + settings.job_timeout / 2  # stay well inside RQ's job timeout
+    A finished request is forgotten at once: one run may claim chunk after chunk for half an hour, and
+    keeping every task (as this once did) grew a work horse by ~0.8 KB per request and made each pass
+    over them slower. Only counts per claimed job are kept.
+    """
+
+    def __init__(self, conn: redis.Redis, settings: Settings, stop: threading.Event) -> None:
+        self.conn, self.settings, self.stop = conn, settings, stop
+        self.store = Store.of(conn, settings)
+        self.base: Context
+        self.counts: dict[str, int] = {"skipped": 0, "succeeded": 0, "errored": 0}
+        self.leftover: dict[str, list[str]] = {}
+        self.contexts: dict[str, Context] = {}
+        self.pending: set[asyncio.Future[None]] = set()
+        self.open_of: dict[str | None, int] = {}  # claimed job id (None: the chunk itself) -> requests not done
+        self.finished: list[str] = []  # claimed jobs whose requests are all done, not yet marked so
+        self.waiting = 0  # launched, not yet past the concurrency gate
+        self.gate = asyncio.Semaphore(settings.concurrency)
+        self.changed = asyncio.Event()
+
+    async def work(self, batch_id: str, custom_ids: list[str],
+                   claim: Callable[[], tuple[str, str, list[str]] | None] | None) -> None:
+        self.launch(None, batch_id, custom_ids)
+        claim_until = time.monotonic() + self.settings.job_timeout / 2  # stay well inside RQ's job timeout
         quiet_until = 0.0
         while True:
-            pending = [t for t in tasks if not t.done()]
-            if stop.is_set() and pending:
-                await _drain(pending, settings.stop_grace)
+            self.changed.clear()
+            if self.stop.is_set() and self.pending:
+                await _drain(list(self.pending), self.settings.stop_grace)
                 break
-            finished = [job_id for job_id, its in running.items() if all(t.done() for t in its)]
-            if finished:  # a claimed chunk is done: say so now, not when this whole run ends
-                await asyncio.to_thread(finish_claimed, conn, settings, finished)
-                for job_id in finished:
-                    del running[job_id]
+            if self.finished:  # a claimed chunk is done: say so now, not when this whole run ends
+                done, self.finished = self.finished, []
+                await asyncio.to_thread(finish_claimed, self.conn, self.settings, done)
             now = time.monotonic()
-            if claim and waiting == 0 and len(pending) < settings.concurrency and not stop.is_set() \
-                    and now < claim_until and now >= quiet_until:
+            if claim and self.waiting == 0 and len(self.pending) < self.settings.concurrency \
+                    and not self.stop.is_set() and now < claim_until and now >= quiet_until:
                 got = await asyncio.to_thread(claim)
                 if got is not None:
-                    running[got[0]] = launch(got[1], got[2])
-                    tasks += running[got[0]]
+                    self.launch(*got)
                     continue
                 quiet_until = now + 0.5  # the queue is empty: do not ask on every tick
-            if not pending and not running:
+            if not self.pending and not self.finished:
                 break
-            if pending:
-                await asyncio.wait(pending, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
-        await asyncio.gather(*tasks, return_exceptions=True)
-        claimed = list(running)  # handed back or cut off by a stop: finished by run_chunk
-    summary["leftover"] = leftover
-    summary["parked"] = {bid: ctx.parked for bid, ctx in contexts.items() if ctx.parked}
-    summary["claimed"] = claimed
-    return summary
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), 0.05)
+        await asyncio.gather(*self.pending, return_exceptions=True)
+
+    def launch(self, job_id: str | None, bid: str, ids: list[str]) -> None:
+        """Start the open requests of `ids`; a request already committed is skipped, never called again."""
+        ctx = self.contexts.get(bid) or self.contexts.setdefault(bid, _batch_context(self.base, self.store, bid))
+        done = self.store.done_ids(bid, ids)
+        self.counts["skipped"] += len(done)
+        todo = [cid for cid in ids if cid not in done]
+        records = _load_records(self.store, bid, todo)
+        self.open_of[job_id] = len(todo)
+        self.waiting += len(todo)
+        for cid in todo:
+            task = asyncio.ensure_future(self.one(ctx, bid, cid, records[cid]))
+            self.pending.add(task)
+            task.add_done_callback(functools.partial(self._landed, job_id))
+        if not todo:
+            self._landed(job_id, None)
+
+    def _landed(self, job_id: str | None, task: asyncio.Future[None] | None) -> None:
+        if task is not None:
+            self.pending.discard(task)
+            self.open_of[job_id] -= 1
+        if self.open_of[job_id] <= 0:
+            del self.open_of[job_id]
+            if job_id is not None:
+                self.finished.append(job_id)
+        self.changed.set()
+
+    async def one(self, ctx: "Context", bid: str, cid: str, record: "Record") -> None:
+        async with self.gate:
+            self.waiting -= 1
+            if self.stop.is_set():
+                self.leftover.setdefault(bid, []).append(cid)
+                return
+            try:
+                outcome = await _until_done(ctx, bid, cid, record)
+            except asyncio.CancelledError:
+                self.leftover.setdefault(bid, []).append(cid)  # cut off by the stop grace: runs again later
+                raise
+            except Exception:  # not even its error could be stored: say so; a re-run of the chunk retries it
+                log.exception("request %s/%s has no result", bid, cid)
+                outcome = "unstored"
+            self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        """Counts by outcome, plus what run_chunk must still do: hand back, park, mark claimed chunks done."""
+        return {**self.counts, "leftover": self.leftover,
+                "parked": {bid: ctx.parked for bid, ctx in self.contexts.items() if ctx.parked},
+                "claimed": [job for job in self.open_of if job is not None] + self.finished}
+
+
+Record = dict[str, Any] | RequestFailed | None  # a stored request, why it cannot be read, or None if it is gone
+
+
+def _load_records(store: Store, bid: str, ids: list[str]) -> dict[str, Record]:
+    """The stored requests; one that cannot be decoded (nested too deeply, not JSON) fails only itself."""
+    try:
+        return dict(store.load_requests(bid, ids))
+    except (ValueError, RecursionError):
+        pass
+    records: dict[str, Record] = {}
+    for cid in ids:
+        try:
+            records.update(store.load_requests(bid, [cid]))
+        except (ValueError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
+            records[cid] = InvalidRequest(f"the stored request cannot be read ({reason}); it was not sent")
+    return records
+
+
+async def _until_done(ctx: "Context", batch_id: str, custom_id: str, record: Record) -> str:
+    """process_request, started over when Redis refused a write before anything was paid (a commit
+    after a paid call retries on its own, in _store). New calls wait while Redis refuses writes."""
+    while True:
+        await ctx.writes.ready()
+        try:
+            return await process_request(ctx, batch_id, custom_id, record)
+        except redis.RedisError as exc:
+            if not refused_write(exc):
+                raise
+            ctx.writes.refused(exc)
 
 
 def _batch_context(base: "Context", store: Store, batch_id: str) -> "Context":
@@ -227,6 +295,7 @@ class Context:
     client: httpx.AsyncClient
     policy: RetryPolicy
     batch: BatchGate
+    writes: "Writes"  # does Redis take writes? shared by every request of the run
     options: dict[str, Any] = field(default_factory=dict)
     limiter: Limiter | None = None
     limits: dict[str, RateLimits] = field(default_factory=dict)
@@ -249,16 +318,23 @@ class Attempts:
     count: int = 0
 
 
-async def process_request(ctx: Context, batch_id: str, custom_id: str, record: dict[str, Any] | None) -> str:
+async def process_request(ctx: Context, batch_id: str, custom_id: str, record: Record) -> str:
     """Run one request to a final, committed result. Returns its outcome, or 'skipped' if another
     execution committed it first (the chunk skipped committed requests at its start; the commit is
-    once-only, so no per-request check is needed on this hot path)."""
+    once-only, so no per-request check is needed on this hot path).
+
+    Whatever goes wrong ends this request alone, with a clear error: nothing a request holds can fail
+    its chunk and the other requests in it. The one exception is Redis refusing a write before the
+    call (_until_done waits and starts over; nothing was paid yet).
+    """
     attempts = Attempts()
     meta: dict[str, Any] = {}
     held = False
     try:
         if record is None:
             raise InvalidRequest(f"request {custom_id!r} is missing from the batch (expired or deleted)")
+        if isinstance(record, RequestFailed):
+            raise record
         meta["model"] = record["body"].get("model")
         meta["tags"] = {**ctx.tags, **(record.get("tags") or {})}
         closed = ctx.batch.closed_code()
@@ -282,23 +358,129 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: d
             batch_id, custom_id, parsed.body, request_id=parsed.request_id, usage=parsed.usage, cost=charge, meta=meta
         )
         costs = {name: to_pico(getattr(charge, name)) for name in ("input", "cache_read", "cache_write", "output")}
-        # off the event loop, so other calls keep flowing; spend is counted even if this commit loses
-        won = await asyncio.to_thread(ctx.store.commit, batch_id, custom_id, line, "succeeded", costs,
-                                      _token_counts(parsed.usage), spend_pico=to_pico(charge.total))
+        # spend is counted even if this commit loses; the commit waits out a Redis that refuses writes
+        won = await _store(ctx, batch_id, custom_id, line, "succeeded", costs, _token_counts(parsed.usage),
+                           spend_pico=to_pico(charge.total))
         return "succeeded" if won else "skipped"
     except Parked as park:
         ctx.parked.append((custom_id, park.resume_in, park.reason))
         return "parked"
     except RequestFailed as error:
-        meta["attempts"] = attempts.count
-        log.info("request %s/%s errored: %s", batch_id, custom_id, error.code)
-        line = error_line(batch_id, custom_id, error, meta)
-        outcome = line["meta"]["outcome"]
-        won = await asyncio.to_thread(ctx.store.commit, batch_id, custom_id, line, outcome, {}, {})
-        return outcome if won else "skipped"
+        return await _fail(ctx, batch_id, custom_id, error, meta, attempts)
+    except Exception as exc:
+        if isinstance(exc, redis.RedisError) and refused_write(exc):
+            raise  # before the call: _until_done waits for Redis, then starts this request over
+        log.exception("request %s/%s failed inside the worker", batch_id, custom_id)
+        return await _fail(ctx, batch_id, custom_id, _internal(exc), meta, attempts)
     finally:
         if held:  # after the commit, so the cost lands before the hold goes; also when parked or cut off
-            _release_budget(ctx, batch_id, custom_id)
+            _release_after_commit(ctx, batch_id, custom_id)
+
+
+async def _fail(ctx: Context, batch_id: str, custom_id: str, error: RequestFailed, meta: dict[str, Any],
+                attempts: "Attempts") -> str:
+    """Commit the request's error as its result."""
+    meta["attempts"] = attempts.count
+    log.info("request %s/%s errored: %s", batch_id, custom_id, error.code)
+    line = error_line(batch_id, custom_id, error, meta)
+    outcome = line["meta"]["outcome"]
+    won = await _store(ctx, batch_id, custom_id, line, outcome)
+    return outcome if won else "skipped"
+
+
+def _internal(exc: Exception) -> RequestFailed:
+    """Our own failure on one request, as one clear line (never retried: it would fail the same way)."""
+    if isinstance(exc, RecursionError):
+        return InvalidRequest("the request is nested too deeply to process")
+    return RequestFailed(f"the worker failed on this request: {type(exc).__name__}: {exc}",
+                         code="internal_error", type="api_error", status_code=500)
+
+
+async def _store(ctx: Context, batch_id: str, custom_id: str, line: dict[str, Any], outcome: str,
+                 costs: dict[str, int] | None = None, counts: dict[str, int] | None = None, *, spend_pico: int = 0) -> bool:
+    """Commit a result (off the event loop). While Redis refuses the write, keep the line and try again:
+    a result is done only once stored, and dropping it would lose a paid answer and leave its batch open."""
+    delay = 0.2
+    while True:
+        try:
+            won = await asyncio.to_thread(ctx.store.commit, batch_id, custom_id, line, outcome, costs or {}, counts or {},
+                                          spend_pico=spend_pico)
+        except redis.RedisError as exc:
+            if not refused_write(exc):
+                raise
+            ctx.writes.refused(exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        ctx.writes.taken()
+        return won
+
+
+def _release_after_commit(ctx: Context, batch_id: str, custom_id: str) -> None:
+    """Free the budget hold; a Redis error here must not run a stored request again: the hold lapses with
+    its holder's lease."""
+    try:
+        _release_budget(ctx, batch_id, custom_id)
+    except redis.RedisError as exc:
+        log.warning("budget hold of %s/%s not released (%s); it lapses with this chunk's lease", batch_id, custom_id, exc)
+
+
+def refused_write(exc: BaseException) -> bool:
+    """Redis will take this write later, unchanged: it is full (maxmemory), read-only, loading, cannot
+    persist (MISCONF) or cannot be reached."""
+    return isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
+                            redis.exceptions.BusyLoadingError, redis.ConnectionError, redis.TimeoutError)) \
+        or str(exc).startswith(("MISCONF", "OOM"))
+
+
+class Refusals:
+    """Tells the log that Redis refuses writes (once a minute at most: near its memory limit it flaps
+    between refusing and taking them) and, at INFO, when it takes them again."""
+
+    def __init__(self, waiting: str) -> None:
+        self.waiting = waiting  # what we do meanwhile, for the message
+        self.since: float | None = None
+        self._said = -60.0
+
+    def refused(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if now - self._said >= 60:
+            self._said = now
+            log.error("Redis refuses writes (%s: %s): %s", type(exc).__name__, exc, self.waiting)
+
+    def taken(self) -> None:
+        if self.since is not None:
+            log.info("Redis takes writes again after %.1f s", time.monotonic() - self.since)
+            self.since = None
+
+
+class Writes(Refusals):
+    """Does Redis take writes? Once one is refused, no new call starts until a write succeeds again:
+    an answer that cannot be stored is paid for nothing. One waiter at a time probes with a tiny SET."""
+
+    def __init__(self, conn: redis.Redis, prefix: str) -> None:
+        super().__init__("no new calls until it takes them again; answers in hand wait to be stored")
+        self.conn, self.probe_key = conn, f"{prefix}:writable"
+        self._probing = asyncio.Lock()
+
+    async def ready(self) -> None:
+        """Return at once while writes work; otherwise once a probe write succeeds."""
+        delay = 0.2
+        while self.since is not None:
+            async with self._probing:
+                if self.since is None:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                try:
+                    await asyncio.to_thread(self.conn.set, self.probe_key, "1", px=10_000)
+                except redis.RedisError as exc:
+                    if not refused_write(exc):
+                        raise
+                    continue
+                self.taken()
 
 
 async def _hold_budget(ctx: Context, batch_id: str, custom_id: str, spec: ModelSpec, kind: str,
@@ -387,7 +569,10 @@ async def _execute(
         token_count = await _count_tokens(ctx, adapter, spec, request, base, auth)
         parsed = adapter.parse_embeddings(answers, request, spec, token_count=token_count)
     if ctx.limiter is not None:  # the estimate becomes the real count for the shared buckets
-        ctx.limiter.correct(scope, need[0], parsed.usage.prompt_tokens, need[1], parsed.usage.output_tokens)
+        try:
+            ctx.limiter.correct(scope, need[0], parsed.usage.prompt_tokens, need[1], parsed.usage.output_tokens)
+        except redis.RedisError as exc:  # paid already: the request must not start over for an estimate
+            log.warning("rate-limit buckets of %s not corrected: %s", spec.id, exc)
     return parsed
 
 
@@ -413,6 +598,7 @@ async def _call(
     """
     tries = 0
     while True:
+        await ctx.writes.ready()  # no call while its answer could not be stored
         if scope is not None and ctx.limiter is not None:
             ahead = await ctx.limiter.acquire(scope, need[0], need[1], max_wait=ctx.policy.max_wait)
             if ahead:

@@ -121,8 +121,9 @@ class Lease:
 
     def _refresh(self) -> None:
         while not self._stop.wait(self.ttl / 3):
-            try:
-                self.conn.set(self.key, self.owner, px=int(self.ttl * 1000))
+            try:  # PEXPIRE needs no memory, so a full Redis (maxmemory, noeviction) keeps the lease alive
+                if not self.conn.pexpire(self.key, int(self.ttl * 1000)):
+                    self.conn.set(self.key, self.owner, px=int(self.ttl * 1000))
             except redis.RedisError as exc:  # Redis restarting: try again next tick
                 log.warning("lease %s not refreshed: %s", self.key, exc)
 
@@ -275,7 +276,10 @@ def close_unstarted(conn: redis.Redis, settings: Settings, bid: str, code: str) 
 def end_requests(store: Store, bid: str, custom_ids: list[str], error: RequestFailed, outcome: str) -> int:
     """End those of `custom_ids` that have no result yet with `error`, without running them."""
     done = store.done_ids(bid, custom_ids)
-    requests = store.load_requests(bid, [c for c in custom_ids if c not in done])
+    try:
+        requests = store.load_requests(bid, [c for c in custom_ids if c not in done])
+    except (ValueError, RecursionError):  # a record no one can read: end them without model and tags
+        requests = {}
     ended = 0
     for cid in custom_ids:
         if cid not in done:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import json
+import logging
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +24,9 @@ from .ratelimit import RateLimits
 Provider = Literal["anthropic", "google"]
 Kind = Literal["chat", "embedding"]
 PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
+MAX_PRICE = Decimal(1_000_000)  # USD per 1M tokens: far above any real price, well inside exact arithmetic
+
+log = logging.getLogger("otb.registry")
 
 
 class _Strict(BaseModel):
@@ -30,9 +35,18 @@ class _Strict(BaseModel):
 
 def _exact(v: Any) -> Decimal:
     """Prices are exact decimals with at most 6 places (so costs are whole pico-dollars)."""
-    d = Decimal(str(v))
+    if isinstance(v, bool):
+        raise ValueError(f"a price must be a number, got {json.dumps(v)}")
+    try:
+        d = Decimal(str(v))
+    except ArithmeticError:
+        raise ValueError(f"a price must be a decimal number, got {json.dumps(v, default=str)[:40]}") from None
+    if not d.is_finite():
+        raise ValueError(f"a price must be a finite number, got {v}")
     if d < 0:
         raise ValueError("a price cannot be negative")
+    if d >= MAX_PRICE:
+        raise ValueError(f"a price must be below {MAX_PRICE} USD per 1M tokens, got {v}")
     if d != d.quantize(Decimal("0.000001")):
         raise ValueError("a price may have at most 6 decimal places")
     return d
@@ -260,17 +274,66 @@ def load_registry(path: str | Path) -> Registry:
     """Read and validate a registry file; ConfigError names the bad entry and field."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal, parse_constant=_no_constant)
     except FileNotFoundError as exc:
         raise ConfigError(f"registry file {path} does not exist (set OTB_REGISTRY)") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise ConfigError(f"registry file {path} cannot be read: {exc.strerror or exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"registry file {path} is not valid JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError, and so is NaN
         raise ConfigError(f"registry file {path} is not valid JSON: {exc}") from exc
     return parse_registry(raw, source=str(path))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+# path -> (file stamp, registry): the last registry that loaded, for current_registry()
+_last_good: dict[str, tuple[tuple[int, int, int] | None, Registry]] = {}
+_reported: dict[str, tuple[int, int, int] | None] = {}  # path -> stamp of the broken file already reported
+
+
+def current_registry(path: str | Path) -> Registry:
+    """The registry in `path` as it is now, read again only when the file changed.
+
+    If it no longer loads (a half-written file, a bad edit), the last good one stays in use and this
+    says so once per broken version: work goes on instead of every chunk failing. With no good one
+    loaded yet, the ConfigError is raised (a worker refuses to start on a broken registry).
+    """
+    key, stamp = str(path), _stamp(path)
+    held = _last_good.get(key)
+    if held is not None and stamp is not None and held[0] == stamp:
+        return held[1]
+    try:
+        registry = load_registry(path)
+    except ConfigError as exc:
+        if held is None:
+            raise
+        if _reported.get(key, ()) != stamp:
+            _reported[key] = stamp
+            log.error("%s; keeping the last good registry until the file is fixed", exc)
+        return held[1]
+    if _reported.pop(key, ()) != ():
+        log.warning("registry %s loads again: using it", key)
+    _last_good[key] = (stamp, registry)
+    return registry
+
+
+def _stamp(path: str | Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def parse_registry(raw: Any, *, source: str = "<registry>") -> Registry:
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), list):
         raise ConfigError(f"{source}: expected an object with a 'models' list")
+    if not isinstance(raw.get("providers") or {}, dict):
+        raise ConfigError(f"{source}: 'providers' must be an object of provider name -> settings")
     try:
         providers = {k: ProviderConfig.model_validate(v) for k, v in (raw.get("providers") or {}).items()}
     except ValidationError as exc:
@@ -301,4 +364,4 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(entry)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{loc}: {err['msg']}{more}"
+    return f"{loc}: {err['msg'].removeprefix('Value error, ')}{more}"

@@ -5,6 +5,12 @@
   A second SIGTERM is RQ's cold shutdown.
 - A janitor thread re-enqueues chunks whose worker died (lease lapsed) and expires batches past
   their completion window (recovery.py), so recovery needs no one to act.
+- Only this project's job functions run: RQ would import and call whatever a job names (a JSON job
+  naming `os.system` ran), so anyone with write access to Redis could run code here.
+- A chunk that fails for good (RQ's retries spent on an exception or on a work horse that keeps
+  dying) ends its open requests as `chunk_failed`, so its batch finishes instead of waiting forever.
+- A Redis that refuses writes (maxmemory reached, read-only, MISCONF) pauses the worker; it used to
+  kill it. The registry file is read again before each chunk; a broken file keeps the last good one.
 """
 
 from __future__ import annotations
@@ -12,19 +18,37 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
+import time
+from typing import Any
 
+import redis
 from rq import Worker
+from rq.exceptions import DeserializationError, StopRequested
+from rq.job import Job
+from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
 from . import jobs
 from .connection import connect, durability_warnings
-from .recovery import Janitor, queue_for
+from .errors import ConfigError, OTBError, RequestFailed
+from .recovery import CHUNK_JOB, Janitor, end_requests, queue_for
+from .registry import current_registry
 from .settings import Settings
+from .store import Store
 
 log = logging.getLogger("otb.worker")
 
+JOB_FUNCTIONS = frozenset({CHUNK_JOB})  # everything a worker of this project will run
+
+
+class NameTaken(OTBError):
+    """Another live worker has the name asked for."""
+
 
 class DrainingWorker(Worker):
+    refusals = jobs.Refusals("the worker waits for it (nothing is lost; free memory or raise maxmemory)")
+
     def setup_work_horse_signals(self) -> None:
         """In the horse: SIGTERM means "drain", never "die mid-request"."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -39,6 +63,145 @@ class DrainingWorker(Worker):
             except ProcessLookupError:
                 pass
 
+    # -- what runs ------------------------------------------------------------------------------
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        refusal = refusal_of(job)
+        if refusal is not None:
+            log.error("job %s refused, not run: %s", job.id, refusal)
+            job.retries_left = 0
+            self.handle_job_failure(job, queue, exc_string=f"refused by otb worker: {refusal}",
+                                    execution=self.prepare_execution(job))
+            return
+        current_registry(jobs.current_settings().registry_path)  # the horse inherits it: read here, once
+        super().execute_job(job, queue)
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
+                           execution: Any = None) -> None:
+        final = not job.should_retry and self._stopped_job_id != job.id and refusal_of(job) is None
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        if final:
+            self._end_failed_chunk(job, exc_string)
+
+    def _end_failed_chunk(self, job: Job, exc_string: str) -> None:
+        """RQ gave up on the chunk: its requests without a result end with the reason, not silence."""
+        bid, custom_ids = job.args[0], list(job.args[1])
+        reason = _last_line(exc_string) or "unknown error"
+        error = RequestFailed(f"the worker could not run this request's chunk ({reason}), after RQ's retries; "
+                              f"`otb retry {bid}` runs it again", code="chunk_failed", type="api_error", status_code=500)
+        try:
+            ended = end_requests(Store.of(self.connection, jobs.current_settings()), bid, custom_ids, error, "errored")
+        except redis.RedisError as exc:  # left as they are: the janitor re-runs the chunk once its lease lapses
+            log.error("chunk %s failed for good and its requests could not be ended: %s", job.id, exc)
+            return
+        log.error("chunk %s failed for good (%s): %d open requests of %s ended as chunk_failed", job.id, reason, ended, bid)
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+        """Say which chunk lost its work horse, how, and what happens next (RQ says only "terminated")."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        peak = f"; it peaked at {rusage.ru_maxrss // 1024} MB" if rusage is not None else ""
+        nxt = (f"RQ runs the chunk again ({job.retries_left} retries left)" if job.should_retry
+               else "its open requests end as chunk_failed")
+        log.error("chunk %s (%s): its work horse (pid %s) %s%s; %s", job.id, job.description, retpid,
+                  _death(ret_val), peak, nxt)
+
+    # -- a Redis that refuses writes pauses the worker, never kills it ----------------------------
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            return super().heartbeat(timeout, pipeline)
+        self._tolerating(super().heartbeat, timeout)
+
+    def maintain_heartbeats(self, job: Job, execution: Any) -> None:
+        self._tolerating(super().maintain_heartbeats, job, execution)
+
+    def register_death(self) -> None:
+        self._tolerating(super().register_death)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        while True:
+            try:
+                result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except redis.ResponseError as exc:  # taking a job off the queue is a write
+                if not jobs.refused_write(exc):
+                    raise
+                self.refusals.refused(exc)
+                if self._stop_requested:
+                    raise StopRequested() from exc
+                time.sleep(2)
+                continue
+            self.refusals.taken()
+            return result
+
+    def _tolerating(self, write: Any, *args: Any) -> None:
+        try:
+            write(*args)
+        except redis.ResponseError as exc:
+            if not jobs.refused_write(exc):
+                raise
+            self.refusals.refused(exc)
+            return
+        self.refusals.taken()
+
+
+def refusal_of(job: Job) -> str | None:
+    """Why this worker will not run `job`, or None for one of this project's chunk jobs."""
+    try:
+        name = job.func_name
+    except DeserializationError:
+        return "its data is not JSON (this worker reads JSON jobs only)"
+    if name not in JOB_FUNCTIONS:
+        return f"it names {name!r}, which is not a job of this project (allowed: {', '.join(sorted(JOB_FUNCTIONS))})"
+    callbacks = [n for n in (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name) if n]
+    if callbacks:
+        return f"it names callbacks ({', '.join(callbacks)}); this project's jobs have none"
+    args = job.args
+    if len(args) != 2 or not isinstance(args[0], str) or not isinstance(args[1], list) or job.kwargs:
+        return "its arguments are not (batch id, [custom ids])"
+    return None
+
+
+def _death(status: int | None) -> str:
+    if status is not None and os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        name = signal.Signals(number).name if number in signal.valid_signals() else "?"
+        why = ", as the kernel's out-of-memory killer or `kill -9` does" if number == signal.SIGKILL else ""
+        return f"was killed by {name} (signal {number}){why}"
+    if status is not None and os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)} before the chunk finished (see the lines above)"
+    return f"ended unexpectedly (wait status {status})"
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].rstrip(";").strip() if lines else ""
+
+
+def claim_name(conn: redis.Redis, name: str) -> None:
+    """Free `--name` if the worker that had it died on this machine (RQ refuses it for up to 2 minutes
+    after a crash); refuse it in one line if a live worker has it."""
+    key = Worker.redis_worker_namespace_prefix + name
+    info = {k.decode(): v.decode() for k, v in conn.hgetall(key).items()}
+    if not info or "death" in info:
+        return
+    host, pid = info.get("hostname", "?"), int(info.get("pid") or 0)
+    if host == socket.gethostname() and pid and not _alive(pid):
+        log.warning("worker name %r was left by a worker that died (pid %d); taking it over", name, pid)
+        conn.delete(key)
+        for registry in [Worker.redis_workers_keys, *(f"{Worker.redis_workers_keys}:{q}" for q in info.get("queues", "").split(",") if q)]:
+            conn.srem(registry, key)
+        return
+    raise NameTaken(f"a worker named {name!r} is already running (pid {pid} on {host}); choose another --name"
+                    + ("" if host == socket.gethostname() else "; if it crashed, the name is free within 2 minutes"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None,
                logging_level: str = "WARNING") -> None:
@@ -46,6 +209,12 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     conn = connect(settings.redis_url)
     for warning in durability_warnings(conn):
         log.warning(warning)
+    try:
+        current_registry(settings.registry_path)
+    except ConfigError as exc:
+        raise ConfigError(f"cannot start: {exc}") from exc
+    if name:
+        claim_name(conn, name)
     jobs.configure(settings)
     janitor = Janitor(lambda: connect(settings.redis_url or ""), settings)
     janitor.start()

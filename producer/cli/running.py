@@ -24,6 +24,7 @@ DEMO_OPTIONS = SubmitOptions(keep_valid=True, metadata={"source": "demo"})
 @click.option("--concurrency", type=click.IntRange(1, 10_000), help="HTTP calls in flight per process (default 64, OTB_CONCURRENCY).")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--name", help="Worker name (default: RQ's).")
+@friendly
 def worker(concurrency: int | None, burst: bool, name: str | None) -> None:
     """Run an RQ worker (JSON serializer) that processes batch chunks concurrently."""
     from worker.rqworker import run_worker

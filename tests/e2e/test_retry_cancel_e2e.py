@@ -17,6 +17,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from bench.harness import settle as final_status  # polled: after a retry the stream holds the earlier end event
 from producer.client import Client
 from producer.control import cancel
 from worker.registry import Registry
@@ -59,16 +60,6 @@ def orphans(conn: redis.Redis, bid: str) -> list[str]:
         if job.get_status() in LIVE:
             open_ids -= set(job.args[1])
     return sorted(open_ids)
-
-
-def final_status(client: Client, bid: str, timeout: float = 60) -> dict:
-    """Poll until the batch is final (after a retry its stream already holds the earlier end event)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = client.status(bid)
-        if status["status"] in ("completed", "cancelled", "expired") or time.monotonic() > deadline:
-            return status
-        time.sleep(0.2)
 
 
 def start_retry(env: dict[str, str], bid: str) -> subprocess.Popen:
