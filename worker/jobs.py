@@ -22,11 +22,11 @@ from typing import Any
 
 import httpx
 import redis
-from pydantic import ValidationError
 
 from . import clock, http
 from . import tokens
 from .errors import BatchClosed, BudgetExceeded, InvalidRequest, MissingApiKey, Parked, ProtocolError, RequestFailed
+from .keys import Keys
 from .pricing import cost as price, from_pico, to_pico
 from .ratelimit import Limiter, RateLimits, Scope, load_limits
 from .recovery import Lease, claim_next, enqueue_chunks, finish_claimed, park
@@ -35,7 +35,7 @@ from .providers.base import Parsed, Prepared, UpstreamCall, output_limit
 from .registry import ModelSpec, Registry, current_registry
 from .results import error_line, success_line
 from .retry import RetryPolicy
-from .schemas import KIND_BY_URL, ChatRequest, EmbeddingRequest, Usage
+from .schemas import KIND_BY_URL, EmbeddingRequest, Usage, chat_request, embedding_request
 from .settings import Settings
 from .store import Store
 
@@ -357,10 +357,8 @@ async def process_request(ctx: Context, batch_id: str, custom_id: str, record: R
         line = success_line(
             batch_id, custom_id, parsed.body, request_id=parsed.request_id, usage=parsed.usage, cost=charge, meta=meta
         )
-        costs = {name: to_pico(getattr(charge, name)) for name in ("input", "cache_read", "cache_write", "output")}
         # spend is counted even if this commit loses; the commit waits out a Redis that refuses writes
-        won = await _store(ctx, batch_id, custom_id, line, "succeeded", costs, _token_counts(parsed.usage),
-                           spend_pico=to_pico(charge.total))
+        won = await _store(ctx, batch_id, custom_id, line, "succeeded")
         return "succeeded" if won else "skipped"
     except Parked as park:
         ctx.parked.append((custom_id, park.resume_in, park.reason))
@@ -396,15 +394,13 @@ def _internal(exc: Exception) -> RequestFailed:
                          code="internal_error", type="api_error", status_code=500)
 
 
-async def _store(ctx: Context, batch_id: str, custom_id: str, line: dict[str, Any], outcome: str,
-                 costs: dict[str, int] | None = None, counts: dict[str, int] | None = None, *, spend_pico: int = 0) -> bool:
+async def _store(ctx: Context, batch_id: str, custom_id: str, line: dict[str, Any], outcome: str) -> bool:
     """Commit a result (off the event loop). While Redis refuses the write, keep the line and try again:
     a result is done only once stored, and dropping it would lose a paid answer and leave its batch open."""
     delay = 0.2
     while True:
         try:
-            won = await asyncio.to_thread(ctx.store.commit, batch_id, custom_id, line, outcome, costs or {}, counts or {},
-                                          spend_pico=spend_pico)
+            won = await asyncio.to_thread(ctx.store.commit, batch_id, custom_id, line, outcome)
         except redis.RedisError as exc:
             if not refused_write(exc):
                 raise
@@ -462,7 +458,7 @@ class Writes(Refusals):
 
     def __init__(self, conn: redis.Redis, prefix: str) -> None:
         super().__init__("no new calls until it takes them again; answers in hand wait to be stored")
-        self.conn, self.probe_key = conn, f"{prefix}:writable"
+        self.conn, self.probe_key = conn, Keys(prefix).writable
         self._probing = asyncio.Lock()
 
     async def ready(self) -> None:
@@ -532,14 +528,10 @@ def _release_budget(ctx: Context, batch_id: str, custom_id: str) -> None:
 
 def _prepare(ctx: Context, adapter: Any, spec: ModelSpec, kind: str, body: dict[str, Any]) -> Prepared:
     api_version = ctx.registry.api_version(spec.provider)
-    try:
-        if kind == "chat":
-            request = ChatRequest.model_validate(body)
-            drop = bool(ctx.options.get("drop_unsupported_params"))
-            return adapter.prepare_chat(request, spec, api_version=api_version, drop_unsupported=drop)
-        return adapter.prepare_embeddings(EmbeddingRequest.model_validate(body), spec, api_version=api_version)
-    except ValidationError as exc:
-        raise InvalidRequest(f"invalid request body: {exc.errors()[0]['msg']}") from exc
+    if kind == "chat":
+        drop = bool(ctx.options.get("drop_unsupported_params"))
+        return adapter.prepare_chat(chat_request(body), spec, api_version=api_version, drop_unsupported=drop)
+    return adapter.prepare_embeddings(embedding_request(body), spec, api_version=api_version)
 
 
 async def _execute(
@@ -622,7 +614,7 @@ async def _call(
                 raise
             if scope is not None and ctx.limiter is not None and error.status_code in (429, 529):
                 continue  # the shared cool-down is the wait; acquire() sleeps it out
-            await asyncio.sleep(ctx.policy.delay(tries, error.retry_after))
+            await ctx.policy.pause(tries, error.retry_after)
 
 
 def _cool_down(ctx: Context, scope: Scope | None, error: RequestFailed) -> None:
@@ -640,16 +632,6 @@ def _billed_spec(registry: Registry, spec: ModelSpec, parsed: Parsed) -> ModelSp
         return spec
     other = registry.by_upstream(spec.provider, served)
     return other if other is not None and other.pricing is not None else spec
-
-
-def _token_counts(usage: Usage) -> dict[str, int]:
-    return {
-        "input_tokens": usage.input_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_5m_tokens + usage.cache_write_1h_tokens,
-        "output_tokens": usage.output_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-    }
 
 
 def _batch_options(store: Store, batch_id: str) -> tuple[dict[str, Any], dict[str, str]]:
