@@ -11,43 +11,22 @@ import errno
 import json
 import logging
 import socket
-from collections.abc import Callable
 from decimal import Decimal
-from functools import wraps
-from typing import Any, TypeVar
 
 import click
 import redis
 
+from producer.cli.common import friendly, registry_of, safe_url, settings_from_env, shared_redis
 from worker.errors import ConfigError
-from worker.registry import load_registry
 from worker.settings import Settings
 
 from .auth import NO_AUTH_TENANT, KeyStore, is_loopback, parse_usd
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _clear_errors(fn: F) -> F:
-    """A ConfigError (bad settings, no Redis, a refused name) is one `Error:` line and exit 1."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
 def _shared() -> tuple[Settings, redis.Redis]:
-    """Settings, a registry that loads, and the shared Redis, checked at once."""
-    from producer.local import connect_shared
-
-    settings = Settings.from_env()
-    load_registry(settings.registry_path)
-    return settings, connect_shared(settings)
+    """Settings, a registry that loads, and the shared Redis, checked at once (as `otb worker` does)."""
+    settings = settings_from_env()
+    registry_of(settings)
+    return settings, shared_redis(settings)
 
 
 # -- otb serve ---------------------------------------------------------------------------------------
@@ -61,7 +40,7 @@ def _shared() -> tuple[Settings, redis.Redis]:
               help="Largest upload in MiB (OpenAI's batch file limit is 200 MB); larger is refused with 413.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One line per request (method, path, status; never a key).")
-@_clear_errors
+@friendly
 def serve(host: str, port: int, no_auth: bool, max_file_mb: int, access_log: bool) -> None:
     """Serve the OpenAI-compatible HTTP API (base URL http://HOST:PORT/v1, docs at /docs) over REDIS_URL."""
     import uvicorn
@@ -74,9 +53,7 @@ def serve(host: str, port: int, no_auth: bool, max_file_mb: int, access_log: boo
     settings, conn = _shared()
     sock = _listen(host, port)
     where = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
-    from worker.connection import mask_url
-
-    click.echo(f"otb serve: {where}/v1 (docs {where}/docs) on {mask_url(settings.redis_url or '')}", err=True)
+    click.echo(f"otb serve: {where}/v1 (docs {where}/docs) on {safe_url(settings.redis_url or '')}", err=True)
     if no_auth:
         click.echo(f"otb serve: --no-auth: no API key is checked; every request is tenant {NO_AUTH_TENANT!r} "
                    "(allowed on loopback only)", err=True)
@@ -128,11 +105,11 @@ def _usd(ctx: click.Context, param: click.Parameter, value: str | None) -> Decim
 @click.option("--rpm", default=0, type=click.IntRange(0, 1_000_000), help="Requests per minute over every server (0: no cap).")
 @click.option("--webhook-url", metavar="URL", help="Where its batch events are sent (signed; the secret is shown once).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"name", "key", ...} as JSON.')
-@_clear_errors
+@friendly
 def keys_create(name: str, max_cost: Decimal | None, rpm: int, webhook_url: str | None, as_json: bool) -> None:
     """Create the key of tenant NAME and print it once (it cannot be shown again)."""
-    _, conn = _shared()
-    created = KeyStore(conn, Settings.from_env().key_prefix).create(name, rpm=rpm, max_cost=max_cost,
+    settings, conn = _shared()
+    created = KeyStore(conn, settings.key_prefix).create(name, rpm=rpm, max_cost=max_cost,
                                                                      webhook_url=webhook_url)
     if as_json:
         click.echo(json.dumps(created.public()))
@@ -145,7 +122,7 @@ def keys_create(name: str, max_cost: Decimal | None, rpm: int, webhook_url: str 
 
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True, help='Print {"object": "list", "data": [...]}.')
-@_clear_errors
+@friendly
 def keys_list(as_json: bool) -> None:
     """Every key's name, status and limits (never the key itself)."""
     settings, conn = _shared()
@@ -162,7 +139,7 @@ def keys_list(as_json: bool) -> None:
 
 @keys.command("revoke")
 @click.argument("name")
-@_clear_errors
+@friendly
 def keys_revoke(name: str) -> None:
     """Refuse NAME's key from now on, on every server (its files and batches stay; create NAME again to rotate)."""
     settings, conn = _shared()
