@@ -11,7 +11,7 @@ import pytest
 
 from producer.client import Client
 from producer.local import drain
-from worker.jobs import process_chunk
+from worker.chunk import process_chunk
 from worker import clock
 from worker.settings import Settings
 from worker.store import Store
@@ -64,7 +64,7 @@ def test_a_rerun_neither_calls_nor_bills_again(setup, emulator):
     calls = emulator.stats()["calls"]
     ids = [f"r{i}" for i in range(5)]
     summary = asyncio.run(process_chunk(conn, settings, bid, ids))
-    assert summary["skipped"] == 5
+    assert summary.outcomes["skipped"] == 5
     assert emulator.stats()["calls"] == calls
     assert client.status(bid) == before
 
