@@ -288,3 +288,19 @@ def test_a_claim_whose_runner_died_goes_back_to_the_queue(setup):
     assert queue.count == 2 and not conn.hexists("otb:claimed", got[0])
     drain(conn, settings)
     assert client.status(bid)["request_counts"]["succeeded"] == 6
+
+
+def test_the_chunk_job_result_keeps_its_layout(setup):
+    """What RQ keeps as a chunk job's result: counts by outcome, then checkpointed and parked (a count,
+    not the parked requests the run handed to recovery.park)."""
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    conn, settings, client = setup
+    bid = client.submit([chat("ok", "google/gemini-3-flash", "hi"),
+                         chat("quota", "google/gemini-3-flash", "#emu:fail-first=1:429 #emu:retry-after=52758")])
+    drain(conn, settings)
+    (job_id,) = conn.smembers(f"otb:batch:{bid}:jobs")
+    job = Job.fetch(job_id.decode(), connection=conn, serializer=JSONSerializer)
+    assert job.return_value() == {"skipped": 0, "succeeded": 1, "errored": 0, "parked": 1, "checkpointed": 0}
+    assert conn.zcard("otb:parked") == 1
