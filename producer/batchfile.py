@@ -17,12 +17,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from worker.errors import InvalidRequest, OTBError, RequestFailed
 from worker.providers import ADAPTERS
 from worker.registry import Registry
-from worker.schemas import CHAT_URL, EMBEDDINGS_URL, KIND_BY_URL, ChatRequest, EmbeddingRequest
+from worker.schemas import CHAT_URL, EMBEDDINGS_URL, KIND_BY_URL, chat_request, embedding_request
 
 OPENAI_LINE_KEYS = {"custom_id", "method", "url", "body"}
 MAX_LINE_BYTES = 8 * 1024 * 1024
@@ -259,35 +257,12 @@ def _check_against_registry(line: Line, registry: Registry, drop_unsupported: bo
         raise InvalidRequest("'model' is required: a canonical id such as \"google/gemini-3-flash\"", param="model")
     kind = KIND_BY_URL[line.url]
     spec = registry.resolve_for(model, kind)
-    schema = ChatRequest if kind == "chat" else EmbeddingRequest
-    try:
-        request = schema.model_validate(line.body)
-    except ValidationError as exc:
-        raise InvalidRequest(_pydantic_reason(exc), param=_pydantic_param(exc)) from exc
     adapter = ADAPTERS[spec.provider]
     api_version = registry.api_version(spec.provider)
     if kind == "chat":
-        adapter.prepare_chat(request, spec, api_version=api_version, drop_unsupported=drop_unsupported)
+        adapter.prepare_chat(chat_request(line.body), spec, api_version=api_version, drop_unsupported=drop_unsupported)
     else:
-        adapter.prepare_embeddings(request, spec, api_version=api_version)
-
-
-def _pydantic_param(exc: ValidationError) -> str:
-    """The field path, without pydantic's names for union branches ('str', 'list[str]', ...)."""
-    parts = [str(p) for p in exc.errors()[0]["loc"] if not _is_branch(p)]
-    return ".".join(parts)
-
-
-def _is_branch(part: Any) -> bool:
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "list", "dict") or "[" in part or "(" in part)
-
-
-def _pydantic_reason(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = _pydantic_param(exc) or "body"
-    msg = err["msg"].removeprefix("Value error, ")
-    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    return f"body.{where}: {msg}{more}"
+        adapter.prepare_embeddings(embedding_request(line.body), spec, api_version=api_version)
 
 
 def _ids_of(raw: bytes) -> tuple[str | None, str | None]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker import clock
+from worker import clock, retry
 from worker.registry import Registry, load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +51,16 @@ def _suite_day(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     with clock.pinned(SUITE_DAY):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff_sleep(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In-process tests never sleep out a retry backoff (the waits are recorded instead); real processes do."""
+    if request.node.get_closest_marker("e2e"):
+        yield
+        return
+    with retry.instant():
         yield
 
 

@@ -64,7 +64,7 @@ def test_unknown_model_gives_the_exact_product_error(registry):
         ({"model": "google/gemini-3-flash", "messages": [], "input": "x"}, "(it has both)"),
         ({"messages": [{"role": "user", "content": "hi"}]}, "'model' is required"),
         ({"model": "google/gemini-3-flash", "messages": []}, "body.messages"),
-        ({"model": "google/gemini-3-flash", "messages": [{"role": "robot", "content": "x"}]}, "body.messages.0.role"),
+        ({"model": "google/gemini-3-flash", "messages": [{"role": "robot", "content": "x"}]}, "body.messages[0].role"),
         ({"model": "google/gemini-3-flash", "messages": [{"role": "user"}]}, "needs 'content'"),
         ({"model": "google/gemini-3-flash", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}, "body.max_tokens"),
         ({"model": "google/gemini-3-flash", "messages": [{"role": "user", "content": "x"}], "stream": True}, "'stream' is not supported"),

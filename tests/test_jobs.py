@@ -245,16 +245,40 @@ def test_a_429_is_retried_after_the_shared_cool_down(setup, emulator):
     assert lines["first"]["meta"]["attempts"] == 2
 
 
-def test_per_model_caps_limit_calls_in_flight(setup):
-    import time as _time
+def test_per_model_caps_limit_calls_in_flight(setup, monkeypatch):
+    """OTB_CONCURRENCY_PER_MODEL / _PER_PROVIDER bound the calls in flight, counted where they leave the process."""
+    from collections import Counter
+
+    import httpx
 
     conn, settings, client = setup
-    client.settings = settings = settings.with_(concurrency=20, concurrency_per_model=2)
-    reqs = [chat(f"m{i}", "google/gemini-3-flash", f"#emu:slow=200 q{i}") for i in range(6)]
-    started = _time.monotonic()
+    client.settings = settings = settings.with_(concurrency=20, concurrency_per_model=2, concurrency_per_provider=3)
+    in_flight: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    send = httpx.AsyncClient.request
+
+    async def counting(self, method, url, **kw):  # type: ignore[no-untyped-def]
+        anthropic = str(url).endswith("/v1/messages")  # its model is in the body; Gemini's in the path
+        model = json.loads(kw["content"])["model"] if anthropic else str(url).rsplit("/", 1)[-1].split(":")[0]
+        places = (f"model:{model}", "provider:" + ("anthropic" if anthropic else "google"))
+        for place in places:
+            in_flight[place] += 1
+            peak[place] = max(peak[place], in_flight[place])
+        try:
+            return await send(self, method, url, **kw)
+        finally:
+            for place in places:
+                in_flight[place] -= 1
+
+    monkeypatch.setattr(httpx.AsyncClient, "request", counting)
+    models = ["google/gemini-3-flash", "google/gemini-2.5-flash", "anthropic/claude-haiku-5-5"]
+    reqs = [chat(f"m{i}", models[i % 3], f"#emu:slow=200 q{i}") for i in range(12)]  # 4 each, all at once
     _, lines, status = run(client, conn, settings, reqs)
-    assert status["request_counts"]["succeeded"] == 6
-    assert _time.monotonic() - started >= 0.6  # 6 calls of 0.2 s, 2 at a time: 3 waves
+    assert status["request_counts"]["succeeded"] == 12
+    google_models = [peak[k] for k in peak if k.startswith("model:gemini")]
+    assert len(google_models) == 2 and max(google_models) == 2 and min(google_models) >= 1
+    assert peak["provider:google"] == 3  # 8 calls to two models: the provider cap binds first
+    assert peak["model:claude-haiku-5-5"] == 2 and peak["provider:anthropic"] == 2  # 4 calls: the model cap binds
 
 
 def test_a_running_chunk_claims_the_next_ones_and_marks_them_finished(setup):
@@ -298,7 +322,7 @@ def test_the_chunk_job_result_keeps_its_layout(setup):
 
     conn, settings, client = setup
     bid = client.submit([chat("ok", "google/gemini-3-flash", "hi"),
-                         chat("quota", "google/gemini-3-flash", "#emu:fail-first=1:429 #emu:retry-after=52758")])
+                         chat("quota", "google/gemini-3-flash", "#emu:fail-first=1:429 #emu:retry-after=52758 layout")])
     drain(conn, settings)
     (job_id,) = conn.smembers(f"otb:batch:{bid}:jobs")
     job = Job.fetch(job_id.decode(), connection=conn, serializer=JSONSerializer)

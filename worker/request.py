@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from pydantic import ValidationError
 
 from . import budget, clock
 from .batch import Batch
@@ -24,7 +23,7 @@ from .providers import ADAPTERS, Provider
 from .providers.base import Parsed, Prepared
 from .registry import ModelSpec, Registry
 from .results import error_line, success_line
-from .schemas import KIND_BY_URL, ChatRequest, EmbeddingRequest, Usage
+from .schemas import KIND_BY_URL, ChatRequest, EmbeddingRequest, Usage, chat_request, embedding_request
 from .settings import Settings
 from .store import Store
 from .upstream import Attempts, Upstream
@@ -130,16 +129,13 @@ class OneRequest:
         """The body as the provider's call(s); what was dropped or changed on the way goes in `meta`."""
         api_version = self.ctx.registry.api_version(spec.provider)
         request: ChatRequest | EmbeddingRequest
-        try:
-            if kind == "chat":
-                request = ChatRequest.model_validate(body)
-                prepared = adapter.prepare_chat(request, spec, api_version=api_version,
-                                                drop_unsupported=self.batch.drop_unsupported)
-            else:
-                request = EmbeddingRequest.model_validate(body)
-                prepared = adapter.prepare_embeddings(request, spec, api_version=api_version)
-        except ValidationError as exc:
-            raise InvalidRequest(f"invalid request body: {exc.errors()[0]['msg']}") from exc
+        if kind == "chat":
+            request = chat_request(body)
+            prepared = adapter.prepare_chat(request, spec, api_version=api_version,
+                                            drop_unsupported=self.batch.drop_unsupported)
+        else:
+            request = embedding_request(body)
+            prepared = adapter.prepare_embeddings(request, spec, api_version=api_version)
         self.meta["dropped_params"] = prepared.dropped_params
         if prepared.notes:
             self.meta["notes"] = prepared.notes

@@ -3,18 +3,26 @@
 Defaults follow the Anthropic SDK: trust a provider's Retry-After up to 60 s, otherwise
 `min(0.5 * 2**n, 8 s)` with jitter. A provider asking for longer than `max_wait` (a daily quota,
 say) is not slept on: the request ends with that error instead of holding a worker.
+
+The wait itself goes through `RetryPolicy.pause`, the one place backoff sleeps; `instant()` makes it
+return at once (recording what it would have slept), so tests never sleep out a real backoff.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
-from datetime import datetime
+import math
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from . import clock
 from .errors import RequestFailed
+
+_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 @dataclass(frozen=True)
@@ -38,37 +46,66 @@ class RetryPolicy:
         jitter = 1 - 0.25 * (rng or random).random()  # up to 25% shorter, never longer than the cap
         return backoff * jitter
 
+    async def pause(self, attempt: int, retry_after: float | None = None) -> float:
+        """Sleep `delay(attempt, retry_after)` and return it: the one place a retry waits."""
+        seconds = self.delay(attempt, retry_after)
+        await _sleep(seconds)
+        return seconds
+
+
+@contextlib.contextmanager
+def instant() -> Iterator[list[float]]:
+    """Retry pauses return at once in this process, for tests; yields the seconds they would have slept."""
+    global _sleep
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    saved, _sleep = _sleep, record
+    try:
+        yield slept
+    finally:
+        _sleep = saved
+
 
 def retry_after_from_headers(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """Seconds from `retry-after-ms`, else `retry-after` (seconds or HTTP date); None if absent or bad."""
     lowered = {k.lower(): v for k, v in headers.items()}
     ms = lowered.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(float(ms) / 1000.0, 0.0)
-        except ValueError:
-            pass
+    seconds = _seconds(ms, 1000.0) if ms is not None else None
+    if seconds is not None:
+        return seconds
     value = lowered.get("retry-after")
     if value is None:
         return None
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
     try:
-        return max(float(value), 0.0)
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:  # "-0000": an HTTP date is UTC, not the machine's zone
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return max(parsed.timestamp() - (now if now is not None else clock.now()), 0.0)
+
+
+def _seconds(value: str, per_second: float = 1.0) -> float | None:
+    """A header's number of seconds (or ms), at least 0; None unless a finite number ("inf" and "nan"
+    would otherwise park a request forever or never retry it)."""
+    try:
+        seconds = float(value) / per_second
     except ValueError:
-        try:
-            parsed = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        return max(parsed.timestamp() - (now if now is not None else clock.now()), 0.0)
+        return None
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 def parse_duration(value: str) -> float | None:
     """A protobuf Duration string such as "27s" or "3.700s" (Gemini RetryInfo.retryDelay)."""
     if not isinstance(value, str) or not value.endswith("s"):
         return None
-    try:
-        return float(value[:-1])
-    except ValueError:
-        return None
+    return _seconds(value[:-1])
 
 
 def ratelimit_reset_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -83,7 +120,8 @@ def ratelimit_reset_after(headers: Mapping[str, str], *, now: float | None = Non
         if remaining is not None and remaining.strip() not in ("0", ""):
             continue  # that limit is not the one hit
         try:
-            waits.append(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - now)
+            reset = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             continue
+        waits.append((reset if reset.tzinfo else reset.replace(tzinfo=timezone.utc)).timestamp() - now)
     return max(max(waits), 0.0) if waits else None

@@ -1,15 +1,24 @@
 """The contract between producer, worker and readers: request shapes, usage buckets, cost, results.
 
-Requests are OpenAI-shaped (`/v1/chat/completions`, `/v1/embeddings`). Validation here is about
-shape only; whether a model accepts a parameter is the adapter's call, from the registry's rules.
+Requests are OpenAI-shaped (`/v1/chat/completions`, `/v1/embeddings`). Every sub-shape (content parts,
+tool calls, tools, tool_choice, response_format) is typed here, once: submit-time validation and the
+workers parse bodies with `chat_request` / `embedding_request`, and the adapters read attributes of
+these objects. A shape error names its place one way everywhere, `messages[2].content[1].image_url.url`
+(`error_path`), as the adapters do for the rules they check. Validation here is about shape only;
+whether a model accepts a parameter is the adapter's call, from the registry's rules. Unknown fields
+are kept (`extra="allow"`) so an adapter can name them or pass them through.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+
+from .errors import InvalidRequest
 
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
@@ -18,18 +27,129 @@ KIND_BY_URL = {CHAT_URL: "chat", EMBEDDINGS_URL: "embedding"}
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+ToolMode = Literal["auto", "none", "required"]
 
 
-class Message(BaseModel):
-    """One OpenAI chat message. Content parts stay dicts: the adapters translate them."""
+class Shape(BaseModel):
+    """A request sub-shape: unknown fields are kept, for the adapter to pass on or name."""
 
     model_config = ConfigDict(extra="allow")
 
+
+def _by(pick: Callable[[Any], str | None], message: str) -> Discriminator:
+    """A union that picks its branch from the raw value, so an error speaks of the chosen branch only
+    (a plain union reports every branch's complaint, the first of them usually beside the point)."""
+    return Discriminator(pick, custom_error_type="shape", custom_error_message=message)
+
+
+def _type_of(value: Any) -> Any:
+    return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+
+
+# -- content parts --------------------------------------------------------------------------------
+class TextPart(Shape):
+    type: Literal["text"]
+    text: str
+    cache_control: Any = None  # our pass-through for Anthropic prompt caching; its adapter checks it
+
+
+class RefusalPart(Shape):
+    type: Literal["refusal"]
+    refusal: str
+    cache_control: Any = None
+
+
+class ImageUrl(Shape):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(Shape):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+    cache_control: Any = None
+
+    @field_validator("image_url", mode="before")
+    @classmethod
+    def _bare_url(cls, v: Any) -> Any:
+        return {"url": v} if isinstance(v, str) else v  # a bare URL string is taken as {"url": ...}
+
+
+class OtherPart(Shape):
+    """A part type no adapter translates (input_audio, file...): kept so the adapter can name it."""
+
+    type: str
+    cache_control: Any = None
+
+
+_PART_TAGS = {"text": "text part", "refusal": "refusal part", "image_url": "image part"}
+
+
+def _part_tag(value: Any) -> str | None:
+    kind = _type_of(value)
+    return _PART_TAGS.get(kind, "other part") if isinstance(kind, str) else None
+
+
+ContentPart = Annotated[
+    Union[Annotated[TextPart, Tag("text part")], Annotated[RefusalPart, Tag("refusal part")],
+          Annotated[ImagePart, Tag("image part")], Annotated[OtherPart, Tag("other part")]],
+    _by(_part_tag, "a content part needs a string 'type'"),
+]
+Content = Annotated[
+    Union[Annotated[str, Tag("string content")], Annotated[list[ContentPart], Tag("content parts")]],
+    _by(lambda v: "string content" if isinstance(v, str) else "content parts" if isinstance(v, list) else None,
+        "must be a string or a list of content parts"),
+]
+
+
+# -- tool calls (in assistant messages) -----------------------------------------------------------
+class FunctionCall(Shape):
+    """`arguments` is a JSON object as text (an object itself, or ""/null for none, is accepted too)."""
+
+    name: str
+    arguments: str | dict[str, Any] | None = Field(default=None, union_mode="left_to_right")
+
+    @field_validator("arguments")
+    @classmethod
+    def _an_object(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        _arguments(v)
+        return v
+
+    def parsed_arguments(self) -> dict[str, Any]:
+        """The arguments as an object (validation made sure they read as one)."""
+        return _arguments(self.arguments)
+
+
+def _arguments(value: str | dict[str, Any] | None) -> dict[str, Any]:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}  # a call without arguments, as some clients send it
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("must be a JSON object")
+    return dict(parsed)
+
+
+class ToolCall(Shape):
+    id: str | None = None  # Gemini matches results by name; Anthropic requires ids (its adapter says so)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+    extra_content: dict[str, Any] | None = None  # Gemini's thought signature rides here
+
+
+# -- messages ------------------------------------------------------------------------------------
+class Message(Shape):
+    """One OpenAI chat message."""
+
     role: Role
-    content: str | list[dict[str, Any]] | None = None
+    content: Content | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    thinking_blocks: list[dict[str, Any]] | None = None  # Anthropic's signed thinking, sent back unchanged
+    extra_content: dict[str, Any] | None = None  # Gemini's thought signature on a text turn
 
     @model_validator(mode="after")
     def _content_rules(self) -> "Message":
@@ -39,11 +159,71 @@ class Message(BaseModel):
             raise ValueError(f"a '{self.role}' message needs 'content'")
         if self.role == "assistant" and self.content is None and not self.tool_calls:
             raise ValueError("an 'assistant' message needs 'content' or 'tool_calls'")
-        if isinstance(self.content, list):
-            for i, part in enumerate(self.content):
-                if not isinstance(part.get("type"), str):
-                    raise ValueError(f"content part {i} needs a string 'type'")
         return self
+
+
+# -- tools, tool_choice, response_format ------------------------------------------------------------
+class FunctionDef(Shape):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema, passed on as given
+
+
+class Tool(Shape):
+    type: Literal["function"]
+    function: FunctionDef
+    cache_control: Any = None
+
+
+class FunctionName(Shape):
+    name: str
+
+
+class NamedToolChoice(Shape):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Annotated[
+    Union[Annotated[ToolMode, Tag("tool mode")], Annotated[NamedToolChoice, Tag("named tool")]],
+    _by(lambda v: "tool mode" if isinstance(v, str) else "named tool" if isinstance(v, (dict, BaseModel)) else None,
+        "must be 'auto', 'none', 'required' or {'type': 'function', 'function': {'name': ...}}"),
+]
+
+
+class JsonSchemaSpec(Shape):
+    name: str | None = None
+    strict: bool | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class TextFormat(Shape):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(Shape):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(Shape):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+_FORMAT_TAGS = {"text": "text format", "json_object": "json_object format", "json_schema": "json_schema format"}
+ResponseFormat = Annotated[
+    Union[Annotated[TextFormat, Tag("text format")], Annotated[JsonObjectFormat, Tag("json_object format")],
+          Annotated[JsonSchemaFormat, Tag("json_schema format")]],
+    _by(lambda v: _FORMAT_TAGS.get(_type_of(v)), "must be {'type': 'text'}, {'type': 'json_object'} or "
+        "{'type': 'json_schema', 'json_schema': {'schema': {...}}}"),
+]
+
+
+# -- the two request bodies -------------------------------------------------------------------------
+def _no_booleans(v: Any) -> Any:
+    if isinstance(v, bool):  # JSON true/false would otherwise pass as 1/0
+        raise ValueError("must be a number, not true/false")
+    return v
 
 
 class ChatRequest(BaseModel):
@@ -63,21 +243,17 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     reasoning_effort: ReasoningEffort | None = None
     user: str | None = None
     stream: bool | None = None
 
-    @field_validator("max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "seed",
-                     "presence_penalty", "frequency_penalty", mode="before")
-    @classmethod
-    def _numbers_are_numbers(cls, v: Any) -> Any:
-        if isinstance(v, bool):  # JSON true/false would otherwise pass as 1/0
-            raise ValueError("must be a number, not true/false")
-        return v
+    _numbers_are_numbers = field_validator(
+        "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "seed",
+        "presence_penalty", "frequency_penalty", mode="before")(_no_booleans)
 
     @field_validator("stream")
     @classmethod
@@ -86,17 +262,11 @@ class ChatRequest(BaseModel):
             raise ValueError("'stream' is not supported in a batch; remove it")
         return v
 
-    @field_validator("tools")
-    @classmethod
-    def _tools_are_functions(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        for i, tool in enumerate(v or []):
-            fn = tool.get("function")
-            if tool.get("type") != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                raise ValueError(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}")
-        return v
-
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def tool_names(self) -> list[str]:
+        return [tool.function.name for tool in self.tools or []]
 
 
 class EmbeddingRequest(BaseModel):
@@ -108,12 +278,7 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = None
     user: str | None = None
 
-    @field_validator("dimensions", mode="before")
-    @classmethod
-    def _dimensions_number(cls, v: Any) -> Any:
-        if isinstance(v, bool):
-            raise ValueError("must be a number, not true/false")
-        return v
+    _dimensions_number = field_validator("dimensions", mode="before")(_no_booleans)
 
     @field_validator("input", mode="before")
     @classmethod
@@ -138,6 +303,46 @@ class EmbeddingRequest(BaseModel):
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
+# -- parsing a body: one error, one path style ------------------------------------------------------
+_Body = TypeVar("_Body", ChatRequest, EmbeddingRequest)
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def chat_request(body: Mapping[str, Any]) -> ChatRequest:
+    """A chat body as a typed request, or InvalidRequest naming the first bad place."""
+    return _parsed(ChatRequest, body)
+
+
+def embedding_request(body: Mapping[str, Any]) -> EmbeddingRequest:
+    """An embeddings body as a typed request, or InvalidRequest naming the first bad place."""
+    return _parsed(EmbeddingRequest, body)
+
+
+def _parsed(schema: type[_Body], body: Mapping[str, Any]) -> _Body:
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = error_path(err["loc"])
+        msg = "Input should be a valid dictionary" if err["type"] == "model_type" else err["msg"]  # not our class names
+        msg = msg.removeprefix("Value error, ")
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise InvalidRequest(f"{'body.' + where if where else 'body'}: {msg}{more}", param=where) from None
+
+
+def error_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's location as `messages[2].content[1].image_url.url`, without its names for union branches
+    (the tags above, which hold a space, and `str`, `list[str]`... for plain unions)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not (" " in part or "[" in part or "(" in part or part in _TYPE_NAMES):
+            out += f".{part}" if out else part
+    return out
+
+
+# -- what a call used and cost ---------------------------------------------------------------------
 class Usage(BaseModel):
     """Normalised token buckets. Disjoint: their sum is every token billed.
 

@@ -56,8 +56,8 @@ class Settings:
         return cls(
             redis_url=_redis_url(env.get("REDIS_URL") or None),
             registry_path=Path(env.get("OTB_REGISTRY") or DEFAULT_REGISTRY),
-            key_prefix=env.get("OTB_KEY_PREFIX", "otb"),
-            queue_name=env.get("OTB_QUEUE", "otb"),
+            key_prefix=env.get("OTB_KEY_PREFIX") or "otb",  # empty is unset, as for every variable
+            queue_name=env.get("OTB_QUEUE") or "otb",
             base_urls=urls,
             api_keys=keys,
             concurrency=_int(env, "OTB_CONCURRENCY", 64),

@@ -141,7 +141,7 @@ class Upstream:
                     raise
                 if to.scope is not None and self.limiter is not None and error.status_code in (429, 529):
                     continue  # the shared cool-down is the wait; acquire() sleeps it out
-                await asyncio.sleep(self.policy.delay(tries, error.retry_after))
+                await self.policy.pause(tries, error.retry_after)
 
     async def _acquire(self, scope: Scope | None, need: tuple[int, int]) -> None:
         """Wait for the shared buckets; a wait past `retry_max_wait` parks the request."""

@@ -13,7 +13,7 @@ from worker import clock
 from worker.errors import InvalidRequest, ProtocolError, UnsupportedParameter, UpstreamError
 from worker.providers import anthropic
 from worker.registry import ModelSpec
-from worker.schemas import ChatRequest
+from worker.schemas import ChatRequest, chat_request
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "anthropic"
 NEW_API = "2026-10-21"
@@ -45,7 +45,7 @@ PLAIN = spec("claude-plain")  # every Rules default: sampling accepted, no think
 
 def req(*messages: dict[str, Any], **params: Any) -> ChatRequest:
     msgs = list(messages) or [{"role": "user", "content": "Hi"}]
-    return ChatRequest.model_validate({"model": "anthropic/x", "messages": msgs, **params})
+    return chat_request({"model": "anthropic/x", "messages": msgs, **params})
 
 
 def prep(request: ChatRequest, model: ModelSpec = PLAIN, *, api: str = OLD_API, drop: bool = False):
@@ -257,7 +257,8 @@ def test_invalid_tool_arguments_name_the_message() -> None:
     msgs[1]["tool_calls"][0]["function"]["arguments"] = '{"city": '
     with pytest.raises(InvalidRequest) as exc:
         prep(req(*msgs, tools=TOOLS))
-    assert exc.value.param == "messages[1]" and "messages[1]" in exc.value.message
+    where = "messages[1].tool_calls[0].function.arguments"  # the one path style, as at submit and for Gemini
+    assert exc.value.param == where and where in exc.value.message
 
 
 def test_thinking_blocks_are_passed_back_first_and_unchanged() -> None:
@@ -475,16 +476,16 @@ def test_forced_tool_choice_turns_default_thinking_off() -> None:
     assert "thinking disabled" in prepared.notes[0]
 
 
-@pytest.mark.parametrize("params", [
-    {"tool_choice": "required"},
-    {"tools": TOOLS, "tool_choice": "sometimes"},
-    {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
-    {"tools": TOOLS, "tool_choice": {"type": "function"}},
+@pytest.mark.parametrize(("params", "where"), [
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function"}}, "tool_choice.function"),  # the missing field itself
 ])
-def test_bad_tool_choice_is_invalid(params: dict[str, Any]) -> None:
+def test_bad_tool_choice_is_invalid(params: dict[str, Any], where: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
         prep(req(**params))
-    assert exc.value.param == "tool_choice" and not isinstance(exc.value, UnsupportedParameter)
+    assert exc.value.param == where and not isinstance(exc.value, UnsupportedParameter)
 
 
 # -- response_format ----------------------------------------------------------------------------
@@ -509,11 +510,14 @@ def test_response_format_refused_without_json_schema() -> None:
     assert prepared.dropped_params == ["response_format"] and "output_config" not in prepared.calls[0].json
 
 
-@pytest.mark.parametrize("rf", [{"type": "json_schema", "json_schema": {"name": "a"}}, {"type": "yaml"}])
-def test_bad_response_format_is_invalid(rf: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("rf", "where"), [
+    ({"type": "json_schema", "json_schema": {"name": "a"}}, "response_format.json_schema.schema"),  # the missing field
+    ({"type": "yaml"}, "response_format"),
+])
+def test_bad_response_format_is_invalid(rf: dict[str, Any], where: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
         prep(req(response_format=rf))
-    assert exc.value.param == "response_format"
+    assert exc.value.param == where
 
 
 # -- parse_chat ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from worker.errors import InvalidRequest, ProtocolError, UnsupportedParameter, U
 from worker.providers import google
 from worker.providers.base import UpstreamCall
 from worker.registry import ModelSpec
-from worker.schemas import ChatRequest, EmbeddingRequest
+from worker.schemas import ChatRequest, chat_request, EmbeddingRequest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "google"
 PRICING = {"input": "0.75", "output": "3.75", "cache_read": "0.075", "cache_write": "0"}
@@ -54,7 +54,7 @@ G25 = spec("gemini-2.5-flash", **GEMINI_25)
 
 def chat(*messages: dict[str, Any], **fields: Any) -> ChatRequest:
     msgs = list(messages) or [{"role": "user", "content": "Hi"}]
-    return ChatRequest.model_validate({"model": "google/x", "messages": msgs, **fields})
+    return chat_request({"model": "google/x", "messages": msgs, **fields})
 
 
 def prepare(request: ChatRequest, model: ModelSpec = G3, *, drop: bool = False):

@@ -14,7 +14,7 @@ from typing import Any
 
 from ...errors import InvalidRequest, UnsupportedParameter
 from ...registry import ModelSpec
-from ...schemas import Message
+from ...schemas import ContentPart, ImagePart, Message, RefusalPart, TextPart, ToolCall
 from ..base import checked_base64
 
 SYSTEM_ROLES = ("system", "developer")
@@ -135,42 +135,45 @@ def _blocks(msg: Message, i: int, ctx: Ctx, kinds: tuple[str, ...]) -> list[Bloc
     Empty text is skipped, as the Gemini adapter does: Anthropic answers 400 "text content blocks must be
     non-empty", and joining it would leave stray blank lines in a system prompt.
     """
-    parts = [{"type": "text", "text": msg.content}] if isinstance(msg.content, str) else msg.content or []
+    if isinstance(msg.content, str):
+        return [{"type": "text", "text": msg.content}] if msg.content else []
     blocks = []
-    for j, part in enumerate(parts):
-        where, kind = f"messages[{i}].content[{j}]", part["type"]
-        if kind not in kinds:
-            raise InvalidRequest(f"{where}: '{kind}' parts are not accepted in a {msg.role} message for Anthropic",
-                                 param=where)
-        if kind == "image_url":
+    for j, part in enumerate(msg.content or []):
+        where = f"messages[{i}].content[{j}]"
+        if part.type not in kinds:
+            raise InvalidRequest(f"{where}: '{part.type}' parts are not accepted in a {msg.role} message for "
+                                 "Anthropic", param=where)
+        if isinstance(part, ImagePart):
             blocks.append(_image_block(part, where, ctx))
             continue
-        text = part.get(kind)  # "text" or "refusal" (an assistant refusal goes back as plain text)
-        if not isinstance(text, str):
-            raise InvalidRequest(f"{where}: a {kind} part needs a string '{kind}'", param=where)
+        text = _text_of(part)  # an assistant refusal goes back as plain text
         if text:
-            blocks.append(keep_cache({"type": "text", "text": text}, part, where))
-        elif part.get("cache_control") is not None:
+            blocks.append(keep_cache({"type": "text", "text": text}, part.cache_control, where))
+        elif part.cache_control is not None:
             ctx.notes.append(f"{where}: empty text with cache_control not sent (Anthropic refuses empty text "
                              "blocks), so that cache breakpoint is gone")
     return blocks
 
 
-def _image_block(part: dict[str, Any], where: str, ctx: Ctx) -> Block:
+def _text_of(part: ContentPart) -> str:
+    """A text or refusal part's text (only those reach here: `kinds` let no other through)."""
+    return part.text if isinstance(part, TextPart) else part.refusal if isinstance(part, RefusalPart) else ""
+
+
+def _image_block(part: ImagePart, where: str, ctx: Ctx) -> Block:
     """data: URIs become base64 sources; http(s) URLs are fetched by Anthropic."""
     if not ctx.spec.rules.images:
         raise InvalidRequest(f"{where}: {ctx.spec.id} does not accept images", param=where)
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else image
-    match = _DATA_URI.fullmatch(url) if isinstance(url, str) else None
+    url = part.image_url.url
+    match = _DATA_URI.fullmatch(url)
     if match:
         source = {"type": "base64", "media_type": _media_type(match.group(1).lower(), where, ctx),
                   "data": _image_data(match.group(2), where)}
-    elif isinstance(url, str) and url.startswith(("http://", "https://")):
+    elif url.startswith(("http://", "https://")):
         source = {"type": "url", "url": url}
     else:
         raise InvalidRequest(f"{where}: image_url.url must be http(s) or a base64 data: URI of an image", param=where)
-    return keep_cache({"type": "image", "source": source}, part, where)
+    return keep_cache({"type": "image", "source": source}, part.cache_control, where)
 
 
 def _media_type(media: str, where: str, ctx: Ctx) -> str:
@@ -192,13 +195,12 @@ def _image_data(data: str, where: str) -> str:
     return data
 
 
-def keep_cache(block: Block, part: dict[str, Any], where: str) -> Block:
+def keep_cache(block: Block, cc: Any, where: str) -> Block:
     """`cache_control` on an OpenAI part (or tool) is our pass-through extension for prompt caching.
 
     Only what Anthropic's CacheControlEphemeral takes passes: {"type": "ephemeral"} and an optional ttl
     of "5m" or "1h"; anything else would be a 400 after the batch was queued.
     """
-    cc = part.get("cache_control")
     if cc is None:
         return block
     valid = (isinstance(cc, dict) and cc.get("type") == "ephemeral" and set(cc) <= {"type", "ttl"}
@@ -236,28 +238,22 @@ def _cache_controls(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _thinking_blocks(msg: Message, i: int) -> list[Block]:
-    raw = (msg.model_extra or {}).get("thinking_blocks")
+    raw = msg.thinking_blocks
     if raw is None:
         return []
-    if not isinstance(raw, list) or any(not isinstance(b, dict) or b.get("type") not in THINKING_TYPES for b in raw):
+    if any(b.get("type") not in THINKING_TYPES for b in raw):
         raise InvalidRequest(f"messages[{i}].thinking_blocks must list Anthropic thinking/redacted_thinking blocks",
                              param=f"messages[{i}].thinking_blocks")
     return list(raw)
 
 
-def _tool_use(call: dict[str, Any], i: int, k: int, ctx: Ctx) -> Block:
-    """An OpenAI tool call -> tool_use; "" arguments (a no-argument call some clients send) read as {}."""
-    fn, where = call.get("function"), f"messages[{i}]"
-    if not isinstance(call.get("id"), str) or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise InvalidRequest(f"{where}: tool_calls[{k}] needs 'id' and 'function.name'", param=where)
-    try:
-        args = json.loads(fn.get("arguments") or "{}")
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"{where}: tool_calls[{k}].function.arguments is not valid JSON ({exc})",
-                             param=where) from exc
-    if not isinstance(args, dict):
-        raise InvalidRequest(f"{where}: tool_calls[{k}].function.arguments must be a JSON object", param=where)
-    return {"type": "tool_use", "id": _tool_id(call["id"], ctx), "name": fn["name"], "input": args}
+def _tool_use(call: ToolCall, i: int, k: int, ctx: Ctx) -> Block:
+    """An OpenAI tool call -> tool_use (its arguments were checked to be an object when the body was parsed)."""
+    if call.id is None:
+        where = f"messages[{i}].tool_calls[{k}].id"
+        raise InvalidRequest(f"{where}: Anthropic needs an id on every tool call", param=where)
+    return {"type": "tool_use", "id": _tool_id(call.id, ctx), "name": call.function.name,
+            "input": call.function.parsed_arguments()}
 
 
 def _tool_id(raw: str, ctx: Ctx) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ...errors import InvalidRequest
 from ...registry import ModelSpec
-from ...schemas import ChatRequest
+from ...schemas import ChatRequest, JsonObjectFormat, TextFormat, Tool
 from ..base import Prepared, UpstreamCall
 from .messages import Block, Ctx, check_breakpoints, convert_messages, keep_cache
 
@@ -190,21 +190,21 @@ def _apply_tools(body: dict[str, Any], request: ChatRequest, ctx: Ctx, thinking_
     body["tool_choice"] = choice
 
 
-def _tool(tool: dict[str, Any], where: str, ctx: Ctx) -> Block:
+def _tool(tool: Tool, where: str, ctx: Ctx) -> Block:
     """An OpenAI function -> an Anthropic tool, whose input_schema must be an object schema with its `type`."""
-    fn = tool["function"]
-    out: Block = {"name": fn["name"]}
-    if fn.get("description"):
-        out["description"] = fn["description"]
-    schema = fn.get("parameters") or {"type": "object", "properties": {}}
-    if isinstance(schema, dict) and "type" not in schema:  # OpenAI tolerates it; Anthropic: "type: Field required"
+    fn = tool.function
+    out: Block = {"name": fn.name}
+    if fn.description:
+        out["description"] = fn.description
+    schema = fn.parameters or {"type": "object", "properties": {}}
+    if "type" not in schema:  # OpenAI tolerates it; Anthropic: "type: Field required"
         schema = {"type": "object", **schema}
         ctx.notes.append(f"{where}: parameters sent with type 'object' (Anthropic requires it)")
-    if not isinstance(schema, dict) or schema["type"] != "object":
+    if schema["type"] != "object":
         raise InvalidRequest(f"{where}.function.parameters must be an object schema (type 'object'): Anthropic "
                              "passes tool input only as an object", param=f"{where}.function.parameters")
     out["input_schema"] = schema
-    return keep_cache(out, tool, where)
+    return keep_cache(out, tool.cache_control, where)
 
 
 def _forced_refusal(body: dict[str, Any], ctx: Ctx, thinking_on: bool) -> str | None:
@@ -226,19 +226,13 @@ def _map_tool_choice(request: ChatRequest) -> Block | None:
     tc = request.tool_choice
     if tc is None:
         return None
-    names = {t["function"]["name"] for t in request.tools or []}
+    names = set(request.tool_names())
     if isinstance(tc, str):
-        mapped = {"auto": "auto", "none": "none", "required": "any"}.get(tc)
-        if mapped is None:
-            raise InvalidRequest(f"tool_choice '{tc}' must be 'auto', 'none' or 'required'", param="tool_choice")
+        mapped = {"auto": "auto", "none": "none", "required": "any"}[tc]
         if mapped == "any" and not names:
             raise InvalidRequest("tool_choice 'required' needs tools", param="tool_choice")
         return {"type": mapped} if names else None
-    fn = tc.get("function")
-    name = fn.get("name") if isinstance(fn, dict) else None
-    if tc.get("type") != "function" or not isinstance(name, str):
-        raise InvalidRequest("tool_choice must be a string or {'type': 'function', 'function': {'name': ...}}",
-                             param="tool_choice")
+    name = tc.function.name
     if name not in names:
         raise InvalidRequest(f"tool_choice names '{name}', which is not in tools", param="tool_choice")
     return {"type": "tool", "name": name}
@@ -250,24 +244,19 @@ def _apply_response_format(body: dict[str, Any], request: ChatRequest, ctx: Ctx)
     json_object is not sent: Anthropic has no JSON mode, and the only schema for "any object" it would take,
     {"type": "object", "additionalProperties": false}, admits nothing but {}.
     """
-    rf = request.response_format or {}
-    kind, inner = rf.get("type"), rf.get("json_schema")
-    if kind in (None, "text"):
+    rf = request.response_format
+    if rf is None or isinstance(rf, TextFormat):
         return
-    if kind == "json_object":
+    if isinstance(rf, JsonObjectFormat):
         ctx.dropped += [] if "response_format" in ctx.dropped else ["response_format"]
         ctx.notes.append("response_format json_object not sent: Anthropic has no JSON mode (structured output "
                          "needs a schema); ask for JSON in the prompt, or send a json_schema")
         return
-    schema = inner.get("schema") if isinstance(inner, dict) else None
-    if kind != "json_schema" or not isinstance(schema, dict):
-        raise InvalidRequest("response_format must be {'type': 'text'}, {'type': 'json_object'} or "
-                             "{'type': 'json_schema', 'json_schema': {'schema': {...}}}", param="response_format")
     if not ctx.spec.rules.json_schema:
         ctx.unsupported("response_format", "the model has no structured output")
         return
     closed: list[str] = []
-    schema = _closed(schema, "schema", closed)
+    schema = _closed(rf.json_schema.schema_, "schema", closed)
     if closed:
         ctx.notes.append(f"response_format: additionalProperties: false set on {len(closed)} object schemas "
                          f"({', '.join(closed)}): Anthropic's structured output requires it; answers still fit "

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from ...errors import InvalidRequest
 from ...registry import ModelSpec
-from ...schemas import Message
+from ...schemas import ImagePart, Message, TextPart, ToolCall
 from ..base import checked_base64
 
 Part = dict[str, Any]
@@ -78,11 +78,11 @@ def _texts(msg: Message, i: int) -> list[str]:
         return [msg.content] if msg.content else []
     texts = []
     for j, part in enumerate(msg.content or []):
-        if part["type"] != "text" or not isinstance(part.get("text"), str):
+        if not isinstance(part, TextPart):
             where = f"messages[{i}].content[{j}]"
             raise InvalidRequest(f"{where}: a {msg.role} message may only hold text parts", param=where)
-        if part["text"]:
-            texts.append(part["text"])
+        if part.text:
+            texts.append(part.text)
     return texts
 
 
@@ -92,23 +92,22 @@ def _user_parts(msg: Message, i: int, spec: ModelSpec) -> list[Part]:
     parts: list[Part] = []
     for j, part in enumerate(msg.content or []):
         where = f"messages[{i}].content[{j}]"
-        kind = part["type"]
-        if kind == "text" and isinstance(part.get("text"), str):
-            if part["text"]:
-                parts.append({"text": part["text"]})
-        elif kind == "image_url":
+        if isinstance(part, TextPart):
+            if part.text:
+                parts.append({"text": part.text})
+        elif isinstance(part, ImagePart):
             if not spec.rules.images:
                 raise InvalidRequest(f"{spec.id} does not accept images ({where})", param=where)
-            parts.append(_image_part(part.get("image_url"), where))
+            parts.append(_image_part(part.image_url.url, where))
         else:
-            raise InvalidRequest(f"{where}: content part type '{kind}' is not supported for Gemini", param=where)
+            raise InvalidRequest(f"{where}: content part type '{part.type}' is not supported for Gemini",
+                                 param=where)
     return parts
 
 
-def _image_part(image: Any, where: str) -> Part:
+def _image_part(url: str, where: str) -> Part:
     """data: URIs go inline; http(s) URLs go as fileData (Gemini fetches them)."""
-    url = image.get("url") if isinstance(image, dict) else image
-    if not isinstance(url, str) or not url:
+    if not url:
         raise InvalidRequest(f"{where}: image_url needs a 'url'", param=where)
     if url.startswith("data:"):
         return {"inlineData": _data_uri(url, where)}
@@ -130,7 +129,7 @@ def _data_uri(uri: str, where: str) -> dict[str, str]:
 def _model_parts(msg: Message, i: int, spec: ModelSpec, names: dict[str, str], notes: list[str]) -> list[Part]:
     """Assistant text and functionCall parts, with thought signatures back where Gemini put them."""
     parts: list[Part] = [{"text": t} for t in _texts(msg, i)]
-    signature = _signature(msg.model_extra or {}, f"messages[{i}].extra_content")
+    signature = _signature(msg.extra_content, f"messages[{i}].extra_content")
     if signature is not None:
         if parts:
             parts[0]["thoughtSignature"] = signature
@@ -144,10 +143,9 @@ def _model_parts(msg: Message, i: int, spec: ModelSpec, names: dict[str, str], n
     return parts + calls
 
 
-def _signature(holder: Mapping[str, Any], where: str) -> str | None:
+def _signature(extra: Mapping[str, Any] | None, where: str) -> str | None:
     """`extra_content.google.thought_signature`, exactly as received."""
-    extra = holder.get("extra_content")
-    google = extra.get("google") if isinstance(extra, dict) else None
+    google = extra.get("google") if extra is not None else None
     if not isinstance(google, dict) or google.get("thought_signature") is None:
         return None
     signature = google["thought_signature"]
@@ -156,27 +154,12 @@ def _signature(holder: Mapping[str, Any], where: str) -> str | None:
     return signature
 
 
-def _function_call(call: dict[str, Any], i: int, j: int, names: dict[str, str]) -> Part:
-    where = f"messages[{i}].tool_calls[{j}]"
-    fn = call.get("function")
-    if call.get("type", "function") != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise InvalidRequest(f"{where} must be {{'type': 'function', 'function': {{'name', 'arguments'}}}}",
-                             param=where)
-    args = fn.get("arguments")
-    if isinstance(args, str) and args.strip():
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"{where}.function.arguments is not valid JSON: {exc}",
-                                 param=f"{where}.function.arguments") from exc
-    elif args in (None, ""):
-        args = {}
-    if not isinstance(args, dict):
-        raise InvalidRequest(f"{where}.function.arguments must be a JSON object", param=f"{where}.function.arguments")
-    if isinstance(call.get("id"), str):
-        names[call["id"]] = fn["name"]
-    part: dict[str, Any] = {"functionCall": {"name": fn["name"], "args": args}}
-    signature = _signature(call, f"{where}.extra_content")
+def _function_call(call: ToolCall, i: int, j: int, names: dict[str, str]) -> Part:
+    """A tool call -> functionCall (its arguments were checked to be an object when the body was parsed)."""
+    if call.id is not None:
+        names[call.id] = call.function.name
+    part: dict[str, Any] = {"functionCall": {"name": call.function.name, "args": call.function.parsed_arguments()}}
+    signature = _signature(call.extra_content, f"messages[{i}].tool_calls[{j}].extra_content")
     if signature is not None:
         part["thoughtSignature"] = signature
     return part

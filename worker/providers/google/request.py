@@ -10,7 +10,7 @@ from typing import Any
 
 from ...errors import InvalidRequest, UnsupportedParameter
 from ...registry import ModelSpec
-from ...schemas import ChatRequest
+from ...schemas import ChatRequest, FunctionDef, JsonObjectFormat, ResponseFormat, TextFormat, ToolChoice
 from ..base import Prepared, UpstreamCall
 from .messages import check_prefill, convert_messages
 
@@ -52,7 +52,7 @@ def prepare_chat(request: ChatRequest, spec: ModelSpec, *, api_version: str, dro
     if system:
         body["systemInstruction"] = {"parts": system}
     if request.tools:
-        body["tools"] = [{"functionDeclarations": [_declaration(t["function"]) for t in request.tools]}]
+        body["tools"] = [{"functionDeclarations": [_declaration(t.function) for t in request.tools]}]
     tool_config = _tool_config(request, spec, params)
     if tool_config:
         body["toolConfig"] = tool_config
@@ -67,18 +67,18 @@ def prepare_chat(request: ChatRequest, spec: ModelSpec, *, api_version: str, dro
     return prepared
 
 
-def _declaration(fn: dict[str, Any]) -> dict[str, Any]:
-    decl: dict[str, Any] = {"name": fn["name"]}
-    if fn.get("description"):
-        decl["description"] = fn["description"]
-    if fn.get("parameters") is not None:
-        decl["parametersJsonSchema"] = fn["parameters"]  # full JSON Schema; `parameters` is an OpenAPI subset
+def _declaration(fn: FunctionDef) -> dict[str, Any]:
+    decl: dict[str, Any] = {"name": fn.name}
+    if fn.description:
+        decl["description"] = fn.description
+    if fn.parameters is not None:
+        decl["parametersJsonSchema"] = fn.parameters  # full JSON Schema; `parameters` is an OpenAPI subset
     return decl
 
 
 def _tool_config(request: ChatRequest, spec: ModelSpec, params: _Params) -> dict[str, Any] | None:
     choice = request.tool_choice
-    names = [t["function"]["name"] for t in request.tools or []]
+    names = request.tool_names()
     if choice is None or (choice in ("auto", "none") and not names):
         return None
     if choice in ("auto", "none"):
@@ -97,16 +97,9 @@ def _tool_config(request: ChatRequest, spec: ModelSpec, params: _Params) -> dict
     return {"functionCallingConfig": config}
 
 
-def _forced_name(choice: str | dict[str, Any]) -> str | None:
+def _forced_name(choice: ToolChoice) -> str | None:
     """None for "required"; the function name for a named choice."""
-    if choice == "required":
-        return None
-    fn = choice.get("function") if isinstance(choice, dict) else None
-    name = fn.get("name") if isinstance(fn, dict) else None
-    if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
-        raise InvalidRequest("tool_choice must be 'auto', 'none', 'required' or "
-                             "{'type': 'function', 'function': {'name': ...}}", param="tool_choice")
-    return name
+    return None if isinstance(choice, str) else choice.function.name
 
 
 def _generation_config(request: ChatRequest, spec: ModelSpec, params: _Params, prepared: Prepared) -> dict[str, Any]:
@@ -156,25 +149,17 @@ def _sampling(request: ChatRequest, spec: ModelSpec, params: _Params, prepared: 
         prepared.notes.append(f"{spec.id} ignores {', '.join(n for n, _ in given)}; not sent")
 
 
-def _response_format(fmt: dict[str, Any] | None, spec: ModelSpec, params: _Params, config: dict[str, Any]) -> None:
-    kind = (fmt or {}).get("type")
-    if fmt is None or kind == "text":
+def _response_format(fmt: ResponseFormat | None, spec: ModelSpec, params: _Params, config: dict[str, Any]) -> None:
+    if fmt is None or isinstance(fmt, TextFormat):
         return
-    if kind == "json_object":
+    if isinstance(fmt, JsonObjectFormat):
         config["responseMimeType"] = "application/json"
-    elif kind == "json_schema":
-        spec_obj = fmt.get("json_schema")
-        schema = spec_obj.get("schema") if isinstance(spec_obj, dict) else None
-        if not isinstance(schema, dict):
-            raise InvalidRequest("response_format.json_schema.schema must be an object", param="response_format")
-        if not spec.rules.json_schema:
-            params.unsupported("response_format", "response_format 'json_schema'")
-            return
-        config["responseMimeType"] = "application/json"
-        config["responseJsonSchema"] = schema
-    else:
-        raise InvalidRequest(f"response_format type '{kind}' is not one of text, json_object, json_schema",
-                             param="response_format")
+        return
+    if not spec.rules.json_schema:
+        params.unsupported("response_format", "response_format 'json_schema'")
+        return
+    config["responseMimeType"] = "application/json"
+    config["responseJsonSchema"] = fmt.json_schema.schema_
 
 
 def _thinking(request: ChatRequest, spec: ModelSpec, params: _Params) -> dict[str, Any] | None:
