@@ -39,8 +39,7 @@ def fill(store: Store, bid: str, n: int) -> None:
         model = MODELS[i % len(MODELS)]
         line = success_line(bid, cid, {"object": "chat.completion"}, request_id=None, usage=usage, cost=cost,
                             meta={"model": model, "billed_model": model, "tags": {"customer": f"c{i % 5}"}})
-        store.commit(bid, cid, line, "succeeded", {"input": int(cost.input * 10**12), "output": int(cost.output * 10**12)},
-                     {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens})
+        store.commit(bid, cid, line, "succeeded")
 
 
 def main() -> int:

@@ -21,14 +21,13 @@ from zoneinfo import ZoneInfo
 import redis
 
 from worker import aggregates, clock
-from worker.pricing import from_pico
-from worker.store import Keys
+from worker.keys import Keys
+from worker.pricing import COST_BUCKETS, from_pico
 
 GROUPS = ("batch", "model", "provider", "day", "tag")
 OUTCOMES = ("succeeded", "errored", "canceled", "expired")
-TOKENS = (("input", "input_tokens"), ("cache_read", "cache_read_tokens"), ("cache_write", "cache_write_tokens"),
-          ("output", "output_tokens"), ("reasoning", "reasoning_tokens"))
-COSTS = ("input", "cache_read", "cache_write", "output")
+TOKENS = tuple((counter.removesuffix("_tokens"), counter) for counter in aggregates.TOKEN_COUNTERS)  # (column, counter)
+COSTS = COST_BUCKETS
 
 
 @dataclass

@@ -39,9 +39,9 @@ def result(cid: str, request_id: str, total: str = "0.000002") -> dict:
                      "completed_at": "2026-12-02T12:00:00.000+00:00"}}
 
 
-def commit(store: Store, bid: str, cid: str, request_id: str, pico: int = 2_000_000) -> bool:
-    return store.commit(bid, cid, result(cid, request_id, "0.000002"), "succeeded", {"output": pico},
-                        {"output_tokens": 1}, spend_pico=pico)
+def commit(store: Store, bid: str, cid: str, request_id: str) -> bool:
+    """Commit a succeeded line that cost (and spent) $0.000002."""
+    return store.commit(bid, cid, result(cid, request_id, "0.000002"), "succeeded")
 
 
 @pytest.fixture

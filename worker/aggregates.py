@@ -19,15 +19,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from .pricing import to_pico
+from .pricing import COST_BUCKETS, to_pico
 
 DIM_SEP, FIELD_SEP = "\x1f", "\x1e"
-COUNTERS = ("requests", "succeeded", "errored", "canceled", "expired", "input_tokens", "cache_read_tokens",
-            "cache_write_tokens", "output_tokens", "reasoning_tokens", "cost_input_pico", "cost_cache_read_pico",
-            "cost_cache_write_pico", "cost_output_pico")
+
+# The one list of token counters (batch record, aggregates, reports, status), each with the Usage
+# fields it adds up: cache writes of both lifetimes are one counter.
+TOKEN_COUNTERS: dict[str, tuple[str, ...]] = {
+    "input_tokens": ("input_tokens",),
+    "cache_read_tokens": ("cache_read_tokens",),
+    "cache_write_tokens": ("cache_write_5m_tokens", "cache_write_1h_tokens"),
+    "output_tokens": ("output_tokens",),
+    "reasoning_tokens": ("reasoning_tokens",),
+}
+COST_COUNTERS = tuple(f"cost_{bucket}_pico" for bucket in COST_BUCKETS)
+RECORD_COUNTERS = (*TOKEN_COUNTERS, *COST_COUNTERS)  # what the batch record sums besides its outcomes
 
 
 def hour_of(ts: float) -> tuple[str, int]:
@@ -44,18 +54,27 @@ def dims(line: dict[str, Any]) -> str:
     return DIM_SEP.join((model, billed, tags))
 
 
+def token_counts(usage: Mapping[str, Any]) -> dict[str, int]:
+    """The token counters of a usage (a result's `meta.usage`, Usage's fields)."""
+    return {counter: sum(int(usage.get(name, 0)) for name in fields) for counter, fields in TOKEN_COUNTERS.items()}
+
+
+def cost_counts(cost: Mapping[str, Any]) -> dict[str, int]:
+    """A result's cost (decimal strings or Decimals by bucket) as integer pico-dollars: the one
+    conversion of a committed cost, for the batch record and the aggregates alike."""
+    return {f"cost_{bucket}_pico": to_pico(Decimal(cost[bucket])) for bucket in COST_BUCKETS}
+
+
 def counters(line: dict[str, Any]) -> dict[str, int]:
-    """What one result line adds to the aggregates: every figure traceable to the line itself."""
+    """What one result line adds to the counters: every figure traceable to the line itself.
+
+    The commit takes the batch record's sums (RECORD_COUNTERS) and the aggregates' from this one
+    reading of the line, so the two can never disagree. Zeros are left out.
+    """
     meta = line.get("meta") or {}
-    usage = meta.get("usage") or {}
     out = {"requests": 1, meta.get("outcome", "errored"): 1}
-    out["input_tokens"] = int(usage.get("input_tokens", 0))
-    out["cache_read_tokens"] = int(usage.get("cache_read_tokens", 0))
-    out["cache_write_tokens"] = int(usage.get("cache_write_5m_tokens", 0)) + int(usage.get("cache_write_1h_tokens", 0))
-    out["output_tokens"] = int(usage.get("output_tokens", 0))
-    out["reasoning_tokens"] = int(usage.get("reasoning_tokens", 0))
-    for bucket in ("input", "cache_read", "cache_write", "output"):
-        out[f"cost_{bucket}_pico"] = to_pico(Decimal(line["cost"][bucket]))
+    out.update(token_counts(meta.get("usage") or {}))
+    out.update(cost_counts(line["cost"]))
     code = error_code(line)
     if code:
         out[f"err:{code}"] = 1
@@ -66,16 +85,18 @@ def error_code(line: dict[str, Any]) -> str | None:
     if (line.get("meta") or {}).get("outcome") == "succeeded":
         return None
     if line.get("error"):
-        return line["error"].get("code")
+        code = line["error"].get("code")
+        return str(code) if code is not None else None
     body = (line.get("response") or {}).get("body") or {}
-    return (body.get("error") or {}).get("code") or "unknown"
+    return str((body.get("error") or {}).get("code") or "unknown")
 
 
-def increments(line: dict[str, Any], sign: int = 1) -> list[Any]:
-    """Flat [field, amount, ...] for HINCRBY on the hourly hash, for this line's dimensions."""
+def increments(line: dict[str, Any], sign: int = 1, counts: Mapping[str, int] | None = None) -> list[Any]:
+    """Flat [field, amount, ...] for HINCRBY on the hourly hash, for this line's dimensions
+    (`counts`: the line's counters, when the caller has read them already)."""
     prefix = dims(line) + FIELD_SEP
     flat: list[Any] = []
-    for name, value in counters(line).items():
+    for name, value in (counters(line) if counts is None else counts).items():
         flat += [prefix + name, sign * value]
     return flat
 

@@ -12,10 +12,11 @@ from decimal import Decimal
 
 from .errors import RequestFailed
 from .registry import ModelSpec, Rates
-from .schemas import Cost, Usage
+from .schemas import COST_FIELDS, Cost, Usage
 
 MILLION = Decimal(1_000_000)
 PICO = Decimal("0.000000000001")  # aggregates in Redis are integers of 1e-12 USD
+COST_BUCKETS = tuple(name for name in COST_FIELDS if name != "total")  # what `total` adds up
 
 
 class PriceMissing(RequestFailed):
@@ -38,7 +39,7 @@ def rates_for(spec: ModelSpec, usage: Usage, on: dt.date) -> Rates:
 def cost(usage: Usage, spec: ModelSpec, on: dt.date) -> Cost:
     r = rates_for(spec, usage, on)
     write_1h = r.cache_write_1h if r.cache_write_1h is not None else r.cache_write * 2
-    parts = {
+    parts = {  # COST_BUCKETS
         "input": usage.input_tokens * r.input,
         "cache_read": usage.cache_read_tokens * r.cache_read,
         "cache_write": usage.cache_write_5m_tokens * r.cache_write + usage.cache_write_1h_tokens * write_1h,

@@ -24,58 +24,8 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
-
-# KEYS: bucket hash, cool-down key. ARGV: rpm, itpm, otpm, need_r, need_i, need_o, burst (fraction)
-# Returns 0 when taken, else milliseconds to wait (cool-down or refill).
-_ACQUIRE = """
-local cool = redis.call('PTTL', KEYS[2])
-if cool > 0 then return cool end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h = redis.call('HMGET', KEYS[1], 'l1', 'l2', 'l3', 't')
-local last = tonumber(h[4]) or now
-local burst = tonumber(ARGV[7])
-local wait, levels, needs = 0, {}, {}
-for k = 1, 3 do
-  local limit = tonumber(ARGV[k])
-  if limit > 0 then
-    local cap = math.max(limit * burst, 1)
-    local rate = limit * (1 - burst) / 60000
-    local level = tonumber(h[k]) or cap
-    level = math.min(cap, level + (now - last) * rate)
-    local need = math.min(tonumber(ARGV[3 + k]), cap)
-    if level < need then wait = math.max(wait, math.ceil((need - level) / rate)) end
-    levels[k], needs[k] = level, need
-  end
-end
-if wait > 0 then return wait end
-for k = 1, 3 do
-  if levels[k] then redis.call('HSET', KEYS[1], 'l' .. k, levels[k] - needs[k]) end
-end
-redis.call('HSET', KEYS[1], 't', now)
-redis.call('PEXPIRE', KEYS[1], 120000)
-return 0
-"""
-
-# KEYS: bucket hash. ARGV: itpm, otpm, extra input tokens, extra output tokens, burst. Negative = refund.
-_ADJUST = """
-local h = redis.call('HMGET', KEYS[1], 'l2', 'l3')
-for k = 1, 2 do
-  local limit = tonumber(ARGV[k])
-  if limit > 0 and h[k] then
-    local cap = math.max(limit * tonumber(ARGV[5]), 1)
-    redis.call('HSET', KEYS[1], 'l' .. (k + 1), math.min(cap, tonumber(h[k]) - tonumber(ARGV[2 + k])))
-  end
-end
-return 0
-"""
-
-# Lengthen (never shorten) a model's shared cool-down.
-_COOL = """
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1]) end
-return 0
-"""
-
+from .keys import Keys
+from .scripts import Scripts
 
 class RateLimits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -114,25 +64,24 @@ class Scope:
 
 
 class Limiter:
-    def __init__(self, conn: redis.Redis, prefix: str = "otb", burst: float = 0.05) -> None:
-        self.conn, self.prefix, self.burst = conn, prefix, burst
-        self._acquire = conn.register_script(_ACQUIRE)
-        self._adjust = conn.register_script(_ADJUST)
-        self._cool = conn.register_script(_COOL)
-        self._cool_seen: dict[str, tuple[float, float]] = {}  # scope -> (checked at, cool until), monotonic
+    """The shared buckets and cool-downs (lua/bucket_take.lua, bucket_adjust.lua, cool_down.lua)."""
 
-    def _keys(self, scope: Scope) -> list[str]:
-        return [f"{self.prefix}:rl:{scope.name}", f"{self.prefix}:cool:{scope.name}"]
+    def __init__(self, conn: redis.Redis, prefix: str = "otb", burst: float = 0.05) -> None:
+        self.conn, self.keys, self.burst = conn, Keys(prefix), burst
+        self.scripts = Scripts(conn)
+        self._cool_seen: dict[str, tuple[float, float]] = {}  # scope -> (checked at, cool until), monotonic
 
     def try_acquire(self, scope: Scope, input_tokens: int, output_tokens: int) -> float:
         """0 if the call may go now (and is counted), else seconds to wait before asking again."""
         lim = scope.limits
-        ms = self._acquire(keys=self._keys(scope), args=[
-            lim.rpm, lim.input_tpm, lim.output_tpm, 1, input_tokens, output_tokens, self.burst])
+        ms = self.scripts.bucket_take(
+            bucket=self.keys.bucket(scope.name), cooldown=self.keys.cooldown(scope.name),
+            rpm=lim.rpm, itpm=lim.input_tpm, otpm=lim.output_tpm, need_r=1, need_i=input_tokens,
+            need_o=output_tokens, burst=self.burst)
         return int(ms) / 1000.0
 
     def cooldown_left(self, scope: Scope) -> float:
-        return max(int(self.conn.pttl(self._keys(scope)[1])), 0) / 1000.0
+        return max(int(self.conn.pttl(self.keys.cooldown(scope.name))), 0) / 1000.0
 
     async def acquire(self, scope: Scope, input_tokens: int, output_tokens: int, *, max_wait: float) -> float:
         """Wait for capacity; returns 0, or the wait still ahead when it is longer than `max_wait`.
@@ -160,9 +109,11 @@ class Limiter:
     def correct(self, scope: Scope, estimated_in: int, actual_in: int, estimated_out: int, actual_out: int) -> None:
         lim = scope.limits
         if lim.input_tpm or lim.output_tpm:
-            self._adjust(keys=self._keys(scope)[:1], args=[
-                lim.input_tpm, lim.output_tpm, actual_in - estimated_in, actual_out - estimated_out, self.burst])
+            self.scripts.bucket_adjust(
+                bucket=self.keys.bucket(scope.name), itpm=lim.input_tpm, otpm=lim.output_tpm,
+                extra_i=actual_in - estimated_in, extra_o=actual_out - estimated_out, burst=self.burst)
 
     def cool_down(self, scope: Scope, seconds: float, reason: str) -> None:
-        self._cool(keys=self._keys(scope)[1:], args=[max(int(seconds * 1000), 1), reason[:200]])
+        self.scripts.cool_down(cooldown=self.keys.cooldown(scope.name), ms=max(int(seconds * 1000), 1),
+                               reason=reason[:200])
         self._cool_seen.pop(scope.name, None)  # this process sees its own cool-down at once

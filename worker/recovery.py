@@ -24,13 +24,16 @@ from typing import Any
 import redis
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from . import clock
 from .errors import BatchClosed, RequestFailed
+from .keys import Keys
 from .results import error_line
+from .scripts import Scripts
 from .settings import Settings
 from .store import Store
 
@@ -38,6 +41,7 @@ log = logging.getLogger("otb.recovery")
 
 
 CHUNK_JOB = "worker.jobs.run_chunk"
+CHUNK_RESULT_TTL = 3600  # how long RQ keeps a finished chunk job (ours are in the batch's own keys)
 
 
 def queue_for(conn: redis.Redis, settings: Settings) -> Queue:
@@ -49,7 +53,7 @@ def chunk_jobs(settings: Settings, bid: str, ids: list[str], tag: str, size: int
     size = size or settings.chunk_size
     return [Queue.prepare_data(
         CHUNK_JOB, args=(bid, ids[start : start + size]), job_id=f"{bid}-{tag}-{start // size}",
-        timeout=settings.job_timeout, result_ttl=3600, failure_ttl=settings.result_ttl, retry=Retry(max=3),
+        timeout=settings.job_timeout, result_ttl=CHUNK_RESULT_TTL, failure_ttl=settings.result_ttl, retry=Retry(max=3),
         description=f"{bid} {tag}: {len(ids[start:start + size])} requests",
     ) for start in range(0, len(ids), size)]
 
@@ -76,7 +80,7 @@ def park(conn: redis.Redis, settings: Settings, bid: str, parked: list[tuple[str
     member = json.dumps({"batch": bid, "ids": [cid for cid, _, _ in parked]})
     if store.count_parked(bid, len(parked), resume_at, reason) < 0:
         return  # the batch is gone: nothing to come back for
-    conn.zadd(f"{settings.key_prefix}:parked", {member: resume_at})
+    conn.zadd(store.keys.parked, {member: resume_at})
     log.warning("%d requests of %s parked until %s: %s", len(parked), bid,
                 time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(resume_at)), reason)
 
@@ -84,12 +88,12 @@ def park(conn: redis.Redis, settings: Settings, bid: str, parked: list[tuple[str
 def resume_parked(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> int:
     """Enqueue parked requests whose time has come; returns how many."""
     store = Store.of(conn, settings)
-    key = f"{settings.key_prefix}:parked"
+    key = store.keys.parked
     resumed = 0
     for member in conn.zrangebyscore(key, 0, clock.now() if now is None else now):
-        if not conn.zrem(key, member):
+        if not conn.zrem(key, _text(member)):
             continue  # another janitor took it
-        entry = json.loads(member)
+        entry = json.loads(_text(member))
         bid, ids = entry["batch"], entry["ids"]
         enqueue_chunks(conn, settings, bid, ids, f"resume{int(clock.now() * 1000)}")
         store.count_parked(bid, -len(ids))
@@ -136,29 +140,44 @@ def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | Non
     now = clock.now() if now is None else now
     recovered = []
     for job_id, execution_id in started.get_job_and_execution_ids(cleanup=False):
+        execution = Execution(execution_id, job_id, connection=conn)
         if conn.exists(store.keys.lease(job_id)):
             continue
         try:
             job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
         except NoSuchJobError:
-            conn.zrem(started.key, f"{job_id}:{execution_id}")
+            started.remove_execution(execution)
             continue
         began = job.started_at.timestamp() if job.started_at else 0.0
         if job.get_status() != JobStatus.STARTED or now - began < settings.lease_ttl * 2:
             continue  # finished meanwhile, or too young to hold its lease yet
-        if not conn.set(f"{settings.key_prefix}:recovering:{job_id}", "1", nx=True, ex=int(settings.lease_ttl * 2)):
+        count = _take_for_recovery(conn, store.keys, settings, job_id)
+        if count is None:
             continue  # another janitor is on it
         recovered.append(job_id)
-        count = conn.hincrby(f"{settings.key_prefix}:recoveries", job_id, 1)
-        conn.expire(f"{settings.key_prefix}:recoveries", settings.result_ttl)
         if count > settings.max_recoveries:
             _give_up(conn, store, queue, job, count, settings)
-            conn.zrem(started.key, f"{job_id}:{execution_id}")
+            started.remove_execution(execution)
             continue
         log.warning("chunk %s lost its worker (no lease for %.0f s): re-enqueued", job_id, now - began)
         queue.enqueue_job(job, at_front=True)  # first: a crash between the two leaves it queued, never lost
-        conn.zrem(started.key, f"{job_id}:{execution_id}")
+        started.remove_execution(execution)
     return recovered
+
+
+def _take_for_recovery(conn: redis.Redis, keys: Keys, settings: Settings, job_id: str) -> int | None:
+    """Lock `job_id` for this janitor and count one more recovery of it; None if another janitor has it.
+
+    The count (`otb:recoveries:{job}`) lives `result_ttl` after the chunk's last recovery: every
+    recovery happens while its batch lives, so a counter outlives its batch by one lifetime at most.
+    """
+    if not conn.set(keys.recovering(job_id), "1", nx=True, ex=int(settings.lease_ttl * 2)):
+        return None
+    with conn.pipeline() as pipe:
+        pipe.incr(keys.recoveries(job_id))
+        pipe.expire(keys.recoveries(job_id), settings.result_ttl)
+        count, _ = pipe.execute()
+    return int(count)
 
 
 def _give_up(conn: redis.Redis, store: Store, queue: Queue, job: Job, count: int, settings: Settings) -> None:
@@ -173,40 +192,25 @@ def _give_up(conn: redis.Redis, store: Store, queue: Queue, job: Job, count: int
     queue.failed_job_registry.add(job, ttl=settings.result_ttl, exc_string="worker died repeatedly")
 
 
-# Take the queue's next job for a running chunk to work on too, recording who holds it.
-# KEYS: RQ queue list, claims hash. ARGV: claimer's lease key, now. Returns the job id or nil.
-_CLAIM = """
-local id = redis.call('LINDEX', KEYS[1], 0)
-if not id then return false end
-if redis.call('LREM', KEYS[1], 1, id) == 0 then return false end
-redis.call('HSET', KEYS[2], id, ARGV[1] .. ' ' .. ARGV[2])
-return id
-"""
-
-
-def claims_key(settings: Settings) -> str:
-    return f"{settings.key_prefix}:claimed"
-
-
 def claim_next(conn: redis.Redis, settings: Settings, lease_key: str) -> tuple[str, str, list[str]] | None:
     """The next queued chunk job, taken by a running chunk whose own requests have all started.
 
     It leaves the RQ queue and is recorded in `otb:claimed` with the claimer's lease, atomically; if
     the claimer dies, the janitor puts it back (recover_claimed). Returns (job id, batch, custom_ids).
     """
-    queue = queue_for(conn, settings)
-    raw = conn.eval(_CLAIM, 2, queue.key, claims_key(settings), lease_key, f"{clock.now():.3f}")
+    queue, claims = queue_for(conn, settings), Keys(settings.key_prefix).claimed
+    raw = Scripts(conn).claim(queue=queue.key, claims=claims, lease=lease_key, now=f"{clock.now():.3f}")
     if not raw:
         return None
-    job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+    job_id = _text(raw)
     try:
         job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
         if job.func_name != CHUNK_JOB:
             raise NoSuchJobError(job_id)
     except NoSuchJobError:
         with conn.pipeline() as pipe:  # not a chunk job of ours: give it back untouched
-            pipe.lpush(queue.key, job_id)
-            pipe.hdel(claims_key(settings), job_id)
+            queue.push_job_id(job_id, pipeline=pipe, at_front=True)
+            pipe.hdel(claims, job_id)
             pipe.execute()
         return None
     job.set_status(JobStatus.STARTED)
@@ -217,38 +221,40 @@ def finish_claimed(conn: redis.Redis, settings: Settings, job_ids: list[str]) ->
     """Claimed chunks are done (or handed back): mark their RQ jobs finished and drop the claims."""
     for job_id in job_ids:
         try:
-            Job.fetch(job_id, connection=conn, serializer=JSONSerializer).set_status(JobStatus.FINISHED)
-            conn.expire(f"rq:job:{job_id}", 3600)
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+            job.set_status(JobStatus.FINISHED)
+            job.cleanup(ttl=CHUNK_RESULT_TTL)
         except NoSuchJobError:
             pass
-        conn.hdel(claims_key(settings), job_id)
+        conn.hdel(Keys(settings.key_prefix).claimed, job_id)
 
 
 def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
     """Claimed chunks whose claimer's lease lapsed go back to the front of the queue."""
     now = clock.now() if now is None else now
-    queue = queue_for(conn, settings)
+    queue, keys = queue_for(conn, settings), Keys(settings.key_prefix)
     back = []
-    for raw_id, raw in conn.hgetall(claims_key(settings)).items():
-        job_id = raw_id.decode()
-        lease_key, _, at = raw.decode().rpartition(" ")
+    for raw_id, raw in conn.hgetall(keys.claimed).items():
+        job_id = _text(raw_id)
+        lease_key, _, at = _text(raw).rpartition(" ")
         if conn.exists(lease_key) or now - float(at) < settings.lease_ttl * 2:
             continue
-        if not conn.set(f"{settings.key_prefix}:recovering:{job_id}", "1", nx=True, ex=int(settings.lease_ttl * 2)):
+        count = _take_for_recovery(conn, keys, settings, job_id)
+        if count is None:
             continue
-        if conn.hincrby(f"{settings.key_prefix}:recoveries", job_id, 1) > settings.max_recoveries:
+        if count > settings.max_recoveries:
             try:
                 _give_up(conn, Store.of(conn, settings), queue,
-                         Job.fetch(job_id, connection=conn, serializer=JSONSerializer), settings.max_recoveries + 1, settings)
+                         Job.fetch(job_id, connection=conn, serializer=JSONSerializer), count, settings)
             except NoSuchJobError:
                 pass
-            conn.hdel(claims_key(settings), job_id)
+            conn.hdel(keys.claimed, job_id)
             continue
         log.warning("claimed chunk %s lost its worker: re-enqueued", job_id)
         with conn.pipeline() as pipe:
-            pipe.lpush(queue.key, job_id)
-            pipe.hset(f"rq:job:{job_id}", "status", JobStatus.QUEUED.value)
-            pipe.hdel(claims_key(settings), job_id)
+            queue.push_job_id(job_id, pipeline=pipe, at_front=True)
+            Job(job_id, connection=conn, serializer=JSONSerializer).set_status(JobStatus.QUEUED, pipeline=pipe)
+            pipe.hdel(keys.claimed, job_id)
             pipe.execute()
         back.append(job_id)
     return back
@@ -259,8 +265,7 @@ def close_unstarted(conn: redis.Redis, settings: Settings, bid: str, code: str) 
     queue = queue_for(conn, settings)
     store = Store.of(conn, settings)
     closed = 0
-    for raw_id in sorted(conn.smembers(store.keys.jobs(bid))):
-        job_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+    for job_id in sorted(_text(j) for j in conn.smembers(store.keys.jobs(bid))):
         if not conn.lrem(queue.key, 0, job_id):
             continue  # running or done: the worker checks the batch before each call
         try:
@@ -284,7 +289,7 @@ def end_requests(store: Store, bid: str, custom_ids: list[str], error: RequestFa
     for cid in custom_ids:
         if cid not in done:
             meta = _meta_of(store, bid, requests.get(cid))
-            ended += store.commit(bid, cid, error_line(bid, cid, error, meta), outcome, {}, {})
+            ended += store.commit(bid, cid, error_line(bid, cid, error, meta), outcome)
     return ended
 
 
@@ -292,7 +297,7 @@ def expire_due(conn: redis.Redis, settings: Settings, *, now: float | None = Non
     """Batches whose completion window has ended, on Redis's clock: close them and what has not started."""
     store = Store.of(conn, settings)
     now = store.redis_now() if now is None else now
-    due = [b.decode() if isinstance(b, bytes) else b for b in conn.zrangebyscore(store.keys.deadlines, 0, now)]
+    due = [_text(b) for b in conn.zrangebyscore(store.keys.deadlines, 0, now)]
     for bid in due:
         if store.close(bid, "expiring") == "expiring":
             close_unstarted(conn, settings, bid, "batch_expired")
@@ -314,12 +319,12 @@ def rescue_stranded(conn: redis.Redis, settings: Settings) -> dict[str, int]:
     2 x `lease_ttl`. Returns {batch: requests rescued}.
     """
     store = Store.of(conn, settings)
-    if not conn.set(f"{settings.key_prefix}:rescuing", "1", nx=True, px=int(settings.lease_ttl * 2000)):
+    if not conn.set(store.keys.rescuing, "1", nx=True, px=int(settings.lease_ttl * 2000)):
         return {}
     rescued: dict[str, int] = {}
-    for bid in [b.decode() if isinstance(b, bytes) else b for b in conn.zrange(store.keys.open, 0, -1)]:
-        record = store.batch(bid)
-        status = (record or {}).get("status")
+    for bid in [_text(b) for b in conn.zrange(store.keys.open, 0, -1)]:
+        record = store.batch(bid) or {}
+        status = record.get("status")
         if status not in ("in_progress", "cancelling", "expiring"):
             conn.zrem(store.keys.open, bid)  # finished, or gone: nothing to watch
             continue
@@ -335,11 +340,10 @@ def rescue_stranded(conn: redis.Redis, settings: Settings) -> dict[str, int]:
 
 def _has_live_job(conn: redis.Redis, store: Store, bid: str) -> bool:
     """Does a queued, running or claimed chunk job still carry requests of `bid`?"""
-    job_ids = [j.decode() if isinstance(j, bytes) else j for j in conn.smembers(store.keys.jobs(bid))]
     pipe = conn.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hget(f"rq:job:{job_id}", "status")
-    return any(s is not None and s.decode() in LIVE_JOB for s in pipe.execute())
+    for job_id in conn.smembers(store.keys.jobs(bid)):
+        pipe.hget(Job.key_for(_text(job_id)), "status")  # the status alone: a chunk job's data is large
+    return any(s is not None and _text(s) in LIVE_JOB for s in pipe.execute())
 
 
 def _finish_stranded(conn: redis.Redis, settings: Settings, store: Store, bid: str, status: str,
@@ -391,3 +395,7 @@ class Janitor(threading.Thread):
                 log.warning("janitor: Redis unavailable (%s); retrying", exc)
             except Exception:  # never let the janitor die silently
                 log.exception("janitor pass failed")
+
+
+def _text(v: object) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -18,12 +18,12 @@ import redis
 from . import budget, clock
 from .batch import Batch
 from .errors import BatchClosed, InvalidRequest, Parked, RequestFailed
-from .pricing import cost as price, to_pico
+from .pricing import cost as price
 from .providers import ADAPTERS, Provider
 from .providers.base import Parsed, Prepared
 from .registry import ModelSpec, Registry
 from .results import error_line, success_line
-from .schemas import KIND_BY_URL, ChatRequest, EmbeddingRequest, Usage, chat_request, embedding_request
+from .schemas import KIND_BY_URL, ChatRequest, EmbeddingRequest, chat_request, embedding_request
 from .settings import Settings
 from .store import Store
 from .upstream import Attempts, Upstream
@@ -149,8 +149,7 @@ class OneRequest:
         charge = price(parsed.usage, billed, clock.today())
         line = success_line(self.batch.id, self.custom_id, parsed.body, request_id=parsed.request_id,
                             usage=parsed.usage, cost=charge, meta=self.meta)
-        costs = {name: to_pico(getattr(charge, name)) for name in ("input", "cache_read", "cache_write", "output")}
-        won = await self.commit(line, "succeeded", costs, _token_counts(parsed.usage), to_pico(charge.total))
+        won = await self.commit(line, "succeeded")
         return "succeeded" if won else "skipped"
 
     async def fail(self, error: RequestFailed) -> str:
@@ -159,14 +158,12 @@ class OneRequest:
         log.info("request %s/%s errored: %s", self.batch.id, self.custom_id, error.code)
         line = error_line(self.batch.id, self.custom_id, error, self.meta)
         outcome: str = line["meta"]["outcome"]
-        won = await self.commit(line, outcome, {}, {}, 0)
+        won = await self.commit(line, outcome)
         return outcome if won else "skipped"
 
-    async def commit(self, line: dict[str, Any], outcome: str, costs: dict[str, int], counts: dict[str, int],
-                     spend_pico: int) -> bool:
+    async def commit(self, line: dict[str, Any], outcome: str) -> bool:
         """Store the result once (off the event loop), waiting out a Redis that refuses writes."""
-        write = functools.partial(self.ctx.store.commit, self.batch.id, self.custom_id, line, outcome, costs, counts,
-                                  spend_pico=spend_pico)
+        write = functools.partial(self.ctx.store.commit, self.batch.id, self.custom_id, line, outcome)
         return await self.ctx.writes.persist(write)
 
 
@@ -185,13 +182,3 @@ def _billed_spec(registry: Registry, spec: ModelSpec, parsed: Parsed) -> ModelSp
         return spec
     other = registry.by_upstream(spec.provider, served)
     return other if other is not None and other.pricing is not None else spec
-
-
-def _token_counts(usage: Usage) -> dict[str, int]:
-    return {
-        "input_tokens": usage.input_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_5m_tokens + usage.cache_write_1h_tokens,
-        "output_tokens": usage.output_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-    }

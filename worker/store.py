@@ -1,23 +1,10 @@
-"""The one module that knows Redis key names. Results are committed atomically and at most once.
+"""Our data in Redis: batch records, request bodies, results committed atomically and at most once.
 
-Key layout (prefix `otb`, configurable). A batch's keys all end together, `result_ttl` seconds after
-its submit (each key written later takes the record's remaining lifetime), and the indexes drop a
-batch when it ends:
-
-    otb:batch:{id}            HASH   batch record: status, counts, cost/spend aggregates, options
-    otb:batch:{id}:ids        LIST   custom_ids in input order
-    otb:batch:{id}:requests   HASH   custom_id -> {"url", "body", "line"} as submitted
-    otb:batch:{id}:results    HASH   custom_id -> result line (OpenAI batch output line + cost + meta)
-    otb:batch:{id}:jobs       SET    ids of the RQ chunk jobs that carry its requests
-    otb:batch:{id}:agg        HASH   the batch's aggregates by hour (`otb report --batch / --by batch`)
-    otb:batch:{id}:reserved   HASH   budget holds of calls in flight (--max-cost)
-    otb:batch:{id}:answers    SET    extra provider answers already counted in `spent` (duplicate runs)
-    otb:batches               ZSET   batch ids by creation time (Redis TIME), pruned as batches expire
-    otb:open                  ZSET   batches not finished yet (the janitor's rounds)
-    otb:deadlines             ZSET   batch ids by the end of their completion window
-    otb:lease:{job id}        STRING held by the process running a chunk; lapses within seconds of its death
-
-Money in Redis is integer pico-dollars (1e-12 USD) so aggregates stay exact under HINCRBY.
+Key names live in keys.py (the layout) and the atomic steps in lua/ (scripts.py loads them); this
+module is what the producer and the workers call. A batch's keys all end together, `result_ttl`
+seconds after its submit (each key written later takes the record's remaining lifetime), and the
+indexes drop a batch when it ends. Money in Redis is integer pico-dollars (1e-12 USD) so aggregates
+stay exact under HINCRBY.
 """
 
 from __future__ import annotations
@@ -27,211 +14,18 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import redis
 
 from . import aggregates, clock
-from .pricing import from_pico, normalize
-from .schemas import COST_FIELDS
+from .keys import Keys
+from .pricing import COST_BUCKETS, from_pico, normalize
+from .scripts import Scripts
 
 OUTCOMES = ("succeeded", "errored", "canceled", "expired")
 log = logging.getLogger("otb.store")
-
-TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
-
-# Write a result once; count it once (batch counters, hourly and per-batch aggregates); publish the
-# event; close the batch when the last one lands. Never re-creates a batch record that is gone.
-# Returns 1 written (or this very write, re-sent after a timeout), 0 another answer was there, -1 no batch.
-# KEYS: results, batch, agg hour, agg hours, batch events, global events, batch agg, open index, answers
-# ARGV: custom_id, line, outcome, ttl, now, n batch pairs, hour, hour start, agg ttl, spend, answer id, pairs...
-_COMMIT = """
-local life = redis.call('PTTL', KEYS[2])
-if life == -2 or redis.call('HEXISTS', KEYS[2], 'total') == 0 then return -1 end
-if life == -1 then life = tonumber(ARGV[4]) * 1000 end
-local spend = tonumber(ARGV[10])
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 1 end
-  if spend > 0 and redis.call('SADD', KEYS[9], ARGV[11]) == 1 then
-    redis.call('HINCRBY', KEYS[2], 'spent_pico', spend)
-    redis.call('PEXPIRE', KEYS[9], life)
-  end
-  return 0
-end
-if spend > 0 then redis.call('HINCRBY', KEYS[2], 'spent_pico', spend) end
-redis.call('PEXPIRE', KEYS[1], life)
-local h = redis.call('HMGET', KEYS[2], 'total', 'succeeded', 'errored', 'canceled', 'expired', 'status', 'id')
-local total = tonumber(h[1]) or 0
-local done = (tonumber(h[2]) or 0) + (tonumber(h[3]) or 0) + (tonumber(h[4]) or 0) + (tonumber(h[5]) or 0)
-if done >= total then return 1 end
-redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-local split = 12 + 2 * tonumber(ARGV[6])
-for i = 12, split - 1, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
-for i = split, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
-  redis.call('HINCRBY', KEYS[7], ARGV[7] .. '\\31' .. ARGV[i], ARGV[i + 1])
-end
-redis.call('PEXPIRE', KEYS[7], life)
-redis.call('EXPIRE', KEYS[3], ARGV[9])
-redis.call('ZADD', KEYS[4], ARGV[8], ARGV[7])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (tonumber(ARGV[8]) - tonumber(ARGV[9])))
-redis.call('XADD', KEYS[5], '*', 'type', 'request', 'custom_id', ARGV[1], 'outcome', ARGV[3])
-redis.call('PEXPIRE', KEYS[5], life)
-if done + 1 >= total then
-  local final = 'completed'
-  if h[6] == 'cancelling' then final = 'cancelled' elseif h[6] == 'expiring' then final = 'expired' end
-  redis.call('HSET', KEYS[2], 'status', final, 'completed_at', ARGV[5])
-  redis.call('ZREM', KEYS[8], h[7])
-  redis.call('XADD', KEYS[5], '*', 'type', 'batch', 'batch', h[7], 'status', final)
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', 10000, '*', 'type', 'batch', 'batch', h[7], 'status', final)
-end
-return 1
-"""
-
-# Take an errored result back (for `otb retry`) only if it is still the line we read and the batch is
-# neither closing nor closed (a cancel wins over a retry), with its share of the aggregates.
-# KEYS: results, batch, agg hour, batch agg, open index. ARGV: custom_id, line, outcome, hour, pairs...
-_UNCOMMIT = """
-local st = redis.call('HGET', KEYS[2], 'status')
-if st ~= 'completed' and st ~= 'in_progress' then return 0 end
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[2], ARGV[3], -1)
-if st == 'completed' then
-  redis.call('HSET', KEYS[2], 'status', 'in_progress')
-  redis.call('HDEL', KEYS[2], 'completed_at')
-  local rec = redis.call('HMGET', KEYS[2], 'id', 'created_at')
-  redis.call('ZADD', KEYS[5], tonumber(rec[2]) or 0, rec[1])
-end
-for i = 5, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
-  redis.call('HINCRBY', KEYS[4], ARGV[4] .. '\\31' .. ARGV[i], ARGV[i + 1])
-end
-return 1
-"""
-
-# Hold a call's worst case against the batch budget. 1: held. 0: it can never fit (what was spent
-# only grows). -1: it fits once calls in flight settle, so wait. A hold whose holder's lease lapsed
-# (the worker died) or whose deadline passed no longer counts. Time is Redis's (TIME), not a machine's.
-# KEYS: batch, holds. ARGV: custom_id, pico, max pico, lease key ('' for none), hold seconds.
-_RESERVE = """
-local spent = tonumber(redis.call('HGET', KEYS[1], 'spent_pico')) or 0
-local pico = tonumber(ARGV[2])
-if spent + pico > tonumber(ARGV[3]) then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-local held = 0
-local holds = redis.call('HGETALL', KEYS[2])
-for i = 1, #holds, 2 do
-  local amount, deadline, lease = string.match(holds[i + 1], '^(%d+) (%d+) ?(.*)$')
-  if amount == nil or tonumber(deadline) < now or (lease ~= '' and redis.call('EXISTS', lease) == 0) then
-    redis.call('HDEL', KEYS[2], holds[i])
-  else
-    held = held + tonumber(amount)
-  end
-end
-if spent + held + pico > tonumber(ARGV[3]) then return -1 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ' ' .. (now + tonumber(ARGV[5])) .. ' ' .. ARGV[4])
-local life = redis.call('PTTL', KEYS[1])
-if life > 0 then redis.call('PEXPIRE', KEYS[2], life) end
-return 1
-"""
-
-# Count parked requests on the batch (n < 0: resumed), only while its record exists: a batch that
-# expired or was lost must not come back as a record of counters alone, without a total or an expiry.
-# KEYS: batch. ARGV: n, until, reason ('' when resuming).
-_PARKED = """
-if redis.call('HEXISTS', KEYS[1], 'total') == 0 then return -1 end
-local left = redis.call('HINCRBY', KEYS[1], 'parked', ARGV[1])
-if left <= 0 then redis.call('HDEL', KEYS[1], 'parked', 'parked_until', 'parked_reason')
-elseif ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'parked_until', ARGV[2], 'parked_reason', ARGV[3]) end
-return left
-"""
-
-# Give keys the remaining lifetime of the batch record (KEYS[1]), so a key written late (a retry's
-# jobs) does not outlive its batch.
-_SAME_LIFE = """
-local life = redis.call('PTTL', KEYS[1])
-if life <= 0 then return 0 end
-for i = 2, #KEYS do redis.call('PEXPIRE', KEYS[i], life) end
-return 1
-"""
-
-# Move an open batch to a closing status (cancelling / expiring); a finished one stays as it is.
-_CLOSE = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'in_progress' then redis.call('HSET', KEYS[1], 'status', ARGV[1]) return ARGV[1] end
-return st
-"""
-
-
-@dataclass(frozen=True)
-class Keys:
-    prefix: str
-
-    def batch(self, bid: str) -> str:
-        return f"{self.prefix}:batch:{bid}"
-
-    def ids(self, bid: str) -> str:
-        return f"{self.prefix}:batch:{bid}:ids"
-
-    def requests(self, bid: str) -> str:
-        return f"{self.prefix}:batch:{bid}:requests"
-
-    def results(self, bid: str) -> str:
-        return f"{self.prefix}:batch:{bid}:results"
-
-    def jobs(self, bid: str) -> str:
-        return f"{self.prefix}:batch:{bid}:jobs"
-
-    def lease(self, job_id: str) -> str:
-        return f"{self.prefix}:lease:{job_id}"
-
-    def reservations(self, bid: str) -> str:
-        return f"{self.prefix}:batch:{bid}:reserved"
-
-    def events(self, bid: str) -> str:
-        return f"{self.prefix}:batch:{bid}:events"
-
-    def batch_agg(self, bid: str) -> str:
-        return f"{self.prefix}:batch:{bid}:agg"
-
-    def answers(self, bid: str) -> str:
-        return f"{self.prefix}:batch:{bid}:answers"
-
-    def of_batch(self, bid: str) -> list[str]:
-        """Every key a batch owns: they are written with one lifetime and expire together."""
-        return [self.batch(bid), self.ids(bid), self.requests(bid), self.results(bid), self.jobs(bid),
-                self.events(bid), self.batch_agg(bid), self.reservations(bid), self.answers(bid)]
-
-    @property
-    def open(self) -> str:
-        return f"{self.prefix}:open"
-
-    @property
-    def all_events(self) -> str:
-        return f"{self.prefix}:events"
-
-    def agg_hour(self, hour: str) -> str:
-        return f"{self.prefix}:agg:{hour}"
-
-    @property
-    def agg_hours(self) -> str:
-        return f"{self.prefix}:agg:hours"
-
-    def idempotency(self, digest: str) -> str:
-        return f"{self.prefix}:idempotency:{digest}"
-
-    @property
-    def batches(self) -> str:
-        return f"{self.prefix}:batches"
-
-    @property
-    def deadlines(self) -> str:
-        return f"{self.prefix}:deadlines"
 
 
 class Store:
@@ -241,12 +35,7 @@ class Store:
         self.keys = Keys(prefix)
         self.ttl = ttl
         self.aggregate_ttl = aggregate_ttl
-        self._commit = conn.register_script(_COMMIT)
-        self._uncommit = conn.register_script(_UNCOMMIT)
-        self._close = conn.register_script(_CLOSE)
-        self._reserve = conn.register_script(_RESERVE)
-        self._parked = conn.register_script(_PARKED)
-        self._same_life = conn.register_script(_SAME_LIFE)
+        self.scripts = Scripts(conn)
 
     @classmethod
     def of(cls, conn: redis.Redis, settings: Any) -> "Store":
@@ -325,7 +114,7 @@ class Store:
         if job_ids:
             pipe.sadd(self.keys.jobs(bid), *job_ids)
             pipe.expire(self.keys.jobs(bid), self.ttl)
-            self._same_life(keys=[self.keys.batch(bid), self.keys.jobs(bid)], client=pipe)
+            self.scripts.same_life(batch=self.keys.batch(bid), others=[self.keys.jobs(bid)], client=pipe)
 
     # -- work ---------------------------------------------------------------------------------
     def load_requests(self, bid: str, custom_ids: list[str]) -> dict[str, dict[str, Any] | None]:
@@ -350,46 +139,37 @@ class Store:
             out += [cid for cid, res in zip(ids, self.conn.hmget(k.results(bid), ids)) if res is None]
         return out
 
-    def commit(
-        self,
-        bid: str,
-        custom_id: str,
-        line: dict[str, Any],
-        outcome: str,
-        cost_pico: Mapping[str, int],
-        tokens: Mapping[str, int],
-        *,
-        spend_pico: int = 0,
-    ) -> bool:
-        """Store one final result and fold it into the batch aggregates; False if one was already there.
+    def commit(self, bid: str, custom_id: str, line: dict[str, Any], outcome: str) -> bool:
+        """Store one final result and fold it into the batch's sums and the aggregates; False if one
+        was already there.
 
-        `spend_pico` (what the provider billed for this answer) is counted once per answer: a call
-        sent twice is paid twice even though one result is kept, but a commit that the Redis client
-        sends again (a timeout during a Redis pause) is recognised and counted once. A batch whose
-        record is gone (expired, evicted, lost in a restart) is never re-created: False, and a warning.
+        Its figures are read from the line once (aggregates.counters): the batch record, the hourly
+        and the per-batch aggregates and the spend all take them from that one reading. The line's
+        cost is what the provider billed for this answer (zero for an error), counted in `spent`
+        once per answer: a call sent twice is paid twice even though one result is kept, but a
+        commit that the Redis client sends again (a timeout during a Redis pause) is recognised and
+        counted once. A batch whose record is gone (expired, evicted, lost in a restart) is never
+        re-created: False, and a warning.
         """
         assert outcome in OUTCOMES
-        increments: list[Any] = []
-        for name, value in cost_pico.items():
-            if value:
-                increments += [f"cost_{name}_pico", value]
-        for name, value in tokens.items():
-            if value:
-                increments += [name, value]
+        counts = aggregates.counters(line)
+        for_record = [x for name in aggregates.RECORD_COUNTERS if name in counts for x in (name, counts[name])]
         now = _committed_at(line)  # the line's own time decides its hour, here and in `uncommit`
         hour, start = aggregates.hour_of(now)
         text = json.dumps(line, separators=(",", ":"))
-        answer = hashlib.sha256(text.encode()).hexdigest()[:20]
-        args = [custom_id, text, outcome, self.ttl, f"{now:.3f}", len(increments) // 2, hour, start,
-                self.aggregate_ttl, spend_pico, answer]
         k = self.keys
-        keys = [k.results(bid), k.batch(bid), k.agg_hour(hour), k.agg_hours, k.events(bid), k.all_events,
-                k.batch_agg(bid), k.open, k.answers(bid)]
-        got = self._commit(keys=keys, args=args + increments + aggregates.increments(line))
+        got = self.scripts.commit(
+            results=k.results(bid), batch=k.batch(bid), agg_hour=k.agg_hour(hour), agg_hours=k.agg_hours,
+            events=k.events(bid), all_events=k.all_events, batch_agg=k.batch_agg(bid), open=k.open,
+            answers=k.answers(bid), custom_id=custom_id, line=text, outcome=outcome, ttl=self.ttl,
+            now=f"{now:.3f}", n_batch=len(for_record) // 2, hour=hour, hour_start=start,
+            agg_ttl=self.aggregate_ttl, spend=sum(counts.get(c, 0) for c in aggregates.COST_COUNTERS),
+            answer=hashlib.sha256(text.encode()).hexdigest()[:20],
+            counters=for_record + aggregates.increments(line, counts=counts))
         if got == -1:
             log.warning("batch %s is gone (expired after OTB_RESULT_TTL, evicted, or lost in a Redis restart): "
                         "result of %s not stored", bid, custom_id)
-        return got == 1
+        return bool(got == 1)
 
     def uncommit(self, bid: str, custom_id: str, line_json: str, outcome: str, *, pipe: Any = None) -> bool | None:
         """Remove one final result so the request can run again; False if it changed meanwhile or the
@@ -397,14 +177,15 @@ class Store:
         k = self.keys
         line = json.loads(line_json)
         hour, _ = aggregates.hour_of(_committed_at(line))
-        undo = aggregates.increments(line, sign=-1)
-        keys = [k.results(bid), k.batch(bid), k.agg_hour(hour), k.batch_agg(bid), k.open]
-        got = self._uncommit(keys=keys, args=[custom_id, line_json, outcome, hour, *undo], client=pipe)
+        got = self.scripts.uncommit(
+            results=k.results(bid), batch=k.batch(bid), agg_hour=k.agg_hour(hour), batch_agg=k.batch_agg(bid),
+            open=k.open, custom_id=custom_id, line=line_json, outcome=outcome, hour=hour,
+            counters=aggregates.increments(line, sign=-1), client=pipe)
         return None if pipe is not None else bool(got)
 
     def close(self, bid: str, closing: str) -> str | None:
         """in_progress -> `closing` (cancelling / expiring); returns the status the batch now has."""
-        got = self._close(keys=[self.keys.batch(bid)], args=[closing])
+        got = self.scripts.close(batch=self.keys.batch(bid), closing=closing)
         return _text(got) if got is not None else None
 
     def raw_results(self, bid: str) -> dict[str, str]:
@@ -415,16 +196,16 @@ class Store:
         """Hold `pico` of the batch budget for a call about to be sent: 1 held, -1 not yet (wait for
         calls in flight to settle), 0 never (what was spent plus this would pass the budget).
         The hold stops counting when `lease` lapses (its worker died) or after `hold_for` seconds."""
-        k = self.keys
-        return int(self._reserve(keys=[k.batch(bid), k.reservations(bid)],
-                                 args=[custom_id, pico, max_pico, lease, int(hold_for)]))
+        return int(self.scripts.reserve(batch=self.keys.batch(bid), holds=self.keys.reservations(bid),
+                                        custom_id=custom_id, pico=pico, max_pico=max_pico, lease=lease,
+                                        hold_for=int(hold_for)))
 
     def release(self, bid: str, custom_id: str) -> None:
         self.conn.hdel(self.keys.reservations(bid), custom_id)
 
     def count_parked(self, bid: str, n: int, until: float = 0.0, reason: str = "") -> int:
         """Add `n` parked requests (negative: resumed) to the batch record; -1 if the batch is gone."""
-        return int(self._parked(keys=[self.keys.batch(bid)], args=[n, f"{until:.3f}", reason]))
+        return int(self.scripts.count_parked(batch=self.keys.batch(bid), n=n, resume_at=f"{until:.3f}", reason=reason))
 
     # -- read ---------------------------------------------------------------------------------
     def batch(self, bid: str) -> dict[str, str] | None:
@@ -445,8 +226,7 @@ class Store:
             return None
         counts = {name: int(raw.get(name, 0)) for name in ("total", *OUTCOMES)}
         counts["processing"] = max(counts["total"] - sum(counts[o] for o in OUTCOMES), 0)
-        buckets = [n for n in COST_FIELDS if n != "total"]
-        cost = {n: from_pico(int(raw.get(f"cost_{n}_pico", 0))) for n in buckets}
+        cost = {n: from_pico(int(raw.get(f"cost_{n}_pico", 0))) for n in COST_BUCKETS}
         cost["total"] = normalize(sum(cost.values(), Decimal(0)))
         lost = self._lost(bid, counts)
         return {
@@ -460,7 +240,7 @@ class Store:
             "cost": {n: format(v, "f") for n, v in cost.items()},
             "spent": format(from_pico(int(raw.get("spent_pico", 0))), "f"),
             "max_cost": format(from_pico(int(raw["max_cost_pico"])), "f") if raw.get("max_cost_pico") else None,
-            "usage": {n: int(raw.get(n, 0)) for n in TOKEN_FIELDS},
+            "usage": {n: int(raw.get(n, 0)) for n in aggregates.TOKEN_COUNTERS},
             "metadata": json.loads(raw.get("metadata", "{}") or "{}"),
             "parked": {"requests": int(raw["parked"]), "until": _float(raw.get("parked_until")),
                        "reason": raw.get("parked_reason")} if int(raw.get("parked", 0) or 0) > 0 else None,

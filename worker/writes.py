@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import redis
 
+from .keys import Keys
+
 log = logging.getLogger("otb.worker")
 
 T = TypeVar("T")
@@ -58,7 +60,7 @@ class Writes(Refusals):
 
     def __init__(self, conn: redis.Redis, prefix: str) -> None:
         super().__init__("no new calls until it takes them again; answers in hand wait to be stored")
-        self.conn, self.probe_key = conn, f"{prefix}:writable"
+        self.conn, self.probe_key = conn, Keys(prefix).writable
         self._probing = asyncio.Lock()
 
     async def ready(self) -> None:

@@ -31,6 +31,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wheel = next((work / "dist").glob("opentoken_batch-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         packaged = zf.read("worker/registry.json")
+        scripts = {name for name in zf.namelist() if name.startswith("worker/lua/")}
+    assert scripts == {f"worker/lua/{p.name}" for p in (ROOT / "worker" / "lua").glob("*.lua")}, scripts
     assert hashlib.sha256(packaged).digest() == hashlib.sha256((ROOT / "registry.json").read_bytes()).digest()
     venv.create(work / "venv", with_pip=True)
     subprocess.run([str(work / "venv" / "bin" / "pip"), "install", "-q", str(wheel)], check=True, capture_output=True,

@@ -1,0 +1,73 @@
+"""Recovery bookkeeping on fakeredis: what the janitor leaves in Redis when it takes chunks back."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+from rq.executions import Execution
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from producer.client import Client
+from worker import clock
+from worker.keys import Keys
+from worker.recovery import claim_next, queue_for, recover_abandoned, recover_claimed
+from worker.settings import Settings
+
+from .conftest import ROOT
+
+
+def chat(cid: str) -> dict:
+    return {"custom_id": cid, "model": "google/gemini-3-flash", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def setup(registry):  # type: ignore[no-untyped-def]
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    settings = Settings(registry_path=ROOT / "registry.json", chunk_size=3, result_ttl=3 * 24 * 3600)
+    client = Client(conn, settings, registry)
+    return conn, settings, client.submit([chat(f"r{i}") for i in range(6)])
+
+
+def recovery_keys(conn: fakeredis.FakeRedis) -> dict[str, int]:
+    """Every recovery counter left in Redis, with its TTL (-1: kept for ever)."""
+    return {k.decode(): conn.ttl(k) for k in conn.scan_iter("otb:recoveries*")}
+
+
+def test_a_claimed_chunk_taken_back_leaves_a_counter_that_expires(setup):
+    conn, settings, _ = setup
+    got = claim_next(conn, settings, Keys().lease("a-runner-that-died"))
+    assert got is not None
+    assert recover_claimed(conn, settings, now=clock.now() + settings.lease_ttl * 3) == [got[0]]
+    counters = recovery_keys(conn)
+    assert counters and all(0 < ttl <= settings.result_ttl for ttl in counters.values()), counters
+
+
+def test_a_started_chunk_whose_worker_died_leaves_a_counter_per_chunk_that_expires(setup):
+    conn, settings, _ = setup
+    queue = queue_for(conn, settings)
+    job = Job.fetch(queue.get_job_ids()[0], connection=conn, serializer=JSONSerializer)
+    queue.remove(job)
+    with conn.pipeline() as pipe:  # what a worker does when it starts a job; then it dies without a lease
+        job.prepare_for_execution("a-worker-that-died", pipe)
+        Execution.create(job, ttl=600, pipeline=pipe)
+        pipe.execute()
+    began = job.started_at.timestamp()
+    assert recover_abandoned(conn, settings, now=began + settings.lease_ttl * 3) == [job.id]
+    assert recovery_keys(conn) == {Keys().recoveries(job.id): settings.result_ttl}
+    assert queue.get_job_ids()[0] == job.id  # back at the front of the queue
+
+
+def test_a_chunk_recovered_too_often_ends_its_requests_as_worker_crashed(setup):
+    conn, settings, bid = setup
+    settings = settings.with_(max_recoveries=2)
+    keys = Keys()
+    for round_ in range(settings.max_recoveries + 1):
+        got = claim_next(conn, settings, keys.lease("a-runner-that-died"))
+        assert got is not None
+        conn.delete(keys.recovering(got[0]))  # the previous round's lock, lapsed
+        assert recover_claimed(conn, settings, now=clock.now() + settings.lease_ttl * 3) == (
+            [got[0]] if round_ < settings.max_recoveries else [])
+    status = Client(conn, settings).status(bid)
+    assert status["request_counts"]["errored"] == 3, status
+    assert conn.get(keys.recoveries(got[0])) == b"3" and not conn.hexists(keys.claimed, got[0])

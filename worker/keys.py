@@ -1,0 +1,138 @@
+"""Every Redis key name of ours, in one place. Other programs read this layout (README, *Redis layout*).
+
+Prefix `otb` (`OTB_KEY_PREFIX`). A batch's keys expire together, `OTB_RESULT_TTL` after its submit;
+the indexes drop a batch as it ends. RQ's own keys (`rq:*`: queue, jobs, registries) are not named
+here: they are reached through RQ's API (`Queue`, `Job`, the registries), never written by hand.
+
+    {p}:batch:{id}               HASH    the batch record: status, counts, cost/spend, tokens, options
+    {p}:batch:{id}:ids           LIST    custom_ids in input order
+    {p}:batch:{id}:requests      HASH    custom_id -> {"url", "body", "line"} as submitted
+    {p}:batch:{id}:results       HASH    custom_id -> result line
+    {p}:batch:{id}:events        STREAM  one entry per finished request, then the batch's end
+    {p}:batch:{id}:jobs          SET     ids of the RQ chunk jobs that carry its requests
+    {p}:batch:{id}:agg           HASH    the batch's aggregates by hour (`otb report --batch / --by batch`)
+    {p}:batch:{id}:reserved      HASH    budget holds of calls in flight (--max-cost)
+    {p}:batch:{id}:answers       SET     extra provider answers already counted in `spent_pico`
+    {p}:batches                  ZSET    batch ids by creation time (Redis TIME), pruned as batches expire
+    {p}:open                     ZSET    batches not finished yet (the janitor's rounds)
+    {p}:deadlines                ZSET    batch ids by the end of their completion window
+    {p}:events                   STREAM  every batch's end (capped)
+    {p}:idempotency:{sha256}     STRING  the batch an idempotency key created
+    {p}:agg:{YYYYMMDDHH}         HASH    running aggregates of one UTC hour
+    {p}:agg:hours                ZSET    the aggregate hours, scored by their start
+    {p}:lease:{job}              STRING  held by the process running a chunk
+    {p}:claimed                  HASH    job id -> "{claimer's lease key} {unix s}" for claimed chunks
+    {p}:recovering:{job}         STRING  one janitor's lock on recovering a chunk
+    {p}:recoveries:{job}         STRING  how often a chunk was recovered; expires `OTB_RESULT_TTL` after the last
+    {p}:rescuing                 STRING  one janitor's lock on a round of rescues
+    {p}:parked                   ZSET    {"batch", "ids"} of requests set aside, by when they resume
+    {p}:rl:{scope}               HASH    a shared rate-limit bucket (model and a hash of the API key)
+    {p}:cool:{scope}             STRING  a shared cool-down of that scope
+    {p}:writable                 STRING  a worker's probe: does Redis take writes again? (10 s)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix. Pure: builds strings, never talks to Redis."""
+
+    prefix: str = "otb"
+
+    # -- a batch's own keys: written with one lifetime, they expire together ---------------------
+    def batch(self, bid: str) -> str:
+        return f"{self.prefix}:batch:{bid}"
+
+    def ids(self, bid: str) -> str:
+        return f"{self.batch(bid)}:ids"
+
+    def requests(self, bid: str) -> str:
+        return f"{self.batch(bid)}:requests"
+
+    def results(self, bid: str) -> str:
+        return f"{self.batch(bid)}:results"
+
+    def events(self, bid: str) -> str:
+        return f"{self.batch(bid)}:events"
+
+    def jobs(self, bid: str) -> str:
+        return f"{self.batch(bid)}:jobs"
+
+    def batch_agg(self, bid: str) -> str:
+        return f"{self.batch(bid)}:agg"
+
+    def reservations(self, bid: str) -> str:
+        return f"{self.batch(bid)}:reserved"
+
+    def answers(self, bid: str) -> str:
+        return f"{self.batch(bid)}:answers"
+
+    def of_batch(self, bid: str) -> list[str]:
+        """Every key a batch owns: they are written with one lifetime and expire together."""
+        return [self.batch(bid), self.ids(bid), self.requests(bid), self.results(bid), self.jobs(bid),
+                self.events(bid), self.batch_agg(bid), self.reservations(bid), self.answers(bid)]
+
+    # -- indexes over batches -------------------------------------------------------------------
+    @property
+    def batches(self) -> str:
+        return f"{self.prefix}:batches"
+
+    @property
+    def open(self) -> str:
+        return f"{self.prefix}:open"
+
+    @property
+    def deadlines(self) -> str:
+        return f"{self.prefix}:deadlines"
+
+    @property
+    def all_events(self) -> str:
+        return f"{self.prefix}:events"
+
+    def idempotency(self, digest: str) -> str:
+        return f"{self.prefix}:idempotency:{digest}"
+
+    # -- aggregates (no batch id: they outlive batches) ------------------------------------------
+    def agg_hour(self, hour: str) -> str:
+        return f"{self.prefix}:agg:{hour}"
+
+    @property
+    def agg_hours(self) -> str:
+        return f"{self.prefix}:agg:hours"
+
+    # -- chunk jobs beyond RQ: leases, claims, recovery, parking --------------------------------
+    def lease(self, job_id: str) -> str:
+        return f"{self.prefix}:lease:{job_id}"
+
+    @property
+    def claimed(self) -> str:
+        return f"{self.prefix}:claimed"
+
+    def recovering(self, job_id: str) -> str:
+        return f"{self.prefix}:recovering:{job_id}"
+
+    def recoveries(self, job_id: str) -> str:
+        return f"{self.prefix}:recoveries:{job_id}"
+
+    @property
+    def rescuing(self) -> str:
+        return f"{self.prefix}:rescuing"
+
+    @property
+    def parked(self) -> str:
+        return f"{self.prefix}:parked"
+
+    # -- shared rate limits ----------------------------------------------------------------------
+    def bucket(self, scope: str) -> str:
+        return f"{self.prefix}:rl:{scope}"
+
+    def cooldown(self, scope: str) -> str:
+        return f"{self.prefix}:cool:{scope}"
+
+    # -- worker health -------------------------------------------------------------------------
+    @property
+    def writable(self) -> str:
+        return f"{self.prefix}:writable"
