@@ -2,6 +2,8 @@
 
 from .batchfile import LineError, ParsedBatch, read_batch
 from .client import BatchNotFound, Client, Handle
-from .submit import SubmissionRejected, submit
+from .options import BadOption, SubmitOptions
+from .submit import Submission, SubmissionRejected, submit
 
-__all__ = ["BatchNotFound", "Client", "Handle", "LineError", "ParsedBatch", "SubmissionRejected", "read_batch", "submit"]
+__all__ = ["BadOption", "BatchNotFound", "Client", "Handle", "LineError", "ParsedBatch", "Submission",
+           "SubmissionRejected", "SubmitOptions", "read_batch", "submit"]

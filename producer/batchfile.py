@@ -90,9 +90,31 @@ def read_batch(
     """Validate every line; the result holds the good lines and every bad one with its reason.
 
     With `keep_bodies=False` only ids and line numbers are kept, so memory stays flat however long
-    the file is; `read_bodies` reads the bodies again when they are written.
+    the file is (`stream_batch` hands the bodies over as they are read instead).
     """
     out = ParsedBatch()
+    for _ in stream_batch(raw_lines, registry, out, drop_unsupported=drop_unsupported, limits=limits,
+                          keep_bodies=keep_bodies):
+        pass
+    return out
+
+
+def stream_batch(
+    raw_lines: Iterable[bytes],
+    registry: Registry,
+    out: ParsedBatch,
+    *,
+    drop_unsupported: bool = False,
+    limits: Limits = Limits(),
+    keep_bodies: bool = False,
+) -> Iterator[Line]:
+    """The one pass over a file: validate line by line and yield each good line, body included, as
+    soon as it is checked, so a submit can store it while the rest is read.
+
+    `out` fills as the pass goes: every good line (without its body unless `keep_bodies`), every
+    bad one with its reason, and at the end the digest an idempotency key is bound to. A line
+    yielded stays good: a later duplicate of its custom_id is the later line's error.
+    """
     digest = hashlib.sha256()
     first_seen: dict[str, int] = {}
     count = 0
@@ -121,20 +143,11 @@ def read_batch(
             continue
         first_seen[line.custom_id] = number
         digest.update(raw + b"\n")
-        if not keep_bodies:
-            line.body = None
-        out.lines.append(line)
+        out.lines.append(line if keep_bodies else Line(line.number, line.custom_id, line.url, None))
+        yield line
     if count == 0:
         out.errors.append(LineError(0, None, InvalidRequest("the batch is empty: it has no request lines")))
     out.digest = digest.hexdigest()
-    return out
-
-
-def read_bodies(raw_lines: Iterable[bytes], numbers: set[int], limits: Limits = Limits()) -> Iterator[Line]:
-    """The already-validated lines `numbers`, read again with their bodies, in file order."""
-    for number, raw in _numbered(raw_lines):
-        if number in numbers:
-            yield _parse_line(number, raw, limits)
 
 
 def _numbered(raw_lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -252,6 +265,7 @@ def _custom_id(value: Any, number: int, *, required: bool) -> str:
 
 
 def _check_against_registry(line: Line, registry: Registry, drop_unsupported: bool) -> None:
+    assert line.body is not None  # a line just parsed always has its body
     model = line.body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required: a canonical id such as \"google/gemini-3-flash\"", param="model")
@@ -273,7 +287,8 @@ def _ids_of(raw: bytes) -> tuple[str | None, str | None]:
         return None, None
     if not isinstance(obj, dict):
         return None, None
-    body = obj.get("body") if isinstance(obj.get("body"), dict) else obj
+    inner = obj.get("body")
+    body = inner if isinstance(inner, dict) else obj
     cid, model = obj.get("custom_id"), body.get("model")
     return (cid if _usable(cid) else None), (model if _usable(model) else None)
 

@@ -16,7 +16,7 @@ import time
 from decimal import Decimal
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -27,9 +27,10 @@ from worker.store import Store
 from .batchfile import Limits, ParsedBatch, read_batch
 from .control import cancel, retry
 from .local import connect_shared, drain, embedded_redis
+from .options import SubmitOptions
 from .submit import submit
 
-FINAL = ("completed", "cancelled", "expired")
+FINAL = ("completed", "cancelled", "expired", "lost")  # a batch in one of these changes no more on its own
 
 
 class BatchNotFound(LookupError):
@@ -72,11 +73,12 @@ class Client:
 
     def batches(self, limit: int = 20) -> list[dict[str, Any]]:
         """Status of the newest `limit` batches, newest first (those whose records expired are left out)."""
-        ids = self.conn.zrevrange(self.store.keys.batches, 0, limit - 1)
-        found = (self.store.status(b.decode() if isinstance(b, bytes) else b) for b in ids)
+        ids = cast(list[bytes], self.conn.zrevrange(self.store.keys.batches, 0, limit - 1))
+        found = (self.store.status(_text(b)) for b in ids)
         return [s for s in found if s is not None]
 
     def validate(self, raw_lines: Iterable[bytes], *, drop_unsupported_params: bool = False) -> ParsedBatch:
+        """Check lines without storing anything: every bad one with its reason (as `otb estimate` reads them)."""
         limits = Limits(self.settings.max_line_bytes, self.settings.max_lines)
         return read_batch(raw_lines, self.registry, drop_unsupported=drop_unsupported_params, limits=limits)
 
@@ -94,19 +96,13 @@ class Client:
         """Submit request dicts (either line format) or a JSONL path; returns the batch id.
 
         Raises SubmissionRejected listing every bad line unless `keep_valid`. The same
-        `idempotency_key` with the same requests returns the first batch's id.
+        `idempotency_key` with the same requests returns the first batch's id. The options are
+        those of `SubmitOptions` (BadOption for a value that cannot be used, a negative budget say).
         """
-        if isinstance(requests, (str, Path)):
-            with open(requests, "rb") as fh:
-                parsed = self.validate(fh, drop_unsupported_params=drop_unsupported_params)
-        else:
-            raw = (json.dumps(r).encode() for r in requests)
-            parsed = self.validate(raw, drop_unsupported_params=drop_unsupported_params)
-        return submit(
-            self.conn, self.settings, parsed, keep_valid=keep_valid,
-            drop_unsupported_params=drop_unsupported_params, metadata=metadata,
-            completion_window=completion_window, idempotency_key=idempotency_key, max_cost=max_cost,
-        )
+        options = SubmitOptions(keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
+                                metadata=metadata or {}, completion_window=completion_window,
+                                idempotency_key=idempotency_key, max_cost=max_cost)
+        return submit(self.conn, self.settings, self.registry, _raw_lines(requests), options).batch_id
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
         """Stop unstarted requests (they end `batch_cancelled`); in-flight ones finish. Results are kept."""
@@ -124,15 +120,14 @@ class Client:
             raise BatchNotFound(f"batch {batch_id!r} not found (wrong id, or its records expired)")
         return status
 
-    def wait(self, batch_id: str, *, timeout: float | None = None, poll: float | None = None) -> dict[str, Any]:
+    def wait(self, batch_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Block until the batch is final, woken by its completion event (no polling).
 
-        TimeoutError (with the counts so far) if `timeout` passes. `poll` is accepted for
-        compatibility and ignored.
+        TimeoutError (with the counts so far) if `timeout` passes.
         """
         for event in self.events(batch_id, timeout=timeout):
             if event.get("type") == "batch":
-                return self.status(batch_id)
+                break
         status = self.status(batch_id)
         if status["status"] in FINAL:
             return status
@@ -143,6 +138,9 @@ class Client:
 
         Each is {"type": "request", "custom_id", "outcome"} or {"type": "batch", "batch", "status"}.
         Other languages read the same Redis stream: XREAD BLOCK 0 STREAMS otb:batch:{id}:events 0.
+        A batch event from before a `retry` (the batch is running again) is history, not the end:
+        it is skipped, and the events go on to the batch's real end. Ends too when the batch's
+        record is gone or its status is final without an event (`lost`).
         """
         key = self.store.keys.events(batch_id)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -153,15 +151,21 @@ class Client:
             if left is not None and left <= 0:
                 return
             block = 5000 if left is None else max(1, min(int(left * 1000), 5000))
-            for _, entries in self.conn.xread({key: last}, block=block) or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    event = {k.decode(): v.decode() for k, v in fields.items()}
+            read = next_events(self.conn, key, last, block)
+            for entry_id, event in read:
+                last = entry_id
+                if event.get("type") != "batch":
                     yield event
-                    if event.get("type") == "batch":
-                        return
-            if self.store.batch(batch_id) is None:
-                return  # expired or deleted meanwhile
+                elif self._is_final(batch_id):
+                    yield event
+                    return
+            if not read and self._is_final(batch_id, missing=True):
+                return  # quiet, and expired or deleted meanwhile, or final with no event (lost)
+
+    def _is_final(self, batch_id: str, *, missing: bool = False) -> bool:
+        """Whether the batch changes no more (`missing`: what a batch whose record is gone counts as)."""
+        status = self.store.status(batch_id)
+        return missing if status is None else status["status"] in FINAL
 
     def submit_one(self, request: dict[str, Any], *, tags: dict[str, str] | None = None,
                    drop_unsupported_params: bool = False, completion_window: float | None = None,
@@ -186,20 +190,53 @@ class Handle:
         self.client, self.batch_id, self.custom_id = client, batch_id, custom_id
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
-        """The result line (OpenAI batch output + cost), woken by the completion event."""
+        """The result line (OpenAI batch output + cost), woken by the completion event.
+
+        An event for this request whose result is no longer there (taken back by a `retry`) is
+        history: the wait goes on for the next one."""
+        key = self.client.store.keys.results(self.batch_id)
         for event in self.client.events(self.batch_id, timeout=timeout):
             if event.get("custom_id") == self.custom_id or event.get("type") == "batch":
-                break
-        line = self.client.store.conn.hget(self.client.store.keys.results(self.batch_id), self.custom_id)
-        if line is None:
-            raise TimeoutError(f"no result for {self.custom_id} of {self.batch_id} after {timeout} s")
-        return json.loads(line)
+                line = self.client.conn.hget(key, self.custom_id)
+                if line is not None:
+                    return dict(json.loads(line))
+        raise TimeoutError(f"no result for {self.custom_id} of {self.batch_id} after {timeout} s")
 
     def status(self) -> dict[str, Any]:
         return self.client.status(self.batch_id)
 
     def cancel(self) -> dict[str, Any]:
         return self.client.cancel(self.batch_id)
+
+
+def next_events(conn: redis.Redis, key: str, after: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+    """A stream's entries after id `after`, waiting up to `block_ms` for the first one, decoded."""
+    found: list[tuple[str, dict[str, str]]] = []
+    read = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], conn.xread({key: after}, block=block_ms))
+    for _, entries in read or []:
+        for entry_id, fields in entries:
+            found.append((_text(entry_id), {_text(k): _text(v) for k, v in fields.items()}))
+    return found
+
+
+def last_event_id(conn: redis.Redis, key: str) -> str:
+    """The id of a stream's newest entry ("0-0" when empty): reading after it gives only what comes next."""
+    newest = cast(list[tuple[bytes, Any]], conn.xrevrange(key, count=1))
+    return _text(newest[0][0]) if newest else "0-0"
+
+
+def _raw_lines(requests: Iterable[dict[str, Any]] | str | Path) -> Iterator[bytes]:
+    """JSONL bytes from a path (read as it is submitted) or from request dicts."""
+    if isinstance(requests, (str, Path)):
+        with open(requests, "rb") as fh:
+            yield from fh
+    else:
+        for request in requests:
+            yield json.dumps(request).encode()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def write_jsonl(lines: Iterable[dict[str, Any]], out: io.TextIOBase | Any) -> int:

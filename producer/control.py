@@ -20,7 +20,8 @@ def cancel(conn: redis.Redis, settings: Settings, bid: str) -> dict[str, Any]:
     status = store.close(bid, "cancelling")
     if status == "cancelling":
         close_unstarted(conn, settings, bid, "batch_cancelled")
-    return {"id": bid, "status": store.status(bid)["status"] if status else None}
+    now = store.status(bid) if status else None
+    return {"id": bid, "status": now["status"] if now else None}
 
 
 def retry(conn: redis.Redis, settings: Settings, bid: str) -> int:

@@ -28,14 +28,17 @@ def estimate(parsed: ParsedBatch, registry: Registry, on: dt.date | None = None)
     on = on or clock.today()
     rows: dict[str, dict[str, Any]] = {}
     for line in parsed.lines:
+        body = line.body
+        if body is None:
+            raise ValueError("an estimate reads the request bodies: read the batch with keep_bodies=True")
         kind = KIND_BY_URL[line.url]
-        spec = registry.resolve_for(line.body["model"], kind)
+        spec = registry.resolve_for(body["model"], kind)
         if kind == "chat":
-            tokens_in = tokens.chat_input_tokens(line.body)
-            limit = _output_limit(line.body, spec, registry)
+            tokens_in = tokens.chat_input_tokens(body)
+            limit = _output_limit(body, spec, registry)
             typical = min(limit, tokens.DEFAULT_OUTPUT_GUESS)
         else:
-            tokens_in, limit, typical = tokens.embedding_input_tokens(line.body), 0, 0
+            tokens_in, limit, typical = tokens.embedding_input_tokens(body), 0, 0
         row = rows.setdefault(spec.id, {"model": spec.id, "requests": 0, "input_tokens": 0, "output_tokens_expected": 0,
                                         "output_tokens_max": 0, "cost_expected": Decimal(0), "cost_max": Decimal(0)})
         row["requests"] += 1

@@ -15,13 +15,22 @@ import redis
 
 from worker.connection import PATIENCE, RedisUnreachable
 
+from .client import FINAL, Client, last_event_id, next_events
+
 BAR = 24
-FINAL = ("completed", "cancelled", "expired")
 NO_WORKER_AFTER = 5.0  # seconds a followed batch waits with no worker on its queue before we say so
+HEARTBEAT = 1.0  # seconds: with no event, the bar (rate, ETA) and the notes are redrawn this often
+REDRAW = 0.25  # seconds: while events flow, the bar is redrawn at most this often
 
 
-def follow(client: Any, bid: str, out: TextIO, *, poll: float = 0.5) -> dict[str, Any]:
+def follow(client: Client, bid: str, out: TextIO) -> dict[str, Any]:
     """Show a batch's progress until it is final; returns its last status.
+
+    Woken by the batch's event stream: each finished request redraws the bar (at most every
+    REDRAW), the batch's end at once; with nothing happening it is redrawn every HEARTBEAT, for the
+    rate, the ETA and the notes (and a `lost` batch, which ends without an event). Whether the batch
+    is final is read from its status, never from an event: an old `completed` event stays in the
+    stream after a `retry`.
 
     `client` should read through a connection that fails at once (retries=0), so a Redis restart
     shows as "Redis unreachable, retrying (Ns)" instead of a frozen bar; after the patience the
@@ -29,10 +38,17 @@ def follow(client: Any, bid: str, out: TextIO, *, poll: float = 0.5) -> dict[str
     """
     progress = Progress(out, tty=out.isatty())
     watch = Watch(client)
+    key = client.store.keys.events(bid)
+    cursor: str | None = None
     while True:
         try:
+            cursor = cursor or last_event_id(client.conn, key)  # before the status: no later event is missed
             status = client.status(bid)
-            note = None if status["status"] in FINAL else watch.note(status)
+            if status["status"] in FINAL:
+                progress.finish(status)
+                return status
+            progress.update(status, watch.note(status))
+            cursor = _next_wake(client, key, cursor)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             down = watch.unreachable()
             if down > PATIENCE:
@@ -40,18 +56,26 @@ def follow(client: Any, bid: str, out: TextIO, *, poll: float = 0.5) -> dict[str
                                        f"which goes on (see it with `otb status {bid}`): {exc}") from exc
             progress.update(None, f"Redis unreachable, retrying ({down:.0f}s)")
             time.sleep(1.0)
-            continue
-        if status["status"] in FINAL:
-            progress.finish(status)
-            return status
-        progress.update(status, note)
-        time.sleep(poll)
+
+
+def _next_wake(client: Client, key: str, cursor: str) -> str:
+    """Block until the batch's stream has new events (or HEARTBEAT passes); returns the new cursor.
+
+    While events flow, waits out the rest of REDRAW, so a fast batch is not redrawn thousands of
+    times a second; the batch's own end is not waited on."""
+    started = time.monotonic()
+    read = next_events(client.conn, key, cursor, int(HEARTBEAT * 1000))
+    if not read:
+        return cursor
+    if all(event.get("type") != "batch" for _, event in read):
+        time.sleep(max(0.0, REDRAW - (time.monotonic() - started)))
+    return read[-1][0]
 
 
 class Watch:
     """Why a followed batch does not move: how long Redis has been unreachable, whether any worker listens."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
         self.down_since: float | None = None
         self.no_worker_since: float | None = None

@@ -2,7 +2,8 @@
 
 Either the whole batch lands (record, requests, results for refused lines, jobs) or none of it.
 By default one bad line refuses the submission; `keep_valid` stores the refused lines as
-`errored` results so nothing is silently dropped.
+`errored` results so nothing is silently dropped. What the submission asks for besides its
+requests comes as one `SubmitOptions` (options.py), whoever submits.
 """
 
 from __future__ import annotations
@@ -10,21 +11,23 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from decimal import Decimal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from worker import clock
 from worker.errors import OTBError
-from worker.pricing import to_pico
-from worker.results import error_line
 from worker.recovery import chunk_jobs, queue_for
+from worker.registry import Registry
+from worker.results import error_line
 from worker.settings import Settings
 from worker.store import Store
 
-from .batchfile import Line, LineError, ParsedBatch
+from .batchfile import Limits, Line, LineError, ParsedBatch, stream_batch
+from .options import SubmitOptions
+
 
 class SubmissionRejected(OTBError):
     """Some lines are bad and the caller did not ask to keep the good ones."""
@@ -50,114 +53,129 @@ class RedisRefused(OTBError):
     """Redis would not store the batch (full, read-only); nothing of it is left behind."""
 
 
-def submit(
-    conn: redis.Redis,
-    settings: Settings,
-    parsed: ParsedBatch,
-    *,
-    keep_valid: bool = False,
-    drop_unsupported_params: bool = False,
-    metadata: dict[str, str] | None = None,
-    chunk_size: int | None = None,
-    completion_window: float | None = None,
-    idempotency_key: str | None = None,
-    max_cost: Decimal | None = None,
-    bodies: Callable[[], Iterator[Line]] | None = None,
-) -> str:
-    """Store and enqueue; returns the batch id.
+@dataclass
+class Submission:
+    """What a submit did: the batch's id, and the refused lines (kept as errored results, to show)."""
+
+    batch_id: str
+    errors: list[LineError]
+
+
+def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines: Iterable[bytes],
+           options: SubmitOptions = SubmitOptions()) -> Submission:
+    """Validate, store and enqueue in one pass over `raw_lines` (JSONL bytes, read once: stdin works).
 
     The batch appears at once: its record, input order, refused lines and jobs land in one
-    transaction. Request bodies come first: from `parsed` when it holds them, else streamed from
-    `bodies()` in pipelined slices (flat memory for big files); a submit that fails deletes them,
-    and one that is killed leaves them to expire within `Store.STAGING_TTL`. With `idempotency_key`,
-    submitting the same requests with the same options again returns the first batch's id, writes
-    nothing and enqueues nothing (the key is looked up before any body is written); the same key
-    with different requests or options (a different --max-cost, say) is refused.
+    transaction. Request bodies are written while the file is read, in pipelined slices with a short
+    TTL (flat memory for big files; a file within one slice lands in the transaction alone); a submit
+    that fails deletes them, and one that is killed leaves them to expire within `Store.STAGING_TTL`.
+    Once a bad line means the file is refused (no `keep_valid`), nothing more is written.
+
+    With `options.idempotency_key`, submitting the same requests with the same options again returns
+    the first batch's id, writes nothing and enqueues nothing (the key is looked up before any body
+    is written); the same key with different requests or options (a different --max-cost, say) is
+    refused.
     """
-    if parsed.errors and (not keep_valid or not parsed.lines):
-        raise SubmissionRejected(parsed.errors, any_valid=bool(parsed.lines))
     store = Store.of(conn, settings)
     bid = "batch_" + uuid.uuid4().hex[:24]
-    claim = _claim(store, bid, idempotency_key, parsed, keep_valid, drop_unsupported_params, metadata,
-                   completion_window, max_cost)
-    if claim is not None:  # before any body is written: a repeat costs one GET, not a copy of the batch
-        earlier = _earlier_batch(conn.get(claim[0]), claim)
-        if earlier is not None:
-            return earlier
-    rejected, rejected_numbers = _rejected_results(bid, parsed, metadata or {})
-    numbered = [(ln.number, ln.custom_id) for ln in parsed.lines] + list(zip(rejected_numbers, (c for c, _ in rejected)))
-    order = [cid for _, cid in sorted(numbered)]
-    now = store.redis_now()  # windows and index ages on Redis's clock, the one every worker reads
-    record = _record(bid, keep_valid, drop_unsupported_params, metadata, completion_window, max_cost, now)
-    streamed = any(ln.body is None for ln in parsed.lines)
+    key = _key_name(store, options.idempotency_key)
+    repeat = key is not None and conn.exists(key)  # a repeat costs one GET and a read, not a copy of the batch
+    staging = _Staging(conn, store, bid)
     landed = False
     try:
-        if streamed:
-            if bodies is None:
-                raise ValueError("parsed lines carry no bodies: pass bodies= to read them again")
-            _stream_requests(conn, store, bid, bodies())
-        jobs = chunk_jobs(settings, bid, [ln.custom_id for ln in parsed.lines], "part", chunk_size)
-        with conn.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    if claim is not None:  # the key and the batch land together, or neither does
-                        pipe.watch(claim[0])
-                        earlier = _earlier_batch(pipe.get(claim[0]), claim)
-                        if earlier is not None:
-                            return earlier
-                        pipe.multi()
-                        pipe.set(claim[0], claim[1], ex=settings.result_ttl)
-                    if not streamed:
-                        store.write_requests(pipe, bid, [(ln.custom_id, _request(ln)) for ln in parsed.lines])
-                    store.write_batch(pipe, bid, record, rejected, order, now)
-                    if jobs:
-                        queue_for(conn, settings).enqueue_many(jobs, pipeline=pipe)
-                        store.add_jobs(pipe, bid, [j.job_id for j in jobs])
-                    pipe.execute()
-                    landed = True
-                    return bid
-                except redis.WatchError:
-                    continue  # someone submitted with the same key meanwhile: look again
+        parsed = _read(raw_lines, registry, settings, options, None if repeat else staging)
+        if parsed.errors and (not options.keep_valid or not parsed.lines):
+            raise SubmissionRejected(parsed.errors, any_valid=bool(parsed.lines))
+        claim = None if key is None else _Claim(key, _digest(parsed, options), options.idempotency_key or "")
+        if repeat and claim is not None:
+            return Submission(_repeated(conn, claim), parsed.errors)
+        landed_id = _land(conn, store, settings, bid, parsed, options, staging, claim)
+        landed = landed_id == bid  # else another submit with the same key won: this one's bodies go
+        return Submission(landed_id, parsed.errors)
     except redis.ResponseError as exc:  # full (OOM), read-only, MISCONF: Redis answered, and said no
         raise _refused(exc) from None
     finally:
-        if streamed and not landed:
+        if staging.staged and not landed:
             _discard(store, bid)  # failed, refused, or another submit took the key: leave nothing behind
 
 
-def _discard(store: Store, bid: str) -> None:
-    """Delete the bodies a submit that did not land had staged (a kill leaves them to their short TTL)."""
-    try:
-        store.discard(bid)
-    except redis.RedisError:
-        pass  # they expire within Store.STAGING_TTL
+def _read(raw_lines: Iterable[bytes], registry: Registry, settings: Settings, options: SubmitOptions,
+          staging: "_Staging | None") -> ParsedBatch:
+    """The one pass: validate every line and hand each good body to `staging` as it is read."""
+    parsed = ParsedBatch()
+    limits = Limits(settings.max_line_bytes, settings.max_lines)
+    for line in stream_batch(raw_lines, registry, parsed, drop_unsupported=options.drop_unsupported_params,
+                             limits=limits):
+        if staging is None:
+            continue
+        if parsed.errors and not options.keep_valid:
+            staging.stop()  # the file is refused whatever follows: write nothing more
+        else:
+            staging.add(line)
+    return parsed
 
 
-def _claim(store: Store, bid: str, key: str | None, parsed: ParsedBatch, keep_valid: bool, drop: bool,
-           metadata: dict[str, str] | None, window: float | None, max_cost: Decimal | None) -> tuple[str, str, str] | None:
-    """(redis key, "bid digest", key) for an idempotency key: the digest covers the requests and every
-    option that changes what the batch does, so the same key with another budget is refused too."""
-    if key is None:
-        return None
-    name = store.keys.idempotency(hashlib.sha256(key.encode()).hexdigest())
-    options = json.dumps([keep_valid, drop, metadata or {}, window, str(max_cost) if max_cost is not None else None],
-                         sort_keys=True)
-    digest = hashlib.sha256(f"{parsed.digest}{options}".encode()).hexdigest()
-    return name, f"{bid} {digest}", key
+def _land(conn: redis.Redis, store: Store, settings: Settings, bid: str, parsed: ParsedBatch,
+          options: SubmitOptions, staging: "_Staging", claim: "_Claim | None") -> str:
+    """The transaction that makes the batch appear: record, order, refused lines, jobs, the last bodies
+    and the idempotency key together (or the batch the key already names, if another submit won)."""
+    rejected, rejected_numbers = _rejected_results(bid, parsed, options.metadata)
+    numbered = [(ln.number, ln.custom_id) for ln in parsed.lines] + list(zip(rejected_numbers, (c for c, _ in rejected)))
+    order = [cid for _, cid in sorted(numbered)]
+    now = store.redis_now()  # windows and index ages on Redis's clock, the one every worker reads
+    record = _record(bid, options, now)
+    jobs = chunk_jobs(settings, bid, [ln.custom_id for ln in parsed.lines], "part")
+    with conn.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                if claim is not None:  # the key and the batch land together, or neither does
+                    pipe.watch(claim.name)
+                    earlier = _earlier_batch(pipe.get(claim.name), claim)
+                    if earlier is not None:
+                        return earlier
+                    pipe.multi()
+                    pipe.set(claim.name, f"{bid} {claim.digest}", ex=settings.result_ttl)
+                staging.write_rest(pipe)
+                store.write_batch(pipe, bid, record, rejected, order, now)
+                if jobs:
+                    queue_for(conn, settings).enqueue_many(jobs, pipeline=pipe)
+                    store.add_jobs(pipe, bid, [j.job_id for j in jobs])
+                pipe.execute()
+                return bid
+            except redis.WatchError:
+                continue  # someone submitted with the same key meanwhile: look again
 
 
-def _request(line: Line) -> dict[str, Any]:
-    return {"url": line.url, "body": line.body, "line": line.number}
+class _Staging:
+    """Request bodies on their way into Redis. Up to `slice_size` wait in memory and land with the
+    batch; beyond that they are written in pipelined slices, invisible and short-lived (STAGING_TTL)
+    until the batch lands, so a 100,000-line file never sits in memory whole."""
 
+    def __init__(self, conn: redis.Redis, store: Store, bid: str, slice_size: int = 2000) -> None:
+        self.conn, self.store, self.bid, self.slice_size = conn, store, bid, slice_size
+        self.pending: list[tuple[str, dict[str, Any]]] = []
+        self.staged = False  # some bodies are in Redis: a submit that does not land deletes them
+        self.stopped = False
 
-def _stream_requests(conn: redis.Redis, store: Store, bid: str, lines: Iterator[Line], slice_size: int = 2000) -> None:
-    """Write request bodies in pipelined slices, so a 100,000-line file never sits in memory whole."""
-    batch: list[tuple[str, dict[str, Any]]] = []
-    for line in lines:
-        batch.append((line.custom_id, _request(line)))
-        if len(batch) >= slice_size:
-            _flush(conn, store, bid, batch)
-    _flush(conn, store, bid, batch)
+    def add(self, line: Line) -> None:
+        if self.stopped:
+            return
+        self.pending.append((line.custom_id, {"url": line.url, "body": line.body, "line": line.number}))
+        if len(self.pending) >= self.slice_size:
+            self.staged = True
+            with self.conn.pipeline(transaction=False) as pipe:
+                self.store.write_requests(pipe, self.bid, self.pending, staging=True)
+                pipe.execute()
+            self.pending.clear()
+
+    def stop(self) -> None:
+        """Write nothing more (the submit will be refused)."""
+        self.stopped = True
+        self.pending.clear()
+
+    def write_rest(self, pipe: Any) -> None:
+        """The bodies still in memory, on the landing transaction (which gives all of them the batch's lifetime)."""
+        self.store.write_requests(pipe, self.bid, self.pending)
 
 
 def _refused(exc: redis.ResponseError) -> RedisRefused:
@@ -168,45 +186,68 @@ def _refused(exc: redis.ResponseError) -> RedisRefused:
     return RedisRefused(f"{why}; nothing was enqueued")
 
 
-def _flush(conn: redis.Redis, store: Store, bid: str, batch: list[tuple[str, dict[str, Any]]]) -> None:
-    if batch:
-        with conn.pipeline(transaction=False) as pipe:
-            store.write_requests(pipe, bid, batch, staging=True)
-            pipe.execute()
-        batch.clear()
+def _discard(store: Store, bid: str) -> None:
+    """Delete the bodies a submit that did not land had staged (a kill leaves them to their short TTL)."""
+    try:
+        store.discard(bid)
+    except redis.RedisError:
+        pass  # they expire within Store.STAGING_TTL
 
 
-def _record(bid: str, keep_valid: bool, drop: bool, metadata: dict[str, str] | None, completion_window: float | None,
-            max_cost: Decimal | None, redis_now: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Claim:
+    """An idempotency key: its Redis key, the digest of the requests and options it is bound to, the key as given."""
+
+    name: str
+    digest: str
+    key: str
+
+
+def _key_name(store: Store, key: str | None) -> str | None:
+    return None if key is None else store.keys.idempotency(hashlib.sha256(key.encode()).hexdigest())
+
+
+def _digest(parsed: ParsedBatch, options: SubmitOptions) -> str:
+    """The requests and every option that changes what the batch does, so the same key with another budget is refused too."""
+    return hashlib.sha256(f"{parsed.digest}{options.fingerprint()}".encode()).hexdigest()
+
+
+def _repeated(conn: redis.Redis, claim: _Claim) -> str:
+    """The batch a repeat with a taken key names (this submit wrote nothing, so it cannot land now)."""
+    earlier = _earlier_batch(conn.get(claim.name), claim)
+    if earlier is None:
+        raise IdempotencyConflict(f"idempotency key {claim.key!r} expired while this submission was read; "
+                                  "submit again")
+    return earlier
+
+
+def _record(bid: str, options: SubmitOptions, redis_now: float) -> dict[str, Any]:
     record: dict[str, Any] = {
         "id": bid,
         "status": "in_progress",
         "created_at": f"{clock.now():.3f}",
-        "options": {"drop_unsupported_params": drop, "keep_valid": keep_valid,
-                    **({"max_cost_pico": to_pico(max_cost)} if max_cost is not None else {})},
-        "metadata": metadata or {},
+        "options": options.record_options(),
+        "metadata": options.metadata,
     }
-    if max_cost is not None:
-        record["max_cost_pico"] = to_pico(max_cost)
-    if completion_window:
-        record["expires_at"] = f"{redis_now + completion_window:.3f}"
+    if options.completion_window:
+        record["expires_at"] = f"{redis_now + options.completion_window:.3f}"
     return record
 
 
-def _earlier_batch(raw: bytes | str | None, claim: tuple[str, str, str]) -> str | None:
+def _earlier_batch(raw: bytes | str | None, claim: _Claim) -> str | None:
     """The batch an idempotency key already names, or None if it is free; refuses other requests."""
     if raw is None:
         return None
     earlier_bid, earlier_digest = (raw.decode() if isinstance(raw, bytes) else raw).split(" ", 1)
-    if earlier_digest != claim[1].split(" ", 1)[1]:
+    if earlier_digest != claim.digest:
         raise IdempotencyConflict(
-            f"idempotency key {claim[2]!r} was already used for different requests or options (batch "
+            f"idempotency key {claim.key!r} was already used for different requests or options (batch "
             f"{earlier_bid}; options: --max-cost, --completion-window, --metadata, --keep-valid, "
             "--drop-unsupported-params); use a new key for a new submission")
     return earlier_bid
 
 
-def _rejected_results(bid: str, parsed: ParsedBatch, tags: dict[str, str]) -> tuple[list[tuple[str, str]], list[int]]:
+def _rejected_results(bid: str, parsed: ParsedBatch, tags: Mapping[str, str]) -> tuple[list[tuple[str, str]], list[int]]:
     """Errored result lines for refused lines, keyed so they never collide with a valid custom_id."""
     taken = {ln.custom_id for ln in parsed.lines}
     out: list[tuple[str, str]] = []

@@ -330,8 +330,10 @@ def test_bad_input_is_refused_naming_line_and_reason(registry, c: Case):
             assert body.get("param") == c.param
 
     conn = fakeredis.FakeRedis()
+    limits = c.limits or Limits()
+    settings = Settings(max_line_bytes=limits.max_line_bytes, max_lines=limits.max_lines)
     with pytest.raises(SubmissionRejected, match="nothing was enqueued"):
-        submit(conn, Settings(), parsed)
+        submit(conn, settings, registry, io.BytesIO(c.raw()))
     assert conn.keys("*") == []
 
 

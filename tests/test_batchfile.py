@@ -8,6 +8,7 @@ import fakeredis
 import pytest
 
 from producer.batchfile import read_batch
+from producer.options import SubmitOptions
 from producer.submit import SubmissionRejected, submit
 from worker.settings import Settings
 
@@ -105,9 +106,8 @@ def test_empty_file_is_an_error(registry):
 
 def test_rejected_submission_enqueues_nothing(registry):
     conn = fakeredis.FakeRedis()
-    parsed = read_batch(lines(hi(), hi("openai/gpt-4o")), registry)
     with pytest.raises(SubmissionRejected, match="1 line is invalid; nothing was enqueued"):
-        submit(conn, Settings(), parsed)
+        submit(conn, Settings(), registry, lines(hi(), hi("openai/gpt-4o")))
     assert conn.keys("*") == []
 
 
@@ -115,9 +115,8 @@ def test_keep_valid_records_bad_lines_as_errored_results(registry):
     from worker.store import Store
 
     conn = fakeredis.FakeRedis()
-    parsed = read_batch(lines({"custom_id": "ok", **hi()}, {"custom_id": "bad", **hi("openai/gpt-4o")}, b"{oops",
-                              {"custom_id": "ok", **hi()}), registry)
-    bid = submit(conn, Settings(), parsed, keep_valid=True)
+    raw = lines({"custom_id": "ok", **hi()}, {"custom_id": "bad", **hi("openai/gpt-4o")}, b"{oops", {"custom_id": "ok", **hi()})
+    bid = submit(conn, Settings(), registry, raw, SubmitOptions(keep_valid=True)).batch_id
     store = Store(conn)
     status = store.status(bid)
     assert status["request_counts"] == {"total": 4, "succeeded": 0, "errored": 3, "canceled": 0, "expired": 0, "processing": 1}

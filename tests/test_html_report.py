@@ -6,7 +6,7 @@ import re
 from html.parser import HTMLParser
 from typing import Any
 
-from producer.html_report import render_html
+from producer.report import render_html
 
 VOID = {"meta", "br", "hr", "img", "input", "link", "line", "rect", "col", "wbr"}
 EVIL = "evil/<script>alert(1)</script>"

@@ -34,3 +34,50 @@ def test_pipes_get_plain_lines_not_every_poll():
     assert len(lines) == 2  # the first poll and the end
     assert lines[0].startswith("batch_x: 0/10 done") and "\r" not in out.getvalue()
     assert lines[1].startswith("batch_x: 10/10 done")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class Scripted:
+    """A client whose batch moves only through its event stream: each XREAD hands over the next events."""
+
+    def __init__(self, statuses: list[dict], wakes: list[list[dict]]) -> None:
+        self.statuses, self.wakes = statuses, wakes
+        self.reads: list[int] = []  # the block (ms) of every XREAD
+        self.settings = type("S", (), {"queue_name": "otb"})()
+        self.store = type("St", (), {"keys": type("K", (), {"events": staticmethod(lambda bid: f"otb:batch:{bid}:events")})()})()
+        self.conn = self
+
+    def xrevrange(self, key: str, count: int) -> list:
+        return []
+
+    def xread(self, streams: dict, block: int) -> list:
+        self.reads.append(block)
+        events = self.wakes.pop(0)
+        return [(b"k", [(f"{i + len(self.reads)}-0".encode(), {k.encode(): v.encode() for k, v in e.items()})
+                        for i, e in enumerate(events)])]
+
+    def status(self, bid: str) -> dict:
+        return self.statuses.pop(0)
+
+    def listening_workers(self) -> int:
+        return 1
+
+
+def test_follow_is_woken_by_the_batch_events_not_a_timer(monkeypatch):
+    from producer import progress
+
+    slept: list[float] = []
+    monkeypatch.setattr(progress.time, "sleep", slept.append)
+    done = {**status(2, total=2), "status": "completed"}
+    client = Scripted([{**status(0, total=2), "status": "in_progress"}, {**status(1, total=2), "status": "in_progress"}, done],
+                      [[{"type": "request", "custom_id": "a", "outcome": "succeeded"}],
+                       [{"type": "request", "custom_id": "b", "outcome": "succeeded"}, {"type": "batch", "status": "completed"}]])
+    out = Terminal()
+    assert progress.follow(client, "batch_x", out) == done  # type: ignore[arg-type]
+    assert client.reads == [1000, 1000] and not client.statuses  # a status read per wake-up, no more (before: no XREAD)
+    assert all(s <= progress.REDRAW for s in slept) and len(slept) <= 1  # only the redraw limit while events flow
+    assert "] 1/2 done" in out.getvalue() and "] 2/2 done" in out.getvalue()  # the bar moved with the events

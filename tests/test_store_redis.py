@@ -14,7 +14,7 @@ import pytest
 import redis
 from redis.backoff import ExponentialBackoff
 
-from producer.batchfile import read_batch, read_bodies
+from producer.options import SubmitOptions
 from producer.client import Client
 from producer.local import drain
 from producer.submit import IdempotencyConflict, submit
@@ -132,18 +132,16 @@ def test_an_idempotency_key_reused_with_another_budget_is_refused(client):
 def test_a_submit_that_fails_midway_leaves_no_bodies_behind(client, real_redis, registry, tmp_path):
     src = tmp_path / "b.jsonl"
     src.write_text("".join(json.dumps(chat(f"r{i}", "x" * 200)) + "\n" for i in range(5000)))
-    with src.open("rb") as fh:
-        parsed = read_batch(fh, registry, keep_bodies=False)
 
-    def bodies():  # type: ignore[no-untyped-def]
+    def raw():  # type: ignore[no-untyped-def]
         with src.open("rb") as fh:
-            for n, line in enumerate(read_bodies(fh, {ln.number for ln in parsed.lines})):
+            for n, line in enumerate(fh):
                 if n == 4500:
                     raise MemoryError  # what running out of memory half-way looks like
                 yield line
 
     with pytest.raises(MemoryError):
-        submit(real_redis, client.settings, parsed, bodies=bodies)
+        submit(real_redis, client.settings, registry, raw())
     assert real_redis.keys("otb:batch:*") == []
 
 
@@ -153,13 +151,7 @@ def test_a_repeat_with_the_same_idempotency_key_writes_no_bodies(client, real_re
 
     def once() -> str:
         with src.open("rb") as fh:
-            parsed = read_batch(fh, registry, keep_bodies=False)
-
-        def bodies():  # type: ignore[no-untyped-def]
-            with src.open("rb") as fh:
-                yield from read_bodies(fh, {ln.number for ln in parsed.lines})
-
-        return submit(real_redis, client.settings, parsed, bodies=bodies, idempotency_key="nightly-42")
+            return submit(real_redis, client.settings, registry, fh, SubmitOptions(idempotency_key="nightly-42")).batch_id
 
     first = once()
     used = real_redis.info("memory")["used_memory"]

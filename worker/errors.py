@@ -97,11 +97,7 @@ class ModelNotFound(RequestFailed):
 
     def __init__(self, model_id: str) -> None:
         super().__init__(f'model "{model_id}" not found')
-        self.model_id = model_id
-
-    def to_openai(self) -> dict[str, Any]:
-        # The product's exact wording and key order: message, type, code (no param).
-        return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+        self.model_id = model_id  # no param: the base envelope is the product's exact one (message, type, code)
 
 
 class ModelRetired(RequestFailed):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError
@@ -91,12 +91,6 @@ class Settings:
 
     def with_(self, **changes: object) -> "Settings":
         return replace(self, **changes)  # type: ignore[arg-type]
-
-    def public(self) -> dict[str, object]:
-        """Everything but secrets, for logs and `otb worker` start-up lines."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_keys"}
-        out["api_keys"] = sorted(self.api_keys)
-        return out
 
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")

@@ -239,7 +239,7 @@ class Store:
             "request_counts": counts,
             "cost": {n: format(v, "f") for n, v in cost.items()},
             "spent": format(from_pico(int(raw.get("spent_pico", 0))), "f"),
-            "max_cost": format(from_pico(int(raw["max_cost_pico"])), "f") if raw.get("max_cost_pico") else None,
+            "max_cost": _budget(raw),
             "usage": {n: int(raw.get(n, 0)) for n in aggregates.TOKEN_COUNTERS},
             "metadata": json.loads(raw.get("metadata", "{}") or "{}"),
             "parked": {"requests": int(raw["parked"]), "until": _float(raw.get("parked_until")),
@@ -303,3 +303,10 @@ def _text(v: Any) -> str:
 
 def _float(v: str | None) -> float | None:
     return float(v) if v not in (None, "") else None
+
+
+def _budget(raw: Mapping[str, str]) -> str | None:
+    """The batch's --max-cost in USD, from its options (the one place it is stored; a record written
+    before 2026-12 also has it as a field of its own)."""
+    pico = json.loads(raw.get("options") or "{}").get("max_cost_pico") or raw.get("max_cost_pico")
+    return format(from_pico(int(pico)), "f") if pico else None

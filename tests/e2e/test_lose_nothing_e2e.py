@@ -36,7 +36,7 @@ def client_for(url: str, registry: Registry) -> Client:
 
 
 def wait_final(client: Client, bid: str, timeout: float = 90) -> dict:
-    return client.wait(bid, timeout=timeout, poll=0.1)
+    return client.wait(bid, timeout=timeout)
 
 
 def assert_exactly_once(client: Client, bid: str, n: int) -> list[dict]:

@@ -84,7 +84,7 @@ def test_workers_stay_under_the_providers_limit(redis_server, real_redis, regist
         started = time.monotonic()
         for _ in range(3):
             spawn_worker(env)
-        status = client.wait(bid, timeout=60, poll=0.1)
+        status = client.wait(bid, timeout=60)
         elapsed = time.monotonic() - started
         assert status["request_counts"]["succeeded"] == 100
         assert emu.stats()["rate_limited"] == 0  # three workers, one shared limit: no 429 at all

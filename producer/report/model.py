@@ -9,13 +9,11 @@ the `cost.total` of the result lines it covers, to the last digit. JSON schema: 
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import redis
@@ -64,7 +62,7 @@ class Acc:
 def build_report(conn: redis.Redis, prefix: str, query: Query) -> dict[str, Any]:
     tz = ZoneInfo(query.timezone)
     rows: dict[tuple[str, ...], Acc] = {}
-    total, errors = Acc(), {}
+    total, errors = Acc(), dict[str, int]()
     series_day: dict[tuple[str, str], int] = {}
     series_model: dict[str, int] = {}
     rerouted: dict[tuple[str, str], int] = {}
@@ -116,20 +114,25 @@ def _entries(conn: redis.Redis, keys: Keys, query: Query, tz: ZoneInfo) -> Itera
     low = _epoch(query.since, tz) // 3600 * 3600 if query.since else float("-inf")
     high = _epoch(query.until, tz) if query.until else float("inf")
     by_batch = bool(query.batch) or "batch" in query.group_by
-    for hour, start in conn.zrangebyscore(keys.agg_hours, low, f"({high}", withscores=True):
-        for raw_field, raw_value in conn.hgetall(keys.agg_hour(_text(hour))).items():
+    hours = cast(list[tuple[bytes, float]], conn.zrangebyscore(keys.agg_hours, low, f"({high}", withscores=True))
+    for raw_hour, start in hours:
+        for raw_field, raw_value in _hash(conn, keys.agg_hour(_text(raw_hour))).items():
             dims, counter = aggregates.parse_field(_text(raw_field))
             if not by_batch or dims["batch"] is not None:
                 yield dims, counter, int(raw_value), start
     if not by_batch:
         return
-    batches = [query.batch] if query.batch else [_text(b) for b in conn.zrange(keys.batches, 0, -1)]
+    batches = [query.batch] if query.batch else [_text(b) for b in cast(list[bytes], conn.zrange(keys.batches, 0, -1))]
     for bid in batches:
-        for raw_field, raw_value in conn.hgetall(keys.batch_agg(bid)).items():
+        for raw_field, raw_value in _hash(conn, keys.batch_agg(bid)).items():
             hour, dims, counter = aggregates.parse_batch_field(_text(raw_field), bid)
             start = dt.datetime.strptime(hour, "%Y%m%d%H").replace(tzinfo=dt.timezone.utc).timestamp()
             if low <= start < high:
                 yield dims, counter, int(raw_value), start
+
+
+def _hash(conn: redis.Redis, key: str) -> dict[bytes, bytes]:
+    return cast(dict[bytes, bytes], conn.hgetall(key))
 
 
 def _text(v: bytes | str) -> str:
@@ -169,68 +172,6 @@ def _group_value(group: str, dims: dict[str, Any], day: str) -> str:
     if group.startswith("tag:"):
         return str(dims["tags"].get(group[4:], "(none)"))
     raise ValueError(f"cannot group by {group!r}; use one of {', '.join(GROUPS)} or tag:KEY")
-
-
-# -- rendering ---------------------------------------------------------------------------------
-HEAD = ["reqs", "ok", "err", "input", "cache_read", "cache_write", "output", "$ input", "$ cache_read",
-        "$ cache_write", "$ output", "$ total"]
-
-
-ENDED = ("canceled", "expired")  # outcomes that are not errors: shown in their own columns when any occurred
-
-
-def _cells(r: dict[str, Any], ended: list[str]) -> list[str]:
-    t, c = r["tokens"], r["cost"]
-    output = f"{t['output']}" + (f" ({t['reasoning']} r)" if t["reasoning"] else "")
-    return [str(r["requests"]), str(r["succeeded"]), str(r["errored"]), *(str(r[k]) for k in ended),
-            str(t["input"]), str(t["cache_read"]), str(t["cache_write"]), output,
-            c["input"], c["cache_read"], c["cache_write"], c["output"], c["total"]]
-
-
-def render_table(report: dict[str, Any]) -> str:
-    groups = report["group_by"]
-    ended = [k for k in ENDED if report["total"][k]]
-    body = [[str(r["group"][g]) for g in groups] + _cells(r, ended) for r in report["rows"]]
-    body.append(["total"] + [""] * (len(groups) - 1) + _cells(report["total"], ended))
-    out = [format_columns(groups + HEAD[:3] + ended + HEAD[3:], body, separator_before_last=True,
-                          text_columns=frozenset(range(len(groups))))]
-    if report["errors"]:
-        out.append("errors: " + ", ".join(f"{code} x{n}" for code, n in report["errors"].items()))
-    for r in report["rerouted"]:
-        out.append(f"re-routed: {r['model']} was served and billed as {r['billed_model']} ({r['requests']} requests)")
-    return "\n".join(out)
-
-
-def render_csv(report: dict[str, Any]) -> str:
-    """One row per group and a total row; plain numbers and decimal strings, no currency signs."""
-    groups = report["group_by"]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(groups + ["requests", *OUTCOMES, *(f"{n}_tokens" for n, _ in TOKENS),
-                         *(f"cost_{n}_usd" for n in (*COSTS, "total"))])
-    for r in [*report["rows"], {"group": {g: "total" if i == 0 else "" for i, g in enumerate(groups)}, **report["total"]}]:
-        w.writerow([r["group"][g] for g in groups] + [r["requests"], *(r[o] for o in OUTCOMES),
-                                                       *(r["tokens"][n] for n, _ in TOKENS),
-                                                       *(r["cost"][n] for n in (*COSTS, "total"))])
-    return buf.getvalue()
-
-
-def format_columns(head: list[str], rows: Iterable[list[str]], *, separator_before_last: bool = False,
-                   text_columns: frozenset[int] = frozenset({0})) -> str:
-    """A plain-text table: text columns left-aligned, numbers right-aligned."""
-    rows = list(rows)
-    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-
-    def fmt(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i in text_columns else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    out = [fmt(head), "  ".join("-" * w for w in widths)]
-    for i, row in enumerate(rows):
-        if separator_before_last and i == len(rows) - 1:
-            out.append("  ".join("-" * w for w in widths))
-        out.append(fmt(row))
-    return "\n".join(out)
 
 
 def total_of_lines(lines: Iterable[dict[str, Any] | None]) -> Decimal:

@@ -1,0 +1,92 @@
+"""Commands on batches that exist: `otb status`, `otb batches`, `otb results`, `otb cancel`, `otb retry`."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from .common import client, dumps, friendly, registry_of, settings_from_env, status_text
+from .submitting import follow
+
+BATCH_COUNTS = ("total", "succeeded", "errored", "canceled", "expired", "processing")
+
+
+@click.command()
+@click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--watch", is_flag=True, help="Follow the batch to the end with a live progress bar.")
+@friendly
+def status(batch_id: str, as_json: bool, watch: bool) -> None:
+    """Show a batch's status, request counts and cost so far."""
+    if watch:
+        settings = settings_from_env()
+        s = follow(settings, registry_of(settings), batch_id)
+    else:
+        s = client().status(batch_id)
+    click.echo(dumps(s) if as_json else status_text(s))
+
+
+@click.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000), help="How many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print {\"object\": \"list\", \"data\": [status, ...]}.")
+@friendly
+def batches(limit: int, as_json: bool) -> None:
+    """List the newest batches: id, status, when, request counts and cost."""
+    from producer.report import format_columns
+
+    found = client().batches(limit)
+    if as_json:
+        click.echo(dumps({"object": "list", "data": found}))
+        return
+    rows = [[s["id"], s["status"], _when(s["created_at"]), *(str(s["request_counts"][k]) for k in BATCH_COUNTS),
+             s["cost"]["total"]] for s in found]
+    click.echo(format_columns(["id", "status", "created (UTC)", *BATCH_COUNTS, "$ cost"], rows,
+                              text_columns=frozenset({0, 1, 2})))
+
+
+def _when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stamp)) if stamp else "-"
+
+
+@click.command()
+@click.argument("batch_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to a file instead of stdout.")
+@friendly
+def results(batch_id: str, output: str | None) -> None:
+    """Write the OpenAI batch output lines (plus cost) in input order."""
+    from producer.client import write_jsonl
+
+    api = client()
+    s = api.status(batch_id)
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            n = write_jsonl(api.results(batch_id), fh)
+        click.echo(f"wrote {n} result lines to {output}", err=True)
+    else:
+        write_jsonl(api.results(batch_id), sys.stdout)
+    if s["request_counts"]["processing"]:
+        click.echo(f"note: {s['request_counts']['processing']} requests have no result yet", err=True)
+
+
+@click.command("cancel")
+@click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the batch status as JSON.")
+@friendly
+def cancel_cmd(batch_id: str, as_json: bool) -> None:
+    """Stop a batch: unstarted requests end as batch_cancelled, in-flight ones finish; results are kept."""
+    api = client()
+    api.cancel(batch_id)
+    s = api.status(batch_id)
+    click.echo(dumps(s) if as_json else f"{batch_id}: {s['status']}")
+
+
+@click.command("retry")
+@click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True, help="Print {\"id\", \"retried\"} as JSON.")
+@friendly
+def retry_cmd(batch_id: str, as_json: bool) -> None:
+    """Re-run only the errored requests of a batch (results of the others are kept)."""
+    n = client().retry(batch_id)
+    click.echo(dumps({"id": batch_id, "retried": n}) if as_json else f"{batch_id}: {n} errored requests re-enqueued")

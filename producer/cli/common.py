@@ -1,0 +1,141 @@
+"""What every `otb` command shares: settings, registry and Redis at the edge, one-line errors, JSON
+and status text, the listing of bad lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from functools import wraps
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+import redis
+
+from worker.errors import ConfigError, ModelNotFound, OTBError
+from worker.registry import Registry, load_registry
+from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from producer.batchfile import LineError
+    from producer.client import Client
+
+F = TypeVar("F", bound=Callable[..., Any])
+MAX_LISTED = 20  # bad lines listed one by one; the rest are counted
+SOME_FAILED = 2  # exit status of `submit --wait` and `run` when the batch ended with errored or expired requests
+
+
+def friendly(fn: F) -> F:
+    """Turn expected failures into `error: ...` on stderr and exit status 1 (no traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BrokenPipeError:
+            raise  # the reader stopped (`otb results B | head`): click exits quietly
+        except (OTBError, LookupError, TimeoutError, OSError) as exc:
+            message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
+            raise click.ClickException(message) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_from_env() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def registry_of(settings: Settings) -> Registry:
+    try:
+        return load_registry(settings.registry_path)
+    except ConfigError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
+
+
+def shared_redis(settings: Settings, **kwargs: Any) -> redis.Redis:
+    """The Redis the workers share; one clear line within seconds if REDIS_URL is unset or nothing answers."""
+    from producer.local import connect_shared
+
+    try:
+        return connect_shared(settings, **kwargs)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def client() -> Client:
+    """The Python API on the shared Redis, for commands that read or steer a batch."""
+    from producer.client import Client
+
+    settings = settings_from_env()
+    return Client(shared_redis(settings), settings, registry_of(settings))
+
+
+def safe_url(url: str) -> str:
+    """REDIS_URL without its password, for messages."""
+    from worker.connection import mask_url
+
+    return mask_url(url)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=lambda o: float(o) if isinstance(o, Decimal) else str(o))
+
+
+def status_text(s: dict[str, Any]) -> str:
+    c, cost = s["request_counts"], s["cost"]
+    return "\n".join([
+        f"{s['id']}  {s['status']}",
+        f"requests  {c['total']} total, {c['succeeded']} succeeded, {c['errored']} errored, "
+        f"{c['canceled']} canceled, {c['expired']} expired, {c['processing']} processing",
+        f"cost      ${cost['total']}  (input {cost['input']}, cache_read {cost['cache_read']}, "
+        f"cache_write {cost['cache_write']}, output {cost['output']})",
+        f"spent     ${s['spent']}  (billed by providers for every answer received, repeats included)",
+        *([f"budget    ${s['max_cost']}"] if s.get("max_cost") else []),
+        *([f"parked    {s['parked']['requests']} requests until "
+           f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(s['parked']['until']))}: {s['parked']['reason']}"]
+          if s.get("parked") else []),
+    ])
+
+
+def exit_if_some_failed(status: dict[str, Any]) -> None:
+    counts = status["request_counts"]
+    if counts["errored"] or counts["expired"]:
+        sys.exit(SOME_FAILED)
+
+
+def print_line_errors(errors: list[LineError], registry: Registry, suffix: str = "") -> None:
+    """The first MAX_LISTED bad lines on stderr, then a count: a CSV file must not print 20,000 lines."""
+    from producer.batchfile import EXPECTED, NotJsonl
+
+    for err in errors[:MAX_LISTED]:
+        click.echo(f"{err}{suffix}{_did_you_mean(err, registry)}", err=True)
+    if len(errors) > MAX_LISTED:
+        click.echo(f"... and {len(errors) - MAX_LISTED:,} more bad lines ({len(errors):,} in all)", err=True)
+    if any(isinstance(e.error, NotJsonl) for e in errors):
+        click.echo(f"note: {EXPECTED}, each a JSON object (not CSV, a JSON array or a compressed file)", err=True)
+
+
+def _did_you_mean(err: LineError, registry: Registry) -> str:
+    """A hint after an unknown model id; the error itself stays exactly as the API words it."""
+    close = registry.suggest(err.error.model_id) if isinstance(err.error, ModelNotFound) else []
+    return f"  (did you mean {' or '.join(close)}?)" if close else ""
+
+
+@contextmanager
+def opened(file: str) -> Iterator[Iterable[bytes]]:
+    """FILE's lines as bytes, read once as they are used: a path, or `-` for stdin."""
+    if file == "-":
+        yield sys.stdin.buffer
+        return
+    path = Path(file)
+    if not path.is_file():
+        raise click.ClickException(f"{file}: no such file")
+    with path.open("rb") as fh:
+        yield fh

@@ -1,0 +1,155 @@
+"""What things cost: `otb models` (prices), `otb estimate FILE` (before sending), `otb report` (after)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import click
+
+from producer.options import BadOption, parse_metadata
+from worker import clock
+from worker.registry import ModelSpec, Registry
+
+from .common import dumps, friendly, opened, print_line_errors, registry_of, settings_from_env, shared_redis
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the GET /v1/models list shape.")
+@click.option("--all", "show_all", is_flag=True, help="Include retired models.")
+def models(as_json: bool, show_all: bool) -> None:
+    """List the models you can call and their prices (USD per 1M tokens)."""
+    from producer.report import format_columns
+
+    registry = registry_of(settings_from_env())
+    today = clock.today()
+    if as_json:
+        click.echo(dumps(_catalog(registry, today, show_all)))
+        return
+    rows = [_model_row(m, today) for m in registry.models.values() if show_all or not m.is_retired(today)]
+    head = ["id", "kind", "status", "input", "output", "cache_read", "cache_write", "lifecycle"]
+    click.echo(format_columns(head, rows, text_columns=frozenset({0, 1, 2, 7})))
+
+
+def _model_row(m: ModelSpec, today: dt.date) -> list[str]:
+    """One model's line: prices in effect today (none once retired), status, and what its lifecycle holds."""
+    retired = m.is_retired(today)
+    lc = m.lifecycle
+    if m.pricing is not None and not retired:
+        r, _ = m.pricing.in_effect(today)
+        prices = [format(p, "f") for p in (r.input, r.output, r.cache_read, r.cache_write)]
+    else:
+        prices = ["-"] * 4
+    status = "retired" if retired else lc.status
+    when = f"retires {lc.retires_on}" if lc.retires_on and not retired else (f"since {lc.retires_on}" if retired else "")
+    if lc.routed_to:
+        when = (when + ", then " if lc.retires_on and lc.retires_on > today else "") + f"served as {lc.routed_to}"
+    return [m.id, m.kind, status + (" (gated)" if m.access == "gated" else ""), *prices, when]
+
+
+def _catalog(registry: Registry, today: dt.date, show_all: bool) -> dict[str, Any]:
+    """GET /v1/models; with --all the retired models too, marked with their retirement and replacement."""
+    catalog = registry.catalog(today)
+    if show_all:
+        catalog["data"] += [{"id": m.id, "object": "model", "owned_by": m.owned_by, "retired_on": m.lifecycle.retires_on,
+                             "replacement": m.lifecycle.replacement}
+                            for m in registry.models.values() if m.is_retired(today)]
+    return catalog
+
+
+@click.command()
+@click.argument("file")
+@click.option("--json", "as_json", is_flag=True, help="Print the otb.estimate/1 JSON.")
+@friendly
+def estimate(file: str, as_json: bool) -> None:
+    """Expected and maximum cost of FILE per model, before anything is sent (nothing is enqueued)."""
+    from producer.batchfile import Limits, read_batch
+    from producer.estimate import estimate as run_estimate
+    from producer.report import format_columns
+
+    settings = settings_from_env()
+    registry = registry_of(settings)
+    with opened(file) as lines:
+        parsed = read_batch(lines, registry, drop_unsupported=True,
+                            limits=Limits(settings.max_line_bytes, settings.max_lines))
+    print_line_errors(parsed.errors, registry, " (not counted)")
+    data = run_estimate(parsed, registry)
+    if as_json:
+        click.echo(dumps(data))
+        return
+    head = ["model", "reqs", "input tok (est)", "output tok (est)", "output tok (max)", "$ expected (est)", "$ max (bound)"]
+    body = [[r.get("model", "total"), str(r["requests"]), str(r["input_tokens"]), str(r["output_tokens_expected"]),
+             str(r["output_tokens_max"]), r["cost_expected"], r["cost_max"]] for r in [*data["rows"], data["total"]]]
+    click.echo(format_columns(head, body, separator_before_last=True))
+    click.echo(f"prices in effect on {data['priced_on']}; input tokens are estimated from the text (chars/4), "
+               "the max assumes every request uses its whole output limit, expected assumes typical answers")
+
+
+@click.command()
+@click.option("--by", "group_by", multiple=True, default=("model",), show_default=True,
+              help="Group rows by batch, model, provider, day, tag (the whole tag set) or tag:KEY; repeatable.")
+@click.option("--batch", "batch_id", help="Only this batch.")
+@click.option("--model", help="Only this model id (requested or billed).")
+@click.option("--provider", type=click.Choice(["anthropic", "google"]), help="Only this provider.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only results carrying this tag; repeatable.")
+@click.option("--since", help="From this date or datetime (hour resolution).")
+@click.option("--until", help="Until this date or datetime, exclusive (hour resolution).")
+@click.option("--timezone", default="UTC", show_default=True, help="Zone for days and for --since/--until.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True),
+              help="Also write a self-contained HTML page with charts.")
+@friendly
+def report(group_by: tuple[str, ...], batch_id: str | None, model: str | None, provider: str | None,
+           tags: tuple[str, ...], since: str | None, until: str | None, timezone: str, fmt: str,
+           html_path: str | None) -> None:
+    """Cost and tokens from the running aggregates, grouped and filtered; exact to the last digit."""
+    from producer.report import Query, build_report, render_csv, render_table
+
+    _check_groups(group_by)
+    _check_zone(timezone)
+    settings = settings_from_env()
+    query = Query(group_by=list(group_by), batch=batch_id, model=model, provider=provider,
+                  tags=_tags(tags), since=_moment(since, "--since"), until=_moment(until, "--until"),
+                  timezone=timezone)
+    data = build_report(shared_redis(settings), settings.key_prefix, query)
+    if html_path:
+        from producer.report import render_html
+
+        Path(html_path).write_text(render_html(data), encoding="utf-8")
+        click.echo(f"wrote {html_path}", err=True)
+    click.echo(dumps(data) if fmt == "json" else render_csv(data).rstrip("\n") if fmt == "csv" else render_table(data))
+
+
+def _check_groups(group_by: tuple[str, ...]) -> None:
+    from producer.report import GROUPS
+
+    for g in group_by:
+        if g not in GROUPS and not g.startswith("tag:"):
+            raise click.BadParameter(f"{g!r}: use one of {', '.join(GROUPS)} or tag:KEY", param_hint="--by")
+
+
+def _check_zone(timezone: str) -> None:
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(timezone)
+    except Exception:
+        raise click.BadParameter(f"unknown time zone {timezone!r} (e.g. UTC, Europe/Lisbon)", param_hint="--timezone") from None
+
+
+def _tags(pairs: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return parse_metadata(pairs, "--tag")
+    except BadOption as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.option) from None
+
+
+def _moment(text: str | None, option: str) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a date (2026-11-27) or datetime (2026-11-27T14:00)",
+                                 param_hint=option) from None
