@@ -74,7 +74,12 @@ class DrainingWorker(Worker):
                                     execution=self.prepare_execution(job))
             return
         current_registry(jobs.current_settings().registry_path)  # the horse inherits it: read here, once
-        super().execute_job(job, queue)
+        try:
+            super().execute_job(job, queue)
+        except redis.ResponseError as exc:  # RQ's own bookkeeping after the job (state, failure) was refused
+            if not refused_write(exc):
+                raise
+            self.refusals.refused(exc)  # the chunk's lease and the janitor keep its requests safe meanwhile
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Any = None) -> None:
