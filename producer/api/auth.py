@@ -29,6 +29,7 @@ from worker.errors import ConfigError
 from worker.keys import Keys
 from worker.ratelimit import Limiter, RateLimits, Scope
 
+from .codec import Fields, text, text_hash
 from .errors import ApiError
 
 KEY_PREFIX = "sk-otb-"
@@ -93,16 +94,17 @@ class KeyStore:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode() if webhook_url else None
         created = NewKey(name, key, int(clock.now()), rpm, max_cost, check_webhook_url(webhook_url), secret)
-        record = {"key_sha256": digest(key), "created_at": str(created.created_at), "rpm": str(rpm),
-                  "max_cost": "" if max_cost is None else str(max_cost), "webhook_url": created.webhook_url or "",
-                  "webhook_secret": secret or "", "revoked_at": ""}
+        sha = digest(key)
+        record: Fields = {"key_sha256": sha, "created_at": str(created.created_at), "rpm": str(rpm),
+                          "max_cost": "" if max_cost is None else str(max_cost),
+                          "webhook_url": created.webhook_url or "", "webhook_secret": secret or "", "revoked_at": ""}
         with self.conn.pipeline() as pipe:
             pipe.watch(self.keys.tenant(name))
             if pipe.hget(self.keys.tenant(name), "key_sha256"):
                 raise ConfigError(f"a key named {name!r} exists: revoke it first (otb keys revoke {name})")
             pipe.multi()
             pipe.hset(self.keys.tenant(name), mapping=record)
-            pipe.set(self.keys.api_key(record["key_sha256"]), name)
+            pipe.set(self.keys.api_key(sha), name)
             pipe.sadd(self.keys.tenants, name)
             pipe.execute()
         return created
@@ -115,18 +117,18 @@ class KeyStore:
             if not sha:
                 raise ConfigError(f"no live key named {name!r} (otb keys list)")
             pipe.multi()
-            pipe.delete(self.keys.api_key(sha.decode()))
+            pipe.delete(self.keys.api_key(text(sha)))
             pipe.hset(self.keys.tenant(name), mapping={"key_sha256": "", "revoked_at": str(int(clock.now()))})
             pipe.execute()
 
     def list(self) -> list[dict[str, Any]]:
         """Every key's public facts (never a hash or a secret), by name."""
-        names = sorted(n.decode() for n in self.conn.smembers(self.keys.tenants))
+        names = sorted(text(n) for n in self.conn.smembers(self.keys.tenants))
         with self.conn.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(self.keys.tenant(name))
             records = pipe.execute()
-        return [_public(name, {k.decode(): v.decode() for k, v in rec.items()}) for name, rec in zip(names, records) if rec]
+        return [_public(name, text_hash(rec)) for name, rec in zip(names, records) if rec]
 
     def lookup(self, key: str) -> Tenant | None:
         """The live tenant of `key`, or None for an unknown or revoked key."""
@@ -134,10 +136,10 @@ class KeyStore:
         name = self.conn.get(self.keys.api_key(sha))
         if name is None:
             return None
-        record = {k.decode(): v.decode() for k, v in self.conn.hgetall(self.keys.tenant(name.decode())).items()}
+        record = text_hash(self.conn.hgetall(self.keys.tenant(text(name))))
         if not secrets.compare_digest(record.get("key_sha256", ""), sha):
             return None  # revoked between the two reads
-        return Tenant.of(name.decode(), record)
+        return Tenant.of(text(name), record)
 
 
 def _public(name: str, record: dict[str, str]) -> dict[str, Any]:

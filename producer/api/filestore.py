@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,6 +24,8 @@ import redis
 
 from worker import clock
 from worker.keys import Keys
+
+from .codec import Fields, binary, text, text_hash
 
 
 # Bytes per Redis list element: just under 1 MiB, because jemalloc rounds an allocation of 1 MiB plus
@@ -66,12 +68,12 @@ class FileMeta:
                 "filename": self.filename, "purpose": self.purpose, "status": "processed",
                 "expires_at": self.expires_at, "status_details": None}
 
-    def fields(self) -> dict[str, str]:
+    def fields(self) -> Fields:
         return {k: "" if v is None else str(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def parse(cls, raw: dict[bytes, bytes]) -> "FileMeta":
-        f = {k.decode(): v.decode() for k, v in raw.items()}
+    def parse(cls, raw: Mapping[Any, Any]) -> "FileMeta":
+        f = text_hash(raw)
         return cls(id=f["id"], tenant=f["tenant"], bytes=int(f["bytes"]), created_at=int(f["created_at"]),
                    filename=f["filename"], purpose=f["purpose"],
                    expires_at=int(f["expires_at"]) if f.get("expires_at") else None, lines=int(f.get("lines") or 0))
@@ -168,7 +170,7 @@ class FileStore:
             got = self.conn.lrange(key, index, index)
             if not got:
                 return
-            yield got[0]
+            yield binary(got[0])
             index += 1
 
     def lines(self, meta: FileMeta) -> Iterator[bytes]:
@@ -208,7 +210,7 @@ class FileStore:
             ids = self.conn.zrangebylex(index, f"({cursor}" if cursor else "-", "+", start=0, num=count)
         else:
             ids = self.conn.zrevrangebylex(index, f"({cursor}" if cursor else "+", "-", start=0, num=count)
-        return [i.decode() for i in ids]
+        return [text(i) for i in ids]
 
     def _metas(self, tenant: str, ids: list[str]) -> list[FileMeta | None]:
         with self.conn.pipeline(transaction=False) as pipe:
