@@ -193,7 +193,7 @@ def settle(client: Any, bid: str, timeout: float = 60) -> dict[str, Any]:
 class ServerProcess:
     """A real `otb serve` on a free loopback port, its output in a log file (tests scan it for keys).
 
-    Started through `python -m producer.api` (the `otb` group with `serve` and `keys` registered).
+    Started as `python -m producer.cli serve`, as a user runs `otb serve`.
     """
 
     def __init__(self, env: dict[str, str], *args: str, log: Path, timeout: float = 30) -> None:
@@ -202,7 +202,7 @@ class ServerProcess:
         self.base_url = f"{self.url}/v1"
         self.log = log
         with log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "producer.api", "serve", "--port", str(self.port), *args],
+            self.proc = subprocess.Popen([sys.executable, "-m", "producer.cli", "serve", "--port", str(self.port), *args],
                                          env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         self._wait_ready(timeout)
 

@@ -1,7 +1,5 @@
-"""The OpenAI-compatible HTTP API (`otb serve`) and its keys (`otb keys`)."""
+"""The OpenAI-compatible HTTP API (`otb serve`) and its keys (`otb keys`).
 
-from .app import ServeOptions, create_app
-from .auth import KeyStore, Tenant
-from .filestore import FileMeta, FileStore
-
-__all__ = ["FileMeta", "FileStore", "KeyStore", "ServeOptions", "Tenant", "create_app"]
+Nothing is imported here: `otb` registers the commands on every start, and FastAPI is loaded only
+when a server is built (`producer.api.app.create_app`), so `otb --help` stays fast.
+"""

@@ -21,8 +21,8 @@ def api_env(redis_url: str) -> dict[str, str]:
 
 
 def api_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    """`otb` with `serve` and `keys` registered (python -m producer.api: the local hook until otb has them)."""
-    return subprocess.run([sys.executable, "-m", "producer.api", *args], env=env, capture_output=True,
+    """The real `otb` CLI in a fresh process (serve, keys)."""
+    return subprocess.run([sys.executable, "-m", "producer.cli", *args], env=env, capture_output=True,
                           timeout=timeout, cwd=ROOT)
 
 

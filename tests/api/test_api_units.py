@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 
 from producer.api import errors, filestore
-from producer.api.auth import KeyStore, Tenant, is_loopback, parse_usd
+from producer.api.tenants import KeyStore, Tenant, is_loopback, parse_usd
 from producer.api.errors import ApiError
 from producer.api.filestore import FileStore
 from worker import clock

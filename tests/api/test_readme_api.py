@@ -27,11 +27,8 @@ def fenced(lang: str) -> list[str]:
 
 
 def otb_group() -> click.Group:
-    from producer.api.commands import register
     from producer.cli import main
 
-    if "serve" not in main.commands:
-        register(main)
     return main
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from producer.api.commands import _listen
+from producer.cli.serving import _listen
 
 
 def test_accepted_connections_get_tcp_nodelay():

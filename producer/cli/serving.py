@@ -1,4 +1,4 @@
-"""`otb serve` and `otb keys`: click commands, registered on the `otb` group with `register(main)`.
+"""`otb serve` and `otb keys`: the HTTP API's commands (the app itself is producer/api).
 
 Both need the shared Redis and stop at once, in one line, when `REDIS_URL` is unset or nothing
 answers (the same check as every other command). API keys are printed once by `otb keys create`
@@ -16,11 +16,11 @@ from decimal import Decimal
 import click
 import redis
 
-from producer.cli.common import friendly, registry_of, safe_url, settings_from_env, shared_redis
+from .common import friendly, registry_of, safe_url, settings_from_env, shared_redis
 from worker.errors import ConfigError
 from worker.settings import Settings
 
-from .auth import NO_AUTH_TENANT, KeyStore, is_loopback, parse_usd
+from producer.api.tenants import NO_AUTH_TENANT, KeyStore, is_loopback, parse_usd
 
 def _shared() -> tuple[Settings, redis.Redis]:
     """Settings, a registry that loads, and the shared Redis, checked at once (as `otb worker` does)."""
@@ -45,7 +45,7 @@ def serve(host: str, port: int, no_auth: bool, max_file_mb: int, access_log: boo
     """Serve the OpenAI-compatible HTTP API (base URL http://HOST:PORT/v1, docs at /docs) over REDIS_URL."""
     import uvicorn
 
-    from .app import ServeOptions, create_app
+    from producer.api.app import ServeOptions, create_app
 
     if no_auth and not is_loopback(host):
         raise click.ClickException(f"--no-auth is only allowed on a loopback host (127.0.0.1, ::1, localhost), "
@@ -146,8 +146,3 @@ def keys_revoke(name: str) -> None:
     KeyStore(conn, settings.key_prefix).revoke(name)
     click.echo(f"revoked the key of {name!r}", err=True)
 
-
-def register(group: click.Group) -> None:
-    """Add `serve` and `keys` to the `otb` group."""
-    group.add_command(serve)
-    group.add_command(keys)
