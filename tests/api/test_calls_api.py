@@ -1,0 +1,126 @@
+"""`POST /v1/chat/completions` and `/v1/embeddings` through a real `otb serve`, a real `otb worker`
+and the emulator, driven by the official `openai` SDK."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+
+import openai
+import pytest
+from openai.types import CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion
+
+from bench.harness import RedisServer, ServerProcess, WorkerProcess, otb, worker_env
+
+from .conftest import api_env, create_key, sdk
+
+pytestmark = pytest.mark.e2e
+
+HELLO = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture(scope="module")
+def worker(api_redis: RedisServer, emulator) -> Iterator[WorkerProcess]:  # type: ignore[no-untyped-def]
+    proc = WorkerProcess(worker_env(api_redis.url, emulator.url))
+    yield proc
+    proc.stop(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def live(server: ServerProcess, worker: WorkerProcess) -> ServerProcess:
+    """The module's server, with a worker listening."""
+    return server
+
+
+def result_line(api_redis: RedisServer, batch_id: str) -> dict:
+    return json.loads(api_redis.client().hget(f"otb:batch:{batch_id}:results", "call"))
+
+
+def test_the_seed_snippet_works_verbatim(live, keys):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=live.base_url, api_key=keys["acme"])
+    response = client.chat.completions.create(
+        model="google/gemini-3-flash",
+        messages=[{"role": "user", "content": "Hello"}],
+    )
+    print(response.choices[0].message.content)
+    assert response.choices[0].message.content and response.model == "google/gemini-3-flash"
+
+
+def test_a_chat_answer_is_a_strict_chat_completion_with_its_exact_cost(live, keys, api_redis):
+    raw = sdk(live, keys["acme"]).chat.completions.with_raw_response.create(model="anthropic/claude-haiku-5-5",
+                                                                             messages=HELLO, max_tokens=50)
+    completion = ChatCompletion.model_validate_json(raw.http_response.text, strict=True)
+    assert completion.object == "chat.completion" and completion.usage and completion.usage.completion_tokens > 0
+    line = result_line(api_redis, raw.headers["x-otb-batch"])
+    assert raw.headers["x-otb-cost"] == line["cost"]["total"] and Decimal(line["cost"]["total"]) > 0
+    assert raw.http_response.json()["cost"] == line["cost"]
+    assert line["meta"]["tags"] == {"key": "acme"}
+
+
+def test_embeddings_come_back_as_the_sdk_decodes_them(live, keys):
+    client = sdk(live, keys["acme"])
+    raw = client.embeddings.with_raw_response.create(model="google/gemini-embedding-001", input=["one", "two"])
+    response = raw.parse()  # the SDK asked for base64 (its default) and decoded it
+    CreateEmbeddingResponse.model_validate(response.model_dump(), strict=True)
+    assert [len(d.embedding) > 0 and isinstance(d.embedding[0], float) for d in response.data] == [True, True]
+    assert Decimal(raw.headers["x-otb-cost"]) > 0
+    floats = client.embeddings.with_raw_response.create(model="google/gemini-embedding-001", input="one",
+                                                        encoding_format="float", dimensions=128)
+    assert len(CreateEmbeddingResponse.model_validate_json(floats.http_response.text, strict=True).data[0].embedding) == 128
+
+
+def test_an_unknown_model_is_the_seed_body_and_a_retired_one_model_retired(live, keys):
+    client = sdk(live, keys["acme"])
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="openai/gpt-4o", messages=HELLO)
+    assert caught.value.code == "model_not_found"
+    assert caught.value.response.json() == {"error": {"message": 'model "openai/gpt-4o" not found',
+                                                      "type": "invalid_request_error", "code": "model_not_found"}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="google/gemini-2.0-flash", messages=HELLO)
+    assert caught.value.code == "model_retired"
+
+
+def test_bad_parameters_are_refused_as_otb_submit_refuses_them(live, keys):
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(live, keys["acme"]).chat.completions.create(model="anthropic/claude-haiku-5-5", messages=HELLO,
+                                                        temperature=0.5)
+    assert "temperature" in caught.value.message and caught.value.response.headers["x-should-retry"] == "false"
+
+
+def test_a_provider_4xx_comes_back_with_its_status(live, keys):
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(live, keys["acme"]).chat.completions.create(model="google/gemini-3-flash",
+                                                        messages=[{"role": "user", "content": "#emu:fail=400 x"}])
+    assert caught.value.status_code == 400 and caught.value.response.headers["x-otb-cost"] == "0"
+
+
+def test_calls_are_billed_per_key_in_the_report(live, keys, env):
+    sdk(live, keys["bob"]).chat.completions.create(model="google/gemini-3-flash", messages=HELLO)
+    proc = otb(["report", "--by", "tag:key", "--format", "json"], env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    groups = {row["group"]["tag:key"]: row for row in json.loads(proc.stdout)["rows"]}
+    assert groups["bob"]["succeeded"] >= 1 and Decimal(groups["bob"]["cost"]["total"]) > 0
+    assert groups["acme"]["succeeded"] >= 1
+
+
+def test_no_worker_answers_503_naming_the_queue(tmp_path):
+    redis_server = RedisServer(tmp_path)
+    try:
+        env = api_env(redis_server.url)
+        key = create_key(env, "lonely")
+        server = ServerProcess(env, "--call-timeout", "1", log=tmp_path / "serve.log")
+        try:
+            with pytest.raises(openai.InternalServerError) as caught:
+                sdk(server, key).chat.completions.create(model="google/gemini-3-flash", messages=HELLO)
+            assert caught.value.status_code == 503 and "no worker is listening" in caught.value.message
+            batch = redis_server.client().zrange("otb:batches", 0, -1)[0].decode()
+            assert redis_server.client().hget(f"otb:batch:{batch}", "status") == b"cancelled"
+        finally:
+            server.stop()
+    finally:
+        redis_server.stop()
