@@ -124,3 +124,43 @@ def test_no_worker_answers_503_naming_the_queue(tmp_path):
             server.stop()
     finally:
         redis_server.stop()
+
+
+def test_streaming_works_with_the_sdk_iteration(live, keys):
+    client = sdk(live, keys["acme"])
+    plain_text = []
+    stream = client.chat.completions.create(model="google/gemini-3-flash", messages=HELLO, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    for chunk in chunks:
+        if chunk.choices and chunk.choices[0].delta.content:
+            plain_text.append(chunk.choices[0].delta.content)
+    assert chunks[0].object == "chat.completion.chunk" and "".join(plain_text)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices] == [None, "stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    without_usage = list(client.chat.completions.create(model="google/gemini-3-flash", messages=HELLO, stream=True))
+    assert all(c.usage is None for c in without_usage) and without_usage[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_streamed_tool_call_arrives_whole_with_its_index(live, keys):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    chunks = list(sdk(live, keys["acme"]).chat.completions.create(
+        model="anthropic/claude-haiku-5-5", messages=HELLO, tools=tools, tool_choice="required", stream=True))
+    calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert calls and calls[0].index == 0 and calls[0].function.name == "get_weather"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_a_key_over_its_budget_gets_429_insufficient_quota(live, env, api_redis):
+    key = create_key(env, "thrifty", "--max-cost", "0.000001")
+    client = sdk(live, key)
+    client.chat.completions.create(model="anthropic/claude-haiku-5-5", messages=HELLO, max_tokens=200)
+    spent = int(api_redis.client().hget("otb:tenant:thrifty", "spent_pico"))
+    assert spent >= 1_000_000  # one call of haiku costs more than a millionth of a dollar
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="google/gemini-3-flash", messages=HELLO)
+    assert caught.value.code == "insufficient_quota" and caught.value.response.headers["x-should-retry"] == "false"
+    with pytest.raises(openai.RateLimitError):
+        client.embeddings.create(model="google/gemini-embedding-001", input="x")
+    assert int(api_redis.client().hget("otb:tenant:thrifty", "spent_pico")) == spent  # nothing more was sent
