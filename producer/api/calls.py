@@ -41,7 +41,7 @@ from .tenants import KeyStore, Tenant
 CALL_ID = "call"  # the custom_id of a call's one request
 TENANT_TAG = "key"  # results carry key=<tenant name>: `otb report --by tag:key` is the bill per tenant
 DEFAULT_TIMEOUT = 600.0  # seconds a call waits for a worker (the OpenAI SDK's own default timeout)
-STREAM_FIELDS = ("stream", "stream_options")  # the HTTP layer's business, not the workers'
+BLOCK_S = 5.0  # the longest blocked read of a call's events (then the result is looked up anyway)
 
 
 @dataclass
@@ -67,7 +67,8 @@ class Calls:
     def aconn(self) -> aioredis.Redis:
         """The async client the waits block on, made in the server's event loop on first use."""
         if self._aconn is None:
-            self._aconn = aioredis.Redis.from_url(self.settings.redis_url or "")
+            # a blocked XREAD must end before the socket's read timeout (redis-py's default is 5 s)
+            self._aconn = aioredis.Redis.from_url(self.settings.redis_url or "", socket_timeout=BLOCK_S + 10)
         return self._aconn
 
     async def answer(self, tenant: Tenant, call: Call) -> "Answer":
@@ -103,7 +104,7 @@ class Calls:
             if left <= 0:
                 return None
             read = cast(list[tuple[bytes, list[tuple[bytes, Any]]]], await self.aconn.xread(
-                {events: last}, block=max(1, int(min(left, 5.0) * 1000))))
+                {events: last}, block=max(1, int(min(left, BLOCK_S) * 1000))))
             for _, entries in read or []:
                 last = text(entries[-1][0])
 

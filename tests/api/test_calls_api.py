@@ -4,6 +4,8 @@ and the emulator, driven by the official `openai` SDK."""
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -164,3 +166,31 @@ def test_a_key_over_its_budget_gets_429_insufficient_quota(live, env, api_redis)
     with pytest.raises(openai.RateLimitError):
         client.embeddings.create(model="google/gemini-embedding-001", input="x")
     assert int(api_redis.client().hget("otb:tenant:thrifty", "spent_pico")) == spent  # nothing more was sent
+
+
+def test_a_call_made_while_a_big_batch_runs_starts_at_once(live, keys, api_redis, emulator, tmp_path):
+    """Interactive calls take their own queue, ahead of the batch's chunks: measured, not asserted (p95 printed)."""
+    batch = tmp_path / "big.jsonl"
+    batch.write_text("".join(json.dumps({"model": "google/gemini-3-flash", "messages": [
+        {"role": "user", "content": f"#emu:slow=200 batch {i}"}]}) + "\n" for i in range(2000)))
+    proc = otb(["submit", str(batch), "--json"], worker_env(api_redis.url, emulator.url))
+    assert proc.returncode == 0, proc.stderr.decode()
+    batch_id = json.loads(proc.stdout)["id"]
+    client, waits, done_at_call = sdk(live, keys["acme"]), [], []
+    for i in range(20):
+        done_at_call.append(int(api_redis.client().hget(f"otb:batch:{batch_id}", "succeeded") or 0))
+        started = time.monotonic()
+        answer = client.chat.completions.create(model="google/gemini-3-flash", messages=[
+            {"role": "user", "content": f"interactive {i}"}])
+        waits.append(time.monotonic() - started)
+        assert answer.choices[0].message.content
+    p95 = sorted(waits)[int(len(waits) * 0.95) - 1]
+    print(f"\n20 calls during a 2,000-request batch (done when each call started: {done_at_call}): "
+          f"median {statistics.median(waits) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {max(waits) * 1000:.0f} ms")
+
+
+def test_a_call_waits_for_a_slow_answer(live, keys):
+    """Longer than one blocked read of the events and redis-py's 5 s socket timeout (before: a 500)."""
+    answer = sdk(live, keys["acme"]).chat.completions.create(model="google/gemini-3-flash", messages=[
+        {"role": "user", "content": "#emu:slow=6500 take your time"}])
+    assert answer.choices[0].message.content
