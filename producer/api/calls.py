@@ -138,10 +138,27 @@ class Calls:
         self.keys.add_spend(tenant.name, to_pico(Decimal(line["cost"]["total"])))
 
 
-def parse_call(raw: bytes, url: str, limit: int) -> Call:
+def openapi_body(required: list[str], example: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body as /docs shows it (the route reads the raw body itself, so validation stays that of
+    `otb submit`, with its errors)."""
+    schema = {"type": "object", "required": required, "additionalProperties": True, "example": example}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` (a huge body is never held whole)."""
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, f"The request body is larger than {limit} bytes (OTB_MAX_LINE_BYTES, the limit of "
+                                "one request).", code="request_too_large")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def parse_call(raw: bytes, url: str) -> Call:
     """The JSON body of a call; `stream` and `stream_options` are taken off (the workers never stream)."""
-    if len(raw) > limit:
-        raise ApiError(413, f"The request body is {len(raw)} bytes; the limit is {limit} bytes.", code="request_too_large")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
@@ -161,7 +178,7 @@ def parse_call(raw: bytes, url: str, limit: int) -> Call:
 async def handle(request: Request, tenant: Tenant, url: str) -> tuple[Call, "Answer"]:
     """A route's whole work: read the body, have the workers answer it (errors raise in OpenAI's shape)."""
     settings: Settings = request.app.state.settings
-    call = parse_call(await request.body(), url, settings.max_line_bytes)
+    call = parse_call(await read_body(request, settings.max_line_bytes), url)
     calls: Calls = request.app.state.calls
     return call, await calls.answer(tenant, call)
 

@@ -9,10 +9,11 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 
+import httpx
 import openai
 import pytest
 from openai.types import CreateEmbeddingResponse
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from bench.harness import RedisServer, ServerProcess, WorkerProcess, otb, worker_env
 
@@ -194,3 +195,33 @@ def test_a_call_waits_for_a_slow_answer(live, keys):
     answer = sdk(live, keys["acme"]).chat.completions.create(model="google/gemini-3-flash", messages=[
         {"role": "user", "content": "#emu:slow=6500 take your time"}])
     assert answer.choices[0].message.content
+
+
+def test_streamed_chunks_are_strict_chat_completion_chunks(live, keys):
+    body = {"model": "google/gemini-3-flash", "messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}
+    response = httpx.post(f"{live.base_url}/chat/completions", json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {keys['acme']}"})
+    assert response.headers["content-type"].startswith("text/event-stream") and response.headers["x-otb-cost"]
+    events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    for event in events[:-1]:
+        ChatCompletionChunk.model_validate_json(event, strict=True)
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    (b"{not json", 400, "could not parse the JSON body"),
+    (b"[1, 2]", 400, "must be a JSON object"),
+    (json.dumps({"model": "google/gemini-3-flash", "messages": HELLO, "stream": "yes"}).encode(), 400, "'stream'"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "could not parse the JSON body"),
+    (json.dumps({"model": "google/gemini-3-flash", "messages": HELLO, "pad": "x" * (9 << 20)}).encode(), 413, "limit"),
+])
+def test_a_bad_body_is_refused_in_openai_shape(live, keys, body, status, says):
+    response = httpx.post(f"{live.base_url}/chat/completions", content=body, timeout=60,
+                          headers={"Authorization": f"Bearer {keys['acme']}", "Content-Type": "application/json"})
+    assert response.status_code == status and says in response.json()["error"]["message"]
+
+
+def test_the_docs_show_the_call_bodies(live):
+    spec = httpx.get(f"{live.url}/openapi.json").json()
+    chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert chat["required"] == ["model", "messages"] and "/v1/embeddings" in spec["paths"]
