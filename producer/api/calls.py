@@ -41,6 +41,7 @@ from .tenants import KeyStore, Tenant
 CALL_ID = "call"  # the custom_id of a call's one request
 TENANT_TAG = "key"  # results carry key=<tenant name>: `otb report --by tag:key` is the bill per tenant
 DEFAULT_TIMEOUT = 600.0  # seconds a call waits for a worker (the OpenAI SDK's own default timeout)
+WAITERS = 2048  # Redis connections for waiting calls, per server process (Redis allows 10,000 clients)
 BLOCK_S = 5.0  # the longest blocked read of a call's events (then the result is looked up anyway)
 
 
@@ -67,8 +68,12 @@ class Calls:
     def aconn(self) -> aioredis.Redis:
         """The async client the waits block on, made in the server's event loop on first use."""
         if self._aconn is None:
-            # a blocked XREAD must end before the socket's read timeout (redis-py's default is 5 s)
-            self._aconn = aioredis.Redis.from_url(self.settings.redis_url or "", socket_timeout=BLOCK_S + 10)
+            # A waiting call holds a connection for its blocked XREAD: more of them than redis-py's default
+            # pool (100, then MaxConnectionsError) may wait, and past WAITERS a call waits for a connection
+            # instead of failing. The read must end before the socket's timeout (redis-py's default is 5 s).
+            pool = aioredis.BlockingConnectionPool.from_url(self.settings.redis_url or "", max_connections=WAITERS,
+                                                            timeout=None, socket_timeout=BLOCK_S + 10)
+            self._aconn = aioredis.Redis(connection_pool=pool)
         return self._aconn
 
     async def answer(self, tenant: Tenant, call: Call) -> "Answer":

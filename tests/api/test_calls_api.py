@@ -3,6 +3,7 @@ and the emulator, driven by the official `openai` SDK."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import time
@@ -225,3 +226,27 @@ def test_the_docs_show_the_call_bodies(live):
     spec = httpx.get(f"{live.url}/openapi.json").json()
     chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert chat["required"] == ["model", "messages"] and "/v1/embeddings" in spec["paths"]
+
+
+def test_many_concurrent_calls_are_each_answered_with_their_own_cost(live, keys, api_redis):
+    async def run() -> list:
+        client = openai.AsyncOpenAI(base_url=live.base_url, api_key=keys["acme"], max_retries=0)
+        calls = [client.chat.completions.with_raw_response.create(model="google/gemini-3-flash", messages=[
+            {"role": "user", "content": f"#emu:slow=200 question {i} " + "x" * i}]) for i in range(200)]
+        return await asyncio.gather(*calls)
+
+    started = time.monotonic()
+    answers = asyncio.run(run())
+    took = time.monotonic() - started
+    batches = {raw.headers["x-otb-batch"] for raw in answers}
+    assert len(batches) == 200
+    for raw in answers[::20]:
+        assert raw.headers["x-otb-cost"] == result_line(api_redis, raw.headers["x-otb-batch"])["cost"]["total"]
+    single = []
+    for _ in range(10):
+        begun = time.monotonic()
+        sdk(live, keys["acme"]).chat.completions.create(model="google/gemini-3-flash", messages=[
+            {"role": "user", "content": "#emu:slow=200 one"}])
+        single.append(time.monotonic() - begun)
+    print(f"\n200 concurrent calls (200 ms upstream) in {took:.2f} s ({200 / took:.0f}/s); one call at a time: "
+          f"median {statistics.median(single) * 1000:.0f} ms")
