@@ -93,14 +93,15 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
 
 def _redis_url(url: str | None) -> str | None:
     """REDIS_URL as given, once it has a scheme redis-py reads (the URL is not echoed: it may hold a password)."""
     if url is not None and not url.lower().startswith(REDIS_SCHEMES):
-        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix:// "
-                          "(e.g. redis://127.0.0.1:6379/0, rediss://user:password@host:6380/0)")
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix:// (or redis+sentinel://, "
+                          "rediss+sentinel:// to name Sentinels) (e.g. redis://127.0.0.1:6379/0, "
+                          "rediss://user:password@host:6380/0, redis+sentinel://h1:26379,h2:26379/mymaster/0)")
     return url
 
 
