@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import asyncio
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -190,6 +192,61 @@ def settle(client: Any, bid: str, timeout: float = 60) -> dict[str, Any]:
         time.sleep(0.1)
 
 
+class DelayProxy:
+    """A TCP proxy on a free port that delays every byte by `delay` seconds each way, in a thread.
+
+    When one side goes away, the other is cut at once and what was still delayed is dropped: the
+    bytes a machine had on the wire when it died. (tc netem is not available on these machines.)
+    """
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.port, self.target, self.delay = free_port(), target_port, delay
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        threading.Thread(target=self._run, args=(started,), daemon=True).start()
+        started.wait(10)
+
+    def _run(self, started: threading.Event) -> None:
+        async def serve() -> None:
+            await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+            started.set()
+        self.loop.run_until_complete(serve())
+        self.loop.run_forever()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        pumps = [asyncio.ensure_future(self._pump(reader, up_writer)), asyncio.ensure_future(self._pump(up_reader, writer))]
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for pump in pumps:
+            pump.cancel()
+        for w in (writer, up_writer):
+            w.transport.abort()  # drop what was still delayed
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - self.loop.time()))
+                writer.write(data)
+        delivering = asyncio.ensure_future(deliver())
+        try:
+            while data := await reader.read(65536):
+                queue.put_nowait((self.loop.time() + self.delay, data))
+        except OSError:
+            pass
+        finally:
+            delivering.cancel()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
 class SentinelProcess:
     """One `redis-server --sentinel` on a free port, watching `service` (its config file is its own:
     a Sentinel rewrites it as it learns the topology)."""
@@ -226,10 +283,15 @@ class SentinelTopology:
     SERVICE = "otbmaster"
 
     def __init__(self, workdir: Path, *, down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), replica_delay_ms: float = 0) -> None:
+        """`replica_delay_ms` puts the replica that far from the master (a DelayProxy on its link; the
+        clients stay near): the Sentinels would "fix" a replica whose master address is not the one
+        they monitor after `failover_timeout_ms`, so pass one longer than the run."""
         fast = ("--repl-diskless-sync-delay", "0")  # the replica syncs at once, not after 5 s
         self.master = RedisServer(workdir, extra=(*fast, *extra))
-        self.replica = RedisServer(workdir, extra=(*fast, *extra, "--replicaof", "127.0.0.1", str(self.master.port)))
+        self.link = DelayProxy(self.master.port, replica_delay_ms / 1000) if replica_delay_ms else None
+        upstream = self.link.port if self.link else self.master.port
+        self.replica = RedisServer(workdir, extra=(*fast, *extra, "--replicaof", "127.0.0.1", str(upstream)))
         self.sentinels = [SentinelProcess(workdir, self.SERVICE, self.master.port, down_after_ms=down_after_ms,
                                           failover_timeout_ms=failover_timeout_ms) for _ in range(3)]
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
@@ -287,3 +349,5 @@ class SentinelTopology:
         for process in (*self.sentinels, self.replica, self.master):
             if process.proc.poll() is None:
                 process.stop()
+        if self.link:
+            self.link.stop()

@@ -23,8 +23,10 @@ from producer.client import Client
 from worker.connection import connect
 from worker.scripts import Scripts
 from worker.settings import Settings
+from worker.store import Store
 
 from ..conftest import otb, worker_env
+from ..test_store_redis import chat, result
 
 pytestmark = pytest.mark.e2e
 
@@ -136,3 +138,20 @@ def test_a_script_call_cut_off_by_the_failover_is_answered_by_the_new_master(top
     assert scripts.same_life(batch="otb:batch:b2", others=["otb:batch:b2:other"]) == 1
     assert topology.master_port() == topology.replica.port
     assert 0 < conn.pttl("otb:batch:b2:other") <= 600_000
+
+
+@pytest.mark.parametrize("wait_replicas", [0, 1])
+def test_with_redis_wait_replicas_a_commit_returns_once_the_replica_has_it(tmp_path, registry, wait_replicas):
+    """OTB_REDIS_WAIT_REPLICAS=1: the commit returns when the replica (50 ms away) has the result, so a
+    failover right after it cannot lose it; without it, the commit returns before."""
+    topo = SentinelTopology(tmp_path, replica_delay_ms=50, failover_timeout_ms=600_000)
+    try:
+        settings = Settings(redis_url=topo.url, redis_wait_replicas=wait_replicas, redis_wait_ms=5000)
+        client = Client(connect(topo.url), settings, registry)
+        bid = client.submit([chat("a")])
+        store = Store.of(client.conn, settings)
+        assert store.commit(bid, "a", result("a", "req_1"), "succeeded")
+        on_replica = topo.replica.client().hexists(f"otb:batch:{bid}:results", "a")
+        assert on_replica == bool(wait_replicas)
+    finally:
+        topo.stop()
