@@ -95,7 +95,8 @@ def _kill_mid_batch(topo: SentinelTopology, conn, bid: str, at: int, started: fl
         time.sleep(0.01)
     rate = at / (time.monotonic() - started)  # from the submit on
     master, replica = topo.master.client(), topo.replica.client()
-    lag = master.info("replication")["master_repl_offset"] - replica.info("replication")["slave_repl_offset"]
+    copied = replica.info("replication")["slave_repl_offset"]  # first: the lag read is never negative
+    lag = max(0, master.info("replication")["master_repl_offset"] - copied)
     done = int(master.hget(key, "succeeded") or 0)
     topo.kill_master()
     killed = time.monotonic()
