@@ -13,7 +13,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from producer.client import Client
-from worker.jobs import process_chunk
+from worker.chunk import process_chunk
 from worker.recovery import claim_next
 from worker.settings import Settings
 

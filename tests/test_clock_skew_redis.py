@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 import types
 
-import worker.jobs
+import worker.batch
 import worker.recovery
 from producer.client import Client
 from worker import clock
-from worker.jobs import BatchGate
+from worker.batch import BatchGate
 from worker.recovery import expire_due
 from worker.settings import Settings
 
@@ -23,7 +23,7 @@ def test_a_machine_clock_two_hours_ahead_does_not_expire_a_one_hour_window(real_
     ahead = time.time() + 7200
     skewed = types.SimpleNamespace(**{n: getattr(time, n) for n in dir(time) if not n.startswith("_")})
     skewed.time = lambda: ahead
-    for module in (worker.jobs, worker.recovery):
+    for module in (worker.batch, worker.recovery):
         monkeypatch.setattr(module, "time", skewed)
     with clock.pinned(ahead):  # producer and worker both run 2 h ahead of Redis
         bid = client.submit([chat], completion_window=3600)

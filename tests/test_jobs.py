@@ -11,7 +11,7 @@ import pytest
 
 from producer.client import Client
 from producer.local import drain
-from worker.jobs import process_chunk
+from worker.chunk import process_chunk
 from worker import clock
 from worker.settings import Settings
 from worker.store import Store
@@ -64,7 +64,7 @@ def test_a_rerun_neither_calls_nor_bills_again(setup, emulator):
     calls = emulator.stats()["calls"]
     ids = [f"r{i}" for i in range(5)]
     summary = asyncio.run(process_chunk(conn, settings, bid, ids))
-    assert summary["skipped"] == 5
+    assert summary.outcomes["skipped"] == 5
     assert emulator.stats()["calls"] == calls
     assert client.status(bid) == before
 
@@ -312,3 +312,19 @@ def test_a_claim_whose_runner_died_goes_back_to_the_queue(setup):
     assert queue.count == 2 and not conn.hexists("otb:claimed", got[0])
     drain(conn, settings)
     assert client.status(bid)["request_counts"]["succeeded"] == 6
+
+
+def test_the_chunk_job_result_keeps_its_layout(setup):
+    """What RQ keeps as a chunk job's result: counts by outcome, then checkpointed and parked (a count,
+    not the parked requests the run handed to recovery.park)."""
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    conn, settings, client = setup
+    bid = client.submit([chat("ok", "google/gemini-3-flash", "hi"),
+                         chat("quota", "google/gemini-3-flash", "#emu:fail-first=1:429 #emu:retry-after=52758 layout")])
+    drain(conn, settings)
+    (job_id,) = conn.smembers(f"otb:batch:{bid}:jobs")
+    job = Job.fetch(job_id.decode(), connection=conn, serializer=JSONSerializer)
+    assert job.return_value() == {"skipped": 0, "succeeded": 1, "errored": 0, "parked": 1, "checkpointed": 0}
+    assert conn.zcard("otb:parked") == 1

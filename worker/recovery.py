@@ -5,7 +5,7 @@ the next maintenance pass of some idle worker: minutes (reference/rq.md §1). He
 running a chunk holds a short lease (`otb:lease:{job}`, refreshed by a thread every ttl/3); the
 chunks it claims from the queue are recorded under that lease (`otb:claimed`). A janitor thread in
 every `otb worker` re-enqueues started or claimed chunks whose lease has lapsed. Re-running a chunk
-is safe: committed requests are skipped (jobs.py), so only calls in flight at the kill are sent
+is safe: committed requests are skipped (chunk.py), so only calls in flight at the kill are sent
 again. Re-runs count against `max_recoveries`: a chunk that kills every worker it touches (a poison
 input) ends its open requests as `worker_crashed` and shows up in RQ's failed registry.
 """

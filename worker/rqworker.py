@@ -36,6 +36,7 @@ from .recovery import CHUNK_JOB, Janitor, end_requests, queue_for
 from .registry import current_registry
 from .settings import Settings
 from .store import Store
+from .writes import Refusals, refused_write
 
 log = logging.getLogger("otb.worker")
 
@@ -47,7 +48,7 @@ class NameTaken(OTBError):
 
 
 class DrainingWorker(Worker):
-    refusals = jobs.Refusals("the worker waits for it (nothing is lost; free memory or raise maxmemory)")
+    refusals = Refusals("the worker waits for it (nothing is lost; free memory or raise maxmemory)")
 
     def setup_work_horse_signals(self) -> None:
         """In the horse: SIGTERM means "drain", never "die mid-request"."""
@@ -55,7 +56,7 @@ class DrainingWorker(Worker):
         signal.signal(signal.SIGTERM, lambda *_: jobs.DRAIN.set())
 
     def handle_warm_shutdown_request(self) -> None:
-        super().handle_warm_shutdown_request()
+        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]  # RQ leaves it untyped
         if self.horse_pid:
             log.warning("stop requested: asking the running chunk to drain")
             try:
@@ -73,7 +74,12 @@ class DrainingWorker(Worker):
                                     execution=self.prepare_execution(job))
             return
         current_registry(jobs.current_settings().registry_path)  # the horse inherits it: read here, once
-        super().execute_job(job, queue)
+        try:
+            super().execute_job(job, queue)
+        except redis.ResponseError as exc:  # RQ's own bookkeeping after the job (state, failure) was refused
+            if not refused_write(exc):
+                raise
+            self.refusals.refused(exc)  # the chunk's lease and the janitor keep its requests safe meanwhile
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Any = None) -> None:
@@ -97,7 +103,7 @@ class DrainingWorker(Worker):
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         """Say which chunk lost its work horse, how, and what happens next (RQ says only "terminated")."""
-        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[no-untyped-call]
         peak = f"; it peaked at {rusage.ru_maxrss // 1024} MB" if rusage is not None else ""
         nxt = (f"RQ runs the chunk again ({job.retries_left} retries left)" if job.should_retry
                else "its open requests end as chunk_failed")
@@ -107,7 +113,8 @@ class DrainingWorker(Worker):
     # -- a Redis that refuses writes pauses the worker, never kills it ----------------------------
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         if pipeline is not None:
-            return super().heartbeat(timeout, pipeline)
+            super().heartbeat(timeout, pipeline)
+            return
         self._tolerating(super().heartbeat, timeout)
 
     def maintain_heartbeats(self, job: Job, execution: Any) -> None:
@@ -121,7 +128,7 @@ class DrainingWorker(Worker):
             try:
                 result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
             except redis.ResponseError as exc:  # taking a job off the queue is a write
-                if not jobs.refused_write(exc):
+                if not refused_write(exc):
                     raise
                 self.refusals.refused(exc)
                 if self._stop_requested:
@@ -135,7 +142,7 @@ class DrainingWorker(Worker):
         try:
             write(*args)
         except redis.ResponseError as exc:
-            if not jobs.refused_write(exc):
+            if not refused_write(exc):
                 raise
             self.refusals.refused(exc)
             return
@@ -179,7 +186,7 @@ def claim_name(conn: redis.Redis, name: str) -> None:
     """Free `--name` if the worker that had it died on this machine (RQ refuses it for up to 2 minutes
     after a crash); refuse it in one line if a live worker has it."""
     key = Worker.redis_worker_namespace_prefix + name
-    info = {k.decode(): v.decode() for k, v in conn.hgetall(key).items()}
+    info = {_str(k): _str(v) for k, v in conn.hgetall(key).items()}
     if not info or "death" in info:
         return
     host, pid = info.get("hostname", "?"), int(info.get("pid") or 0)
@@ -191,6 +198,10 @@ def claim_name(conn: redis.Redis, name: str) -> None:
         return
     raise NameTaken(f"a worker named {name!r} is already running (pid {pid} on {host}); choose another --name"
                     + ("" if host == socket.gethostname() else "; if it crashed, the name is free within 2 minutes"))
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _alive(pid: int) -> bool:

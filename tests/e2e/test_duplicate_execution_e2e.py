@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from producer.client import Client
-from worker.jobs import process_chunk
+from worker.chunk import ChunkSummary, process_chunk
 from worker.settings import Settings
 
 from ..conftest import ROOT
@@ -24,7 +24,7 @@ def test_two_simultaneous_runs_of_one_chunk_commit_each_request_once(real_redis,
     ids = [f"d{i}" for i in range(30)]
     bid = client.submit([{"custom_id": cid, "model": "google/gemini-3-flash",
                           "messages": [{"role": "user", "content": f"#emu:slow=150 question {cid}"}]} for cid in ids])
-    summaries: list[dict] = []
+    summaries: list[ChunkSummary] = []
 
     def execute() -> None:
         conn = redis_server.client()
@@ -43,4 +43,4 @@ def test_two_simultaneous_runs_of_one_chunk_commit_each_request_once(real_redis,
     assert sum(Decimal(line["cost"]["total"]) for line in lines) == Decimal(status["cost"]["total"])
     # both runs called upstream for requests in flight at once: spent counts every paid call, cost only one each
     assert Decimal(status["spent"]) >= Decimal(status["cost"]["total"]) > 0
-    assert sum(s["succeeded"] for s in summaries) == 30  # the losing commits report "skipped"
+    assert sum(s.outcomes["succeeded"] for s in summaries) == 30  # the losing commits report "skipped"

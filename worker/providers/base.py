@@ -2,7 +2,7 @@
 
 `Provider` is the one contract: each adapter module (anthropic/, google/) satisfies it, and
 `providers.ADAPTERS` is the one list of them, so a third provider is one new package plus its line
-there. `jobs.py` sends the `UpstreamCall`s over HTTP (the only place that does), then hands the decoded
+there. `upstream.py` sends the `UpstreamCall`s over HTTP (the only place that does), then hands the decoded
 JSON back to the adapter's parser. Auth headers are added by the sender (keys come from `Settings`),
 so keys never pass through the translation, results or logs.
 """

@@ -1,0 +1,78 @@
+"""A batch as the requests running in a chunk see it: still open?, its options and tags, what it parked.
+
+Read once per batch per chunk run (a run may hold requests of several batches, through the chunks it
+claims), so the hot path of a request asks Redis nothing about its batch but the status, at most
+once a second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from .store import Store
+
+ParkedRequest = tuple[str, float, str]  # (custom_id, resume in s, why): recovery.park's shape
+
+
+class BatchGate:
+    """Is the batch still open? Read at most once a second, so cancel and expiry reach running chunks fast.
+
+    The completion window is judged on Redis's clock (TIME, read with the status), never this
+    machine's: a worker whose clock runs hours ahead must not expire a batch early, nor one behind late.
+    A batch whose record is gone counts as expired: its requests are not sent (no result could be kept).
+    """
+
+    def __init__(self, store: Store, batch_id: str) -> None:
+        self.store, self.batch_id = store, batch_id
+        self._read_at = -1.0
+        self._status: str | None = None
+        self._expires_at: float | None = None
+        self._redis_now = 0.0
+
+    def closed_code(self) -> str | None:
+        now = time.monotonic()
+        if now - self._read_at >= 1.0:
+            self._read(now)
+        redis_now = self._redis_now + (now - self._read_at)
+        if self._status is None:  # the record is gone (expired, evicted, lost): nothing to send for
+            return "batch_expired"
+        if self._status in ("cancelling", "cancelled"):
+            return "batch_cancelled"
+        if self._status == "in_progress" and self._expires_at is not None and redis_now >= self._expires_at:
+            self._status = self.store.close(self.batch_id, "expiring")  # the window ended: the batch ends expired
+        if self._status in ("expiring", "expired"):
+            return "batch_expired"
+        return None
+
+    def _read(self, now: float) -> None:
+        """The status, the window's end and Redis's clock, in one round trip."""
+        pipe = self.store.conn.pipeline(transaction=False)
+        pipe.hmget(self.store.keys.batch(self.batch_id), "status", "expires_at")
+        pipe.time()
+        (status, expires), (sec, usec) = pipe.execute()
+        self._status = status.decode() if isinstance(status, bytes) else status
+        self._expires_at = float(expires) if expires else None
+        self._redis_now, self._read_at = sec + usec / 1e6, now
+
+
+@dataclass
+class Batch:
+    """One batch of a chunk run: its gate, the submit options a request needs, and its parked requests."""
+
+    id: str
+    gate: BatchGate
+    max_cost_pico: int | None = None  # --max-cost, if any
+    drop_unsupported: bool = False  # --drop-unsupported-params
+    tags: dict[str, str] = field(default_factory=dict)  # the batch's metadata, on every result
+    parked: list[ParkedRequest] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, store: Store, batch_id: str) -> Batch:
+        """The submission's options and metadata, as submit stored them on the batch record."""
+        raw = store.batch(batch_id) or {}
+        options = json.loads(raw.get("options") or "{}")
+        return cls(batch_id, BatchGate(store, batch_id), max_cost_pico=int(options.get("max_cost_pico") or 0) or None,
+                   drop_unsupported=bool(options.get("drop_unsupported_params")),
+                   tags=json.loads(raw.get("metadata") or "{}"))
