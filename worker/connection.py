@@ -88,11 +88,11 @@ class ScriptPipeline(Pipeline):
 
     def _execute_pipeline(self, connection: Any, commands: Any, raise_on_error: bool) -> list[Any]:
         self._scripts_again()
-        return super()._execute_pipeline(connection, commands, raise_on_error)
+        return super()._execute_pipeline(connection, commands, raise_on_error)  # type: ignore[no-untyped-call,no-any-return]
 
     def _scripts_again(self) -> None:
         if self._resent and self.scripts:
-            self.load_scripts()  # on this pipeline's connection: the server the resend goes to
+            self.load_scripts()  # type: ignore[no-untyped-call]  # on this pipeline's connection: the server the resend goes to
         self._resent = False
 
 
@@ -156,7 +156,7 @@ class SentinelURL:
         rebuilt = (f"{'rediss' if tls else 'redis'}://{login}{at}localhost/{parts[1] if len(parts) > 1 else 0}"
                    f"?{urlencode([(k, v) for k, v in options if k not in SENTINEL_AUTH])}")
         try:
-            kwargs = parse_url(rebuilt)
+            kwargs = parse_url(rebuilt)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         except ValueError as exc:
             raise ConfigError(f"REDIS_URL {mask_url(url)}: {exc}") from None
         for placed in ("host", "port", "connection_class"):
@@ -167,13 +167,13 @@ class SentinelURL:
     def sentinel(self, timeout: float = SENTINEL_TIMEOUT) -> Sentinel:
         """The Sentinels, asked once each with a short timeout and no retry (the master's client retries)."""
         tls = {k: v for k, v in self.master_kwargs.items() if k.startswith("ssl")} | ({"ssl": True} if self.tls else {})
-        return Sentinel(list(self.sentinels), sentinel_kwargs=dict(
+        return Sentinel(list(self.sentinels), sentinel_kwargs=dict(  # type: ignore[no-untyped-call]
             socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0),
             **self.sentinel_login, **tls))
 
     def master(self, *, sentinel_timeout: float = SENTINEL_TIMEOUT, **kwargs: Any) -> redis.Redis:
         """A client of the current master that asks the Sentinels again after a failover."""
-        return self.sentinel(sentinel_timeout).master_for(
+        return self.sentinel(sentinel_timeout).master_for(  # type: ignore[no-untyped-call,no-any-return]
             self.service, redis_class=Client, connection_class=FollowingSSLConnection if self.tls else FollowingConnection,
             **self.master_kwargs, **kwargs)
 
@@ -194,8 +194,8 @@ class FollowingConnection(SentinelManagedConnection):
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if not self._sock:
-            self.connect()
-        super().send_packed_command(command, check_health)
+            self.connect()  # type: ignore[no-untyped-call]
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
 
 class FollowingSSLConnection(FollowingConnection, SSLConnection):

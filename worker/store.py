@@ -170,7 +170,7 @@ class Store:
             answer=hashlib.sha256(text.encode()).hexdigest()[:20],
             counters=for_record + aggregates.increments(line, counts=counts))
         if pipe is not None:  # WAIT on the connection that committed: it waits for that write
-            got = pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms).execute()[0]
+            got = pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms).execute()[0]  # type: ignore[no-untyped-call]
         if got == -1:
             log.warning("batch %s is gone (expired after OTB_RESULT_TTL, evicted, or lost in a Redis restart): "
                         "result of %s not stored", bid, custom_id)
