@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
@@ -28,6 +29,7 @@ from producer.options import SubmitOptions
 from producer.submit import SubmissionRejected, submit
 from worker import clock
 from worker.errors import InvalidRequest
+from worker.connection import SENTINEL_TIMEOUT, SentinelURL, is_sentinel
 from worker.keys import Keys
 from worker.pricing import to_pico
 from worker.recovery import interactive_name, queue_for
@@ -71,9 +73,7 @@ class Calls:
             # A waiting call holds a connection for its blocked XREAD: more of them than redis-py's default
             # pool (100, then MaxConnectionsError) may wait, and past WAITERS a call waits for a connection
             # instead of failing. The read must end before the socket's timeout (redis-py's default is 5 s).
-            pool = aioredis.BlockingConnectionPool.from_url(self.settings.redis_url or "", max_connections=WAITERS,
-                                                            timeout=None, socket_timeout=BLOCK_S + 10)
-            self._aconn = aioredis.Redis(connection_pool=pool)
+            self._aconn = async_client(self.settings.redis_url or "")
         return self._aconn
 
     async def answer(self, tenant: Tenant, call: Call) -> "Answer":
@@ -141,6 +141,20 @@ class Calls:
 
     def count_spend(self, tenant: Tenant, line: dict[str, Any]) -> None:
         self.keys.add_spend(tenant.name, to_pico(Decimal(line["cost"]["total"])))
+
+
+def async_client(url: str) -> aioredis.Redis:
+    """An asyncio client for REDIS_URL, Sentinel URLs included (the master, asked of the Sentinels)."""
+    if not is_sentinel(url):
+        return aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=WAITERS, timeout=None, socket_timeout=BLOCK_S + 10))
+    parsed = SentinelURL.parse(url)
+    tls = {k: v for k, v in parsed.master_kwargs.items() if k.startswith("ssl")} | ({"ssl": True} if parsed.tls else {})
+    sentinels = AsyncSentinel(list(parsed.sentinels), sentinel_kwargs={**parsed.sentinel_login, **tls,
+                                                                       "socket_timeout": SENTINEL_TIMEOUT})
+    master: aioredis.Redis = sentinels.master_for(parsed.service, max_connections=WAITERS,
+                                                  socket_timeout=BLOCK_S + 10, **parsed.master_kwargs)
+    return master
 
 
 def openapi_body(required: list[str], example: dict[str, Any]) -> dict[str, Any]:
