@@ -25,7 +25,8 @@ from worker.errors import RETRYABLE_STATUS, InvalidRequest, ModelNotFound, Reque
 log = logging.getLogger("otb.api")
 
 SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"  # OpenAI's words
-NO_RETRY_CODES = frozenset({"insufficient_quota"})  # a 429 that waiting does not fix
+NO_RETRY_CODES = frozenset({"insufficient_quota", "no_worker", "timeout"})  # waiting again does not fix these
+# (a call that found no worker, or none in time, has already waited --call-timeout: the SDK would wait twice more)
 
 
 class ApiError(RequestFailed):

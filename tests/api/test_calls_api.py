@@ -122,6 +122,7 @@ def test_no_worker_answers_503_naming_the_queue(tmp_path):
             with pytest.raises(openai.InternalServerError) as caught:
                 sdk(server, key).chat.completions.create(model="google/gemini-3-flash", messages=HELLO)
             assert caught.value.status_code == 503 and "no worker is listening" in caught.value.message
+            assert caught.value.response.headers["x-should-retry"] == "false"  # it waited already
             batch = redis_server.client().zrange("otb:batches", 0, -1)[0].decode()
             assert redis_server.client().hget(f"otb:batch:{batch}", "status") == b"cancelled"
         finally:
