@@ -27,7 +27,6 @@ DEMO_OPTIONS = SubmitOptions(keep_valid=True, metadata={"source": "demo"})
 @friendly
 def worker(concurrency: int | None, burst: bool, name: str | None) -> None:
     """Run an RQ worker (JSON serializer) that processes batch chunks concurrently."""
-    from worker.recovery import interactive_name
     from worker.rqworker import run_worker
 
     settings = settings_from_env()
@@ -35,7 +34,7 @@ def worker(concurrency: int | None, burst: bool, name: str | None) -> None:
         settings = settings.with_(concurrency=concurrency)
     registry_of(settings)  # a malformed registry stops the worker here, not mid-batch
     shared_redis(settings)
-    click.echo(f"otb worker: queues {interactive_name(settings)!r}, {settings.queue_name!r} on {safe_url(settings.redis_url or '')}, "
+    click.echo(f"otb worker: queue {settings.queue_name!r} on {safe_url(settings.redis_url or '')}, "
                f"concurrency {settings.concurrency}, keys for {sorted(settings.api_keys) or 'no provider'}", err=True)
     # RQ logs a line per job at INFO: only with -v, so two workers in a terminal do not flood it
     run_worker(settings, burst=burst, name=name, logging_level=logging.getLevelName(logging.getLogger().level))
