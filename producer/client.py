@@ -67,7 +67,7 @@ class Client:
         """How many `otb worker` processes are registered on this queue (0: queued work waits)."""
         from rq import Worker
 
-        from worker.recovery import queue_for
+        from worker.queues import queue_for
 
         return Worker.count(queue=queue_for(self.conn, self.settings))
 

@@ -9,7 +9,8 @@ import redis
 
 from worker import clock
 from worker.errors import OTBError
-from worker.recovery import close_unstarted, enqueue_chunks
+from worker.queues import enqueue_chunks
+from worker.recovery import close_unstarted
 from worker.settings import Settings
 from worker.store import Store
 

@@ -19,7 +19,7 @@ from worker.connection import connect as connect_redis
 from worker.connection import RETRIES, ensure_reachable
 from worker.errors import ConfigError
 from worker.emulator import EmulatorConfig, start_background
-from worker.recovery import queues_for
+from worker.queues import queues_for
 from worker.registry import Registry
 from worker.providers import ADAPTERS
 from worker.settings import Settings

@@ -19,7 +19,7 @@ import redis
 
 from worker import clock
 from worker.errors import OTBError
-from worker.recovery import chunk_jobs, queue_for
+from worker.queues import chunk_jobs, queue_for
 from worker.registry import Registry
 from worker.results import error_line
 from worker.settings import Settings

@@ -298,7 +298,9 @@ def test_a_running_chunk_claims_the_next_ones_and_marks_them_finished(setup):
 
 def test_a_claim_whose_runner_died_goes_back_to_the_queue(setup):
 
-    from worker.recovery import claim_next, queue_for, recover_claimed
+    from worker.queues import queue_for
+
+    from worker.recovery import claim_next, recover_claimed
 
     conn, settings, client = setup
     client.settings = settings = settings.with_(chunk_size=3)

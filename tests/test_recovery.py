@@ -11,7 +11,8 @@ from rq.serializers import JSONSerializer
 from producer.client import Client
 from worker import clock
 from worker.keys import Keys
-from worker.recovery import claim_next, queue_for, recover_abandoned, recover_claimed
+from worker.queues import queue_for
+from worker.recovery import claim_next, recover_abandoned, recover_claimed
 from worker.settings import Settings
 
 from .conftest import ROOT

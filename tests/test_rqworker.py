@@ -10,7 +10,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from worker.recovery import CHUNK_JOB
+from worker.queues import CHUNK_JOB
 from worker.rqworker import DrainingWorker, refusal_of
 from worker.writes import Refusals
 

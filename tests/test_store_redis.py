@@ -19,7 +19,8 @@ from producer.client import Client
 from producer.local import drain
 from producer.submit import IdempotencyConflict, submit
 from worker.connection import TransientRetry, mask_url
-from worker.recovery import enqueue_chunks, rescue_stranded
+from worker.queues import enqueue_chunks
+from worker.recovery import rescue_stranded
 from worker.settings import Settings
 from worker.store import Store
 

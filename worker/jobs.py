@@ -19,7 +19,8 @@ import redis
 from . import clock
 from .chunk import ChunkSummary, process_chunk
 from .connection import connect
-from .recovery import Lease, claim_next, enqueue_chunks, finish_claimed, park
+from .queues import enqueue_chunks
+from .recovery import Lease, claim_next, finish_claimed, park
 from .settings import Settings
 from .store import Store
 

@@ -1,4 +1,4 @@
-"""The life of chunk jobs beyond RQ: enqueueing, leases, claims, recovery, parking, closing batches.
+"""The life of chunk jobs beyond RQ: leases, claims, recovery, parking, closing batches (queues.py enqueues).
 
 Stock RQ notices a dead worker only after its heartbeat TTL (job_monitoring_interval + 60 s) and
 the next maintenance pass of some idle worker: minutes (reference/rq.md §1). Here the process
@@ -12,7 +12,6 @@ input) ends its open requests as `worker_crashed` and shows up in RQ's failed re
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ import time
 from typing import Any
 
 import redis
-from rq import Queue, Retry
+from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
@@ -32,57 +31,13 @@ from rq.serializers import JSONSerializer
 from . import clock
 from .errors import BatchClosed, RequestFailed
 from .keys import Keys
+from .queues import CHUNK_JOB, CHUNK_RESULT_TTL, enqueue_chunks, queue_for, queues_for
 from .results import error_line
 from .scripts import Scripts
 from .settings import Settings
 from .store import Store
 
 log = logging.getLogger("otb.recovery")
-
-
-CHUNK_JOB = "worker.jobs.run_chunk"
-CHUNK_RESULT_TTL = 3600  # how long RQ keeps a finished chunk job (ours are in the batch's own keys)
-
-
-def queue_for(conn: redis.Redis, settings: Settings, *, interactive: bool = False) -> Queue:
-    """The batch queue, or its interactive twin (HTTP calls someone is waiting on: taken first)."""
-    name = interactive_name(settings) if interactive else settings.queue_name
-    return Queue(name, connection=conn, serializer=JSONSerializer)
-
-
-def interactive_name(settings: Settings) -> str:
-    """`{queue}:interactive`: one-request batches of `otb serve`'s calls, ahead of every batch chunk."""
-    return f"{settings.queue_name}:interactive"
-
-
-def queues_for(conn: redis.Redis, settings: Settings) -> list[Queue]:
-    """What a worker takes from, in order: RQ dequeues from the first non-empty queue, so a waiting
-    HTTP call never queues behind a big batch's chunks."""
-    return [queue_for(conn, settings, interactive=True), queue_for(conn, settings)]
-
-
-def chunk_jobs(settings: Settings, bid: str, ids: list[str], tag: str, size: int | None = None) -> list[Any]:
-    """RQ job data for `ids` in chunks; job ids `{bid}-{tag}-{n}` (stable, so a repeat is visible)."""
-    size = size or settings.chunk_size
-    return [Queue.prepare_data(
-        CHUNK_JOB, args=(bid, ids[start : start + size]), job_id=f"{bid}-{tag}-{start // size}",
-        timeout=settings.job_timeout, result_ttl=CHUNK_RESULT_TTL, failure_ttl=settings.result_ttl, retry=Retry(max=3),
-        description=f"{bid} {tag}: {len(ids[start:start + size])} requests",
-    ) for start in range(0, len(ids), size)]
-
-
-def enqueue_chunks(conn: redis.Redis, settings: Settings, bid: str, ids: list[str], tag: str, *,
-                   pipe: Any = None) -> list[str]:
-    """Enqueue `ids` of batch `bid` again (retry, checkpoint, resume, rescue) and record the jobs on the
-    batch; with `pipe`, as part of the caller's transaction."""
-    jobs = chunk_jobs(settings, bid, ids, tag)
-    store = Store.of(conn, settings)
-    with contextlib.nullcontext(pipe) if pipe is not None else conn.pipeline() as p:
-        queue_for(conn, settings).enqueue_many(jobs, pipeline=p)
-        store.add_jobs(p, bid, [j.job_id for j in jobs])
-        if pipe is None:
-            p.execute()
-    return [j.job_id for j in jobs]
 
 
 def park(conn: redis.Redis, settings: Settings, bid: str, parked: list[tuple[str, float, str]]) -> None:

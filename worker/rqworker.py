@@ -32,7 +32,8 @@ from rq.serializers import JSONSerializer
 from . import jobs
 from .connection import connect, durability_warnings
 from .errors import ConfigError, OTBError, RequestFailed
-from .recovery import CHUNK_JOB, Janitor, end_requests, queues_for
+from .queues import CHUNK_JOB, queues_for
+from .recovery import Janitor, end_requests
 from .registry import current_registry
 from .settings import Settings
 from .store import Store

@@ -32,7 +32,7 @@ from worker.errors import InvalidRequest
 from worker.connection import SENTINEL_TIMEOUT, SentinelURL, is_sentinel
 from worker.keys import Keys
 from worker.pricing import to_pico
-from worker.recovery import interactive_name, queue_for
+from worker.queues import interactive_name, queue_for
 from worker.registry import current_registry
 from worker.settings import Settings
 

@@ -9,7 +9,8 @@ from rq.serializers import JSONSerializer
 
 from producer.client import Client
 from worker.keys import Keys
-from worker.recovery import claim_next, close_unstarted, interactive_name, queue_for, queues_for, recover_abandoned
+from worker.queues import interactive_name, queue_for, queues_for
+from worker.recovery import claim_next, close_unstarted, recover_abandoned
 from worker.settings import Settings
 
 from ..conftest import ROOT
