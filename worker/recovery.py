@@ -29,7 +29,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from . import clock
+from . import clock, metrics
 from .errors import BatchClosed, RequestFailed
 from .keys import Keys
 from .results import error_line
@@ -162,6 +162,7 @@ def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | Non
         log.warning("chunk %s lost its worker (no lease for %.0f s): re-enqueued", job_id, now - began)
         queue.enqueue_job(job, at_front=True)  # first: a crash between the two leaves it queued, never lost
         started.remove_execution(execution)
+        metrics.taken_over("started")
     return recovered
 
 
@@ -188,6 +189,7 @@ def _give_up(conn: redis.Redis, store: Store, queue: Queue, job: Job, count: int
         f"the worker running this request died {count} times (killed or out of memory); not retried further",
         code="worker_crashed", type="api_error", status_code=500)
     end_requests(store, bid, custom_ids, error, "errored")
+    metrics.abandoned("worker_crashed")
     job.set_status(JobStatus.FAILED)
     queue.failed_job_registry.add(job, ttl=settings.result_ttl, exc_string="worker died repeatedly")
 
@@ -257,6 +259,7 @@ def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None 
             pipe.hdel(keys.claimed, job_id)
             pipe.execute()
         back.append(job_id)
+        metrics.taken_over("claimed")
     return back
 
 
