@@ -6,23 +6,29 @@ tests compare values before and after what they run.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from decimal import Decimal
 
+import fakeredis
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from producer.client import Client
 from producer.local import drain
-from worker import metrics
+from worker import clock, metrics
 from worker.connection import connect
 from worker.errors import TransportError, upstream_error
 from worker.metrics_serve import QueueCollector, registry_for
-from worker.recovery import enqueue_chunks
+from worker.keys import Keys
+from worker.ratelimit import Limiter, RateLimits, Scope
+from worker.recovery import claim_next, enqueue_chunks, recover_claimed
+from worker.settings import Settings
 from worker.upstream import failure_code
 
-from .conftest import free_port
+from .conftest import ROOT, free_port
 from .test_jobs import chat, setup  # noqa: F401  (the in-process stack of the job-level tests)
 
 
@@ -137,3 +143,31 @@ def test_names_follow_prometheus_conventions():
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
         assert set().union(*(s.labels for s in family.samples)) <= {
             "model", "outcome", "route", "bucket", "provider", "code", "kind", "reason", "le"}
+
+
+def test_the_janitor_counts_chunks_it_takes_over_and_those_it_gives_up(registry):
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    settings = Settings(registry_path=ROOT / "registry.json", chunk_size=3, max_recoveries=1)
+    Client(conn, settings, registry).submit([chat(f"r{i}", "google/gemini-3-flash", "hi") for i in range(6)])
+    taken, abandoned = value("otb_chunks_taken_over_total", kind="claimed"), value(
+        "otb_chunks_abandoned_total", reason="worker_crashed")
+    keys = Keys()
+    for _ in range(2):  # taken over once, then given up (max_recoveries=1)
+        got = claim_next(conn, settings, keys.lease("a-runner-that-died"))
+        assert got is not None
+        conn.delete(keys.recovering(got[0]))
+        recover_claimed(conn, settings, now=clock.now() + settings.lease_ttl * 3)
+    assert value("otb_chunks_taken_over_total", kind="claimed") - taken == 1
+    assert value("otb_chunks_abandoned_total", reason="worker_crashed") - abandoned == 1
+
+
+def test_rate_limit_waits_are_counted_with_the_time_waited():
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    limiter = Limiter(conn)
+    scope = Scope.of("google", "gemini-3-flash-preview", "gm-test", RateLimits(rpm=600))
+    waits, seconds = value("otb_ratelimit_waits_total", provider="google"), value(
+        "otb_ratelimit_wait_seconds_total", provider="google")
+    limiter.cool_down(scope, 0.05, "429 rate_limit_exceeded")
+    assert asyncio.run(limiter.acquire(scope, 10, 10, max_wait=5)) == 0
+    assert value("otb_ratelimit_waits_total", provider="google") - waits >= 1
+    assert value("otb_ratelimit_wait_seconds_total", provider="google") - seconds >= 0.04

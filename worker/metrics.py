@@ -1,6 +1,6 @@
 """Prometheus metrics of the workers: what they run, what it costs, how the providers and the queue fare.
 
-`otb worker --metrics-port PORT` serves them (`serve`); `otb serve` mounts `asgi_app` at `/metrics`.
+`otb worker --metrics-port PORT` serves them and `otb serve` mounts them at `/metrics` (metrics_serve.py).
 Every label has a bounded set of values: models from the registry (anything else is `other`),
 providers, outcomes, token buckets, HTTP status codes and our own error codes; never a batch or
 custom id. Names follow Prometheus conventions (`_total` counters, `_seconds`, `_usd`).

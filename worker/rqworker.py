@@ -11,6 +11,8 @@
   dying) ends its open requests as `chunk_failed`, so its batch finishes instead of waiting forever.
 - A Redis that refuses writes (maxmemory reached, read-only, MISCONF) pauses the worker; it used to
   kill it. The registry file is read again before each chunk; a broken file keeps the last good one.
+- With `--metrics-port`, each work horse hands its metrics to this process over a pipe, which serves
+  them with the queue's gauges (metrics.py, metrics_serve.py).
 """
 
 from __future__ import annotations
