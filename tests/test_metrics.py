@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 
 import fakeredis
@@ -30,6 +31,14 @@ from worker.upstream import failure_code
 
 from .conftest import ROOT, free_port
 from .test_jobs import chat, setup  # noqa: F401  (the in-process stack of the job-level tests)
+
+
+@pytest.fixture(autouse=True)
+def counting() -> Iterator[None]:
+    """As in a process that serves its metrics; other tests' processes count nothing."""
+    metrics.count_here()
+    yield
+    metrics.discard()
 
 
 def value(name: str, **labels: str) -> float:
@@ -133,6 +142,16 @@ def test_a_scrape_while_redis_is_down_still_answers():
     text = generate_latest(registry_for(down, "otb")).decode()
     names = {f.name for f in text_string_to_metric_families(text)}
     assert "otb_queue_chunks" not in names and "otb_requests" in names
+
+
+def test_a_process_that_serves_no_metrics_counts_nothing():
+    metrics.discard()
+    before = value("otb_requests_total", model="other", outcome="errored", route="realtime")
+    metrics.request_done("other", "errored")
+    assert value("otb_requests_total", model="other", outcome="errored", route="realtime") == before
+    registry_for(fakeredis.FakeRedis(), "otb")  # serving starts the counting
+    metrics.request_done("other", "errored")
+    assert value("otb_requests_total", model="other", outcome="errored", route="realtime") == before + 1
 
 
 def test_names_follow_prometheus_conventions():

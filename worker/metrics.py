@@ -173,7 +173,7 @@ class Discard:
 
 
 _direct = Direct()
-_sink: Sink = _direct
+_sink: Sink = Discard()  # until this process serves its metrics (count_here): `otb run` pays nothing for them
 
 
 # -- the hot path: a few dict lookups per request --------------------------------------------------
@@ -217,8 +217,14 @@ def abandoned(reason: str) -> None:
     _sink.add("otb_chunks_abandoned", (reason,), 1)
 
 
+def count_here() -> None:
+    """This process serves its metrics (metrics_serve.registry_for): count into its registry from now on."""
+    global _sink
+    _sink = _direct
+
+
 def discard() -> None:
-    """A work horse whose counts nobody serves: count nothing (not even prometheus-client's import)."""
+    """Count nothing: a work horse whose counts nobody serves (no prometheus-client import, no work)."""
     global _sink
     _sink = Discard()
 

@@ -68,7 +68,9 @@ class _Own(Collector):
 
 
 def registry_for(conn: redis.Redis, queue_name: str) -> CollectorRegistry:
-    """What a scrape of this process returns: its own counters and the queue, read from Redis then."""
+    """What a scrape of this process returns: its own counters and the queue, read from Redis then.
+    From now on this process counts (until then its counts went nowhere)."""
+    metrics.count_here()
     registry = CollectorRegistry(auto_describe=False)  # no describe: registering reads nothing from Redis
     registry.register(_Own())
     registry.register(QueueCollector(conn, queue_name))
