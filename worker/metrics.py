@@ -58,11 +58,12 @@ SPECS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("histogram", "otb_upstream_request_duration_seconds", "HTTP calls to the providers, answered or not, by "
      "provider.", ("provider",)),
     ("counter", "otb_upstream_calls", "HTTP calls to the providers by provider and code: the HTTP status, or "
-     "upstream_timeout / upstream_unreachable / upstream_protocol_error when no usable answer came.",
+     "upstream_timeout / upstream_unreachable when no answer came, cancelled when a stop cut it off.",
      ("provider", "code")),
     ("gauge", "otb_upstream_calls_in_flight", "HTTP calls to the providers in flight, by provider.", ("provider",)),
-    ("counter", "otb_upstream_retries", "Calls sent again, by provider and the code of the failure that caused "
-     "it (as in otb_upstream_calls_total).", ("provider", "code")),
+    ("counter", "otb_upstream_retries", "Calls sent again, by provider and the code of the failure before them "
+     "(as in otb_upstream_calls_total, or upstream_protocol_error for an answer that was not JSON).",
+     ("provider", "code")),
     ("counter", "otb_ratelimit_waits", "Waits for the shared rate-limit buckets or a cool-down, by provider.",
      ("provider",)),
     ("counter", "otb_ratelimit_wait_seconds", "Seconds spent waiting for the shared rate limits, by provider.",
