@@ -188,3 +188,53 @@ def settle(client: Any, bid: str, timeout: float = 60) -> dict[str, Any]:
         if status["status"] in ("completed", "cancelled", "expired") or time.monotonic() > deadline:
             return status
         time.sleep(0.1)
+
+
+class ServerProcess:
+    """A real `otb serve` on a free loopback port, its output in a log file (tests scan it for keys).
+
+    Started as `python -m producer.cli serve`, as a user runs `otb serve`.
+    """
+
+    def __init__(self, env: dict[str, str], *args: str, log: Path, timeout: float = 30) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.url}/v1"
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "producer.cli", "serve", "--port", str(self.port), *args],
+                                         env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        import http.client
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"otb serve exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/openapi.json")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"otb serve did not answer on port {self.port}: {self.log.read_text()[-2000:]}")
+
+    def peak_rss_mb(self) -> float:
+        """The server's peak resident memory so far (VmHWM), in MiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM in /proc status")
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)

@@ -29,6 +29,18 @@ here: they are reached through RQ's API (`Queue`, `Job`, the registries), never 
     {p}:rl:{scope}               HASH    a shared rate-limit bucket (model and a hash of the API key)
     {p}:cool:{scope}             STRING  a shared cool-down of that scope
     {p}:writable                 STRING  a worker's probe: does Redis take writes again? (10 s)
+
+The HTTP API (producer/api, `otb serve`): a tenant is a key prefix, and every read also checks the
+owner recorded in the value. API keys are never stored, only their SHA-256.
+
+    {p}:apikey:{sha256}               STRING  the tenant a key belongs to (deleted on revoke)
+    {p}:tenant:{name}                 HASH    the tenant: key_sha256, created_at, rpm, max_cost, webhook_url,
+                                              webhook_secret, revoked_at
+    {p}:tenants                       SET     tenant names (`otb keys list`)
+    {p}:tenant:{name}:files           ZSET    its file ids, all score 0: the ids sort by time (cursor pages)
+    {p}:tenant:{name}:file:{id}       HASH    a file's FileObject fields (+ tenant, lines)
+    {p}:tenant:{name}:file:{id}:data  LIST    the file's bytes, in chunks of about 1 MiB
+    {p}:rl:tenant:{name}              HASH    the key's shared request bucket (`otb keys create --rpm`)
 """
 
 from __future__ import annotations
@@ -136,3 +148,23 @@ class Keys:
     @property
     def writable(self) -> str:
         return f"{self.prefix}:writable"
+
+    # -- the HTTP API: keys, tenants and their files (producer/api) ---------------------------
+    def api_key(self, digest: str) -> str:
+        return f"{self.prefix}:apikey:{digest}"
+
+    def tenant(self, name: str) -> str:
+        return f"{self.prefix}:tenant:{name}"
+
+    @property
+    def tenants(self) -> str:
+        return f"{self.prefix}:tenants"
+
+    def files(self, tenant: str) -> str:
+        return f"{self.tenant(tenant)}:files"
+
+    def file(self, tenant: str, file_id: str) -> str:
+        return f"{self.tenant(tenant)}:file:{file_id}"
+
+    def file_data(self, tenant: str, file_id: str) -> str:
+        return f"{self.file(tenant, file_id)}:data"

@@ -14,6 +14,7 @@ import click
 from .batches import batches, cancel_cmd, results, retry_cmd, status
 from .costs import estimate, models, report
 from .running import demo, emulator, run, worker
+from .serving import keys, serve
 from .submitting import submit_cmd
 
 
@@ -31,7 +32,7 @@ def main(verbose: int) -> None:
 
 
 for command in (models, submit_cmd, status, batches, results, cancel_cmd, retry_cmd, estimate, report, worker,
-                emulator, run, demo):
+                emulator, run, demo, serve, keys):
     main.add_command(command)
 
 __all__ = ["main"]

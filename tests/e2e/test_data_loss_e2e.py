@@ -14,7 +14,6 @@ import pytest
 import redis
 
 from producer.client import Client
-from worker.registry import Registry
 from worker.settings import Settings
 
 from ..conftest import ROOT, RedisServer, otb, worker_env

@@ -1,0 +1,45 @@
+"""The ASGI app of `otb serve`: OpenAI's HTTP API over the shared Redis.
+
+The app holds no state of its own: keys, tenants, files (and, next, batches and calls) live in
+Redis, so any number of `otb serve` processes and `otb worker`s on any machines share them. Routes
+are plain `def`s where they only talk to Redis (FastAPI runs them in its thread pool); the upload
+is `async` so it can read the body as it streams in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from fastapi import FastAPI
+
+from worker.ratelimit import Limiter
+from worker.settings import Settings
+
+from . import errors, files, models
+from .auth import Gate, KeyStore
+from .filestore import FileStore
+
+MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit for a batch input file (200 MB)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    no_auth: bool = False
+    max_file_bytes: int = MAX_FILE_BYTES
+
+
+def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | None = None) -> FastAPI:
+    """The app over `conn`; the routers find their stores on `app.state`."""
+    options = options or ServeOptions()
+    app = FastAPI(title="opentoken-batch", version="1", summary="OpenAI-compatible API over Redis-shared workers",
+                  description="Point an OpenAI SDK at `http://HOST:PORT/v1` with a key from `otb keys create NAME`.")
+    app.state.settings = settings
+    app.state.gate = Gate(KeyStore(conn, settings.key_prefix), Limiter(conn, settings.key_prefix, settings.rate_burst),
+                          no_auth=options.no_auth)
+    app.state.files = FileStore(conn, settings.key_prefix)
+    app.state.max_file_bytes = options.max_file_bytes
+    errors.install(app)
+    app.include_router(models.router)
+    app.include_router(files.router)
+    return app

@@ -1,0 +1,62 @@
+"""The FastAPI side of keys: authentication and each key's request rate, as one dependency.
+
+Keys and tenants themselves live in tenants.py (no FastAPI), which `otb keys` uses too.
+"""
+
+from __future__ import annotations
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from worker.ratelimit import Limiter, RateLimits, Scope
+
+from .errors import ApiError
+from .tenants import NO_AUTH_TENANT, KeyStore, Tenant, rate_scope
+
+__all__ = ["Gate", "KeyStore", "Tenant", "current_tenant"]
+
+
+# -- the FastAPI dependency ------------------------------------------------------------------------
+_bearer = HTTPBearer(auto_error=False, description="An API key from `otb keys create NAME`.")
+
+
+class Gate:
+    """Authentication and the per-key request rate, as one dependency: `Depends(gate)` gives the Tenant."""
+
+    def __init__(self, store: KeyStore, limiter: Limiter, *, no_auth: bool = False) -> None:
+        self.store, self.limiter, self.no_auth = store, limiter, no_auth
+
+    def __call__(self, credentials: HTTPAuthorizationCredentials | None) -> Tenant:
+        if self.no_auth:
+            return Tenant(NO_AUTH_TENANT)
+        tenant = self.store.lookup(credentials.credentials) if credentials else None
+        if tenant is None:
+            raise ApiError(401, _unauthorized(credentials), code="invalid_api_key")
+        if tenant.rpm:
+            self._admit(tenant)
+        return tenant
+
+    def _admit(self, tenant: Tenant) -> None:
+        wait = self.limiter.try_acquire(Scope(rate_scope(tenant.name), RateLimits(rpm=tenant.rpm)), 0, 0)
+        if wait > 0:
+            raise ApiError(429, f"Rate limit reached for key {tenant.name!r}: {tenant.rpm} requests per minute. "
+                           f"Please try again in {_duration(wait)}.", code="rate_limit_exceeded",
+                           type="requests", retry_after=wait)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
+
+
+def _unauthorized(credentials: HTTPAuthorizationCredentials | None) -> str:
+    """OpenAI's 401 wording, without echoing the key (not even masked: keys never reach a log)."""
+    if credentials is None:
+        return ("You didn't provide an API key. You need to provide your API key in an Authorization header "
+                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). Create one with `otb keys create NAME`.")
+    return "Incorrect API key provided. Ask the server's operator for a key (`otb keys create NAME`)."
+
+
+def current_tenant(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Tenant:
+    """The dependency every /v1 route takes: the caller's Tenant, or a 401/429 in OpenAI's shape."""
+    gate: Gate = request.app.state.gate
+    return gate(credentials)

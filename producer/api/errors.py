@@ -1,0 +1,100 @@
+"""Every error the HTTP API answers, in OpenAI's shape, with the status and headers clients act on.
+
+`{"error": {"message", "type", "param", "code"}}` and a real HTTP status, whatever went wrong:
+our own refusals (`ApiError`, and any `RequestFailed` from the library, e.g. a submit's validation),
+an unknown route, FastAPI's own request validation (a 422 there, a 400 here: OpenAI's status), and
+an unexpected exception (500, nothing of the internals in the body; the traceback goes to the log).
+
+`x-should-retry: false` tells the SDKs not to retry what cannot pass on a retry (they obey it before
+their own status rules); a 429 that waiting fixes carries `retry-after` / `retry-after-ms`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from worker.errors import RETRYABLE_STATUS, InvalidRequest, ModelNotFound, RequestFailed
+
+log = logging.getLogger("otb.api")
+
+SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"  # OpenAI's words
+NO_RETRY_CODES = frozenset({"insufficient_quota"})  # a 429 that waiting does not fix
+
+
+class ApiError(RequestFailed):
+    """A refusal of the HTTP layer: status, OpenAI type and code (None allowed, as OpenAI sends it)."""
+
+    def __init__(self, status: int, message: str, *, code: str | None, type: str = "invalid_request_error",
+                 param: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, type=type, param=param, status_code=status, retry_after=retry_after)
+        self.code = code  # type: ignore[assignment]  # OpenAI sends `"code": null` for many errors
+
+
+def not_found(kind: str, ident: str) -> ApiError:
+    """OpenAI's 404 for an id that does not exist, or is not the caller's (the same answer)."""
+    return ApiError(404, f"No such {kind} object: {ident[:100]}", code=None, param="id")
+
+
+def body_of(exc: RequestFailed) -> dict[str, Any]:
+    """The error body: all four fields, except the seed's exact body for an unknown model id."""
+    if isinstance(exc, ModelNotFound):
+        return exc.to_openai()
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+def headers_of(exc: RequestFailed) -> dict[str, str]:
+    """`retry-after` where waiting helps; `x-should-retry: false` where nothing will."""
+    headers: dict[str, str] = {}
+    if exc.status_code not in RETRYABLE_STATUS or exc.code in NO_RETRY_CODES:
+        headers["x-should-retry"] = "false"
+    elif exc.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(exc.retry_after * 1000)))
+    return headers
+
+
+def respond(exc: RequestFailed) -> JSONResponse:
+    return JSONResponse(body_of(exc), status_code=exc.status_code, headers=headers_of(exc))
+
+
+async def _on_failed(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestFailed)
+    return respond(exc)
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own 404/405 (no such route or method): OpenAI's `Invalid URL (METHOD /path)`."""
+    assert isinstance(exc, HTTPException)
+    message = f"Invalid URL ({request.method} {request.url.path[:200]})" if exc.status_code in (404, 405) else str(exc.detail)
+    return respond(ApiError(exc.status_code, message, code=None))
+
+
+async def _on_invalid(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 becomes OpenAI's 400, naming the first bad parameter."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    where = [str(part) for part in first.get("loc", ()) if part not in ("query", "path", "body", "header")]
+    param = ".".join(where) or None
+    message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
+    return respond(InvalidRequest(message, param=param))
+
+
+async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
+    """500 with OpenAI's words and nothing of ours; the traceback goes to the server's log."""
+    log.error("%s %s failed", request.method, request.url.path[:200], exc_info=exc)
+    return respond(ApiError(500, SERVER_ERROR, code=None, type="server_error"))
+
+
+def install(app: FastAPI) -> None:
+    """Route every kind of failure through the one OpenAI-shaped answer."""
+    app.add_exception_handler(RequestFailed, _on_failed)
+    app.add_exception_handler(HTTPException, _on_http)
+    app.add_exception_handler(RequestValidationError, _on_invalid)
+    app.add_exception_handler(Exception, _on_crash)
