@@ -22,7 +22,7 @@ from producer.local import drain
 from worker import clock, metrics
 from worker.connection import connect
 from worker.errors import TransportError, upstream_error
-from worker.metrics_serve import QueueCollector, registry_for
+from worker.metrics_serve import QueueCollector, asgi_app, registry_for
 from worker.keys import Keys
 from worker.ratelimit import Limiter, RateLimits, Scope
 from worker.recovery import claim_next, enqueue_chunks, recover_claimed
@@ -190,3 +190,16 @@ def test_rate_limit_waits_are_counted_with_the_time_waited():
     assert asyncio.run(limiter.acquire(scope, 10, 10, max_wait=5)) == 0
     assert value("otb_ratelimit_waits_total", provider="google") - waits >= 1
     assert value("otb_ratelimit_wait_seconds_total", provider="google") - seconds >= 0.04
+
+
+def test_otb_serve_can_mount_the_same_metrics():
+    """What `otb serve` mounts: app.mount("/metrics", asgi_app(conn, queue_name))."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+    app.mount("/metrics", asgi_app(fakeredis.FakeRedis(), "otb"))
+    answer = TestClient(app).get("/metrics/")
+    assert answer.status_code == 200
+    names = {f.name for f in text_string_to_metric_families(answer.text)}
+    assert {"otb_requests", "otb_queue_chunks", "otb_queue_oldest_chunk_age_seconds"} <= names
