@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import asyncio
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -188,6 +190,167 @@ def settle(client: Any, bid: str, timeout: float = 60) -> dict[str, Any]:
         if status["status"] in ("completed", "cancelled", "expired") or time.monotonic() > deadline:
             return status
         time.sleep(0.1)
+
+
+class DelayProxy:
+    """A TCP proxy on a free port that delays every byte by `delay` seconds each way, in a thread.
+
+    When one side goes away, the other is cut at once and what was still delayed is dropped: the
+    bytes a machine had on the wire when it died. (tc netem is not available on these machines.)
+    """
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.port, self.target, self.delay = free_port(), target_port, delay
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        threading.Thread(target=self._run, args=(started,), daemon=True).start()
+        started.wait(10)
+
+    def _run(self, started: threading.Event) -> None:
+        async def serve() -> None:
+            await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+            started.set()
+        self.loop.run_until_complete(serve())
+        self.loop.run_forever()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        pumps = [asyncio.ensure_future(self._pump(reader, up_writer)), asyncio.ensure_future(self._pump(up_reader, writer))]
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for pump in pumps:
+            pump.cancel()
+        for w in (writer, up_writer):
+            w.transport.abort()  # drop what was still delayed
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - self.loop.time()))
+                writer.write(data)
+        delivering = asyncio.ensure_future(deliver())
+        try:
+            while data := await reader.read(65536):
+                queue.put_nowait((self.loop.time() + self.delay, data))
+        except OSError:
+            pass
+        finally:
+            delivering.cancel()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class SentinelProcess:
+    """One `redis-server --sentinel` on a free port, watching `service` (its config file is its own:
+    a Sentinel rewrites it as it learns the topology)."""
+
+    def __init__(self, workdir: Path, service: str, master_port: int, *, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 3000, quorum: int = 2) -> None:
+        self.port = free_port()
+        self.log = workdir / f"sentinel-{self.port}.log"
+        conf = workdir / f"sentinel-{self.port}.conf"
+        conf.write_text("\n".join([
+            f"port {self.port}", "bind 127.0.0.1", f"dir {workdir}",
+            f"sentinel monitor {service} 127.0.0.1 {master_port} {quorum}",
+            f"sentinel down-after-milliseconds {service} {down_after_ms}",
+            f"sentinel failover-timeout {service} {failover_timeout_ms}",
+            f"sentinel parallel-syncs {service} 1", ""]))
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"],
+                                         stdout=log, stderr=subprocess.STDOUT, env=real_clock_env())
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
+
+    def stop(self) -> None:
+        RedisServer.stop(self)  # type: ignore[arg-type]  (same terminate-then-kill)
+
+
+class SentinelTopology:
+    """A master, a replica and three Sentinels on free loopback ports: what `redis+sentinel://` names.
+
+    `kill_master()` SIGKILLs the master (a lost machine: no goodbye to replicas or clients) and
+    `wait_promoted()` returns once the Sentinels name the replica as the new master and it says so.
+    """
+
+    SERVICE = "otbmaster"
+
+    def __init__(self, workdir: Path, *, down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
+                 extra: tuple[str, ...] = (), replica_delay_ms: float = 0) -> None:
+        """`replica_delay_ms` puts the replica that far from the master (a DelayProxy on its link; the
+        clients stay near): the Sentinels would "fix" a replica whose master address is not the one
+        they monitor after `failover_timeout_ms`, so pass one longer than the run."""
+        fast = ("--repl-diskless-sync-delay", "0")  # the replica syncs at once, not after 5 s
+        self.master = RedisServer(workdir, extra=(*fast, *extra))
+        self.link = DelayProxy(self.master.port, replica_delay_ms / 1000) if replica_delay_ms else None
+        upstream = self.link.port if self.link else self.master.port
+        self.replica = RedisServer(workdir, extra=(*fast, *extra, "--replicaof", "127.0.0.1", str(upstream)))
+        self.sentinels = [SentinelProcess(workdir, self.SERVICE, self.master.port, down_after_ms=down_after_ms,
+                                          failover_timeout_ms=failover_timeout_ms) for _ in range(3)]
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        self.url = f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+        self._wait(self._ready, 30, "the Sentinels never saw the replica and each other")
+
+    def _ready(self) -> bool:
+        """Every Sentinel knows the master, the replica (online: the master streams it every write) and
+        the two other Sentinels."""
+        if self.master.client().info("replication").get("slave0", {}).get("state") != "online":
+            return False
+        for sentinel in self.sentinels:
+            state = sentinel.client().sentinel_master(self.SERVICE)
+            if state["num-slaves"] < 1 or state["num-other-sentinels"] < 2:
+                return False
+        return True
+
+    def master_port(self) -> int:
+        """The master's port as the first Sentinel that answers names it."""
+        for sentinel in self.sentinels:
+            try:
+                return int(sentinel.client().sentinel_get_master_addr_by_name(self.SERVICE)[1])
+            except (redis.ConnectionError, TypeError):
+                continue
+        raise RuntimeError("no Sentinel answered")
+
+    def kill_master(self) -> None:
+        self.master.proc.kill()
+        self.master.proc.wait(timeout=10)
+
+    def wait_promoted(self, timeout: float = 30) -> float:
+        """Seconds until every Sentinel names the replica and the replica answers as a master."""
+        since = time.monotonic()
+
+        def promoted() -> bool:
+            named = all(int(s.client().sentinel_get_master_addr_by_name(self.SERVICE)[1]) == self.replica.port
+                        for s in self.sentinels)
+            return named and self.replica.client().info("replication")["role"] == "master"
+        self._wait(promoted, timeout, "the replica was never promoted")
+        return time.monotonic() - since
+
+    def _wait(self, ready: Callable[[], bool], timeout: float, failure: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return
+            except (redis.ConnectionError, redis.ResponseError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{failure} within {timeout} s")
+
+    def stop(self) -> None:
+        for process in (*self.sentinels, self.replica, self.master):
+            if process.proc.poll() is None:
+                process.stop()
+        if self.link:
+            self.link.stop()
 
 
 class ServerProcess:

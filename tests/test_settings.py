@@ -39,9 +39,12 @@ EVERY: dict[str, tuple[str, str, Any]] = {
     "OTB_LIMITS": ("/etc/otb/limits.json", "limits_path", Path("/etc/otb/limits.json")),
     "OTB_MAX_LINE_BYTES": ("1024", "max_line_bytes", 1024),
     "OTB_MAX_LINES": ("10", "max_lines", 10),
+    "OTB_REDIS_WAIT_REPLICAS": ("1", "redis_wait_replicas", 1),
+    "OTB_REDIS_WAIT_MS": ("250", "redis_wait_ms", 250),
 }
 WHOLE_NUMBERS = [name for name, (_, _, held) in EVERY.items() if isinstance(held, (int, float))]
-ZERO_ALLOWED = {"OTB_CONCURRENCY_PER_MODEL", "OTB_CONCURRENCY_PER_PROVIDER"}  # 0: no cap of its own
+ZERO_ALLOWED = {"OTB_CONCURRENCY_PER_MODEL", "OTB_CONCURRENCY_PER_PROVIDER",  # 0: no cap of its own
+                "OTB_REDIS_WAIT_REPLICAS"}  # 0: commits do not wait for replicas
 
 
 def documented() -> set[str]:

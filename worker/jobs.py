@@ -18,6 +18,7 @@ import redis
 
 from . import clock
 from .chunk import ChunkSummary, process_chunk
+from .connection import connect
 from .recovery import Lease, claim_next, enqueue_chunks, finish_claimed, park
 from .settings import Settings
 from .store import Store
@@ -52,7 +53,7 @@ def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, int]:
     settings = current_settings()
     job = get_current_job()
     if job is None:  # called directly, outside RQ: no lease to hold, no chunk to claim
-        conn = redis.Redis.from_url(settings.redis_url or "")
+        conn = connect(settings.redis_url or "")
         summary = asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN))
     else:
         conn = job.connection

@@ -45,6 +45,8 @@ class Settings:
     rate_burst: float = 0.05  # share of a minute's limit a bucket holds; the steady pace is the rest
     max_line_bytes: int = 8 * 1024 * 1024  # submission limits
     max_lines: int = 100_000
+    redis_wait_replicas: int = 0  # OTB_REDIS_WAIT_REPLICAS: each commit waits for this many replicas (WAIT)
+    redis_wait_ms: int = 100  # ... at most this long (OTB_REDIS_WAIT_MS)
     # Provider -> base URL, from each adapter's BASE_URL_ENV (OTB_<PROVIDER>_BASE_URL); unset: its default.
     base_urls: Mapping[str, str] = field(default_factory=dict)
 
@@ -75,6 +77,8 @@ class Settings:
             limits_path=Path(env["OTB_LIMITS"]) if env.get("OTB_LIMITS") else None,
             max_line_bytes=_int(env, "OTB_MAX_LINE_BYTES", 8 * 1024 * 1024),
             max_lines=_int(env, "OTB_MAX_LINES", 100_000),
+            redis_wait_replicas=_int(env, "OTB_REDIS_WAIT_REPLICAS", 0, allow_zero=True),
+            redis_wait_ms=_int(env, "OTB_REDIS_WAIT_MS", 100),
         )
 
     def base_url(self, provider: str) -> str:
@@ -93,14 +97,15 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
 
 def _redis_url(url: str | None) -> str | None:
     """REDIS_URL as given, once it has a scheme redis-py reads (the URL is not echoed: it may hold a password)."""
     if url is not None and not url.lower().startswith(REDIS_SCHEMES):
-        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix:// "
-                          "(e.g. redis://127.0.0.1:6379/0, rediss://user:password@host:6380/0)")
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix:// (or redis+sentinel://, "
+                          "rediss+sentinel:// to name Sentinels) (e.g. redis://127.0.0.1:6379/0, "
+                          "rediss://user:password@host:6380/0, redis+sentinel://h1:26379,h2:26379/mymaster/0)")
     return url
 
 

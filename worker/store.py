@@ -30,17 +30,19 @@ log = logging.getLogger("otb.store")
 
 class Store:
     def __init__(self, conn: redis.Redis, prefix: str = "otb", ttl: int = 7 * 24 * 3600,
-                 aggregate_ttl: int = 400 * 24 * 3600) -> None:
+                 aggregate_ttl: int = 400 * 24 * 3600, wait: tuple[int, int] = (0, 0)) -> None:
         self.conn = conn
         self.keys = Keys(prefix)
         self.ttl = ttl
         self.aggregate_ttl = aggregate_ttl
         self.scripts = Scripts(conn)
+        self.wait_replicas, self.wait_ms = wait
 
     @classmethod
     def of(cls, conn: redis.Redis, settings: Any) -> "Store":
-        """The store as configured (prefix, result and aggregate TTLs)."""
-        return cls(conn, settings.key_prefix, settings.result_ttl, settings.aggregate_ttl)
+        """The store as configured (prefix, result and aggregate TTLs, WAIT after a commit)."""
+        return cls(conn, settings.key_prefix, settings.result_ttl, settings.aggregate_ttl,
+                   (settings.redis_wait_replicas, settings.redis_wait_ms))
 
     # -- submit -------------------------------------------------------------------------------
     STAGING_TTL = 900  # bodies of a submit still streaming: gone soon if the producer dies before its end
@@ -158,14 +160,17 @@ class Store:
         hour, start = aggregates.hour_of(now)
         text = json.dumps(line, separators=(",", ":"))
         k = self.keys
+        pipe = self.conn.pipeline(transaction=False) if self.wait_replicas else None
         got = self.scripts.commit(
-            results=k.results(bid), batch=k.batch(bid), agg_hour=k.agg_hour(hour), agg_hours=k.agg_hours,
+            client=pipe, results=k.results(bid), batch=k.batch(bid), agg_hour=k.agg_hour(hour), agg_hours=k.agg_hours,
             events=k.events(bid), all_events=k.all_events, batch_agg=k.batch_agg(bid), open=k.open,
             answers=k.answers(bid), custom_id=custom_id, line=text, outcome=outcome, ttl=self.ttl,
             now=f"{now:.3f}", n_batch=len(for_record) // 2, hour=hour, hour_start=start,
             agg_ttl=self.aggregate_ttl, spend=sum(counts.get(c, 0) for c in aggregates.COST_COUNTERS),
             answer=hashlib.sha256(text.encode()).hexdigest()[:20],
             counters=for_record + aggregates.increments(line, counts=counts))
+        if pipe is not None:  # WAIT on the connection that committed: it waits for that write
+            got = pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms).execute()[0]  # type: ignore[no-untyped-call]
         if got == -1:
             log.warning("batch %s is gone (expired after OTB_RESULT_TTL, evicted, or lost in a Redis restart): "
                         "result of %s not stored", bid, custom_id)
