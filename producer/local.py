@@ -19,7 +19,7 @@ from worker.connection import connect as connect_redis
 from worker.connection import RETRIES, ensure_reachable
 from worker.errors import ConfigError
 from worker.emulator import EmulatorConfig, start_background
-from worker.recovery import queue_for
+from worker.recovery import queues_for
 from worker.registry import Registry
 from worker.providers import ADAPTERS
 from worker.settings import Settings
@@ -68,5 +68,5 @@ def drain(conn: redis.Redis, settings: Settings) -> None:
     """Run every queued job in this process until the queue is empty."""
     jobs.configure(settings)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
-    worker = SimpleWorker([queue_for(conn, settings)], connection=conn, serializer=JSONSerializer)
+    worker = SimpleWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer)
     worker.work(burst=True, logging_level="WARNING")

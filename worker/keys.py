@@ -35,7 +35,7 @@ owner recorded in the value. API keys are never stored, only their SHA-256.
 
     {p}:apikey:{sha256}               STRING  the tenant a key belongs to (deleted on revoke)
     {p}:tenant:{name}                 HASH    the tenant: key_sha256, created_at, rpm, max_cost, webhook_url,
-                                              webhook_secret, revoked_at
+                                              webhook_secret, revoked_at, spent_pico (its calls' cost)
     {p}:tenants                       SET     tenant names (`otb keys list`)
     {p}:tenant:{name}:files           ZSET    its file ids, all score 0: the ids sort by time (cursor pages)
     {p}:tenant:{name}:file:{id}       HASH    a file's FileObject fields (+ tenant, lines)

@@ -44,8 +44,21 @@ CHUNK_JOB = "worker.jobs.run_chunk"
 CHUNK_RESULT_TTL = 3600  # how long RQ keeps a finished chunk job (ours are in the batch's own keys)
 
 
-def queue_for(conn: redis.Redis, settings: Settings) -> Queue:
-    return Queue(settings.queue_name, connection=conn, serializer=JSONSerializer)
+def queue_for(conn: redis.Redis, settings: Settings, *, interactive: bool = False) -> Queue:
+    """The batch queue, or its interactive twin (HTTP calls someone is waiting on: taken first)."""
+    name = interactive_name(settings) if interactive else settings.queue_name
+    return Queue(name, connection=conn, serializer=JSONSerializer)
+
+
+def interactive_name(settings: Settings) -> str:
+    """`{queue}:interactive`: one-request batches of `otb serve`'s calls, ahead of every batch chunk."""
+    return f"{settings.queue_name}:interactive"
+
+
+def queues_for(conn: redis.Redis, settings: Settings) -> list[Queue]:
+    """What a worker takes from, in order: RQ dequeues from the first non-empty queue, so a waiting
+    HTTP call never queues behind a big batch's chunks."""
+    return [queue_for(conn, settings, interactive=True), queue_for(conn, settings)]
 
 
 def chunk_jobs(settings: Settings, bid: str, ids: list[str], tag: str, size: int | None = None) -> list[Any]:
@@ -133,11 +146,14 @@ class Lease:
 
 
 def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
-    """Re-enqueue started chunks whose lease lapsed; returns their job ids."""
-    queue = queue_for(conn, settings)
+    """Re-enqueue started chunks whose lease lapsed, on either queue; returns their job ids."""
+    now = clock.now() if now is None else now
+    return [job for queue in queues_for(conn, settings) for job in _recover_started(conn, settings, queue, now)]
+
+
+def _recover_started(conn: redis.Redis, settings: Settings, queue: Queue, now: float) -> list[str]:
     started = StartedJobRegistry(queue=queue)
     store = Store.of(conn, settings)
-    now = clock.now() if now is None else now
     recovered = []
     for job_id, execution_id in started.get_job_and_execution_ids(cleanup=False):
         execution = Execution(execution_id, job_id, connection=conn)
@@ -200,8 +216,11 @@ def claim_next(conn: redis.Redis, settings: Settings, lease_key: str) -> tuple[s
     It leaves the RQ queue and is recorded in `otb:claimed` with the claimer's lease, atomically; if
     the claimer dies, the janitor puts it back (recover_claimed). Returns (job id, batch, custom_ids).
     """
-    queue, claims = queue_for(conn, settings), Keys(settings.key_prefix).claimed
-    raw = Scripts(conn).claim(queue=queue.key, claims=claims, lease=lease_key, now=f"{clock.now():.3f}")
+    claims, raw = Keys(settings.key_prefix).claimed, None
+    for queue in queues_for(conn, settings):  # a waiting HTTP call before more batch work
+        raw = Scripts(conn).claim(queue=queue.key, claims=claims, lease=lease_key, now=f"{clock.now():.3f}")
+        if raw:
+            break
     if not raw:
         return None
     job_id = _text(raw)
@@ -265,11 +284,10 @@ def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None 
 
 def close_unstarted(conn: redis.Redis, settings: Settings, bid: str, code: str) -> int:
     """Take a batch's not-yet-started chunks off the queue and end their requests with `code`."""
-    queue = queue_for(conn, settings)
     store = Store.of(conn, settings)
     closed = 0
     for job_id in sorted(_text(j) for j in conn.smembers(store.keys.jobs(bid))):
-        if not conn.lrem(queue.key, 0, job_id):
+        if not any(conn.lrem(queue.key, 0, job_id) for queue in queues_for(conn, settings)):
             continue  # running or done: the worker checks the batch before each call
         try:
             job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)

@@ -13,7 +13,7 @@ import logging
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -21,7 +21,9 @@ from . import clock
 from .errors import ConfigError, InvalidRequest, ModelNotFound, ModelRetired
 from .ratelimit import RateLimits
 
-Provider = Literal["anthropic", "google"]
+# A provider is any name with an entry in the file's `providers` section (checked at load) and an
+# adapter in worker/providers (checked where calls are made): a third provider adds no name here.
+Provider = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
 Kind = Literal["chat", "embedding"]
 PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
 MAX_PRICE = Decimal(1_000_000)  # USD per 1M tokens: far above any real price, well inside exact arithmetic

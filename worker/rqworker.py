@@ -35,7 +35,7 @@ from rq.serializers import JSONSerializer
 from . import jobs, metrics
 from .connection import connect, durability_warnings
 from .errors import ConfigError, OTBError, RequestFailed
-from .recovery import CHUNK_JOB, Janitor, end_requests, queue_for
+from .recovery import CHUNK_JOB, Janitor, end_requests, queues_for
 from .registry import current_registry
 from .settings import Settings
 from .store import Store
@@ -260,7 +260,7 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     stop_metrics = _serve_metrics(settings, metrics_port, metrics_host) if metrics_port else None
     janitor = Janitor(lambda: connect(settings.redis_url or ""), settings)
     janitor.start()
-    worker = DrainingWorker([queue_for(conn, settings)], connection=conn, serializer=JSONSerializer, name=name,
+    worker = DrainingWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer, name=name,
                             job_monitoring_interval=10, worker_ttl=60, maintenance_interval=30)
     worker.metrics_served = stop_metrics is not None
     try:

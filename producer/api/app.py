@@ -16,8 +16,9 @@ from fastapi import FastAPI
 from worker.ratelimit import Limiter
 from worker.settings import Settings
 
-from . import errors, files, models
+from . import chat, embeddings, errors, files, models
 from .auth import Gate, KeyStore
+from .calls import DEFAULT_TIMEOUT, Calls
 from .filestore import FileStore
 
 MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit for a batch input file (200 MB)
@@ -27,6 +28,7 @@ MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit for a batch input file (200
 class ServeOptions:
     no_auth: bool = False
     max_file_bytes: int = MAX_FILE_BYTES
+    call_timeout: float = DEFAULT_TIMEOUT  # seconds a chat or embedding call waits for a worker
 
 
 def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | None = None) -> FastAPI:
@@ -35,11 +37,14 @@ def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | No
     app = FastAPI(title="opentoken-batch", version="1", summary="OpenAI-compatible API over Redis-shared workers",
                   description="Point an OpenAI SDK at `http://HOST:PORT/v1` with a key from `otb keys create NAME`.")
     app.state.settings = settings
-    app.state.gate = Gate(KeyStore(conn, settings.key_prefix), Limiter(conn, settings.key_prefix, settings.rate_burst),
-                          no_auth=options.no_auth)
+    keys = KeyStore(conn, settings.key_prefix)
+    app.state.gate = Gate(keys, Limiter(conn, settings.key_prefix, settings.rate_burst), no_auth=options.no_auth)
+    app.state.calls = Calls(conn, settings, keys, options.call_timeout)
     app.state.files = FileStore(conn, settings.key_prefix)
     app.state.max_file_bytes = options.max_file_bytes
     errors.install(app)
     app.include_router(models.router)
     app.include_router(files.router)
+    app.include_router(chat.router)
+    app.include_router(embeddings.router)
     return app

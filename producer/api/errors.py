@@ -25,7 +25,8 @@ from worker.errors import RETRYABLE_STATUS, InvalidRequest, ModelNotFound, Reque
 log = logging.getLogger("otb.api")
 
 SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"  # OpenAI's words
-NO_RETRY_CODES = frozenset({"insufficient_quota"})  # a 429 that waiting does not fix
+NO_RETRY_CODES = frozenset({"insufficient_quota", "no_worker", "timeout"})  # waiting again does not fix these
+# (a call that found no worker, or none in time, has already waited --call-timeout: the SDK would wait twice more)
 
 
 class ApiError(RequestFailed):
@@ -37,6 +38,18 @@ class ApiError(RequestFailed):
         self.code = code  # type: ignore[assignment]  # OpenAI sends `"code": null` for many errors
 
 
+class Forwarded(RequestFailed):
+    """A refusal that has its OpenAI body already (a provider's 4xx in a call's result line): answered as is,
+    with its own status."""
+
+    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        found = body.get("error") if isinstance(body, dict) else None
+        error: dict[str, Any] = found if isinstance(found, dict) else {}
+        super().__init__(str(error.get("message") or "request failed"), status_code=status, body=body,
+                         code=error.get("code"), type=error.get("type") or "invalid_request_error")
+        self.headers = headers or {}
+
+
 def not_found(kind: str, ident: str) -> ApiError:
     """OpenAI's 404 for an id that does not exist, or is not the caller's (the same answer)."""
     return ApiError(404, f"No such {kind} object: {ident[:100]}", code=None, param="id")
@@ -46,6 +59,8 @@ def body_of(exc: RequestFailed) -> dict[str, Any]:
     """The error body: all four fields, except the seed's exact body for an unknown model id."""
     if isinstance(exc, ModelNotFound):
         return exc.to_openai()
+    if isinstance(exc, Forwarded):
+        return dict(exc.body)
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
@@ -61,7 +76,8 @@ def headers_of(exc: RequestFailed) -> dict[str, str]:
 
 
 def respond(exc: RequestFailed) -> JSONResponse:
-    return JSONResponse(body_of(exc), status_code=exc.status_code, headers=headers_of(exc))
+    extra = exc.headers if isinstance(exc, Forwarded) else {}
+    return JSONResponse(body_of(exc), status_code=exc.status_code, headers={**headers_of(exc), **extra})
 
 
 async def _on_failed(request: Request, exc: Exception) -> JSONResponse:

@@ -30,6 +30,7 @@ from .codec import Fields, text, text_hash
 
 KEY_PREFIX = "sk-otb-"
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a Redis key part and a report tag: no ':'
+SPENT = "spent_pico"  # a tenant hash field: its committed spend, kept when its key is rotated
 NO_AUTH_TENANT = "local"  # the tenant of every request under `otb serve --no-auth`
 
 
@@ -125,6 +126,14 @@ class KeyStore:
                 pipe.hgetall(self.keys.tenant(name))
             records = pipe.execute()
         return [_public(name, text_hash(rec)) for name, rec in zip(names, records) if rec]
+
+    def spent_pico(self, name: str) -> int:
+        """What NAME's calls have cost so far (committed results), in pico-USD: its --max-cost is checked on it."""
+        return int(self.conn.hget(self.keys.tenant(name), SPENT) or 0)
+
+    def add_spend(self, name: str, pico: int) -> None:
+        if pico:
+            self.conn.hincrby(self.keys.tenant(name), SPENT, pico)
 
     def lookup(self, key: str) -> Tenant | None:
         """The live tenant of `key`, or None for an unknown or revoked key."""

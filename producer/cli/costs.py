@@ -10,6 +10,7 @@ import click
 
 from producer.options import BadOption, parse_metadata
 from worker import clock
+from worker.providers import ADAPTERS
 from worker.registry import ModelSpec, Registry
 
 from .common import dumps, friendly, opened, print_line_errors, registry_of, settings_from_env, shared_redis
@@ -91,7 +92,7 @@ def estimate(file: str, as_json: bool) -> None:
               help="Group rows by batch, model, provider, day, tag (the whole tag set) or tag:KEY; repeatable.")
 @click.option("--batch", "batch_id", help="Only this batch.")
 @click.option("--model", help="Only this model id (requested or billed).")
-@click.option("--provider", type=click.Choice(["anthropic", "google"]), help="Only this provider.")
+@click.option("--provider", type=click.Choice(sorted(ADAPTERS)), help="Only this provider.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only results carrying this tag; repeatable.")
 @click.option("--since", help="From this date or datetime (hour resolution).")
 @click.option("--until", help="Until this date or datetime, exclusive (hour resolution).")

@@ -38,10 +38,12 @@ def _shared() -> tuple[Settings, redis.Redis]:
               help=f"No API key checked: every request is tenant {NO_AUTH_TENANT!r}. Loopback hosts only.")
 @click.option("--max-file-mb", default=200, show_default=True, type=click.IntRange(1, 100_000),
               help="Largest upload in MiB (OpenAI's batch file limit is 200 MB); larger is refused with 413.")
+@click.option("--call-timeout", default=600.0, show_default=True, type=click.FloatRange(0.1, 86_400),
+              help="Seconds a chat or embedding call waits for a worker's answer (then 504, or 503 with no worker).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One line per request (method, path, status; never a key).")
 @friendly
-def serve(host: str, port: int, no_auth: bool, max_file_mb: int, access_log: bool) -> None:
+def serve(host: str, port: int, no_auth: bool, max_file_mb: int, call_timeout: float, access_log: bool) -> None:
     """Serve the OpenAI-compatible HTTP API (base URL http://HOST:PORT/v1, docs at /docs) over REDIS_URL."""
     import uvicorn
 
@@ -57,7 +59,8 @@ def serve(host: str, port: int, no_auth: bool, max_file_mb: int, access_log: boo
     if no_auth:
         click.echo(f"otb serve: --no-auth: no API key is checked; every request is tenant {NO_AUTH_TENANT!r} "
                    "(allowed on loopback only)", err=True)
-    app = create_app(settings, conn, ServeOptions(no_auth=no_auth, max_file_bytes=max_file_mb * 1024 * 1024))
+    app = create_app(settings, conn, ServeOptions(no_auth=no_auth, max_file_bytes=max_file_mb * 1024 * 1024,
+                                                call_timeout=call_timeout))
     level = "info" if logging.getLogger().level <= logging.INFO or access_log else "warning"
     uvicorn.Server(uvicorn.Config(app, log_level=level, access_log=access_log, server_header=False)).run(sockets=[sock])
 

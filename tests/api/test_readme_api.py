@@ -12,7 +12,7 @@ import sys
 import click
 import pytest
 
-from bench.harness import ROOT
+from bench.harness import ROOT, WorkerProcess, worker_env
 
 from .conftest import create_key
 
@@ -46,17 +46,28 @@ def test_every_otb_line_and_the_procfile_parse():
         command.make_context(args[0], args[1:])
 
 
-def test_the_curl_and_python_snippets_run_as_pasted(server, env, tmp_path):
+@pytest.fixture
+def worker(api_redis, emulator):  # type: ignore[no-untyped-def]
+    proc = WorkerProcess(worker_env(api_redis.url, emulator.url))
+    yield proc
+    proc.stop(timeout=5)
+
+
+def test_the_curl_and_python_snippets_run_as_pasted(server, env, tmp_path, worker):
     key = create_key(env, "readme")
     (tmp_path / "batch.jsonl").write_text('{"model": "google/gemini-3-flash", "messages": [{"role": "user", "content": "Hi"}]}\n')
     run_env = {**env, "OTB_API_KEY": key}
     curl = [line for block in fenced("bash") for line in block.splitlines() if line.startswith("curl ")]
-    assert len(curl) == 2
+    assert len(curl) == 4
     outputs = [subprocess.run(["bash", "-c", line.replace(README_URL, server.url)], cwd=tmp_path, env=run_env,
                               capture_output=True, timeout=30).stdout for line in curl]
-    assert json.loads(outputs[0])["object"] == "list" and json.loads(outputs[1])["object"] == "file"
+    chat, embeddings, models, upload = (json.loads(out) for out in outputs)
+    assert chat["object"] == "chat.completion" and chat["choices"][0]["message"]["content"] and chat["cost"]["total"]
+    assert embeddings["object"] == "list" and len(embeddings["data"]) == 2
+    assert models["object"] == "list" and upload["object"] == "file"
     (snippet,) = fenced("py")
     proc = subprocess.run([sys.executable, "-c", snippet.replace(README_URL, server.url)], cwd=tmp_path, env=run_env,
                           capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert "'input': 0.5" in proc.stdout.decode() and "batch.jsonl" in proc.stdout.decode()
+    out = proc.stdout.decode()
+    assert "'input': 0.5" in out and "batch.jsonl" in out and "'total': '" in out and "\n2 " in out

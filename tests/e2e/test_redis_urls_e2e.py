@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import real_clock_env
+
 from ..conftest import ROOT, RedisServer, otb, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -120,12 +122,13 @@ def _certs(d: Path) -> tuple[Path, Path, Path]:
     ext = d / "san.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1\n")
     for cmd in (
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=otb-test-ca"],
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "3650", "-subj", "/CN=otb-test-ca"],
         ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
-        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "2",
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "3650",
          "-extfile", ext],
     ):
-        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True, timeout=30)
+        # on the real clock, like the processes that check the certificate (README, Testing: faketime)
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True, timeout=30, env=real_clock_env())
     return ca, cert, key
 
 

@@ -73,3 +73,13 @@ def test_anthropic_refuses_embeddings_by_name() -> None:
     with pytest.raises(InvalidRequest, match="Anthropic has no embeddings API"):
         anthropic.prepare_embeddings(EmbeddingRequest(model="anthropic/claude-x", input="hi"), spec,
                                      api_version="2023-06-01")
+
+
+def test_a_third_provider_needs_no_change_to_the_registry_schema() -> None:
+    """Its rows load once the file's `providers` section names it (the schema lists no providers)."""
+    from worker.registry import parse_registry
+
+    raw = {"providers": {"acme": {"api_version": "v1"}},
+           "models": [{"id": "acme/rocket-1", "provider": "acme", "upstream": "rocket-1", "kind": "chat",
+                       "pricing": {"input": 1, "output": 2, "cache_read": 0.1, "cache_write": 1}}]}
+    assert parse_registry(raw).resolve("acme/rocket-1").provider == "acme"
