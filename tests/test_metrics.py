@@ -124,22 +124,23 @@ def test_a_line_cut_off_by_a_kill_is_dropped(tmp_path):
 
 def test_queue_depth_and_the_oldest_chunks_age_are_read_at_scrape_time(setup):
     conn, settings, client = setup
-    collector = QueueCollector(conn, settings.queue_name, now=lambda: time.time() + 90)
-    depth, age = collector.read()
+    collector = QueueCollector(conn, settings, now=lambda: time.time() + 90)
+    batches = collector.queues[1]
+    depth, age = collector.read(batches)
     assert (depth, age) == (0, 0.0)
     enqueue_chunks(conn, settings, "batch_x", [f"q{i}" for i in range(250)], "t")
-    depth, age = collector.read()
+    depth, age = collector.read(batches)
     assert depth == 3  # chunks of OTB_CHUNK_SIZE (100)
     assert 89 < age < 120
-    text = generate_latest(registry_for(conn, settings.queue_name)).decode()
+    text = generate_latest(registry_for(conn, settings)).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert families["otb_queue_chunks"].samples[0].value == 3
-    assert families["otb_queue_chunks"].samples[0].labels == {"queue": settings.queue_name}
+    by_queue = {s.labels["queue"]: s.value for s in families["otb_queue_chunks"].samples}
+    assert by_queue == {"otb": 3, "otb:interactive": 0}  # the batch queue and otb serve's calls
 
 
 def test_a_scrape_while_redis_is_down_still_answers():
     down = connect(f"redis://127.0.0.1:{free_port()}/0", retries=0)  # nothing listens there
-    text = generate_latest(registry_for(down, "otb")).decode()
+    text = generate_latest(registry_for(down, Settings())).decode()
     names = {f.name for f in text_string_to_metric_families(text)}
     assert "otb_queue_chunks" not in names and "otb_requests" in names
 
@@ -149,7 +150,7 @@ def test_a_process_that_serves_no_metrics_counts_nothing():
     before = value("otb_requests_total", model="other", outcome="errored", route="realtime")
     metrics.request_done("other", "errored")
     assert value("otb_requests_total", model="other", outcome="errored", route="realtime") == before
-    registry_for(fakeredis.FakeRedis(), "otb")  # serving starts the counting
+    registry_for(fakeredis.FakeRedis(), Settings())  # serving starts the counting
     metrics.request_done("other", "errored")
     assert value("otb_requests_total", model="other", outcome="errored", route="realtime") == before + 1
 
@@ -193,12 +194,12 @@ def test_rate_limit_waits_are_counted_with_the_time_waited():
 
 
 def test_otb_serve_can_mount_the_same_metrics():
-    """What `otb serve` mounts: app.mount("/metrics", asgi_app(conn, queue_name))."""
+    """What `otb serve` mounts: app.mount("/metrics", asgi_app(conn, settings))."""
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
     app = FastAPI()
-    app.mount("/metrics", asgi_app(fakeredis.FakeRedis(), "otb"))
+    app.mount("/metrics", asgi_app(fakeredis.FakeRedis(), Settings()))
     answer = TestClient(app).get("/metrics/")
     assert answer.status_code == 200
     names = {f.name for f in text_string_to_metric_families(answer.text)}

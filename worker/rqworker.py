@@ -276,4 +276,4 @@ def _serve_metrics(settings: Settings, port: int, host: str) -> Callable[[], Non
     scrape while Redis is down answers without them instead of waiting out the restart retries."""
     from .metrics_serve import serve
 
-    return serve(port, host, connect(settings.redis_url or "", retries=0), settings.queue_name)
+    return serve(port, host, connect(settings.redis_url or "", retries=0), settings)
