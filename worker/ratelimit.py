@@ -23,6 +23,7 @@ from pathlib import Path
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import metrics
 from .errors import ConfigError
 from .keys import Keys
 from .scripts import Scripts
@@ -62,6 +63,10 @@ class Scope:
         key_tag = hashlib.sha256(api_key.encode()).hexdigest()[:8]  # tells keys apart; reveals nothing
         return cls(f"{provider}:{upstream}:{key_tag}", limits)
 
+    @property
+    def provider(self) -> str:
+        return self.name.split(":", 1)[0]
+
 
 class Limiter:
     """The shared buckets and cool-downs (lua/bucket_take.lua, bucket_adjust.lua, cool_down.lua)."""
@@ -96,7 +101,9 @@ class Limiter:
                 return 0.0
             if wait > max_wait:
                 return wait
-            await asyncio.sleep(wait * (1 + 0.1 * random.random()))  # spread the wake-ups
+            pause = wait * (1 + 0.1 * random.random())  # spread the wake-ups
+            metrics.rate_limit_waited(scope.provider, pause)
+            await asyncio.sleep(pause)
 
     def _cooldown_cached(self, scope: Scope) -> float:
         now = time.monotonic()

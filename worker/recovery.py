@@ -28,7 +28,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from . import clock
+from . import clock, metrics
 from .errors import BatchClosed, RequestFailed
 from .keys import Keys
 from .queues import CHUNK_JOB, CHUNK_RESULT_TTL, enqueue_chunks, queue_for, queues_for
@@ -133,6 +133,7 @@ def _recover_started(conn: redis.Redis, settings: Settings, queue: Queue, now: f
         log.warning("chunk %s lost its worker (no lease for %.0f s): re-enqueued", job_id, now - began)
         queue.enqueue_job(job, at_front=True)  # first: a crash between the two leaves it queued, never lost
         started.remove_execution(execution)
+        metrics.taken_over("started")
     return recovered
 
 
@@ -159,6 +160,7 @@ def _give_up(conn: redis.Redis, store: Store, queue: Queue, job: Job, count: int
         f"the worker running this request died {count} times (killed or out of memory); not retried further",
         code="worker_crashed", type="api_error", status_code=500)
     end_requests(store, bid, custom_ids, error, "errored")
+    metrics.abandoned("worker_crashed")
     job.set_status(JobStatus.FAILED)
     queue.failed_job_registry.add(job, ttl=settings.result_ttl, exc_string="worker died repeatedly")
 
@@ -231,6 +233,7 @@ def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None 
             pipe.hdel(keys.claimed, job_id)
             pipe.execute()
         back.append(job_id)
+        metrics.taken_over("claimed")
     return back
 
 

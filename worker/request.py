@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from . import budget, clock
+from . import budget, clock, metrics
 from .batch import Batch
 from .errors import BatchClosed, InvalidRequest, Parked, RequestFailed
 from .pricing import cost as price
@@ -67,6 +67,14 @@ async def process_request(ctx: Context, batch: Batch, custom_id: str, record: Re
     execution committed it first (the chunk skipped committed requests at its start; the commit is
     once-only, so no per-request check is needed on this hot path)."""
     one = OneRequest(ctx, batch, custom_id)
+    outcome = await _to_the_end(one, record)
+    metrics.request_done(metrics.model_label(one.meta.get("model"), ctx.registry.models), outcome)
+    return outcome
+
+
+async def _to_the_end(one: OneRequest, record: Record) -> str:
+    """The request's outcome: run, parked, or failed with its error committed as its result."""
+    ctx, batch, custom_id = one.ctx, one.batch, one.custom_id
     try:
         return await one.run(record)
     except Parked as park:
@@ -150,6 +158,9 @@ class OneRequest:
         line = success_line(self.batch.id, self.custom_id, parsed.body, request_id=parsed.request_id,
                             usage=parsed.usage, cost=charge, meta=self.meta)
         won = await self.commit(line, "succeeded")
+        if won:
+            metrics.billed(metrics.model_label(self.meta["model"], self.ctx.registry.models), parsed.usage,
+                           float(charge.total))
         return "succeeded" if won else "skipped"
 
     async def fail(self, error: RequestFailed) -> str:

@@ -11,6 +11,8 @@
   dying) ends its open requests as `chunk_failed`, so its batch finishes instead of waiting forever.
 - A Redis that refuses writes (maxmemory reached, read-only, MISCONF) pauses the worker; it used to
   kill it. The registry file is read again before each chunk; a broken file keeps the last good one.
+- With `--metrics-port`, each work horse hands its metrics to this process over a pipe, which serves
+  them with the queue's gauges (metrics.py, metrics_serve.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -29,7 +32,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from . import jobs
+from . import jobs, metrics
 from .connection import connect, durability_warnings
 from .errors import ConfigError, OTBError, RequestFailed
 from .queues import CHUNK_JOB, queues_for
@@ -50,6 +53,30 @@ class NameTaken(OTBError):
 
 class DrainingWorker(Worker):
     refusals = Refusals("the worker waits for it (nothing is lost; free memory or raise maxmemory)")
+    metrics_served = False  # set by run_worker with --metrics-port: horses hand their counts to this process
+    _feed: metrics.HorseFeed | None = None
+
+    # -- a work horse's metrics reach the parent, which serves them (worker/metrics.py) -------------
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        self._feed = metrics.HorseFeed() if self.metrics_served else None
+        super().fork_work_horse(job, queue)  # the horse never returns from it
+        if self._feed is not None:
+            self._feed.in_parent()
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        """In the horse, first: its counts go down the pipe, or nowhere when nothing serves them."""
+        if self._feed is not None:
+            self._feed.in_horse()
+        else:
+            metrics.discard()
+        super().main_work_horse(job, queue)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            if self._feed is not None:
+                self._feed.close()  # the last counts, before RQ's os._exit
 
     def setup_work_horse_signals(self) -> None:
         """In the horse: SIGTERM means "drain", never "die mid-request"."""
@@ -100,6 +127,7 @@ class DrainingWorker(Worker):
         except redis.RedisError as exc:  # left as they are: the janitor re-runs the chunk once its lease lapses
             log.error("chunk %s failed for good and its requests could not be ended: %s", job.id, exc)
             return
+        metrics.abandoned("chunk_failed")
         log.error("chunk %s failed for good (%s): %d open requests of %s ended as chunk_failed", job.id, reason, ended, bid)
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
@@ -216,7 +244,9 @@ def _alive(pid: int) -> bool:
 
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None,
-               logging_level: str = "WARNING") -> None:
+               logging_level: str = "WARNING", metrics_port: int | None = None,
+               metrics_host: str = "0.0.0.0") -> None:
+    """Run `otb worker` until stopped; with `metrics_port`, serve /metrics there (worker/metrics.py)."""
     assert settings.redis_url
     conn = connect(settings.redis_url)
     for warning in durability_warnings(conn):
@@ -228,11 +258,23 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     if name:
         claim_name(conn, name)
     jobs.configure(settings)
+    stop_metrics = _serve_metrics(settings, metrics_port, metrics_host) if metrics_port else None
     janitor = Janitor(lambda: connect(settings.redis_url or ""), settings)
     janitor.start()
     worker = DrainingWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer, name=name,
                             job_monitoring_interval=10, worker_ttl=60, maintenance_interval=30)
+    worker.metrics_served = stop_metrics is not None
     try:
         worker.work(burst=burst, logging_level=logging_level)
     finally:
         janitor.stopped.set()
+        if stop_metrics is not None:
+            stop_metrics()
+
+
+def _serve_metrics(settings: Settings, port: int, host: str) -> Callable[[], None]:
+    """/metrics on host:port; the queue gauges read Redis through a client that fails at once, so a
+    scrape while Redis is down answers without them instead of waiting out the restart retries."""
+    from .metrics_serve import serve
+
+    return serve(port, host, connect(settings.redis_url or "", retries=0), settings)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import redis
 
-from . import http, tokens
-from .errors import MissingApiKey, Parked, ProtocolError, RequestFailed
+from . import http, metrics, tokens
+from .errors import MissingApiKey, Parked, ProtocolError, RequestFailed, UpstreamError
 from .providers import Provider
 from .providers.base import Parsed, Prepared, UpstreamCall
 from .ratelimit import Limiter, RateLimits, Scope
@@ -139,6 +140,7 @@ class Upstream:
                                      f"provider asked to wait {error.retry_after:.0f} s: {error.message}") from error
                 if not self.policy.should_retry(error, tries):
                     raise
+                metrics.retried(to.adapter.NAME, failure_code(error))
                 if to.scope is not None and self.limiter is not None and error.status_code in (429, 529):
                     continue  # the shared cool-down is the wait; acquire() sleeps it out
                 await self.policy.pause(tries, error.retry_after)
@@ -153,7 +155,17 @@ class Upstream:
 
     async def _send(self, to: Target, call: UpstreamCall) -> tuple[dict[str, Any], str | None]:
         """One HTTP attempt: the decoded 2xx JSON object and its request id, else the provider's error."""
-        answer = await http.send(self.client, to.base, call, to.auth)
+        provider, code = to.adapter.NAME, "cancelled"
+        metrics.call_started(provider)
+        started = time.monotonic()
+        try:
+            answer = await http.send(self.client, to.base, call, to.auth)
+            code = str(answer.status)
+        except RequestFailed as error:
+            code = error.code
+            raise
+        finally:
+            metrics.call_ended(provider, code, time.monotonic() - started)
         if not 200 <= answer.status < 300:
             raise to.adapter.parse_error(answer.status, answer.headers, answer.content)
         data = answer.json()
@@ -167,3 +179,9 @@ class Upstream:
             return
         seconds = error.retry_after if error.retry_after is not None else (2.0 if error.status_code == 529 else 1.0)
         self.limiter.cool_down(scope, seconds, f"{error.status_code} {error.code}")
+
+
+def failure_code(error: RequestFailed) -> str:
+    """A failed call as a metric label: the HTTP status of a provider's answer (a bounded set, unlike the
+    provider's own error names), else our code for no usable answer (timeout, unreachable, protocol)."""
+    return str(error.status_code) if isinstance(error, UpstreamError) else error.code

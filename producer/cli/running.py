@@ -24,8 +24,11 @@ DEMO_OPTIONS = SubmitOptions(keep_valid=True, metadata={"source": "demo"})
 @click.option("--concurrency", type=click.IntRange(1, 10_000), help="HTTP calls in flight per process (default 64, OTB_CONCURRENCY).")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--name", help="Worker name (default: RQ's).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics (README, Metrics).")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Address the metrics are served on.")
 @friendly
-def worker(concurrency: int | None, burst: bool, name: str | None) -> None:
+def worker(concurrency: int | None, burst: bool, name: str | None, metrics_port: int | None, metrics_host: str) -> None:
     """Run an RQ worker (JSON serializer) that processes batch chunks concurrently."""
     from worker.rqworker import run_worker
 
@@ -37,7 +40,8 @@ def worker(concurrency: int | None, burst: bool, name: str | None) -> None:
     click.echo(f"otb worker: queue {settings.queue_name!r} on {safe_url(settings.redis_url or '')}, "
                f"concurrency {settings.concurrency}, keys for {sorted(settings.api_keys) or 'no provider'}", err=True)
     # RQ logs a line per job at INFO: only with -v, so two workers in a terminal do not flood it
-    run_worker(settings, burst=burst, name=name, logging_level=logging.getLevelName(logging.getLogger().level))
+    run_worker(settings, burst=burst, name=name, logging_level=logging.getLevelName(logging.getLogger().level),
+               metrics_port=metrics_port, metrics_host=metrics_host)
 
 
 @click.command()
