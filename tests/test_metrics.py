@@ -25,7 +25,8 @@ from worker.errors import TransportError, upstream_error
 from worker.metrics_serve import QueueCollector, asgi_app, registry_for
 from worker.keys import Keys
 from worker.ratelimit import Limiter, RateLimits, Scope
-from worker.recovery import claim_next, enqueue_chunks, recover_claimed
+from worker.queues import enqueue_chunks
+from worker.recovery import claim_next, recover_claimed
 from worker.settings import Settings
 from worker.upstream import failure_code
 

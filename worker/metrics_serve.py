@@ -21,7 +21,7 @@ from rq.utils import utcparse
 
 from . import clock, metrics
 from .errors import ConfigError
-from .recovery import queues_for
+from .queues import queues_for
 from .settings import Settings
 
 log = logging.getLogger("otb.metrics")

@@ -47,4 +47,21 @@ def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | No
     app.include_router(files.router)
     app.include_router(chat.router)
     app.include_router(embeddings.router)
+    _serve_metrics(app, conn, settings)
     return app
+
+
+def _serve_metrics(app: FastAPI, conn: redis.Redis, settings: Settings) -> None:
+    """/metrics for Prometheus, without a key (like `otb worker --metrics-port`): queue depth and the
+    oldest chunk's age, read from Redis at each scrape; no tenant's data. Calls are counted by the
+    workers that run them."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.responses import Response
+
+    from worker.metrics_serve import registry_for
+
+    registry = registry_for(conn, settings)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

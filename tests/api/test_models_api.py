@@ -62,3 +62,19 @@ def test_models_need_a_key(server):
     response = conn.getresponse()
     assert response.status == 401
     assert b'"invalid_api_key"' in response.read()
+
+
+def test_the_server_serves_prometheus_metrics_without_a_key(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        answer = conn.getresponse()
+        body = answer.read().decode()
+    finally:
+        conn.close()
+    assert answer.status == 200 and answer.getheader("content-type", "").startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    depth = {s.labels["queue"]: s.value for s in families["otb_queue_chunks"].samples}
+    assert set(depth) == {"otb", "otb:interactive"} and all(v >= 0 for v in depth.values())
