@@ -81,13 +81,41 @@ class Deliverer:
     def attempt(self, event_id: str) -> str:
         """One attempt at a taken event; returns the state it leaves: pending (a retry is scheduled),
         delivered, failed (given up), dropped (key revoked), or superseded / lost (nothing to do)."""
+        loaded = self._load(event_id)
+        if isinstance(loaded, str):
+            return loaded
+        taken, fields, body = loaded
+        tenant = text_hash(self.conn.hgetall(self.keys.tenant(fields["tenant"])))
+        url, secret = tenant.get("webhook_url", ""), tenant.get("webhook_secret", "")
+        attempts, deadline = int(fields.get("attempts") or 0), int(fields["created_at"]) + WINDOW
+        about = f"webhook {event_id} ({fields['type']} of {fields['batch']}) for tenant {fields['tenant']}"
+        if not tenant.get("key_sha256") or not url or not secret:
+            log.info("%s dropped: the key was revoked (or has no webhook URL now)", about)
+            return self._settle(event_id, taken, "dropped", "key revoked", fields)
+        if clock.now() > deadline:
+            return self._give_up(event_id, taken, f"not sent within {WINDOW // 3600} h", fields, about, url)
+        status, last = self._post(url, secret, event_id, body)
+        fields["attempts"] = str(attempts + 1)
+        if status is not None and 200 <= status < 300:
+            return self._settle(event_id, taken, "delivered", last, fields)
+        if status == 410:
+            return self._give_up(event_id, taken, "HTTP 410 Gone (the receiver wants no more)", fields, about, url)
+        next_at = clock.now() + retry_delay(attempts + 1, self.first_retry, self.rand)
+        if next_at > deadline:
+            return self._give_up(event_id, taken, last, fields, about, url)
+        log.debug("%s: attempt %d answered %s, next in %.1f s", about, attempts + 1, last, next_at - clock.now())
+        return self._settle(event_id, taken, "pending", last, fields, next_at=next_at)
+
+    def _load(self, event_id: str) -> tuple[int, dict[str, str], bytes] | str:
+        """Count this attempt on the event (`taken`) and read it: (taken, fields, body), or the state
+        it is already in when there is nothing to send (its schedule entry is removed)."""
         key = self.keys.webhook(event_id)
         with self.conn.pipeline() as pipe:
             pipe.hincrby(key, "taken", 1)
             pipe.hgetall(key)
             taken, raw = pipe.execute()
         record = {text(k): v for k, v in raw.items()}
-        if "body" not in record:  # expired (or never was): nothing to send
+        if "body" not in record:  # expired (or never was): drop the count it just made
             self.conn.delete(key)
             self.conn.zrem(self.keys.webhooks_due, event_id)
             return "lost"
@@ -95,42 +123,20 @@ class Deliverer:
         if fields.get("state") != "pending":
             self.conn.zrem(self.keys.webhooks_due, event_id)
             return fields.get("state", "lost")
-        tenant = text_hash(self.conn.hgetall(self.keys.tenant(fields["tenant"])))
-        url, secret = tenant.get("webhook_url", ""), tenant.get("webhook_secret", "")
-        attempts = int(fields.get("attempts") or 0)
-        about = f"webhook {event_id} ({fields['type']} of {fields['batch']}) for tenant {fields['tenant']}"
-        if not tenant.get("key_sha256") or not url or not secret:
-            log.info("%s dropped: the key was revoked", about)
-            return self._settle(event_id, taken, "dropped", "key revoked", fields)
-        if clock.now() > int(fields["created_at"]) + WINDOW:
-            return self._give_up(event_id, taken, f"not sent within {WINDOW // 3600} h", fields, about, url, attempts)
-        attempts += 1
-        last, delivered = self._post(url, secret, event_id, binary(record["body"]))
-        fields["attempts"] = str(attempts)
-        if delivered:
-            return self._settle(event_id, taken, "delivered", last, fields)
-        if last == "HTTP 410":
-            return self._give_up(event_id, taken, "HTTP 410 Gone (the receiver wants no more)", fields, about, url,
-                                 attempts)
-        next_at = clock.now() + retry_delay(attempts, self.first_retry, self.rand)
-        if next_at > int(fields["created_at"]) + WINDOW:
-            return self._give_up(event_id, taken, last, fields, about, url, attempts)
-        log.debug("%s: attempt %d answered %s, next in %.1f s", about, attempts, last, next_at - clock.now())
-        return self._settle(event_id, taken, "pending", last, fields, next_at=next_at)
+        return int(taken), fields, binary(record["body"])
 
-    def _post(self, url: str, secret: str, event_id: str, body: bytes) -> tuple[str, bool]:
-        """Send one signed attempt; the receiver's body is never read. (outcome, delivered)."""
+    def _post(self, url: str, secret: str, event_id: str, body: bytes) -> tuple[int | None, str]:
+        """Send one signed attempt; the receiver's body is never read. (HTTP status or None, outcome)."""
         headers = signed_headers(secret, event_id, int(clock.now()), body)
         try:
             with self.http.stream("POST", url, content=body, headers=headers) as answer:
-                return f"HTTP {answer.status_code}", answer.is_success
+                return answer.status_code, f"HTTP {answer.status_code}"
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            return type(exc).__name__, False
+            return None, type(exc).__name__
 
-    def _give_up(self, event_id: str, taken: int, why: str, fields: dict[str, str], about: str, url: str,
-                 attempts: int) -> str:
-        log.warning("%s to %s given up after %d attempt(s): %s (counted in `otb keys list`)",
-                    about, urlsplit(url).hostname, attempts, why)
+    def _give_up(self, event_id: str, taken: int, why: str, fields: dict[str, str], about: str, url: str) -> str:
+        log.warning("%s to %s given up after %s attempt(s): %s (counted in `otb keys list`)",
+                    about, urlsplit(url).hostname, fields.get("attempts", "0"), why)
         return self._settle(event_id, taken, "failed", why, fields)
 
     def _settle(self, event_id: str, taken: int, state: str, last: str, fields: dict[str, str],

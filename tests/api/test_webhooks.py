@@ -241,3 +241,21 @@ def test_an_event_whose_record_is_gone_leaves_the_schedule(conn: fakeredis.FakeR
     conn.zadd(Keys().webhooks_due, {"evt_gone": clock.now()})
     assert deliverer(conn, Receiver(200)).run_due() == ["lost"]
     assert conn.zcard(Keys().webhooks_due) == 0 and not conn.exists(Keys().webhook("evt_gone"))
+
+
+def test_the_loop_delivers_in_its_threads_and_stops(conn: fakeredis.FakeRedis, secret: str) -> None:
+    receiver = Receiver(500, 200)
+    loop = deliverer(conn, receiver, retry_ms=20)
+    for bid in ("batch_1", "batch_2"):
+        announce(conn, "otb", "acme", bid, "completed")
+    loop.start()
+    try:
+        deadline = time.monotonic() + 30
+        while conn.zcard(Keys().webhooks_due) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        loop.stop()
+    assert not any(thread.is_alive() for thread in loop._threads)
+    assert [announced(conn, "otb", bid, "completed")["state"] for bid in ("batch_1", "batch_2")] == [  # type: ignore[index]
+        "delivered", "delivered"]
+    assert len(receiver.requests) == 3  # one 500, then a retry and the other event accepted
