@@ -176,9 +176,11 @@ def test_models_chat_stream_embeddings_and_files_work_through_the_sdk(tryit, tmp
     path = tmp_path / "batch.jsonl"
     path.write_bytes(b'{"model": "google/gemini-3-flash", "messages": [{"role": "user", "content": "Hi"}]}\n')
     uploaded = client.files.create(file=path.open("rb"), purpose="batch")
-    assert [f.id for f in client.files.list()] == [uploaded.id]
+    assert uploaded.id in [f.id for f in client.files.list()]
     assert client.files.content(uploaded.id).content == path.read_bytes()
     assert client.files.delete(uploaded.id).deleted
+    assert httpx.get(f"{tryit.url}/docs").status_code == 200
+    assert "otb_queue" in httpx.get(f"{tryit.url}/metrics").text
 
 
 def test_the_in_process_worker_takes_batch_chunks_too(registry):
