@@ -148,8 +148,10 @@ def _new_upload(request: web.Request, body: dict[str, Any], max_bytes: int) -> S
     file_id = name.removeprefix("files/") if isinstance(name, str) and name else new_id()
     if not FILE_ID.fullmatch(file_id):
         raise EmuError(400, f"Invalid file name {name!r}: use lowercase letters, digits and dashes (at most 40).")
-    mime = request.headers.get("X-Goog-Upload-Header-Content-Type") or meta.get("mimeType") or "application/octet-stream"
-    return StoredFile(file_id, str(meta.get("displayName") or ""), str(mime), clock_now(), declared=declared)
+    mime = (request.headers.get("X-Goog-Upload-Header-Content-Type") or meta.get("mimeType") or meta.get("mime_type")
+            or "application/octet-stream")  # proto JSON takes camelCase and the proto's snake_case names alike
+    display = meta.get("displayName") or meta.get("display_name") or ""
+    return StoredFile(file_id, str(display), str(mime), clock_now(), declared=declared)
 
 
 async def _start(state: State, request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
