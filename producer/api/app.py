@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from worker.ratelimit import Limiter
 from worker.settings import Settings
 
-from . import chat, embeddings, errors, files, models
+from . import chat, embeddings, errors, files, models, webhook_delivery
 from .auth import Gate, KeyStore
 from .calls import DEFAULT_TIMEOUT, Calls
 from .filestore import FileStore
@@ -35,7 +35,8 @@ def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | No
     """The app over `conn`; the routers find their stores on `app.state`."""
     options = options or ServeOptions()
     app = FastAPI(title="opentoken-batch", version="1", summary="OpenAI-compatible API over Redis-shared workers",
-                  description="Point an OpenAI SDK at `http://HOST:PORT/v1` with a key from `otb keys create NAME`.")
+                  description="Point an OpenAI SDK at `http://HOST:PORT/v1` with a key from `otb keys create NAME`.",
+                  lifespan=webhook_delivery.lifespan(conn, settings))  # every server delivers webhook events
     app.state.settings = settings
     keys = KeyStore(conn, settings.key_prefix)
     app.state.gate = Gate(keys, Limiter(conn, settings.key_prefix, settings.rate_burst), no_auth=options.no_auth)

@@ -136,7 +136,7 @@ def keys_list(as_json: bool) -> None:
     if not rows:
         click.echo("no keys yet: otb keys create NAME", err=True)
     for row in rows:
-        limits = ", ".join(f"{k} {row[k]}" for k in ("rpm", "max_cost", "webhook_url") if row[k])
+        limits = ", ".join(f"{k} {row[k]}" for k in ("rpm", "max_cost", "webhook_url", "webhooks_failed") if row[k])
         click.echo(f"{row['name']:<24} {row['status']:<8} {limits}".rstrip())
 
 
