@@ -49,6 +49,14 @@ def default_mode(window: float | None, settings: Settings) -> str:
     return "auto" if window is not None and window >= settings.auto_min_window else REALTIME
 
 
+def mode_note(mode: str) -> str | None:
+    """What a mode does differently from its description today (shown by `otb status`)."""
+    if mode == "auto":
+        return (f"{NO_NATIVE_YET}: auto runs Anthropic lines and embeddings in real time and Gemini chat "
+                "lines in flex")
+    return None
+
+
 def has_flex(spec: ModelSpec, kind: str) -> bool:
     """Flex is a chat tier of providers that sell one; the registry prices it where it exists."""
     return kind == "chat" and spec.pricing is not None and spec.pricing.flex is not None
