@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from .providers.base import UpstreamCall
     from .upstream import Target, Upstream
 
-# Sheds mean no capacity right now: back off longer than for a transient error (1 s doubling to 60 s).
+# Sheds mean no capacity right now: back off longer than for a transient error (1 s doubling to 60 s,
+# or the provider's Retry-After when it asks for longer).
 FLEX_POLICY = RetryPolicy(max_attempts=1_000_000, base_delay=1.0, max_delay=60.0)
 
 
@@ -38,19 +39,17 @@ async def flex_then_standard(up: Upstream, to: Target, call: UpstreamCall, need:
         return await up.call(to, call, need)
     started, waited, tries = time.monotonic(), 0.0, 0
     while True:
-        await up.writes.ready()  # no call while its answer could not be stored
-        await up.acquire(to.scope, need)
         tries += 1
-        to.attempts.count += 1
         try:
-            return await up.send(to, flex)
+            return await up.attempt(to, flex, need)
         except RequestFailed as error:
             why = _give_up(error, up, max(time.monotonic() - started, waited), route.flex_for)
             if why is not None:
                 route.fell_back(f"flex {why} after {tries} {'try' if tries == 1 else 'tries'}: sent standard")
                 break
             metrics.retried(to.adapter.NAME, f"flex_{error.status_code or error.code}")
-            waited += await FLEX_POLICY.pause(tries, error.retry_after)
+            backoff = FLEX_POLICY.delay(tries)  # a Retry-After of a second must not mean a call a second
+            waited += await FLEX_POLICY.pause(tries, max(error.retry_after or 0.0, backoff))
     return await up.call(to, call, need)
 
 

@@ -133,12 +133,9 @@ class Upstream:
         """
         tries = 0
         while True:
-            await self.writes.ready()  # no call while its answer could not be stored
-            await self.acquire(to.scope, need)
             tries += 1
-            to.attempts.count += 1
             try:
-                return await self.send(to, call)
+                return await self.attempt(to, call, need)
             except RequestFailed as error:
                 if error.status_code in (429, 529) and error.retryable:
                     self._cool_down(to.scope, error)
@@ -151,6 +148,14 @@ class Upstream:
                 if to.scope is not None and self.limiter is not None and error.status_code in (429, 529):
                     continue  # the shared cool-down is the wait; acquire() sleeps it out
                 await self.policy.pause(tries, error.retry_after)
+
+    async def attempt(self, to: Target, call: UpstreamCall, need: tuple[int, int]) -> tuple[dict[str, Any], str | None]:
+        """One try of a call, counted in the request's attempts: once Redis takes writes (no call whose
+        answer could not be stored) and the shared buckets have room."""
+        await self.writes.ready()
+        await self.acquire(to.scope, need)
+        to.attempts.count += 1
+        return await self.send(to, call)
 
     async def acquire(self, scope: Scope | None, need: tuple[int, int]) -> None:
         """Wait for the shared buckets; a wait past `retry_max_wait` parks the request."""
