@@ -37,6 +37,7 @@ class EmulatorConfig:
     anthropic_batch_max_bytes: int = 256 * 1024**2  # 413 request_too_large above it
     gemini_inline_max_bytes: int = 20 * 1024**2  # inline batchGenerateContent bodies above it are refused
     files_max_bytes: int = 2 * 1024**3  # one uploaded file
+    flex_shed_rate: float = 0  # fraction of Gemini flex calls shed (503), as the flex tier does under load
 
 
 class EmuError(Exception):
