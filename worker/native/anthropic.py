@@ -1,0 +1,105 @@
+"""Anthropic Message Batches over HTTP: create (the body streamed), find a lost create, retrieve,
+cancel, and the results streamed line by line (any order; never the whole file in memory)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+
+import httpx
+
+from ..providers.anthropic import batches as wire
+from ..registry import Registry
+from ..settings import Settings
+from .api import CANCELED, ERRORED, EXPIRED, SUCCEEDED, Answer, CallFailed, Poll, auth, checked
+from .records import Line
+from .state import Part
+
+LIST_PAGE = 100
+CLOCK_SKEW = 300.0  # a batch created this long before the intent (by the provider's clock) may still be ours
+
+
+class AnthropicBatches:
+    def __init__(self, client: httpx.Client, settings: Settings, registry: Registry) -> None:
+        self.client = client
+        self.base = settings.base_url("anthropic").rstrip("/")
+        self.headers = {**auth(settings, "anthropic"), "anthropic-version": registry.api_version("anthropic")}
+
+    def create(self, part: Part, lines: Iterator[Line | None]) -> str:
+        headers = {**json.loads(part.group or "{}"), **self.headers, "content-type": "application/json"}
+        r = self.client.post(self.base + wire.PATH, content=_body(part.marker, lines), headers=headers)
+        return str(checked(r).json()["id"])
+
+    def find(self, part: Part) -> list[str]:
+        """Batches created since the intent with the part's request count, earliest first: the earliest
+        not recorded by another intent is the one a lost create made."""
+        since = part.intent_at - CLOCK_SKEW
+        after: str | None = None
+        found: list[str] = []
+        while True:
+            query: dict[str, str | int] = {"limit": LIST_PAGE, **({"after_id": after} if after else {})}
+            page = checked(self.client.get(self.base + wire.PATH, params=query, headers=self.headers)).json()
+            for batch in page.get("data") or []:
+                if _timestamp(batch.get("created_at")) < since:
+                    return found[::-1]
+                if sum((batch.get("request_counts") or {}).values()) == part.sent:
+                    found.append(str(batch["id"]))
+            if not page.get("has_more") or not page.get("last_id"):
+                return found[::-1]
+            after = page["last_id"]
+
+    def poll(self, part: Part) -> Poll:
+        r = checked(self.client.get(f"{self.base}{wire.PATH}/{part.provider_id}", headers=self.headers)).json()
+        status = str(r.get("processing_status"))
+        return Poll(status, status == wire.ENDED, progress=dict(r.get("request_counts") or {}))
+
+    def cancel(self, part: Part) -> None:
+        r = self.client.post(f"{self.base}{wire.PATH}/{part.provider_id}/cancel", headers=self.headers)
+        if r.status_code != 409:  # already ended: nothing to cancel
+            checked(r)
+
+    def results(self, part: Part) -> Iterator[Answer]:
+        url = f"{self.base}{wire.PATH}/{part.provider_id}/results"
+        with self.client.stream("GET", url, headers=self.headers) as r:
+            if not r.is_success:
+                r.read()
+                checked(r)
+            for raw in r.iter_lines():
+                if not raw.strip():
+                    continue
+                line = json.loads(raw)
+                position = wire.position_of(part.marker, str(line.get("custom_id")))
+                if position is None or position >= part.count:
+                    continue  # not one this part sent: ignored
+                result = line.get("result") or {}
+                kind = result.get("type")
+                if kind == SUCCEEDED:
+                    yield Answer(position, SUCCEEDED, data=result.get("message"))
+                elif kind == ERRORED:
+                    yield Answer(position, ERRORED, error=wire.result_error(result))
+                elif kind in (CANCELED, EXPIRED):
+                    yield Answer(position, kind)
+
+
+def _body(marker: str, lines: Iterator[Line | None]) -> Iterator[bytes]:
+    """`{"requests": [...]}` written as it is read, one request at a time."""
+    yield b'{"requests":['
+    first = True
+    for position, line in enumerate(lines):
+        if line is None:
+            continue
+        item = {"custom_id": wire.sent_id(marker, position), "params": line.call.json}
+        yield (b"" if first else b",") + json.dumps(item, separators=(",", ":")).encode()
+        first = False
+    yield b"]}"
+
+
+def _timestamp(text: object) -> float:
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+__all__ = ["AnthropicBatches", "CallFailed"]

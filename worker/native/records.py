@@ -1,0 +1,101 @@
+"""One line of a native batch: the body it is sent with, and its answer committed as its result.
+
+The body is the one a real-time call sends (the adapter's own request builder), so a line answered in
+a provider batch reads like one answered in real time; only `meta.route` (`native`), its tier
+(`batch`, from Anthropic's `usage.service_tier`, else from the route) and its price differ. Each
+answer is committed once through Store.commit, so counters, costs, events and reports take it as
+they take any other result, and a line already committed is never committed or sent again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import clock, routes
+from ..errors import InvalidRequest, RequestFailed
+from ..providers import ADAPTERS
+from ..providers.anthropic import batches as anthropic_batches
+from ..providers.base import UpstreamCall
+from ..registry import ModelSpec, Registry
+from ..request import _billed_spec
+from ..results import error_line, success_line
+from ..schemas import KIND_BY_URL, chat_request
+from ..store import Store
+
+
+@dataclass
+class Line:
+    """A stored request made ready for a provider batch: its spec, the call it would be in real time,
+    and the `meta` its result will carry."""
+
+    custom_id: str
+    spec: ModelSpec
+    call: UpstreamCall
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchInfo:
+    """What a line's result needs of its batch: its id, its tags, whether unsupported params are dropped."""
+
+    id: str
+    tags: dict[str, str]
+    drop_unsupported: bool
+
+
+def batch_info(store: Store, bid: str) -> BatchInfo:
+    raw = store.batch(bid) or {}
+    options = json.loads(raw.get("options") or "{}")
+    return BatchInfo(bid, json.loads(raw.get("metadata") or "{}"), bool(options.get("drop_unsupported_params")))
+
+
+def prepare(registry: Registry, batch: BatchInfo, cid: str, record: dict[str, Any] | None) -> Line:
+    """The line as its provider batch sends it; InvalidRequest (with what meta is known) if it cannot go."""
+    if record is None:
+        raise InvalidRequest(f"request {cid!r} is missing from the batch (expired or deleted)")
+    body: dict[str, Any] = record["body"]
+    meta: dict[str, Any] = {"model": body.get("model"), "tags": {**batch.tags, **(record.get("tags") or {})}}
+    kind = KIND_BY_URL[record["url"]]
+    spec = registry.resolve_for(str(body.get("model")), kind)
+    adapter = ADAPTERS[spec.provider]
+    prepared = adapter.prepare_chat(chat_request(body), spec, api_version=registry.api_version(spec.provider),
+                                    drop_unsupported=batch.drop_unsupported)
+    call, dropped = prepared.calls[0], list(prepared.dropped_params)
+    if spec.provider == "anthropic":
+        params, also = anthropic_batches.batch_params(call.json, drop_unsupported=batch.drop_unsupported)
+        call, dropped = UpstreamCall(call.method, call.path, params, call.headers), dropped + also
+    meta["dropped_params"] = dropped
+    if prepared.notes:
+        meta["notes"] = prepared.notes
+    return Line(cid, spec, call, meta)
+
+
+def meta_of(batch: BatchInfo, record: dict[str, Any] | None) -> dict[str, Any]:
+    """The meta of a line that could not be prepared (for its error result)."""
+    body = (record or {}).get("body") or {}
+    return {"model": body.get("model"), "tags": {**batch.tags, **((record or {}).get("tags") or {})}, "attempts": 0}
+
+
+def commit_answer(store: Store, registry: Registry, batch: BatchInfo, line: Line, data: dict[str, Any],
+                  provider_batch: str) -> bool:
+    """A succeeded answer, translated by the adapter and priced at the tier it was billed, committed once."""
+    parsed = ADAPTERS[line.spec.provider].parse_chat(data, line.spec)
+    billed = _billed_spec(registry, line.spec, parsed)
+    meta = {**line.meta, "billed_model": billed.id, "attempts": 1, "native_batch": provider_batch}
+    route = routes.Route(routes.NATIVE, meta)
+    charge = routes.bill(parsed, billed, route, clock.today())
+    result = success_line(batch.id, line.custom_id, parsed.body, request_id=parsed.request_id, usage=parsed.usage,
+                          cost=charge, meta=route.meta)
+    return store.commit(batch.id, line.custom_id, result, "succeeded")
+
+
+def commit_error(store: Store, batch: BatchInfo, cid: str, error: RequestFailed, meta: dict[str, Any],
+                 provider_batch: str | None = None) -> bool:
+    """An errored line (its HTTP status and error body kept), or one that could not go, committed once."""
+    full = {**meta, "attempts": meta.get("attempts", 1 if provider_batch else 0)}
+    if provider_batch:
+        full.update(route=routes.NATIVE, native_batch=provider_batch)
+    line = error_line(batch.id, cid, error, full)
+    return store.commit(batch.id, cid, line, line["meta"]["outcome"])
