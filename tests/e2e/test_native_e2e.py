@@ -97,3 +97,51 @@ def test_anthropic_native_equals_realtime_at_half_price(redis_server, emulator, 
         assert Decimal(line["cost"]["total"]) == by_hand(meta["usage"], half)
         assert Decimal(meta["saved"]) == by_hand(meta["usage"], full) - Decimal(line["cost"]["total"])
     assert Decimal(native["cost"]["total"]) * 2 == Decimal(realtime["cost"]["total"])
+
+
+def wait_status(conn: Any, bid: str, wanted: tuple[str, ...] = ("completed", "cancelled", "expired"),
+                limit: float = 90) -> str:
+    """Poll the batch record until its status is one of `wanted` (a deadline only to stop a hang)."""
+    deadline = time.monotonic() + limit
+    while True:
+        status = (conn.hget(f"otb:batch:{bid}", "status") or b"").decode()
+        if status in wanted:
+            return status
+        assert time.monotonic() < deadline, f"batch {bid} stayed {status}"
+        time.sleep(0.1)
+
+
+def part(conn: Any, bid: str, n: int = 0) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in conn.hgetall(f"otb:native:{bid}:part:{n}").items()}
+
+
+def submit_only(env: dict[str, str], src: Path, *args: str) -> str:
+    done = otb(["submit", str(src), "--json", *args], env)
+    assert done.returncode == 0, done.stderr.decode()
+    return str(json.loads(done.stdout)["id"])
+
+
+@pytest.mark.parametrize("how", ["worker exits after the create", "the create's answer is lost"])
+def test_a_create_not_recorded_is_found_again_one_paid_batch(redis_server, emulator, real_redis, spawn_worker,
+                                                            tmp_path: Path, how: str) -> None:
+    env = worker_env(redis_server.url, emulator.url, OTB_LEASE_TTL="2", **FAST)
+    marker = " #emu:batch-lost" if "lost" in how else ""
+    src = write(tmp_path / "crash.jsonl", [chat(f"r{i}", CLAUDE, f"crash {i}{marker if i == 1 else ''}")
+                                           for i in range(3)])
+    before = stats(emulator)
+    if "exits" in how:
+        first = spawn_worker({**env, "OTB_NATIVE_FAULT": "exit-after-create"})
+        bid = submit_only(env, src, "--mode", "native")
+        assert first.proc.wait(timeout=60) == 3  # killed at exactly that point
+        assert part(real_redis, bid)["state"] == "creating" and part(real_redis, bid)["provider_id"] == ""
+        spawn_worker(env)
+    else:
+        spawn_worker(env)
+        bid = submit_only(env, src, "--mode", "native")
+    assert wait_status(real_redis, bid) == "completed"
+    calls = stats(emulator) - before
+    assert calls["messages.batches.create"] == 1, calls  # one paid batch, found again by listing
+    assert calls["messages.batches.list"] >= 1
+    got = results(env, bid)
+    assert sorted(got) == ["r0", "r1", "r2"] and {r["meta"]["route"] for r in got.values()} == {"native"}
+    assert {r["meta"]["native_batch"] for r in got.values()} == {part(real_redis, bid)["provider_id"]}

@@ -32,21 +32,23 @@ class AnthropicBatches:
         return str(checked(r).json()["id"])
 
     def find(self, part: Part) -> list[str]:
-        """Batches created since the intent with the part's request count, earliest first: the earliest
-        not recorded by another intent is the one a lost create made."""
+        """Batches created around the intent with the part's request count, the closest in time first:
+        the first not recorded by another intent is the one a lost create made. (Anthropic keeps no
+        name on a batch, and its custom_ids show only in the results, so time and count must do.)"""
         since = part.intent_at - CLOCK_SKEW
         after: str | None = None
-        found: list[str] = []
+        found: list[tuple[float, str]] = []
         while True:
             query: dict[str, str | int] = {"limit": LIST_PAGE, **({"after_id": after} if after else {})}
             page = checked(self.client.get(self.base + wire.PATH, params=query, headers=self.headers)).json()
             for batch in page.get("data") or []:
-                if _timestamp(batch.get("created_at")) < since:
-                    return found[::-1]
+                created = _timestamp(batch.get("created_at"))
+                if created < since:
+                    return _closest(found)
                 if sum((batch.get("request_counts") or {}).values()) == part.sent:
-                    found.append(str(batch["id"]))
+                    found.append((abs(created - part.intent_at), str(batch["id"])))
             if not page.get("has_more") or not page.get("last_id"):
-                return found[::-1]
+                return _closest(found)
             after = page["last_id"]
 
     def poll(self, part: Part) -> Poll:
@@ -93,6 +95,10 @@ def _body(marker: str, lines: Iterator[Line | None]) -> Iterator[bytes]:
         yield (b"" if first else b",") + json.dumps(item, separators=(",", ":")).encode()
         first = False
     yield b"]}"
+
+
+def _closest(found: list[tuple[float, str]]) -> list[str]:
+    return [batch for _, batch in sorted(found)]
 
 
 def _timestamp(text: object) -> float:

@@ -245,7 +245,7 @@ class Step:
         self.created(part)
 
     def created(self, part: Part) -> None:
-        part.state, part.created_at = CREATED, self.now
+        part.state, part.created_at, part.note = CREATED, self.now, ""
         part.next_poll = self.now + min(self.settings.native_poll_interval, 5.0)
         self.state.record_created(self.bid, part)
         log.info("batch %s part %d: %s created with %d requests", self.bid, part.n, part.provider_id, part.sent)
@@ -308,6 +308,10 @@ class Step:
             for group in _pages(api.results(part), PAGE):
                 answered.update(a.position for a in group if a.kind in (SUCCEEDED, ERRORED))
                 self.commit(part, ids, [a for a in group if a.kind in (SUCCEEDED, ERRORED)])
+        if poll.has_results and not answered and part.sent and part.progress.get("succeeded", 0):
+            log.error("batch %s part %d: the results of %s carry none of this intent's ids (%s_*): a batch matched "
+                      "after a crash was not this one; its lines go on without it", self.bid, part.n,
+                      part.provider_id, part.marker)
         unanswered = [cid for i, cid in enumerate(ids) if i not in answered]
         why = {"FAILED": "the job failed", "EXPIRED": "the job expired at the provider"}.get(
             poll.status, f"{part.provider_id} ended {poll.status}")
