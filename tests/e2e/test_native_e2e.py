@@ -49,9 +49,10 @@ def stats(emulator: Any) -> Counter[str]:
     return Counter(httpx.get(f"{emulator.url}/_emulator/stats").json()["by_path"])
 
 
-def submit(env: dict[str, str], src: Path, *args: str, timeout: float = 180) -> dict[str, Any]:
+def submit(env: dict[str, str], src: Path, *args: str, timeout: float = 180, errored: bool = False) -> dict[str, Any]:
+    """`otb submit --wait --json`: its final status (exit 2 when some line errored, as asked)."""
     done = otb(["submit", str(src), "--wait", "--json", *args], env, timeout=timeout)
-    assert done.returncode == 0, done.stderr.decode()
+    assert done.returncode == (2 if errored else 0), done.stderr.decode()
     status: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
     return status
 
@@ -145,3 +146,42 @@ def test_a_create_not_recorded_is_found_again_one_paid_batch(redis_server, emula
     got = results(env, bid)
     assert sorted(got) == ["r0", "r1", "r2"] and {r["meta"]["route"] for r in got.values()} == {"native"}
     assert {r["meta"]["native_batch"] for r in got.values()} == {part(real_redis, bid)["provider_id"]}
+
+
+def test_gemini_native_file_mode_equals_realtime_at_half_price(redis_server, emulator, real_redis, spawn_worker,
+                                                               tmp_path: Path) -> None:
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    lines = [chat(f"g {i}", GEMINI, f"gemini question {i}") for i in range(5)]
+    src = write(tmp_path / "gemini.jsonl", lines)
+    spawn_worker(env)
+    realtime = submit(env, src, "--mode", "realtime")
+    before = stats(emulator)
+    native = submit(env, src, "--mode", "native")
+    calls = stats(emulator) - before
+    assert native["request_counts"]["succeeded"] == 5 and native["succeeded_by_route"]["native"] == 5
+    assert calls["batchGenerateContent"] == 1 and calls["files.upload.start"] == 1 and calls["files.download"] == 1
+    assert calls.get("generateContent", 0) == 0, calls
+    got, want = results(env, native["id"]), results(env, realtime["id"])
+    assert [comparable(got[c]) for c in sorted(got)] == [comparable(want[c]) for c in sorted(want)]
+    half = prices(GEMINI, "batch")
+    for line in got.values():
+        meta = line["meta"]
+        assert (meta["route"], meta["service_tier"]) == ("native", "batch") and meta["native_batch"].startswith("batches/")
+        assert Decimal(line["cost"]["total"]) == by_hand(meta["usage"], half)
+    assert Decimal(native["cost"]["total"]) * 2 == Decimal(realtime["cost"]["total"])
+
+
+def test_gemini_missing_key_and_errored_lines(redis_server, emulator, real_redis, spawn_worker, tmp_path: Path) -> None:
+    """A key missing from the output is not committed from it: the line runs in real time; an errored
+    line keeps its HTTP status and error body."""
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    src = write(tmp_path / "keys.jsonl", [chat("kept", GEMINI, "fine"), chat("lost", GEMINI, "gone #emu:drop-key"),
+                                          chat("boom", GEMINI, "#emu:fail=500 boom")])
+    spawn_worker(env)
+    status = submit(env, src, "--mode", "native", errored=True)
+    got = results(env, status["id"])
+    assert got["kept"]["meta"]["route"] == "native"
+    assert got["lost"]["meta"]["route"] == "realtime" and got["lost"]["meta"]["outcome"] == "succeeded"
+    assert got["boom"]["meta"]["route"] == "native" and got["boom"]["meta"]["outcome"] == "errored"
+    assert got["boom"]["response"]["status_code"] == 500 and got["boom"]["cost"]["total"] == "0"
+    assert status["request_counts"] == {**status["request_counts"], "succeeded": 2, "errored": 1}
