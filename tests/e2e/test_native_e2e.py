@@ -185,3 +185,84 @@ def test_gemini_missing_key_and_errored_lines(redis_server, emulator, real_redis
     assert got["boom"]["meta"]["route"] == "native" and got["boom"]["meta"]["outcome"] == "errored"
     assert got["boom"]["response"]["status_code"] == 500 and got["boom"]["cost"]["total"] == "0"
     assert status["request_counts"] == {**status["request_counts"], "succeeded": 2, "errored": 1}
+
+
+def routes_of(got: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {cid: f'{r["meta"]["route"]}/{r["meta"]["outcome"]}' for cid, r in got.items()}
+
+
+def test_a_stalled_batch_gives_way_to_real_time_at_the_margin_and_finishes_in_its_window(
+        redis_server, emulator, real_redis, spawn_worker, tmp_path: Path) -> None:
+    env = worker_env(redis_server.url, emulator.url, OTB_NATIVE_MARGIN="40%", **FAST)
+    src = write(tmp_path / "stall.jsonl", [chat(f"s{i}", CLAUDE, f"stall {i}" + (" #emu:batch-stall=0.5" if i == 0 else ""))
+                                           for i in range(4)])
+    spawn_worker(env)
+    before = stats(emulator)
+    status = submit(env, src, "--mode", "native", "--completion-window", "10s")
+    calls = stats(emulator) - before
+    assert status["status"] == "completed" and status["request_counts"]["succeeded"] == 4
+    assert status["completed_at"] < status["expires_at"]  # within its window, through the fallback
+    got = results(env, status["id"])
+    assert sorted(routes_of(got).values()) == ["native/succeeded"] * 2 + ["realtime/succeeded"] * 2
+    assert calls["messages.batches.cancel"] == 1 and calls["messages.batches.create"] == 1
+    fell = [r for r in got.values() if r["meta"]["route"] == "realtime"]
+    assert all(r["meta"]["route_note"].startswith("sent in real time: its native batch") for r in fell)
+    info = part(real_redis, status["id"])
+    assert info["state"] == "done" and "margin" in info["note"]
+
+
+@pytest.mark.parametrize("model, marker, word", [
+    (CLAUDE, "#emu:batch-delay=1 #emu:batch-expire=0.5", "ended"),
+    (GEMINI, "#emu:batch-delay=1 #emu:batch-fail", "failed"),
+    (GEMINI, "#emu:batch-delay=1 #emu:batch-expire", "expired"),
+    (CLAUDE, "#emu:batch-404=4", None),
+])
+def test_expired_failed_and_late_visible_batches_lose_no_line(redis_server, emulator, real_redis, spawn_worker,
+                                                              tmp_path: Path, model: str, marker: str,
+                                                              word: str | None) -> None:
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    src = write(tmp_path / "faults.jsonl", [chat(f"f{i}", model, f"fault {i}" + (f" {marker}" if i == 0 else ""))
+                                            for i in range(4)])
+    spawn_worker(env)
+    status = submit(env, src, "--mode", "native")
+    assert status["status"] == "completed" and status["request_counts"]["succeeded"] == 4
+    got = routes_of(results(env, status["id"]))
+    if word is None:  # 404s right after the create are waited out
+        assert set(got.values()) == {"native/succeeded"}
+    else:
+        assert "realtime/succeeded" in got.values() and word in part(real_redis, status["id"])["note"].lower()
+        if model == GEMINI:  # no results at all: everything again in real time
+            assert set(got.values()) == {"realtime/succeeded"}
+
+
+def test_cancel_cancels_the_provider_batch_and_ends_what_it_left(redis_server, emulator, real_redis, spawn_worker,
+                                                                 tmp_path: Path) -> None:
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    src = write(tmp_path / "cancel.jsonl", [chat(f"c{i}", CLAUDE, f"cancel {i}" + (" #emu:batch-stall" if i == 0 else ""))
+                                            for i in range(3)])
+    spawn_worker(env)
+    before = stats(emulator)
+    bid = submit_only(env, src, "--mode", "native")
+    deadline = time.monotonic() + 30
+    while part(real_redis, bid).get("state") != "created":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert otb(["cancel", bid], env).returncode == 0
+    assert wait_status(real_redis, bid) == "cancelled"
+    calls = stats(emulator) - before
+    assert calls["messages.batches.cancel"] == 1 and calls.get("messages", 0) == 0
+    got = results(env, bid)
+    assert {r["meta"]["outcome"] for r in got.values()} == {"canceled"}
+    assert {r["error"]["code"] for r in got.values()} == {"batch_cancelled"}
+
+
+def test_a_worker_without_the_key_ends_the_lines_with_the_reason(redis_server, emulator, real_redis, spawn_worker,
+                                                                 tmp_path: Path) -> None:
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    keyless = {k: v for k, v in env.items() if k != "ANTHROPIC_API_KEY"}
+    src = write(tmp_path / "nokey.jsonl", [chat(f"k{i}", CLAUDE, f"key {i}") for i in range(2)])
+    spawn_worker(keyless)
+    status = submit(env, src, "--mode", "native", errored=True)
+    got = results(env, status["id"])
+    assert status["request_counts"]["errored"] == 2
+    assert all("ANTHROPIC_API_KEY is not set" in json.dumps(r) for r in got.values())
