@@ -98,6 +98,12 @@ def test_anthropic_native_equals_realtime_at_half_price(redis_server, emulator, 
         assert Decimal(line["cost"]["total"]) == by_hand(meta["usage"], half)
         assert Decimal(meta["saved"]) == by_hand(meta["usage"], full) - Decimal(line["cost"]["total"])
     assert Decimal(native["cost"]["total"]) * 2 == Decimal(realtime["cost"]["total"])
+    [shown] = json.loads(otb(["status", native["id"], "--json"], env).stdout)["native"]
+    assert shown["provider_batch"] == got["plain"]["meta"]["native_batch"] and shown["provider_status"] == "ended"
+    assert shown["progress"]["succeeded"] == 4 and shown["requests"] == 4
+    human = otb(["status", native["id"]], env).stdout.decode()
+    assert f"native    anthropic {shown['provider_batch']}: 4 requests, ended (4 succeeded)" in human, human
+    assert "routes    mode native: succeeded 4 native" in human
 
 
 def wait_status(conn: Any, bid: str, wanted: tuple[str, ...] = ("completed", "cancelled", "expired"),
@@ -185,6 +191,12 @@ def test_gemini_missing_key_and_errored_lines(redis_server, emulator, real_redis
     assert got["boom"]["meta"]["route"] == "native" and got["boom"]["meta"]["outcome"] == "errored"
     assert got["boom"]["response"]["status_code"] == 500 and got["boom"]["cost"]["total"] == "0"
     assert status["request_counts"] == {**status["request_counts"], "succeeded": 2, "errored": 1}
+    again = otb(["retry", status["id"]], env)  # only the errored line runs again (in real time)
+    assert again.returncode == 0, again.stderr.decode()
+    assert wait_status(real_redis, status["id"]) == "completed"
+    after = results(env, status["id"])
+    assert routes_of(after) == {"kept": "native/succeeded", "lost": "realtime/succeeded", "boom": "realtime/errored"}
+    assert after["kept"] == got["kept"]
 
 
 def routes_of(got: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -21,7 +21,7 @@ from .poller import NativePoller, native_state
 
 PROVIDERS = ("anthropic", "google")  # those with a batch API this route speaks
 
-__all__ = ["NativePoller", "goes_native", "native_state", "poke", "register"]
+__all__ = ["NativePoller", "goes_native", "native_state", "poke", "register", "summary"]
 
 
 def goes_native(mode: str, spec: ModelSpec, kind: str, body: dict[str, Any], window: float | None,
@@ -44,3 +44,16 @@ def poke(conn: redis.Redis, settings: Settings, bid: str) -> None:
     state = native_state(conn, settings)
     if state.active(bid):
         state.schedule(bid, clock.now())
+
+
+def summary(conn: redis.Redis, settings: Settings, bid: str) -> list[dict[str, Any]] | None:
+    """The batch's provider batches as `otb status` shows them (None: it has no native lines)."""
+    state = native_state(conn, settings)
+    info = state.info(bid)
+    if not info:
+        return None
+    if info.get("planned") != "1":
+        return [{"state": "planning", "requests": int(info.get("todo") or 0)}]
+    return [{"provider": part.provider, "model": part.model, "provider_batch": part.provider_id or None,
+             "state": part.state, "provider_status": part.status or None, "requests": part.sent or part.count,
+             "progress": part.progress, **({"note": part.note} if part.note else {})} for part in state.parts(bid)]
