@@ -6,13 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
+from typing import IO
 
 import httpx
 
 from ..providers.anthropic import batches as wire
 from ..registry import Registry
 from ..settings import Settings
-from .api import CANCELED, ERRORED, EXPIRED, SUCCEEDED, Answer, CallFailed, Poll, auth, checked
+from .api import CANCELED, ERRORED, EXPIRED, SUCCEEDED, Answer, CallFailed, Poll, auth, checked, chunks
 from .records import Line
 from .state import Part
 
@@ -26,9 +27,23 @@ class AnthropicBatches:
         self.base = settings.base_url("anthropic").rstrip("/")
         self.headers = {**auth(settings, "anthropic"), "anthropic-version": registry.api_version("anthropic")}
 
-    def create(self, part: Part, lines: Iterator[Line | None]) -> str:
-        headers = {**json.loads(part.group or "{}"), **self.headers, "content-type": "application/json"}
-        r = self.client.post(self.base + wire.PATH, content=_body(part.marker, lines), headers=headers)
+    def write(self, part: Part, lines: Iterator[Line | None], spool: IO[bytes]) -> int:
+        """`{"requests": [...]}`, one request at a time."""
+        spool.write(b'{"requests":[')
+        sent = 0
+        for position, line in enumerate(lines):
+            if line is None:
+                continue
+            item = {"custom_id": wire.sent_id(part.marker, position), "params": line.call.json}
+            spool.write((b"," if sent else b"") + json.dumps(item, separators=(",", ":")).encode())
+            sent += 1
+        spool.write(b"]}")
+        return sent
+
+    def create(self, part: Part, spool: IO[bytes], size: int) -> str:
+        headers = {**json.loads(part.group or "{}"), **self.headers, "content-type": "application/json",
+                   "content-length": str(size)}
+        r = self.client.post(self.base + wire.PATH, content=chunks(spool), headers=headers)
         return str(checked(r).json()["id"])
 
     def find(self, part: Part) -> list[str]:
@@ -82,19 +97,6 @@ class AnthropicBatches:
                     yield Answer(position, ERRORED, error=wire.result_error(result))
                 elif kind in (CANCELED, EXPIRED):
                     yield Answer(position, kind)
-
-
-def _body(marker: str, lines: Iterator[Line | None]) -> Iterator[bytes]:
-    """`{"requests": [...]}` written as it is read, one request at a time."""
-    yield b'{"requests":['
-    first = True
-    for position, line in enumerate(lines):
-        if line is None:
-            continue
-        item = {"custom_id": wire.sent_id(marker, position), "params": line.call.json}
-        yield (b"" if first else b",") + json.dumps(item, separators=(",", ":")).encode()
-        first = False
-    yield b"]}"
 
 
 def _closest(found: list[tuple[float, str]]) -> list[str]:

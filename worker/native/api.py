@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import httpx
 
@@ -46,8 +46,12 @@ class Answer:
 
 
 class BatchApi(Protocol):
-    def create(self, part: Part, lines: Iterator[Line | None]) -> str:
-        """Send the create (None: a line that no longer goes, skipped); the provider batch's id."""
+    def write(self, part: Part, lines: Iterator[Line | None], spool: IO[bytes]) -> int:
+        """The create's input written to `spool` as it is built (None: a line that no longer goes,
+        skipped); how many requests it holds."""
+
+    def create(self, part: Part, spool: IO[bytes], size: int) -> str:
+        """Send the create (its input read from `spool`); the provider batch's id."""
 
     def find(self, part: Part) -> list[str]:
         """Provider batches an earlier create of this intent may have made, likeliest first."""
@@ -58,6 +62,13 @@ class BatchApi(Protocol):
 
     def results(self, part: Part) -> Iterator[Answer]:
         """Every answer of an ended batch (positions not answered are simply absent)."""
+
+
+def chunks(spool: IO[bytes], size: int = 1024**2) -> Iterator[bytes]:
+    """A spooled body, sent a slice at a time (never whole in memory)."""
+    spool.seek(0)
+    while piece := spool.read(size):
+        yield piece
 
 
 def checked(response: httpx.Response) -> httpx.Response:

@@ -33,25 +33,24 @@ class GeminiBatches:
         self.version = registry.api_version("google")
         self.headers = auth(settings, "google")
 
-    def create(self, part: Part, lines: Iterator[Line | None]) -> str:
+    def write(self, part: Part, lines: Iterator[Line | None], spool: IO[bytes]) -> int:
+        """JSONL lines `{"key": position, "request": body}`."""
+        sent = 0
+        for position, line in enumerate(lines):
+            if line is None:
+                continue
+            spool.write(json.dumps({"key": str(position), "request": line.call.json}, separators=(",", ":")).encode()
+                        + b"\n")
+            sent += 1
+        return sent
+
+    def create(self, part: Part, spool: IO[bytes], size: int) -> str:
+        """Upload the file (free: redone after a kill), then create the job named with the intent."""
+        spool.seek(0)
+        part.input_file = self._upload(spool, size, part.marker)
         body = wire.create_body(part.marker, part.input_file)
         r = self.client.post(self.base + wire.create_path(part.group), json=body, headers=self.headers)
         return str(checked(r).json()["name"])
-
-    def upload(self, part: Part, lines: Iterator[Line | None]) -> tuple[str, int]:
-        """The part's JSONL (`{"key": position, "request": body}`) spooled to disk, then uploaded in
-        slices; the file's name and how many lines it holds. An upload is free: after a kill it is redone."""
-        with tempfile.TemporaryFile() as spool:
-            sent = 0
-            for position, line in enumerate(lines):
-                if line is None:
-                    continue
-                spool.write(json.dumps({"key": str(position), "request": line.call.json}, separators=(",", ":"))
-                            .encode() + b"\n")
-                sent += 1
-            size = spool.tell()
-            spool.seek(0)
-            return self._upload(spool, size, part.marker), sent
 
     def _upload(self, spool: IO[bytes], size: int, name: str) -> str:
         start = {**self.headers, "X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start",

@@ -26,9 +26,10 @@ import logging
 import os
 import secrets
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import redis
@@ -220,25 +221,23 @@ class Step:
             self.watch(api, part)
 
     def create(self, api: BatchApi, part: Part) -> None:
-        lines = self.runner.lines_of
-        if isinstance(api, GeminiBatches):
-            part.input_file, part.sent = api.upload(part, lines(self.bid, self.batch, self.registry, part))
-        else:
-            part.sent = sum(1 for line in lines(self.bid, self.batch, self.registry, part) if line is not None)
-        if part.sent == 0:
-            part.state = DONE
-            self.state.save(self.bid, part)
-            return
-        part.marker = f"otb{secrets.token_hex(6)}p{part.n}"
-        part.intent_at, part.state = self.now, CREATING
-        self.state.save(self.bid, part)  # the intent, before the create: a kill from here on is recovered
-        try:
-            part.provider_id = api.create(part, lines(self.bid, self.batch, self.registry, part))
-        except CallFailed as exc:
-            if exc.status in (400, 404, 413, 422):  # refused outright: nothing was created
-                self.leave(part, self.state.ids(self.bid, part.n), f"the provider refused the batch ({exc})")
+        """Spool the create's input (one pass over the lines), record the intent, send the create."""
+        with tempfile.TemporaryFile() as spool:
+            part.marker = f"otb{secrets.token_hex(6)}p{part.n}"  # the intent's mark, unique
+            part.sent = api.write(part, self.runner.lines_of(self.bid, self.batch, self.registry, part), spool)
+            if part.sent == 0:
+                part.state = DONE
+                self.state.save(self.bid, part)
                 return
-            raise
+            part.intent_at, part.state = self.now, CREATING
+            self.state.save(self.bid, part)  # the intent, before the create: a kill from here on is recovered
+            try:
+                part.provider_id = api.create(part, spool, _size(spool))
+            except CallFailed as exc:
+                if exc.status in (400, 404, 413, 422):  # refused outright: nothing was created
+                    self.leave(part, self.state.ids(self.bid, part.n), f"the provider refused the batch ({exc})")
+                    return
+                raise
         if self.settings.native_fault == EXIT_AFTER_CREATE:
             log.error("OTB_NATIVE_FAULT=%s: exiting between the create and its record", EXIT_AFTER_CREATE)
             os._exit(3)
@@ -318,20 +317,22 @@ class Step:
         self.leave(part, unanswered, part.note or why)
 
     def commit(self, part: Part, ids: list[str], answers: list[Answer]) -> None:
+        """A page of answers, each committed once, in one round trip."""
         by_cid = {ids[a.position]: a for a in answers if a.position < len(ids)}
-        lines = dict((cid, line) for cid, _, line in self.runner._lines(self.bid, self.batch, self.registry,
-                                                                        list(by_cid)))
+        lines = {cid: line for cid, _, line in self.runner._lines(self.bid, self.batch, self.registry, list(by_cid))}
+        out: list[records.Result] = []
         for cid, answer in by_cid.items():
             line = lines.get(cid)
             if line is None:
                 continue  # committed already (an earlier import, or ended meanwhile)
             if answer.kind == SUCCEEDED and answer.data is not None:
                 try:
-                    records.commit_answer(self.store, self.registry, self.batch, line, answer.data, part.provider_id)
+                    out.append(records.answer_result(self.registry, self.batch, line, answer.data, part.provider_id))
                 except RequestFailed as exc:  # an answer the adapter cannot read: an error line, not a lost line
-                    records.commit_error(self.store, self.batch, cid, exc, line.meta, part.provider_id)
+                    out.append(records.error_result(self.batch, cid, exc, line.meta, part.provider_id))
             elif answer.error is not None:
-                records.commit_error(self.store, self.batch, cid, answer.error, line.meta, part.provider_id)
+                out.append(records.error_result(self.batch, cid, answer.error, line.meta, part.provider_id))
+        self.store.commit_many(self.bid, out)
 
     def leave(self, part: Part, ids: list[str], why: str) -> None:
         """Lines a provider batch did not answer: real time while the window lasts, else closed."""
@@ -358,6 +359,11 @@ class Step:
             records.commit_error(self.store, self.batch, cid, error, {"model": part.model, "tags": self.batch.tags})
         part.state, part.note = DONE, error.message
         self.state.save(self.bid, part)
+
+
+def _size(spool: IO[bytes]) -> int:
+    spool.seek(0, os.SEEK_END)
+    return spool.tell()
 
 
 def _open(store: Store, bid: str, ids: list[str]) -> list[str]:

@@ -78,9 +78,12 @@ def meta_of(batch: BatchInfo, record: dict[str, Any] | None) -> dict[str, Any]:
     return {"model": body.get("model"), "tags": {**batch.tags, **((record or {}).get("tags") or {})}, "attempts": 0}
 
 
-def commit_answer(store: Store, registry: Registry, batch: BatchInfo, line: Line, data: dict[str, Any],
-                  provider_batch: str) -> bool:
-    """A succeeded answer, translated by the adapter and priced at the tier it was billed, committed once."""
+Result = tuple[str, dict[str, Any], str]  # (custom_id, result line, outcome): what Store.commit_many takes
+
+
+def answer_result(registry: Registry, batch: BatchInfo, line: Line, data: dict[str, Any],
+                  provider_batch: str) -> Result:
+    """A succeeded answer, translated by the adapter and priced at the tier it was billed."""
     parsed = ADAPTERS[line.spec.provider].parse_chat(data, line.spec)
     billed = _billed_spec(registry, line.spec, parsed)
     meta = {**line.meta, "billed_model": billed.id, "attempts": 1, "native_batch": provider_batch}
@@ -88,14 +91,20 @@ def commit_answer(store: Store, registry: Registry, batch: BatchInfo, line: Line
     charge = routes.bill(parsed, billed, route, clock.today())
     result = success_line(batch.id, line.custom_id, parsed.body, request_id=parsed.request_id, usage=parsed.usage,
                           cost=charge, meta=route.meta)
-    return store.commit(batch.id, line.custom_id, result, "succeeded")
+    return line.custom_id, result, "succeeded"
 
 
-def commit_error(store: Store, batch: BatchInfo, cid: str, error: RequestFailed, meta: dict[str, Any],
-                 provider_batch: str | None = None) -> bool:
-    """An errored line (its HTTP status and error body kept), or one that could not go, committed once."""
+def error_result(batch: BatchInfo, cid: str, error: RequestFailed, meta: dict[str, Any],
+                 provider_batch: str | None = None) -> Result:
+    """An errored line (its HTTP status and error body kept), or one that could not go."""
     full = {**meta, "attempts": meta.get("attempts", 1 if provider_batch else 0)}
     if provider_batch:
         full.update(route=routes.NATIVE, native_batch=provider_batch)
     line = error_line(batch.id, cid, error, full)
-    return store.commit(batch.id, cid, line, line["meta"]["outcome"])
+    return cid, line, line["meta"]["outcome"]
+
+
+def commit_error(store: Store, batch: BatchInfo, cid: str, error: RequestFailed, meta: dict[str, Any]) -> bool:
+    """A line that cannot go, committed once with its reason."""
+    _, line, outcome = error_result(batch, cid, error, meta)
+    return store.commit(batch.id, cid, line, outcome)
