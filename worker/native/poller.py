@@ -127,10 +127,12 @@ class Runner:
         cannot go (that one is ended errored now, once)."""
         for start in range(0, len(ids), PAGE):
             page = ids[start:start + PAGE]
-            raws = self.conn.hmget(self.store.keys.requests(bid), page)
-            done = self.store.done_ids(bid, page)
-            for cid, raw in zip(page, raws):
-                if cid in done:
+            pipe = self.conn.pipeline(transaction=False)
+            pipe.hmget(self.store.keys.requests(bid), page)
+            pipe.hmget(self.store.keys.results(bid), page)  # two commands a page (done_ids sends one per line)
+            raws, results = pipe.execute()
+            for cid, raw, result in zip(page, raws, results):
+                if result is not None:
                     yield cid, 0, None
                     continue
                 record: dict[str, Any] | None = None
