@@ -42,7 +42,8 @@ class SubmitOptions:
         refuses the file). drop_unsupported_params: send requests without the parameters their model
         would reject. metadata: tags on every result. completion_window: seconds until what is not
         done ends `batch_expired`. idempotency_key: the same key and requests return the same batch.
-        max_cost: a budget in USD (exact to the pico-dollar).
+        max_cost: a budget in USD (exact to the pico-dollar). endpoint: every line's `url` must be this one
+        (the Batch API's `endpoint`; a short-form line counts as the endpoint of its kind).
     """
 
     keep_valid: bool = False
@@ -51,6 +52,7 @@ class SubmitOptions:
     completion_window: float | None = None
     idempotency_key: str | None = None
     max_cost: Decimal | None = None
+    endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.completion_window is not None:
@@ -68,8 +70,9 @@ class SubmitOptions:
 
     def fingerprint(self) -> str:
         """The options an idempotency key is bound to: every one that changes what the batch does."""
-        return json.dumps([self.keep_valid, self.drop_unsupported_params, self.metadata, self.completion_window,
-                           str(self.max_cost) if self.max_cost is not None else None], sort_keys=True)
+        bound = [self.keep_valid, self.drop_unsupported_params, self.metadata, self.completion_window,
+                 str(self.max_cost) if self.max_cost is not None else None]
+        return json.dumps(bound + ([self.endpoint] if self.endpoint else []), sort_keys=True)
 
 
 def parse_duration(text: str | None, option: str = "--completion-window") -> float | None:
