@@ -171,8 +171,9 @@ def start(ctx: BatchContext, record: BatchRecord) -> BatchRecord:
     options = SubmitOptions(metadata={TENANT_TAG: record.tenant}, completion_window=WINDOW,
                             idempotency_key=f"api {record.tenant} {record.id}", endpoint=record.endpoint,
                             max_cost=Decimal(record.budget) if record.budget else None)
+    registry = ctx.registry()  # (a broken registry file is the operator's 500, not the tenant's failed batch)
     try:
-        submission = submit(ctx.conn, ctx.settings, ctx.registry(), ctx.files.lines(meta), options, batch_id=record.id)
+        submission = submit(ctx.conn, ctx.settings, registry, ctx.files.lines(meta), options, batch_id=record.id)
     except SubmissionRejected as exc:
         return fail(ctx, record, line_errors(exc.errors))
     except OTBError as exc:  # too many lines, Redis full or read-only

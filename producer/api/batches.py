@@ -67,7 +67,7 @@ async def create_batch(request: Request, tenant: Tenant = Depends(current_tenant
                        param="Idempotency-Key")
     ctx = _ctx(request)
     record = await run_in_threadpool(create, ctx, tenant, params, key, _retried(request))
-    return await run_in_threadpool(show, ctx, record, inline=False)
+    return await run_in_threadpool(show, ctx, record, inline=True)  # (a batch done already is finalized now)
 
 
 @router.get("", summary="List your batches (cursor pages, newest first)")

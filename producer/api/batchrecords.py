@@ -228,9 +228,10 @@ class BatchRecords:
         for bid, tenant in self.conn.hscan_iter(self.keys.api_open, count=500):
             yield text(bid), text(tenant)
 
-    def tenant_of_open(self, bid: str) -> str | None:
-        got = self.conn.hget(self.keys.api_open, bid)
-        return None if got is None else text(got)
+    def tenants_of_open(self, bids: list[str]) -> list[str | None]:
+        """The tenant of each of `bids` that is an open API batch, else None."""
+        got = self.conn.hmget(self.keys.api_open, bids) if bids else []
+        return [None if t is None else text(t) for t in got]
 
     def forget_open(self, bid: str) -> None:
         self.conn.hdel(self.keys.api_open, bid)

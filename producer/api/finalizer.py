@@ -177,14 +177,16 @@ class Finalizer(threading.Thread):
         """Wait for batch ends and settle those that are open API batches; the stream position after them."""
         got = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], self.ctx.conn.xread(
             {self.ctx.records.keys.all_events: last}, count=500, block=BLOCK_MS))
+        ended: list[str] = []
         for _, entries in got or []:
             for entry_id, fields in entries:
                 last = text(entry_id)
-                entry = {text(k): text(v) for k, v in fields.items()}
-                if entry.get("status") in ENDED:
-                    tenant = self.ctx.records.tenant_of_open(entry.get("batch", ""))
-                    if tenant is not None:
-                        settle(self.ctx, tenant, entry["batch"])
+                if text(fields.get(b"status", b"")) in ENDED:
+                    ended.append(text(fields.get(b"batch", b"")))
+        # most ends are other batches' (each call is a batch): one HMGET tells which are API batches
+        for bid, tenant in zip(ended, self.ctx.records.tenants_of_open(ended)):
+            if tenant is not None:
+                settle(self.ctx, tenant, bid)
         return last
 
     def sweep(self) -> None:

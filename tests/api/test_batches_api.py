@@ -17,7 +17,7 @@ import openai
 import pytest
 from openai.types import Batch
 
-from bench.harness import otb
+from bench.harness import RedisServer, otb
 
 from .conftest import create_key, sdk
 
@@ -282,3 +282,79 @@ def test_a_finalize_that_died_is_finished_by_another_server_with_one_set_of_file
     listed = [f.id for f in client.files.list(purpose="batch_output")]
     assert listed == [done.output_file_id]
     assert len(content_lines(client, done.output_file_id)) == 2
+
+
+def test_a_batch_whose_window_ends_is_expired_with_the_rest_in_the_error_file(live, acme, api_redis):
+    created = create(acme, upload(acme, jsonl(*[line(f"e{i}", f"#emu:slow=1500 hello {i}") for i in range(400)])))
+    api_redis.client().zadd("otb:deadlines", {created.id: 1})  # its window ends now (the workers' janitor reads this)
+    batch = settled(acme, created.id, timeout=40)
+    assert batch.status == "expired" and batch.expired_at and batch.completed_at is None and batch.request_counts
+    output, errors = content_lines(acme, batch.output_file_id), content_lines(acme, batch.error_file_id)
+    assert len(output) + len(errors) == 400 == batch.request_counts.total
+    assert len(errors) == batch.request_counts.failed > 0 and {x["error"]["code"] for x in errors} == {"batch_expired"}
+
+
+def ctx_of(api_redis: RedisServer):  # type: ignore[no-untyped-def]
+    """The server's stores, in this process, over the same Redis (what a second server would hold)."""
+    from producer.api.batchcontext import BatchContext
+    from worker.settings import Settings
+
+    return BatchContext.of(api_redis.client(), Settings(redis_url=api_redis.url))
+
+
+def test_two_finalizers_at_once_leave_one_set_of_files_and_one_final_event(live, env, api_redis):
+    from producer.api import batchcontext
+    from producer.api.finalizer import _finish
+
+    client = sdk(live, create_key(env, "twice"))
+    conn = api_redis.client()
+    batch = create(client, upload(client, jsonl(line("a", "#emu:slow=500 hi"), line("b", "#emu:fail=400 no"))))
+    lock = f"otb:tenant:twice:batch:{batch.id}:lock"
+    assert conn.set(lock, "elsewhere", nx=True, px=30_000)  # keeps the server's own finalizer off it
+    deadline = time.monotonic() + 30
+    while conn.hget(f"otb:batch:{batch.id}", "status") != b"completed" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ctx = ctx_of(api_redis)
+    record, engine = ctx.records.get("twice", batch.id), ctx.store.status(batch.id)
+    announced: list[tuple[str, str, str]] = []
+    batchcontext.on_final.append(lambda *args: announced.append(args))
+    try:
+        start = threading.Barrier(4)
+        results: list[Any] = []
+
+        def race() -> None:
+            start.wait()
+            results.append(_finish(ctx, record, engine, "completed"))  # type: ignore[arg-type]
+
+        threads = [threading.Thread(target=race) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        batchcontext.on_final.clear()
+        conn.delete(lock)
+    final = retrieve(client, batch.id)
+    assert final.status == "completed" and announced == [("twice", batch.id, "completed")]
+    assert {r.output_file_id for r in results} == {final.output_file_id}  # the losers see the winner's record
+    assert sorted(f.id for f in client.files.list(purpose="batch_output")) == sorted(
+        [final.output_file_id, final.error_file_id])
+    kept = {k.decode().split(":")[4] for k in conn.scan_iter("otb:tenant:twice:file:*:data")}
+    assert kept == {batch.input_file_id, final.output_file_id, final.error_file_id}  # the losers' staged bytes are gone
+
+
+def test_a_batch_left_validating_by_a_dead_server_is_validated_again(live, env, api_redis):
+    from producer.api.batchrecords import BatchRecord, new_batch_id
+    from producer.api.finalizer import Finalizer
+
+    client = sdk(live, create_key(env, "phoenix"))
+    file_id = upload(client, jsonl(line("a"), line("b")))
+    ctx = ctx_of(api_redis)
+    dead = BatchRecord(new_batch_id(), "phoenix", "/v1/chat/completions", file_id, int(time.time()))
+    ctx.records.create(dead, None, "a-server-that-died", 200)  # it never submitted; its lock lapses at once
+    assert retrieve(client, dead.id).status == "validating"
+    time.sleep(0.3)
+    Finalizer(ctx).sweep()  # what every server's finalizer does every few seconds
+    batch = settled(client, dead.id)
+    assert batch.status == "completed" and batch.request_counts and batch.request_counts.completed == 2
+    assert [b.id for b in client.batches.list()] == [dead.id]
