@@ -33,6 +33,8 @@ def lost_error(engine: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def openai_status(record: BatchRecord, engine: dict[str, Any] | None) -> str:
+    if record.status == "validating" and "cancelling_at" in record.times:
+        return "cancelling"  # cancelled while its file was read: cancelled as soon as it is submitted
     if record.status != "in_progress":
         return record.status
     if final_status(engine) is not None:

@@ -358,3 +358,21 @@ def test_a_batch_left_validating_by_a_dead_server_is_validated_again(live, env, 
     batch = settled(client, dead.id)
     assert batch.status == "completed" and batch.request_counts and batch.request_counts.completed == 2
     assert [b.id for b in client.batches.list()] == [dead.id]
+
+
+def test_a_batch_nobody_polls_is_finalized_by_the_server_s_own_finalizer(live, acme, api_redis):
+    batch = create(acme, upload(acme, jsonl(line("quiet", "#emu:slow=300 hi"))))
+    assert batch.status == "in_progress"
+    conn, key = api_redis.client(), f"otb:tenant:acme:batch:{batch.id}"
+    deadline = time.monotonic() + 20
+    while conn.hget(key, "status") != b"completed" and time.monotonic() < deadline:  # no GET: only its thread
+        time.sleep(0.05)
+    assert conn.hget(key, "status") == b"completed" and conn.hget(key, "output_file_id")
+    assert not conn.hexists("otb:api:open", batch.id)
+
+
+def test_the_server_logged_no_failure(server):
+    from .conftest import log_of
+
+    text = log_of(server)
+    assert "Traceback" not in text and "failed" not in text and "sk-otb-" not in text

@@ -50,7 +50,7 @@ def test_the_bounds_openai_sets_are_accepted_and_one_past_them_refused():
 
 
 @pytest.mark.parametrize(("phase", "engine_status", "cancel", "shown"), [
-    ("validating", None, False, "validating"), ("failed", None, False, "failed"),
+    ("validating", None, False, "validating"), ("validating", None, True, "cancelling"), ("failed", None, False, "failed"),
     ("in_progress", "in_progress", False, "in_progress"), ("in_progress", "in_progress", True, "cancelling"),
     ("in_progress", "cancelling", False, "cancelling"), ("in_progress", "expiring", False, "in_progress"),
     ("in_progress", "completed", False, "finalizing"), ("in_progress", "cancelled", True, "finalizing"),
