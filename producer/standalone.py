@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import fakeredis
 import redis
 import redis.asyncio as aioredis
-from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 
@@ -27,6 +26,7 @@ from worker.emulator import EmulatorConfig
 from worker.queues import queues_for
 from worker.recovery import Janitor
 from worker.registry import Registry
+from worker.rqworker import InProcessWorker
 from worker.settings import Settings
 
 from .local import emulated
@@ -34,7 +34,7 @@ from .local import emulated
 WORKER_TTL = 20  # seconds: the thread's worker notices a stop within WORKER_TTL - 15 (RQ's dequeue timeout)
 
 
-class ThreadWorker(SimpleWorker):
+class ThreadWorker(InProcessWorker):
     """An RQ worker on a thread of the serving process. Jobs run on its thread (a fork would not
     share the in-memory Redis), the job timeout is a timer (SIGALRM reaches only the main thread),
     and SIGINT/SIGTERM stay with the server."""
