@@ -47,6 +47,9 @@ owner recorded in the value. API keys are never stored, only their SHA-256.
     {p}:tenant:{name}:batch:{id}:lock STRING  the server creating or finalizing that batch (a lease)
     {p}:tenant:{name}:batch-key:{sha} STRING  an Idempotency-Key's batch id and the digest of its parameters
     {p}:api:open                      HASH    batch id -> tenant, for Batch API batches not final yet
+    {p}:webhook:{event id}            HASH    a batch event for a tenant's webhook: body, state, attempts
+    {p}:webhook:once:{batch}:{status} STRING  the event announced for that batch's end (announced once)
+    {p}:webhooks:due                  ZSET    event ids by their next delivery attempt (unix s)
 """
 
 from __future__ import annotations
@@ -191,3 +194,13 @@ class Keys:
     @property
     def api_open(self) -> str:
         return f"{self.prefix}:api:open"
+    # -- the HTTP API: webhook events and their deliveries (producer/api/webhooks.py) ------------
+    def webhook(self, event_id: str) -> str:
+        return f"{self.prefix}:webhook:{event_id}"
+
+    def webhook_once(self, batch_id: str, status: str) -> str:
+        return f"{self.prefix}:webhook:once:{batch_id}:{status}"
+
+    @property
+    def webhooks_due(self) -> str:
+        return f"{self.prefix}:webhooks:due"

@@ -47,6 +47,7 @@ class Settings:
     max_lines: int = 100_000
     redis_wait_replicas: int = 0  # OTB_REDIS_WAIT_REPLICAS: each commit waits for this many replicas (WAIT)
     redis_wait_ms: int = 100  # ... at most this long (OTB_REDIS_WAIT_MS)
+    webhook_retry_ms: int = 5000  # OTB_WEBHOOK_RETRY_MS: a webhook's first retry wait, doubled per failure
     # Provider -> base URL, from each adapter's BASE_URL_ENV (OTB_<PROVIDER>_BASE_URL); unset: its default.
     base_urls: Mapping[str, str] = field(default_factory=dict)
 
@@ -79,6 +80,7 @@ class Settings:
             max_lines=_int(env, "OTB_MAX_LINES", 100_000),
             redis_wait_replicas=_int(env, "OTB_REDIS_WAIT_REPLICAS", 0, allow_zero=True),
             redis_wait_ms=_int(env, "OTB_REDIS_WAIT_MS", 100),
+            webhook_retry_ms=_int(env, "OTB_WEBHOOK_RETRY_MS", 5000),
         )
 
     def base_url(self, provider: str) -> str:

@@ -2,12 +2,14 @@
 
 `on_final` is the one place to learn that an API batch has reached its final OpenAI status
 (`completed`, `failed`, `expired`, `cancelled`): every hook is called as `hook(tenant, batch_id,
-status)`, once per batch, by the server that made it final, right after that became visible in
-Redis (its output files included). Wiring webhooks is one line:
-`batchcontext.on_final.append(send_webhook)`. A hook runs in the finalizer's thread (or the create
-request's, for a file that fails validation) and must not block for long; an exception in it is
-logged and ignored. A server that dies between the commit and the hook loses that call: a hook that
-must not miss one should record it in Redis first thing.
+status)` by the server that made it final, right after that became visible in Redis (its output
+files included). Wiring webhooks is one line, in create_app:
+`batchcontext.on_final.append(lambda t, b, s: webhooks.announce(conn, settings, t, b, s))`.
+The batch leaves the open index only after its hooks ran, so a server that dies in between leaves
+it to another server's sweep, which calls them again: at least once per batch, so a hook must be
+idempotent (webhooks.announce is). A hook runs in the finalizer's thread (or the create request's,
+for a file that fails validation) and must not block for long; an exception in it is logged and
+ignored.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ class BatchContext:
         store = Store.of(conn, settings)
         return cls(conn, settings, store, FileStore(conn, settings.key_prefix),
                    BatchRecords(conn, store.keys, settings.result_ttl), KeyStore(conn, settings.key_prefix))
+
+    def ended(self, tenant: str, batch_id: str, status: str) -> None:
+        """A batch made final: tell the hooks, then take it off the open index (not before: see above)."""
+        announce(tenant, batch_id, status)
+        self.records.forget_open(batch_id)
 
     def registry(self) -> Registry:
         """The registry as the file is now (reloaded when it changes, as workers do)."""

@@ -30,7 +30,7 @@ from worker.errors import InvalidRequest, OTBError
 from worker.pricing import from_pico
 from worker.schemas import CHAT_URL, EMBEDDINGS_URL
 
-from .batchcontext import BatchContext, announce
+from .batchcontext import BatchContext
 from .batchlock import BatchLock
 from .batchrecords import WINDOW, BatchRecord, Claim, new_batch_id
 from .calls import TENANT_TAG
@@ -193,7 +193,7 @@ def fail(ctx: BatchContext, record: BatchRecord, errors: list[dict[str, Any]]) -
     failed = ctx.records.update(record, "validating", status="failed", failed_at=int(clock.now()), errors=errors)
     if failed is None:
         return ctx.records.get(record.tenant, record.id) or record
-    announce(record.tenant, record.id, "failed")
+    ctx.ended(record.tenant, record.id, "failed")
     return failed
 
 

@@ -8,7 +8,8 @@ Both share one id, `batch_` + the creation time in milliseconds + random hex, so
 by time and its index is read by range after a cursor id, as files are.
 
 A record lives `OTB_RESULT_TTL` (as long as its engine batch); `{p}:api:open` names the records not
-final yet, for the finalizers of every `otb serve`. A create and its Idempotency-Key land in one
+final yet (or final, but whose `on_final` hooks have not run yet), for the finalizers of every
+`otb serve`. A create and its Idempotency-Key land in one
 transaction, so two creates with one key make one batch.
 """
 
@@ -175,8 +176,6 @@ class BatchRecords:
                     pipe.hset(key, mapping=fields)
                     if also is not None:
                         also(pipe)
-                    if changed.status in FINAL:
-                        pipe.hdel(self.keys.api_open, record.id)
                     pipe.execute()
                     return changed
                 except redis.WatchError:
@@ -234,4 +233,5 @@ class BatchRecords:
         return [None if t is None else text(t) for t in got]
 
     def forget_open(self, bid: str) -> None:
+        """Off the open index: a final batch leaves it once its hooks have run (context.ended)."""
         self.conn.hdel(self.keys.api_open, bid)

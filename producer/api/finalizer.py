@@ -30,7 +30,7 @@ from worker import clock
 from worker.pricing import to_pico
 
 from . import batchcreate
-from .batchcontext import BatchContext, announce
+from .batchcontext import BatchContext
 from .batchlock import BatchLock
 from .batchobject import ENDED, figures, final_status, lost_error
 from .batchrecords import BatchRecord
@@ -90,7 +90,7 @@ def _finish(ctx: BatchContext, record: BatchRecord, engine: dict[str, Any] | Non
         for writer in writers:
             writer.abort()  # another server made it final first: its files are the batch's
         return ctx.records.get(record.tenant, record.id)
-    announce(record.tenant, record.id, final)
+    ctx.ended(record.tenant, record.id, final)
     return done
 
 
@@ -114,7 +114,8 @@ def write_outputs(ctx: BatchContext, record: BatchRecord) -> tuple[FileWriter, F
 
 
 def settle(ctx: BatchContext, tenant: str, bid: str) -> None:
-    """Move one open batch on: finalize it if the engine is done, validate it again if its creator died."""
+    """Move one open batch on: finalize it if the engine is done, validate it again if its creator died,
+    run the hooks of one made final by a server that died before it could."""
     record = ctx.records.get(tenant, bid)
     if record is None:
         ctx.records.forget_open(bid)  # expired
@@ -123,7 +124,7 @@ def settle(ctx: BatchContext, tenant: str, bid: str) -> None:
     elif record.status == "validating":
         resume(ctx, record)
     else:
-        ctx.records.forget_open(bid)
+        ctx.ended(tenant, bid, record.status)
 
 
 def resume(ctx: BatchContext, record: BatchRecord) -> None:

@@ -113,3 +113,22 @@ def test_ids_sort_by_time_so_pages_are_newest_first():
     first, more = records.page("acme", after=None, limit=20)
     rest, done = records.page("acme", after=first[-1].id, limit=20)
     assert ([r.id for r in first + rest], more, done) == (made[::-1], True, False)
+
+
+def test_hooks_run_again_for_a_batch_made_final_by_a_server_that_died_before_them():
+    from producer.api import batchcontext
+    from producer.api.batchcontext import BatchContext
+    from producer.api.finalizer import Finalizer
+    from worker.settings import Settings
+
+    ctx = BatchContext.of(fakeredis.FakeRedis(), Settings())
+    rec, _ = ctx.records.create(record("validating"), None, "me", 1000)
+    assert ctx.records.update(rec, "validating", status="failed", failed_at=1) is not None  # ... then it died
+    calls: list[tuple[str, str, str]] = []
+    batchcontext.on_final.append(lambda *args: calls.append(args))
+    try:
+        Finalizer(ctx).sweep()
+        Finalizer(ctx).sweep()
+    finally:
+        batchcontext.on_final.clear()
+    assert calls == [("acme", rec.id, "failed")] and list(ctx.records.open_batches()) == []
