@@ -46,7 +46,8 @@ owner recorded in the value. API keys are never stored, only their SHA-256.
                                               and final figures (the engine's own batch is {p}:batch:{id})
     {p}:tenant:{name}:batch:{id}:lock STRING  the server creating or finalizing that batch (a lease)
     {p}:tenant:{name}:batch-key:{sha} STRING  an Idempotency-Key's batch id and the digest of its parameters
-    {p}:api:open                      HASH    batch id -> tenant, for Batch API batches not final yet
+    {p}:api:open                      HASH    batch id -> tenant, for Batch API batches not final yet (or
+                                              final, their on_final hooks not run yet)
     {p}:webhook:{event id}            HASH    a batch event for a tenant's webhook: body, state, attempts
     {p}:webhook:once:{batch}:{status} STRING  the event announced for that batch's end (announced once)
     {p}:webhooks:due                  ZSET    event ids by their next delivery attempt (unix s)
