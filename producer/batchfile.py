@@ -34,6 +34,9 @@ MAX_CUSTOM_ID = 256
 MAX_DEPTH = 64
 BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
+# Byte-order marks of the encodings Windows tools save "Unicode" text in (UTF-32 first: it starts like UTF-16).
+WIDE_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
+             b"\xfe\xff": "UTF-16"}
 EXPECTED = "expected JSONL, one request per line"
 
 
@@ -64,7 +67,8 @@ class LineError:
         return {"line": self.number, "custom_id": self.custom_id, **self.error.to_openai()}
 
     def __str__(self) -> str:
-        return f"line {self.number}: {json.dumps(self.error.to_openai())}"
+        where = f"line {self.number}" if self.number else "file"  # 0: about the whole file (it is empty)
+        return f"{where}: {json.dumps(self.error.to_openai())}"
 
 
 @dataclass
@@ -133,6 +137,12 @@ def stream_batch(
             out.errors.append(LineError(number, None, NotJsonl(f"the file is gzip-compressed: {EXPECTED} "
                                                                "(decompress it first, e.g. gunzip -c FILE)")))
             break
+        wide = _wide_encoding(raw) if count == 1 else None
+        if wide:
+            out.errors.append(LineError(number, None, NotJsonl(
+                f"the file is {wide}-encoded: {EXPECTED} in UTF-8 (convert it first, e.g. "
+                f"iconv -f {wide} -t UTF-8 FILE > FILE.utf8.jsonl)")))
+            break
         try:
             line = _parse_line(number, raw, limits)
             if line.custom_id in first_seen:
@@ -152,6 +162,17 @@ def stream_batch(
     if count == 0:
         out.errors.append(LineError(0, None, InvalidRequest("the batch is empty: it has no request lines")))
     out.digest = digest.hexdigest()
+
+
+def _wide_encoding(first: bytes) -> str | None:
+    """UTF-16 or UTF-32 text, told by its byte-order mark or, without one, by the NUL bytes that ASCII
+    text has in every other byte in those encodings (no valid UTF-8 JSON line holds a NUL)."""
+    for bom, name in WIDE_BOMS.items():
+        if first.startswith(bom):
+            return name
+    if b"\x00" in first[:64]:
+        return "UTF-32" if first[:64].count(b"\x00") > len(first[:64]) // 2 else "UTF-16"
+    return None
 
 
 def _numbered(raw_lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:

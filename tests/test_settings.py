@@ -41,6 +41,7 @@ EVERY: dict[str, tuple[str, str, Any]] = {
     "OTB_MAX_LINES": ("10", "max_lines", 10),
     "OTB_REDIS_WAIT_REPLICAS": ("1", "redis_wait_replicas", 1),
     "OTB_REDIS_WAIT_MS": ("250", "redis_wait_ms", 250),
+    "OTB_WEBHOOK_RETRY_MS": ("100", "webhook_retry_ms", 100),
 }
 WHOLE_NUMBERS = [name for name, (_, _, held) in EVERY.items() if isinstance(held, (int, float))]
 ZERO_ALLOWED = {"OTB_CONCURRENCY_PER_MODEL", "OTB_CONCURRENCY_PER_PROVIDER",  # 0: no cap of its own

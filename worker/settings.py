@@ -47,6 +47,7 @@ class Settings:
     max_lines: int = 100_000
     redis_wait_replicas: int = 0  # OTB_REDIS_WAIT_REPLICAS: each commit waits for this many replicas (WAIT)
     redis_wait_ms: int = 100  # ... at most this long (OTB_REDIS_WAIT_MS)
+    webhook_retry_ms: int = 5000  # OTB_WEBHOOK_RETRY_MS: a webhook's first retry wait, doubled per failure
     # Provider -> base URL, from each adapter's BASE_URL_ENV (OTB_<PROVIDER>_BASE_URL); unset: its default.
     base_urls: Mapping[str, str] = field(default_factory=dict)
     # Routes (worker/routes.py). A completion window at least `auto_min_window` long makes `auto` the
@@ -56,8 +57,7 @@ class Settings:
     # seconds (OTB_FLEX_TIMEOUT, 900: flex targets 1-15 min); a shed flex call (429/503) is retried in flex
     # for at most `flex_max_wait` s (OTB_FLEX_MAX_WAIT, 1200), never past half the chunk job's timeout less
     # one flex call, and only while the window, less its margin and one flex call, allows; then it is sent
-    # standard. The margin (OTB_NATIVE_MARGIN) is a share of
-    # the window (`10%`, the default) or seconds (`600`).
+    # standard. The margin (OTB_NATIVE_MARGIN) is a share of the window (`10%`, the default) or seconds (`600`).
     auto_min_window: float = 3600.0
     gemini_native_min_window: float = 86400.0
     flex_timeout: float = 900.0
@@ -101,6 +101,7 @@ class Settings:
             flex_max_wait=float(_int(env, "OTB_FLEX_MAX_WAIT", 1200, allow_zero=True)),
             native_margin_share=margin[0],
             native_margin_seconds=margin[1],
+            webhook_retry_ms=_int(env, "OTB_WEBHOOK_RETRY_MS", 5000),
         )
 
     def base_url(self, provider: str) -> str:

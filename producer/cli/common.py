@@ -128,6 +128,7 @@ def print_line_errors(errors: list[LineError], registry: Registry, suffix: str =
     """The first MAX_LISTED bad lines on stderr, then a count: a CSV file must not print 20,000 lines."""
     from producer.batchfile import EXPECTED, NotJsonl
 
+    errors = [e for e in errors if e.number]  # line 0 is about the whole file: its caller says it once
     for err in errors[:MAX_LISTED]:
         click.echo(f"{err}{suffix}{_did_you_mean(err, registry)}", err=True)
     if len(errors) > MAX_LISTED:

@@ -95,6 +95,9 @@ def estimate(file: str, mode: str | None, completion_window: str | None, as_json
         parsed = read_batch(lines, registry, drop_unsupported=True,
                             limits=Limits(settings.max_line_bytes, settings.max_lines), mode=chosen)
     print_line_errors(parsed.errors, registry, " (not counted)")
+    if not parsed.lines:
+        raise click.ClickException("the file has no request lines" if not parsed.errors or parsed.errors[0].number == 0
+                                   else "no line is valid: nothing to estimate (fix them)")
     data = run_estimate(parsed, registry, mode=chosen, window=options.completion_window, settings=settings)
     if as_json:
         click.echo(dumps(data))

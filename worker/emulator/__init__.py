@@ -21,6 +21,10 @@ Modules: server.py (the app, background and foreground runners), pipeline.py (wh
 through), faults.py (markers, random faults, latency), state.py (counts, caches, rate windows),
 anthropic.py + anthropic_checks.py and google.py (one per wire format), schema.py (sample values
 from a JSON schema), core.py (config, the error an answer raises, the token rule).
+
+Native batch APIs (answers from the same realtime code): anthropic_batches.py (Message Batches),
+google_batches.py (Batch Mode), google_files.py (the resumable Files API), over batch_jobs.py (a job's
+clock-driven timeline, the `#emu:batch-*` markers, the store) and batch_pipeline.py (control calls).
 """
 
 from __future__ import annotations
