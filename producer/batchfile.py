@@ -4,8 +4,9 @@ OpenAI line:  {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"
 Short form:   {"custom_id"?: "a", "model": "...", "messages": [...] | "input": ..., ...body fields}
 
 Every line is checked before anything is stored: JSON, shape, model id (against the registry),
-endpoint vs model kind, duplicate custom_ids, and the model's own request rules (the adapter's
-translation is pure, so running it here costs nothing and catches a rejected parameter early).
+endpoint vs model kind, duplicate custom_ids, the model's own request rules (the adapter's
+translation is pure, so running it here costs nothing and catches a rejected parameter early) and
+whether the batch's mode can run the line (`--mode flex` and a model without a flex tier).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from worker.errors import InvalidRequest, OTBError, RequestFailed
 from worker.providers import ADAPTERS
 from worker.registry import Registry
+from worker.routes import REALTIME, refusal
 from worker.schemas import CHAT_URL, EMBEDDINGS_URL, KIND_BY_URL, chat_request, embedding_request
 
 OPENAI_LINE_KEYS = {"custom_id", "method", "url", "body"}
@@ -91,6 +93,7 @@ def read_batch(
     drop_unsupported: bool = False,
     limits: Limits = Limits(),
     keep_bodies: bool = True,
+    mode: str = REALTIME,
 ) -> ParsedBatch:
     """Validate every line; the result holds the good lines and every bad one with its reason.
 
@@ -99,7 +102,7 @@ def read_batch(
     """
     out = ParsedBatch()
     for _ in stream_batch(raw_lines, registry, out, drop_unsupported=drop_unsupported, limits=limits,
-                          keep_bodies=keep_bodies):
+                          keep_bodies=keep_bodies, mode=mode):
         pass
     return out
 
@@ -112,6 +115,7 @@ def stream_batch(
     drop_unsupported: bool = False,
     limits: Limits = Limits(),
     keep_bodies: bool = False,
+    mode: str = REALTIME,
     endpoint: str | None = None,
 ) -> Iterator[Line]:
     """The one pass over a file: validate line by line and yield each good line, body included, as
@@ -152,7 +156,7 @@ def stream_batch(
                     f'duplicate custom_id "{line.custom_id}" (first used on line {first_seen[line.custom_id]})',
                     param="custom_id",
                 )
-            _check_against_registry(line, registry, drop_unsupported)
+            _check_against_registry(line, registry, drop_unsupported, mode)
         except RequestFailed as error:
             cid, model = _ids_of(raw)
             out.errors.append(LineError(number, cid, error, model))
@@ -292,7 +296,7 @@ def _custom_id(value: Any, number: int, *, required: bool) -> str:
     return value
 
 
-def _check_against_registry(line: Line, registry: Registry, drop_unsupported: bool) -> None:
+def _check_against_registry(line: Line, registry: Registry, drop_unsupported: bool, mode: str = REALTIME) -> None:
     assert line.body is not None  # a line just parsed always has its body
     model = line.body.get("model")
     if not isinstance(model, str) or not model:
@@ -305,6 +309,9 @@ def _check_against_registry(line: Line, registry: Registry, drop_unsupported: bo
         adapter.prepare_chat(chat_request(line.body), spec, api_version=api_version, drop_unsupported=drop_unsupported)
     else:
         adapter.prepare_embeddings(embedding_request(line.body), spec, api_version=api_version)
+    refused = refusal(mode, spec, kind, line.body)
+    if refused:
+        raise InvalidRequest(refused, param="mode")
 
 
 def _ids_of(raw: bytes) -> tuple[str | None, str | None]:

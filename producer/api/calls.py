@@ -93,7 +93,8 @@ class Calls:
     def submit(self, tenant: Tenant, call: Call) -> str:
         """The call as a one-request batch, through the one submit path (errors identical to `otb submit`)."""
         raw = json.dumps({"custom_id": CALL_ID, "method": "POST", "url": call.url, "body": call.body}).encode()
-        options = SubmitOptions(metadata={TENANT_TAG: tenant.name}, completion_window=self.timeout)
+        options = SubmitOptions(metadata={TENANT_TAG: tenant.name}, completion_window=self.timeout,
+                                mode="realtime")  # a caller waits: never a slower route (a line's own service_tier may ask)
         registry = current_registry(self.settings.registry_path)
         try:
             return submit(self.conn, self.call_settings, registry, [raw], options).batch_id

@@ -14,6 +14,8 @@ Test markers, found anywhere in the raw request body:
     #emu:malformed                200 with a truncated JSON body
     #emu:slow=<ms>                extra latency
     #emu:retry-after=<s>          retry-after / RetryInfo sent on 429 and 529
+    #emu:shed[:429]               every Gemini flex call (serviceTier flex) shed with 503 (or 429)
+    #emu:shed-first=<n>[:429]     the first n flex calls of the body shed; standard calls answer
 
 Modules: server.py (the app, background and foreground runners), pipeline.py (what every call goes
 through), faults.py (markers, random faults, latency), state.py (counts, caches, rate windows),
