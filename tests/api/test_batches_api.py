@@ -294,16 +294,15 @@ def test_a_batch_whose_window_ends_is_expired_with_the_rest_in_the_error_file(li
     assert len(errors) == batch.request_counts.failed > 0 and {x["error"]["code"] for x in errors} == {"batch_expired"}
 
 
-def ctx_of(api_redis: RedisServer):  # type: ignore[no-untyped-def]
+def ctx_of(api_redis: RedisServer, hooks=None):  # type: ignore[no-untyped-def]
     """The server's stores, in this process, over the same Redis (what a second server would hold)."""
     from producer.api.batchcontext import BatchContext
     from worker.settings import Settings
 
-    return BatchContext.of(api_redis.client(), Settings(redis_url=api_redis.url))
+    return BatchContext.of(api_redis.client(), Settings(redis_url=api_redis.url), hooks=hooks)
 
 
 def test_two_finalizers_at_once_leave_one_set_of_files_and_one_final_event(live, env, api_redis):
-    from producer.api import batchcontext
     from producer.api.finalizer import _finish
 
     client = sdk(live, create_key(env, "twice"))
@@ -314,10 +313,9 @@ def test_two_finalizers_at_once_leave_one_set_of_files_and_one_final_event(live,
     deadline = time.monotonic() + 30
     while conn.hget(f"otb:batch:{batch.id}", "status") != b"completed" and time.monotonic() < deadline:
         time.sleep(0.05)
-    ctx = ctx_of(api_redis)
-    record, engine = ctx.records.get("twice", batch.id), ctx.store.status(batch.id)
     announced: list[tuple[str, str, str]] = []
-    batchcontext.on_final.append(lambda *args: announced.append(args))
+    ctx = ctx_of(api_redis, hooks=[lambda *args: announced.append(args)])
+    record, engine = ctx.records.get("twice", batch.id), ctx.store.status(batch.id)
     try:
         start = threading.Barrier(4)
         results: list[Any] = []
@@ -332,7 +330,6 @@ def test_two_finalizers_at_once_leave_one_set_of_files_and_one_final_event(live,
         for t in threads:
             t.join()
     finally:
-        batchcontext.on_final.clear()
         conn.delete(lock)
     final = retrieve(client, batch.id)
     assert final.status == "completed" and announced == [("twice", batch.id, "completed")]
@@ -369,6 +366,37 @@ def test_a_batch_nobody_polls_is_finalized_by_the_server_s_own_finalizer(live, a
         time.sleep(0.05)
     assert conn.hget(key, "status") == b"completed" and conn.hget(key, "output_file_id")
     assert not conn.hexists("otb:api:open", batch.id)
+
+
+def test_a_key_with_a_webhook_url_gets_batch_completed_and_cancelled_verified_by_the_sdk(live, env):
+    """Batch ends reach the tenant's webhook, signed so that the SDK's own `webhooks.unwrap()` accepts
+    them, one event per batch end."""
+    from openai.types.webhooks import BatchCancelledWebhookEvent, BatchCompletedWebhookEvent
+
+    from .conftest import api_cli
+    from .test_webhooks_serve import receiver_on_free_port, wait_for
+
+    receiver = receiver_on_free_port()
+    try:
+        made = api_cli(["keys", "create", "hooked", "--json", "--webhook-url", receiver.url("/ok")], env)
+        assert made.returncode == 0, made.stderr.decode()
+        new = json.loads(made.stdout)
+        client = sdk(live, new["key"])
+        done = create(client, upload(client, jsonl(line("a"), line("b"))))
+        stopped = create(client, upload(client, jsonl(line("slow", "#emu:slow=3000 hi"))))
+        client.batches.cancel(stopped.id)
+        assert settled(client, done.id).status == "completed"
+        assert settled(client, stopped.id).status == "cancelled"
+        wait_for(lambda: len(receiver.of("/ok")) >= 2, "two webhook deliveries", 60)
+        time.sleep(0.5)  # a second delivery of either event would arrive now
+        verifier = openai.OpenAI(api_key="unused", webhook_secret=new["webhook_secret"])
+        events = [verifier.webhooks.unwrap(d.body, d.headers) for d in receiver.of("/ok")]
+        by_batch = {e.data.id: e for e in events}
+        assert len(events) == 2 and set(by_batch) == {done.id, stopped.id}
+        assert isinstance(by_batch[done.id], BatchCompletedWebhookEvent)
+        assert isinstance(by_batch[stopped.id], BatchCancelledWebhookEvent)
+    finally:
+        receiver.server.shutdown()
 
 
 def test_the_server_logged_no_failure(server):

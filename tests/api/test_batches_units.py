@@ -116,19 +116,14 @@ def test_ids_sort_by_time_so_pages_are_newest_first():
 
 
 def test_hooks_run_again_for_a_batch_made_final_by_a_server_that_died_before_them():
-    from producer.api import batchcontext
     from producer.api.batchcontext import BatchContext
     from producer.api.finalizer import Finalizer
     from worker.settings import Settings
 
-    ctx = BatchContext.of(fakeredis.FakeRedis(), Settings())
+    calls: list[tuple[str, str, str]] = []
+    ctx = BatchContext.of(fakeredis.FakeRedis(), Settings(), hooks=[lambda *args: calls.append(args)])
     rec, _ = ctx.records.create(record("validating"), None, "me", 1000)
     assert ctx.records.update(rec, "validating", status="failed", failed_at=1) is not None  # ... then it died
-    calls: list[tuple[str, str, str]] = []
-    batchcontext.on_final.append(lambda *args: calls.append(args))
-    try:
-        Finalizer(ctx).sweep()
-        Finalizer(ctx).sweep()
-    finally:
-        batchcontext.on_final.clear()
+    Finalizer(ctx).sweep()
+    Finalizer(ctx).sweep()
     assert calls == [("acme", rec.id, "failed")] and list(ctx.records.open_batches()) == []
