@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import fakeredis
 import redis
 import redis.asyncio as aioredis
-from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 
@@ -27,6 +26,8 @@ from worker.emulator import EmulatorConfig
 from worker.queues import queues_for
 from worker.recovery import Janitor
 from worker.registry import Registry
+from worker.native import NativePoller
+from worker.rqworker import InProcessWorker
 from worker.settings import Settings
 
 from .local import emulated
@@ -34,7 +35,7 @@ from .local import emulated
 WORKER_TTL = 20  # seconds: the thread's worker notices a stop within WORKER_TTL - 15 (RQ's dequeue timeout)
 
 
-class ThreadWorker(SimpleWorker):
+class ThreadWorker(InProcessWorker):
     """An RQ worker on a thread of the serving process. Jobs run on its thread (a fork would not
     share the in-memory Redis), the job timeout is a timer (SIGALRM reaches only the main thread),
     and SIGINT/SIGTERM stay with the server."""
@@ -81,4 +82,7 @@ def standalone(settings: Settings, registry: Registry, config: EmulatorConfig | 
         janitor = Janitor(lambda: conn, settings)  # parked requests resume, lapsed leases and windows end
         janitor.start()
         stack.callback(janitor.stopped.set)
+        poller = NativePoller(lambda: conn, settings)  # native batches (a 24 h API batch's Claude lines)
+        poller.start()
+        stack.callback(poller.stopped.set)
         yield Standalone(settings, conn, server, settings.base_url("anthropic"))

@@ -60,11 +60,14 @@ def test_realtime_mode_sends_everything_standard(registry: Registry) -> None:
 
 def test_flex_mode_sends_gemini_chat_to_flex_with_its_allowance(registry: Registry) -> None:
     route = plan(registry, "flex", "google/gemini-3-flash")
-    assert route.name == "flex" and route.flex_for == S.flex_max_wait  # no window: OTB_FLEX_MAX_WAIT
+    # no window: OTB_FLEX_MAX_WAIT (1200), but the chunk must end within its job: 3600 / 2 - 900 (one flex call)
+    assert route.name == "flex" and route.flex_for == 900
+    long_jobs = Settings(job_timeout=14400, flex_max_wait=3600)
+    assert plan(registry, "flex", "google/gemini-3-flash", settings=long_jobs).flex_for == 3600
     # a 2 h window with 1 h left: 3600 - 720 (10% margin) - 900 (one flex call) = 1980 s of flex tries
-    assert plan(registry, "flex", "google/gemini-3-flash", window=7200, left=3600).flex_for == 1980
+    assert plan(registry, "flex", "google/gemini-3-flash", window=7200, left=3600, settings=long_jobs).flex_for == 1980
     late = plan(registry, "flex", "google/gemini-3-flash", window=7200, left=1500)
-    assert late.name == "realtime" and "too little of the completion window" in late.meta["route_note"]
+    assert late.name == "realtime" and "no time is left for a flex call" in late.meta["route_note"]
 
 
 def test_a_chat_line_planned_native_in_a_chunk_was_handed_back_and_runs_in_real_time(registry: Registry) -> None:

@@ -52,7 +52,7 @@ def default_mode(window: float | None, settings: Settings) -> str:
 
 def mode_note(mode: str) -> str | None:
     """What a mode does differently from its description today (shown by `otb status`)."""
-    if mode in ("auto", NATIVE):
+    if mode == "auto":
         return f"{NO_NATIVE_YET} for embeddings: they run in real time"
     return None
 
@@ -134,8 +134,8 @@ def plan(mode: str, spec: ModelSpec, kind: str, body: dict[str, Any], settings: 
         return Route(REALTIME, meta, notes=[f"{spec.id} has no flex tier: sent in real time"])
     flex_for = flex_allowance(seconds_left, window, settings)
     if flex_for <= 0:
-        return Route(REALTIME, meta, notes=["too little of the completion window is left for a flex call: "
-                                            "sent standard"])
+        return Route(REALTIME, meta, notes=["no time is left for a flex call within the completion window "
+                                            "(less its margin) or the chunk job's timeout: sent standard"])
     return Route(FLEX, meta, flex_for=flex_for, notes=notes)
 
 
@@ -152,12 +152,13 @@ def mode_route(mode: str, spec: ModelSpec, kind: str, window: float | None, sett
 
 
 def flex_allowance(seconds_left: float | None, window: float | None, settings: Settings) -> float:
-    """Seconds a request may spend on flex tries: OTB_FLEX_MAX_WAIT, and never so long that one more flex
-    call (up to OTB_FLEX_TIMEOUT) could run into the window's margin."""
-    if seconds_left is None or window is None:
-        return settings.flex_max_wait
-    room = seconds_left - settings.window_margin(window) - settings.flex_timeout
-    return max(min(settings.flex_max_wait, room), 0.0)
+    """Seconds a request may spend on flex tries: OTB_FLEX_MAX_WAIT, never so long that one more flex call
+    (up to OTB_FLEX_TIMEOUT) could run into the window's margin, nor past half the chunk job's timeout
+    (the chunk must end within OTB_JOB_TIMEOUT)."""
+    allowed = min(settings.flex_max_wait, settings.job_timeout / 2 - settings.flex_timeout)
+    if seconds_left is not None and window is not None:
+        allowed = min(allowed, seconds_left - settings.window_margin(window) - settings.flex_timeout)
+    return max(allowed, 0.0)
 
 
 def bill(parsed: Parsed, spec: ModelSpec, route: Route, on: dt.date) -> Cost:

@@ -55,13 +55,13 @@ class Settings:
     # shorter than `gemini_native_min_window` (OTB_GEMINI_NATIVE_MIN_WINDOW, 24 h), to Gemini Batch Mode
     # when it is that long (until native batches exist: flex too). A flex call may take `flex_timeout`
     # seconds (OTB_FLEX_TIMEOUT, 900: flex targets 1-15 min); a shed flex call (429/503) is retried in flex
-    # for at most `flex_max_wait` s (OTB_FLEX_MAX_WAIT, 3600) and only while the window, less its margin
-    # and one flex timeout, allows; then it is sent standard. The margin (OTB_NATIVE_MARGIN) is a share of
-    # the window (`10%`, the default) or seconds (`600`).
+    # for at most `flex_max_wait` s (OTB_FLEX_MAX_WAIT, 1200), never past half the chunk job's timeout less
+    # one flex call, and only while the window, less its margin and one flex call, allows; then it is sent
+    # standard. The margin (OTB_NATIVE_MARGIN) is a share of the window (`10%`, the default) or seconds (`600`).
     auto_min_window: float = 3600.0
     gemini_native_min_window: float = 86400.0
     flex_timeout: float = 900.0
-    flex_max_wait: float = 3600.0
+    flex_max_wait: float = 1200.0
     native_margin_share: float | None = 0.10  # OTB_NATIVE_MARGIN as a share of the window ...
     native_margin_seconds: float | None = None  # ... or as seconds (exactly one is set)
     # Native provider batches (worker/native): their poller looks every `native_poll_interval` seconds
@@ -100,13 +100,13 @@ class Settings:
             max_lines=_int(env, "OTB_MAX_LINES", 100_000),
             redis_wait_replicas=_int(env, "OTB_REDIS_WAIT_REPLICAS", 0, allow_zero=True),
             redis_wait_ms=_int(env, "OTB_REDIS_WAIT_MS", 100),
-            webhook_retry_ms=_int(env, "OTB_WEBHOOK_RETRY_MS", 5000),
             auto_min_window=float(_int(env, "OTB_AUTO_MIN_WINDOW", 3600)),
             gemini_native_min_window=float(_int(env, "OTB_GEMINI_NATIVE_MIN_WINDOW", 86400)),
             flex_timeout=float(_int(env, "OTB_FLEX_TIMEOUT", 900)),
-            flex_max_wait=float(_int(env, "OTB_FLEX_MAX_WAIT", 3600, allow_zero=True)),
+            flex_max_wait=float(_int(env, "OTB_FLEX_MAX_WAIT", 1200, allow_zero=True)),
             native_margin_share=margin[0],
             native_margin_seconds=margin[1],
+            webhook_retry_ms=_int(env, "OTB_WEBHOOK_RETRY_MS", 5000),
             native_poll_interval=_seconds(env, "OTB_NATIVE_POLL_INTERVAL", 60.0),
             native_fault=env.get("OTB_NATIVE_FAULT") or "",
         )

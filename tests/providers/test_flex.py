@@ -101,16 +101,16 @@ def test_a_flex_tier_that_keeps_shedding_goes_standard_once_the_allowance_is_spe
 
 def test_the_completion_window_bounds_the_flex_tries(batch) -> None:  # type: ignore[no-untyped-def]
     # a 2 h window with flex calls of up to 5,000 s: 7200 - 720 - 5000 = 1480 s of flex tries, however long
-    # OTB_FLEX_MAX_WAIT. Pauses double from 1 s to the 60 s cap, each less up to 25% jitter, and a Retry-After
+    # OTB_FLEX_MAX_WAIT and the chunk job's timeout allow. Pauses double from 1 s to the 60 s cap, each less up to 25% jitter, and a Retry-After
     # of 1 s does not shorten them: 30 to 38 flex tries, then the standard call
-    lines, _ = batch([chat("w", "down #emu:shed:429")], Settings(flex_timeout=5000), mode="flex",
-                     completion_window=7200)
+    long_calls = Settings(flex_timeout=5000, flex_max_wait=5000, job_timeout=20000)
+    lines, _ = batch([chat("w", "down #emu:shed:429")], long_calls, mode="flex", completion_window=7200)
     meta = lines["w"]["meta"]
     assert meta["route"] == "realtime" and "flex was unavailable (429)" in meta["route_note"]
     assert 31 <= meta["attempts"] <= 39
-    short, _ = batch([chat("x", "no time")], Settings(flex_timeout=5000), mode="flex", completion_window=5500)
+    short, _ = batch([chat("x", "no time")], long_calls, mode="flex", completion_window=5500)  # 5500-550-5000 < 0
     assert short["x"]["meta"]["route"] == "realtime" and short["x"]["meta"]["attempts"] == 1
-    assert "too little of the completion window" in short["x"]["meta"]["route_note"]
+    assert "no time is left for a flex call" in short["x"]["meta"]["route_note"]
 
 
 def test_a_random_shed_rate_is_absorbed_by_flex_retries(registry) -> None:  # type: ignore[no-untyped-def]

@@ -17,11 +17,11 @@ from .. import clock
 from ..registry import ModelSpec
 from ..routes import NATIVE, mode_route, line_tier
 from ..settings import Settings
-from .poller import NativePoller, native_state
+from .poller import NativePoller, native_state, run_until_done
 
 PROVIDERS = ("anthropic", "google")  # those with a batch API this route speaks
 
-__all__ = ["NativePoller", "goes_native", "native_state", "poke", "register", "summary"]
+__all__ = ["NativePoller", "goes_native", "native_state", "poke", "register", "run_until_done", "summary"]
 
 
 def goes_native(mode: str, spec: ModelSpec, kind: str, body: dict[str, Any], window: float | None,

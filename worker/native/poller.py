@@ -28,6 +28,7 @@ import secrets
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -284,6 +285,8 @@ class Step:
                 self.leave(part, self.state.ids(self.bid, part.n), f"{part.provider_id} is unknown to the provider")
                 return
             raise
+        if part.state == CREATED:
+            part.note = ""  # a transient failure before this poll is over (CANCELLING keeps why it cancelled)
         moved = poll.progress != part.progress or poll.status != part.status
         part.polls += 1
         part.quiet = 0 if moved else part.quiet + 1
@@ -316,7 +319,7 @@ class Step:
         unanswered = [cid for i, cid in enumerate(ids) if i not in answered]
         why = {"FAILED": "the job failed", "EXPIRED": "the job expired at the provider"}.get(
             poll.status, f"{part.provider_id} ended {poll.status}")
-        self.leave(part, unanswered, part.note or why)
+        self.leave(part, unanswered, part.note or why)  # the note says why only when lines were left
 
     def commit(self, part: Part, ids: list[str], answers: list[Answer]) -> None:
         """A page of answers, each committed once, in one round trip."""
@@ -350,7 +353,9 @@ class Step:
                                   f"native{part.n}-{int(self.now * 1000)}")
             log.warning("batch %s part %d: %d lines to real time (%s) as %s", self.bid, part.n, len(open_ids), why,
                         ", ".join(jobs[:3]))
-        part.state, part.note = DONE, why
+        part.state = DONE
+        if open_ids:
+            part.note = why
         part.progress = {**part.progress, "to_realtime": len(open_ids)} if open_ids and status not in CLOSED_CODE \
             else part.progress
         self.state.save(self.bid, part)
@@ -405,3 +410,17 @@ class NativePoller(threading.Thread):
                     log.warning("native poller: Redis unavailable (%s); retrying", exc)
                 except Exception:  # never let the poller die silently
                     log.exception("native poller pass failed")
+
+
+def run_until_done(conn: redis.Redis, settings: Settings) -> bool:
+    """Poll every native batch until none is left (in-process runs: `otb run`, `otb demo`, embedded
+    clients, whose burst worker has no poller thread); whether there was any."""
+    state = native_state(conn, settings)
+    if not conn.zcard(state.keys.native_due):
+        return False
+    with httpx.Client(timeout=httpx.Timeout(settings.request_timeout, connect=30.0)) as client:
+        runner = Runner(conn, settings, client)
+        while conn.zcard(state.keys.native_due):
+            if not runner.tick():
+                time.sleep(min(1.0, settings.native_poll_interval / 2))
+    return True
