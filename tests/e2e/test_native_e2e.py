@@ -278,3 +278,34 @@ def test_a_worker_without_the_key_ends_the_lines_with_the_reason(redis_server, e
     got = results(env, status["id"])
     assert status["request_counts"]["errored"] == 2
     assert all("ANTHROPIC_API_KEY is not set" in json.dumps(r) for r in got.values())
+
+
+def test_polling_survives_a_redis_restart_and_a_killed_worker(emulator, spawn_worker, tmp_path: Path) -> None:
+    from bench.harness import RedisServer
+
+    server = RedisServer(tmp_path, appendonly=True)
+    try:
+        conn = server.client()
+        env = worker_env(server.url, emulator.url, OTB_LEASE_TTL="2", **FAST)
+        src = write(tmp_path / "survive.jsonl", [chat(f"v{i}", CLAUDE, f"survive {i}" + (" #emu:batch-delay=4" if i == 0
+                                                                                       else "")) for i in range(5)])
+        first = spawn_worker(env)
+        before = stats(emulator)
+        bid = submit_only(env, src, "--mode", "native")
+        deadline = time.monotonic() + 30
+        while part(conn, bid).get("state") != "created":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.restart(pause=1)  # the worker rides it out; the state is on disk (appendonly)
+        assert part(conn, bid)["state"] == "created"
+        first.kill_all()  # and then it dies mid-poll: another worker takes the batch over
+        spawn_worker(env)
+        assert wait_status(conn, bid) == "completed"
+        calls = stats(emulator) - before
+        assert calls["messages.batches.create"] == 1 and calls.get("messages", 0) == 0
+        got = results(env, bid)
+        assert sorted(got) == [f"v{i}" for i in range(5)] and set(routes_of(got).values()) == {"native/succeeded"}
+        events = [e for _, e in conn.xrange(f"otb:batch:{bid}:events") if e.get(b"type") == b"request"]
+        assert len(events) == 5  # every line committed once
+    finally:
+        server.stop()
