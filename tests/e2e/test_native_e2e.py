@@ -166,6 +166,7 @@ def test_gemini_native_file_mode_equals_realtime_at_half_price(redis_server, emu
     calls = stats(emulator) - before
     assert native["request_counts"]["succeeded"] == 5 and native["succeeded_by_route"]["native"] == 5
     assert calls["batchGenerateContent"] == 1 and calls["files.upload.start"] == 1 and calls["files.download"] == 1
+    assert calls["files.delete"] == 2  # its input and output files, once imported
     assert calls.get("generateContent", 0) == 0, calls
     got, want = results(env, native["id"]), results(env, realtime["id"])
     assert [comparable(got[c]) for c in sorted(got)] == [comparable(want[c]) for c in sorted(want)]

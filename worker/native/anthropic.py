@@ -76,6 +76,9 @@ class AnthropicBatches:
         if r.status_code != 409:  # already ended: nothing to cancel
             checked(r)
 
+    def cleanup(self, part: Part) -> None:
+        """Nothing to do: results stay downloadable for 29 days and count against no quota."""
+
     def results(self, part: Part) -> Iterator[Answer]:
         url = f"{self.base}{wire.PATH}/{part.provider_id}/results"
         with self.client.stream("GET", url, headers=self.headers) as r:

@@ -63,6 +63,9 @@ class BatchApi(Protocol):
     def results(self, part: Part) -> Iterator[Answer]:
         """Every answer of an ended batch (positions not answered are simply absent)."""
 
+    def cleanup(self, part: Part) -> None:
+        """After the import: delete what the provider keeps for us that counts against a quota."""
+
 
 def chunks(spool: IO[bytes], size: int = 1024**2) -> Iterator[bytes]:
     """A spooled body, sent a slice at a time (never whole in memory)."""

@@ -94,6 +94,17 @@ class GeminiBatches:
         if r.status_code != 400:  # FAILED_PRECONDITION: it has ended already
             checked(r)
 
+    def cleanup(self, part: Part) -> None:
+        """Delete the input and output files (20 GB of storage per project); they would expire in 48 h."""
+        names = [part.input_file]
+        try:
+            op = checked(self.client.get(f"{self.base}/{self.version}/{part.provider_id}", headers=self.headers)).json()
+            names.append(wire.responses_file(op) or "")
+            for name in filter(None, names):
+                self.client.delete(f"{self.base}/{self.version}/{name}", headers=self.headers)
+        except (CallFailed, httpx.HTTPError) as exc:
+            log.warning("%s: its files were not deleted (%s); they expire in 48 h", part.provider_id, exc)
+
     def results(self, part: Part) -> Iterator[Answer]:
         """The output file, downloaded to disk; its keys checked against the part before any is handed on:
         a line whose key is unknown, repeated or unreadable is dropped (its request counts as unanswered)."""

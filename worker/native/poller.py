@@ -320,6 +320,7 @@ class Step:
         why = {"FAILED": "the job failed", "EXPIRED": "the job expired at the provider"}.get(
             poll.status, f"{part.provider_id} ended {poll.status}")
         self.leave(part, unanswered, part.note or why)  # the note says why only when lines were left
+        api.cleanup(part)
 
     def commit(self, part: Part, ids: list[str], answers: list[Answer]) -> None:
         """A page of answers, each committed once, in one round trip."""
