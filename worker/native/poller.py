@@ -38,6 +38,7 @@ import redis
 from .. import clock
 from ..errors import BatchClosed, InvalidRequest, MissingApiKey, RequestFailed
 from ..keys import Keys
+from ..providers.anthropic.batches import MAX_REQUESTS
 from ..queues import enqueue_chunks
 from ..recovery import Lease, end_requests
 from ..registry import Registry, current_registry
@@ -110,7 +111,7 @@ class Runner:
         """Group the batch's native lines into provider batches: one per provider, model and shared
         headers, within the provider's limits. A line that cannot go ends errored now, with its reason."""
         groups: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
-        for cid, raw, line in self._lines(bid, batch, registry, self.state.todo(bid)):
+        for cid, raw, line in self.read(bid, batch, registry, self.state.todo(bid)):
             if line is not None:
                 group = line.call.path if line.spec.provider == "google" else json.dumps(line.call.headers,
                                                                                          sort_keys=True)
@@ -122,8 +123,8 @@ class Runner:
         self.state.save_plan(bid, parts)
         log.info("batch %s: %d native lines in %d provider batches", bid, sum(p.count for p, _ in parts), len(parts))
 
-    def _lines(self, bid: str, batch: records.BatchInfo, registry: Registry,
-               ids: list[str]) -> Iterator[tuple[str, int, records.Line | None]]:
+    def read(self, bid: str, batch: records.BatchInfo, registry: Registry,
+             ids: list[str]) -> Iterator[tuple[str, int, records.Line | None]]:
         """(custom_id, stored size, the line ready to send) in pages; None for a line that is done or
         cannot go (that one is ended errored now, once)."""
         for start in range(0, len(ids), PAGE):
@@ -146,8 +147,10 @@ class Runner:
                     records.commit_error(self.store, batch, cid, error, records.meta_of(batch, record))
                     yield cid, 0, None
 
-    def lines_of(self, bid: str, batch: records.BatchInfo, registry: Registry, part: Part) -> Iterator[records.Line | None]:
-        for _, _, line in self._lines(bid, batch, registry, self.state.ids(bid, part.n)):
+    def lines_of(self, bid: str, batch: records.BatchInfo, registry: Registry,
+                 part: Part) -> Iterator[records.Line | None]:
+        """The part's lines in position order, ready to send (None: done, or cannot go)."""
+        for _, _, line in self.read(bid, batch, registry, self.state.ids(bid, part.n)):
             yield line
 
     def api(self, provider: str, registry: Registry) -> BatchApi:
@@ -158,8 +161,6 @@ class Runner:
 
 def _split(members: list[tuple[str, int]]) -> Iterator[list[str]]:
     """Runs of ids within 100,000 requests and MAX_PART_BYTES of stored bodies."""
-    from ..providers.anthropic.batches import MAX_REQUESTS
-
     ids: list[str] = []
     size = 0
     for cid, raw_size in members:
@@ -307,11 +308,16 @@ class Step:
         """The provider batch ended: commit each answer once; what was not answered goes on (or ends)."""
         ids = self.state.ids(self.bid, part.n)
         answered: set[int] = set()
-        unanswered: list[str] = []
         if poll.has_results:
-            for group in _pages(api.results(part), PAGE):
-                answered.update(a.position for a in group if a.kind in (SUCCEEDED, ERRORED))
-                self.commit(part, ids, [a for a in group if a.kind in (SUCCEEDED, ERRORED)])
+            try:
+                for group in _pages(api.results(part), PAGE):
+                    answered.update(a.position for a in group if a.kind in (SUCCEEDED, ERRORED))
+                    self.commit(part, ids, [a for a in group if a.kind in (SUCCEEDED, ERRORED)])
+            except CallFailed as exc:  # results not there yet (propagation) or any more (past 29 days)
+                if exc.status not in (404, 410) or self.now - part.created_at < NOT_FOUND_GRACE:
+                    raise
+                part.note = f"its results could not be read ({exc})"
+                log.error("batch %s part %d: %s", self.bid, part.n, part.note)
         if poll.has_results and not answered and part.sent and part.progress.get("succeeded", 0):
             log.error("batch %s part %d: the results of %s carry none of this intent's ids (%s_*): a batch matched "
                       "after a crash was not this one; its lines go on without it", self.bid, part.n,
@@ -325,7 +331,7 @@ class Step:
     def commit(self, part: Part, ids: list[str], answers: list[Answer]) -> None:
         """A page of answers, each committed once, in one round trip."""
         by_cid = {ids[a.position]: a for a in answers if a.position < len(ids)}
-        lines = {cid: line for cid, _, line in self.runner._lines(self.bid, self.batch, self.registry, list(by_cid))}
+        lines = {cid: line for cid, _, line in self.runner.read(self.bid, self.batch, self.registry, list(by_cid))}
         out: list[records.Result] = []
         for cid, answer in by_cid.items():
             line = lines.get(cid)
@@ -349,16 +355,20 @@ class Step:
             end_requests(self.store, self.bid, open_ids, BatchClosed(code), "canceled" if "cancel" in code else "expired")
         elif open_ids and self.expires_local is not None and self.now >= self.expires_local:
             end_requests(self.store, self.bid, open_ids, BatchClosed("batch_expired"), "expired")
-        elif open_ids:
-            jobs = enqueue_chunks(self.runner.conn, self.settings, self.bid, open_ids,
-                                  f"native{part.n}-{int(self.now * 1000)}")
+        elif open_ids:  # queued and the part marked done together: a kill between cannot queue them twice
+            part.state, part.note = DONE, why
+            part.progress = {**part.progress, "to_realtime": len(open_ids)}
+            with self.runner.conn.pipeline(transaction=True) as pipe:
+                jobs = enqueue_chunks(self.runner.conn, self.settings, self.bid, open_ids,
+                                      f"native{part.n}-{int(self.now * 1000)}", pipe=pipe)
+                self.state.save(self.bid, part, pipe=pipe)
+                pipe.execute()
             log.warning("batch %s part %d: %d lines to real time (%s) as %s", self.bid, part.n, len(open_ids), why,
                         ", ".join(jobs[:3]))
+            return
         part.state = DONE
         if open_ids:
             part.note = why
-        part.progress = {**part.progress, "to_realtime": len(open_ids)} if open_ids and status not in CLOSED_CODE \
-            else part.progress
         self.state.save(self.bid, part)
 
     def end(self, part: Part, ids: list[str], error: RequestFailed) -> None:

@@ -19,7 +19,7 @@ from ..providers import ADAPTERS
 from ..providers.anthropic import batches as anthropic_batches
 from ..providers.base import UpstreamCall
 from ..registry import ModelSpec, Registry
-from ..request import _billed_spec
+from ..request import billed_spec
 from ..results import error_line, success_line
 from ..schemas import KIND_BY_URL, chat_request
 from ..store import Store
@@ -85,7 +85,7 @@ def answer_result(registry: Registry, batch: BatchInfo, line: Line, data: dict[s
                   provider_batch: str) -> Result:
     """A succeeded answer, translated by the adapter and priced at the tier it was billed."""
     parsed = ADAPTERS[line.spec.provider].parse_chat(data, line.spec)
-    billed = _billed_spec(registry, line.spec, parsed)
+    billed = billed_spec(registry, line.spec, parsed)
     meta = {**line.meta, "billed_model": billed.id, "attempts": 1, "native_batch": provider_batch}
     route = routes.Route(routes.NATIVE, meta)
     charge = routes.bill(parsed, billed, route, clock.today())

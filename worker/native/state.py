@@ -108,8 +108,9 @@ class NativeState:
             pipe.hgetall(self.keys.native_part(bid, n))
         return [Part.of(raw) for raw in pipe.execute() if raw]
 
-    def save(self, bid: str, part: Part) -> None:
-        self.conn.hset(self.keys.native_part(bid, part.n), mapping=part.fields())
+    def save(self, bid: str, part: Part, *, pipe: Any = None) -> None:
+        """The part as it is now (with `pipe`, queued on the caller's transaction)."""
+        (pipe if pipe is not None else self.conn).hset(self.keys.native_part(bid, part.n), mapping=part.fields())
 
     def ids(self, bid: str, n: int) -> list[str]:
         return [_text(i) for i in self.conn.lrange(self.keys.native_ids(bid, n), 0, -1)]
