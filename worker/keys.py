@@ -35,6 +35,7 @@ here: they are reached through RQ's API (`Queue`, `Job`, the registries), never 
     {p}:native:{id}:todo         LIST    custom_ids submitted to the native route, not planned into parts yet
     {p}:native:{id}:part:{n}     HASH    one provider batch: provider, model, state, intent marker, provider id
     {p}:native:{id}:ids:{n}      LIST    its custom_ids; the id sent for position i is `{marker}_{i}`
+    {p}:native:{id}:extras       HASH    custom_id -> what its translation dropped or noted (only lines with any)
     {p}:native:known             SET     provider batch ids recorded by an intent (a lost create matches none)
 
 The HTTP API (producer/api, `otb serve`): a tenant is a key prefix, and every read also checks the
@@ -185,6 +186,9 @@ class Keys:
 
     def native_ids(self, bid: str, n: int) -> str:
         return f"{self.native(bid)}:ids:{n}"
+
+    def native_extras(self, bid: str) -> str:
+        return f"{self.native(bid)}:extras"
 
     @property
     def native_known(self) -> str:

@@ -66,7 +66,8 @@ def comparable(line: dict[str, Any]) -> dict[str, Any]:
     """A result without what differs between runs and routes: ids, times, route, tier, price."""
     body = dict(line["response"]["body"])
     body.pop("id", None), body.pop("created", None)
-    meta = {k: v for k, v in line["meta"].items() if k in ("model", "billed_model", "outcome", "usage", "tags")}
+    meta = {k: v for k, v in line["meta"].items()
+            if k in ("model", "billed_model", "outcome", "usage", "tags", "dropped_params", "notes")}
     return {"custom_id": line["custom_id"], "body": body, "meta": meta}
 
 
@@ -78,11 +79,12 @@ def test_anthropic_native_equals_realtime_at_half_price(redis_server, emulator, 
                                                         tmp_path: Path) -> None:
     env = worker_env(redis_server.url, emulator.url, **FAST)
     lines = [chat(cid, CLAUDE, f"question {i}") for i, cid in enumerate(["plain", "with space", "ünïcode/ü", "x" * 80])]
+    lines[1]["logit_bias"] = {"50256": -100}  # dropped on the way (--drop-unsupported-params), and said so
     src = write(tmp_path / "claude.jsonl", lines)
     spawn_worker(env)
-    realtime = submit(env, src, "--mode", "realtime")
+    realtime = submit(env, src, "--mode", "realtime", "--drop-unsupported-params")
     before = stats(emulator)
-    native = submit(env, src, "--mode", "native")
+    native = submit(env, src, "--mode", "native", "--drop-unsupported-params")
     calls = stats(emulator) - before
     assert native["request_counts"]["succeeded"] == 4 and native["status"] == "completed"
     assert calls["messages.batches.create"] == 1 and calls.get("messages", 0) == 0, calls
@@ -90,6 +92,7 @@ def test_anthropic_native_equals_realtime_at_half_price(redis_server, emulator, 
 
     got, want = results(env, native["id"]), results(env, realtime["id"])
     assert [comparable(got[c]) for c in sorted(got)] == [comparable(want[c]) for c in sorted(want)]
+    assert got["with space"]["meta"]["dropped_params"] == ["logit_bias"] and got["plain"]["meta"]["dropped_params"] == []
     half, full = prices(CLAUDE, "batch"), prices(CLAUDE)
     for line in got.values():
         meta = line["meta"]

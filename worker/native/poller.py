@@ -111,8 +111,12 @@ class Runner:
         """Group the batch's native lines into provider batches: one per provider, model and shared
         headers, within the provider's limits. A line that cannot go ends errored now, with its reason."""
         groups: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
+        extras: dict[str, str] = {}
         for cid, raw, line in self.read(bid, batch, registry, self.state.todo(bid)):
             if line is not None:
+                added = records.extras_of(line)
+                if added:
+                    extras[cid] = json.dumps(added)
                 group = line.call.path if line.spec.provider == "google" else json.dumps(line.call.headers,
                                                                                          sort_keys=True)
                 groups.setdefault((line.spec.provider, line.spec.id, group), []).append((cid, raw))
@@ -120,7 +124,7 @@ class Runner:
         for (provider, model, group), members in groups.items():
             for ids in _split(members):
                 parts.append((Part(len(parts), provider, model, len(ids), group=group), ids))
-        self.state.save_plan(bid, parts)
+        self.state.save_plan(bid, parts, extras)
         log.info("batch %s: %d native lines in %d provider batches", bid, sum(p.count for p, _ in parts), len(parts))
 
     def read(self, bid: str, batch: records.BatchInfo, registry: Registry,
@@ -329,21 +333,29 @@ class Step:
         api.cleanup(part)
 
     def commit(self, part: Part, ids: list[str], answers: list[Answer]) -> None:
-        """A page of answers, each committed once, in one round trip."""
+        """A page of answers, each committed once, in one round trip (their bodies are not translated
+        again: spec and meta come from the stored request and the extras kept at planning)."""
         by_cid = {ids[a.position]: a for a in answers if a.position < len(ids)}
-        lines = {cid: line for cid, _, line in self.runner.read(self.bid, self.batch, self.registry, list(by_cid))}
+        cids = list(by_cid)
+        pipe = self.runner.conn.pipeline(transaction=False)
+        pipe.hmget(self.store.keys.requests(self.bid), cids)
+        pipe.hmget(self.store.keys.results(self.bid), cids)
+        raws, done = pipe.execute() if cids else ([], [])
         out: list[records.Result] = []
-        for cid, answer in by_cid.items():
-            line = lines.get(cid)
-            if line is None:
-                continue  # committed already (an earlier import, or ended meanwhile)
-            if answer.kind == SUCCEEDED and answer.data is not None:
-                try:
-                    out.append(records.answer_result(self.registry, self.batch, line, answer.data, part.provider_id))
-                except RequestFailed as exc:  # an answer the adapter cannot read: an error line, not a lost line
-                    out.append(records.error_result(self.batch, cid, exc, line.meta, part.provider_id))
-            elif answer.error is not None:
-                out.append(records.error_result(self.batch, cid, answer.error, line.meta, part.provider_id))
+        for cid, raw, result, extras in zip(cids, raws, done, self.state.extras(self.bid, cids)):
+            answer = by_cid[cid]
+            if result is not None or raw is None:
+                continue  # committed already (an earlier import, or ended meanwhile), or gone with its batch
+            try:
+                spec, meta = records.answering(self.registry, self.batch, cid, json.loads(raw), extras)
+                if answer.kind == SUCCEEDED and answer.data is not None:
+                    out.append(records.answer_result(self.registry, self.batch, cid, spec, meta, answer.data,
+                                                     part.provider_id))
+                elif answer.error is not None:
+                    out.append(records.error_result(self.batch, cid, answer.error, meta, part.provider_id))
+            except RequestFailed as exc:  # an answer the adapter cannot read: an error line, not a lost line
+                out.append(records.error_result(self.batch, cid, exc, records.meta_of(self.batch, json.loads(raw)),
+                                                part.provider_id))
         self.store.commit_many(self.bid, out)
 
     def leave(self, part: Part, ids: list[str], why: str) -> None:

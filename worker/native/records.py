@@ -72,6 +72,28 @@ def prepare(registry: Registry, batch: BatchInfo, cid: str, record: dict[str, An
     return Line(cid, spec, call, meta)
 
 
+EXTRAS = ("dropped_params", "notes")  # what a translation adds to `meta` (kept at planning, when any)
+
+
+def extras_of(line: Line) -> dict[str, Any] | None:
+    """What the translation dropped or noted, if anything (most lines: nothing)."""
+    extras = {k: line.meta[k] for k in EXTRAS if line.meta.get(k)}
+    return extras or None
+
+
+def answering(registry: Registry, batch: BatchInfo, cid: str, record: dict[str, Any],
+              extras: dict[str, Any] | None) -> tuple[ModelSpec, dict[str, Any]]:
+    """The spec and `meta` of a line whose answer came back, without translating its body again: what
+    the translation added at planning comes from `extras`."""
+    body: dict[str, Any] = record["body"]
+    spec = registry.resolve_for(str(body.get("model")), KIND_BY_URL[record["url"]])
+    meta: dict[str, Any] = {"model": body.get("model"), "tags": {**batch.tags, **(record.get("tags") or {})},
+                            "dropped_params": list((extras or {}).get("dropped_params") or [])}
+    if extras and extras.get("notes"):
+        meta["notes"] = extras["notes"]
+    return spec, meta
+
+
 def meta_of(batch: BatchInfo, record: dict[str, Any] | None) -> dict[str, Any]:
     """The meta of a line that could not be prepared (for its error result)."""
     body = (record or {}).get("body") or {}
@@ -81,17 +103,17 @@ def meta_of(batch: BatchInfo, record: dict[str, Any] | None) -> dict[str, Any]:
 Result = tuple[str, dict[str, Any], str]  # (custom_id, result line, outcome): what Store.commit_many takes
 
 
-def answer_result(registry: Registry, batch: BatchInfo, line: Line, data: dict[str, Any],
-                  provider_batch: str) -> Result:
+def answer_result(registry: Registry, batch: BatchInfo, cid: str, spec: ModelSpec, meta: dict[str, Any],
+                  data: dict[str, Any], provider_batch: str) -> Result:
     """A succeeded answer, translated by the adapter and priced at the tier it was billed."""
-    parsed = ADAPTERS[line.spec.provider].parse_chat(data, line.spec)
-    billed = billed_spec(registry, line.spec, parsed)
-    meta = {**line.meta, "billed_model": billed.id, "attempts": 1, "native_batch": provider_batch}
-    route = routes.Route(routes.NATIVE, meta)
+    parsed = ADAPTERS[spec.provider].parse_chat(data, spec)
+    billed = billed_spec(registry, spec, parsed)
+    route = routes.Route(routes.NATIVE, {**meta, "billed_model": billed.id, "attempts": 1,
+                                         "native_batch": provider_batch})
     charge = routes.bill(parsed, billed, route, clock.today())
-    result = success_line(batch.id, line.custom_id, parsed.body, request_id=parsed.request_id, usage=parsed.usage,
+    result = success_line(batch.id, cid, parsed.body, request_id=parsed.request_id, usage=parsed.usage,
                           cost=charge, meta=route.meta)
-    return line.custom_id, result, "succeeded"
+    return cid, result, "succeeded"
 
 
 def error_result(batch: BatchInfo, cid: str, error: RequestFailed, meta: dict[str, Any],

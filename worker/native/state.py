@@ -87,9 +87,13 @@ class NativeState:
     def todo(self, bid: str) -> list[str]:
         return [_text(i) for i in self.conn.lrange(self.keys.native_todo(bid), 0, -1)]
 
-    def save_plan(self, bid: str, parts: list[tuple[Part, list[str]]]) -> None:
-        """The parts and their ids land together, and the todo list goes (a re-plan after a kill starts over)."""
+    def save_plan(self, bid: str, parts: list[tuple[Part, list[str]]], extras: dict[str, str]) -> None:
+        """The parts, their ids and the lines' extras land together, and the todo list goes (a re-plan
+        after a kill starts over)."""
         with self.conn.pipeline(transaction=True) as pipe:
+            if extras:
+                pipe.hset(self.keys.native_extras(bid), mapping=extras)  # type: ignore[arg-type]
+                pipe.expire(self.keys.native_extras(bid), self.ttl)
             for part, ids in parts:
                 pipe.delete(self.keys.native_ids(bid, part.n))
                 for start in range(0, len(ids), 1000):
@@ -111,6 +115,10 @@ class NativeState:
     def save(self, bid: str, part: Part, *, pipe: Any = None) -> None:
         """The part as it is now (with `pipe`, queued on the caller's transaction)."""
         (pipe if pipe is not None else self.conn).hset(self.keys.native_part(bid, part.n), mapping=part.fields())
+
+    def extras(self, bid: str, ids: list[str]) -> list[dict[str, Any] | None]:
+        raw = self.conn.hmget(self.keys.native_extras(bid), ids) if ids else []
+        return [json.loads(x) if x is not None else None for x in raw]
 
     def ids(self, bid: str, n: int) -> list[str]:
         return [_text(i) for i in self.conn.lrange(self.keys.native_ids(bid, n), 0, -1)]
