@@ -105,7 +105,7 @@ def _read(raw_lines: Iterable[bytes], registry: Registry, settings: Settings, op
     parsed = ParsedBatch()
     limits = Limits(settings.max_line_bytes, settings.max_lines)
     for line in stream_batch(raw_lines, registry, parsed, drop_unsupported=options.drop_unsupported_params,
-                             limits=limits):
+                             limits=limits, mode=options.resolved_mode(settings)):
         if staging is None:
             continue
         if parsed.errors and not options.keep_valid:
@@ -123,7 +123,7 @@ def _land(conn: redis.Redis, store: Store, settings: Settings, bid: str, parsed:
     numbered = [(ln.number, ln.custom_id) for ln in parsed.lines] + list(zip(rejected_numbers, (c for c, _ in rejected)))
     order = [cid for _, cid in sorted(numbered)]
     now = store.redis_now()  # windows and index ages on Redis's clock, the one every worker reads
-    record = _record(bid, options, now)
+    record = _record(bid, options, now, settings)
     jobs = chunk_jobs(settings, bid, [ln.custom_id for ln in parsed.lines], "part")
     with conn.pipeline(transaction=True) as pipe:
         while True:
@@ -221,12 +221,12 @@ def _repeated(conn: redis.Redis, claim: _Claim) -> str:
     return earlier
 
 
-def _record(bid: str, options: SubmitOptions, redis_now: float) -> dict[str, Any]:
+def _record(bid: str, options: SubmitOptions, redis_now: float, settings: Settings) -> dict[str, Any]:
     record: dict[str, Any] = {
         "id": bid,
         "status": "in_progress",
         "created_at": f"{clock.now():.3f}",
-        "options": options.record_options(),
+        "options": options.record_options(settings),
         "metadata": options.metadata,
     }
     if options.completion_window:
@@ -243,7 +243,7 @@ def _earlier_batch(raw: bytes | str | None, claim: _Claim) -> str | None:
         raise IdempotencyConflict(
             f"idempotency key {claim.key!r} was already used for different requests or options (batch "
             f"{earlier_bid}; options: --max-cost, --completion-window, --metadata, --keep-valid, "
-            "--drop-unsupported-params); use a new key for a new submission")
+            "--drop-unsupported-params, --mode); use a new key for a new submission")
     return earlier_bid
 
 

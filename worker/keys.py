@@ -41,6 +41,9 @@ owner recorded in the value. API keys are never stored, only their SHA-256.
     {p}:tenant:{name}:file:{id}       HASH    a file's FileObject fields (+ tenant, lines)
     {p}:tenant:{name}:file:{id}:data  LIST    the file's bytes, in chunks of about 1 MiB
     {p}:rl:tenant:{name}              HASH    the key's shared request bucket (`otb keys create --rpm`)
+    {p}:webhook:{event id}            HASH    a batch event for a tenant's webhook: body, state, attempts
+    {p}:webhook:once:{batch}:{status} STRING  the event announced for that batch's end (announced once)
+    {p}:webhooks:due                  ZSET    event ids by their next delivery attempt (unix s)
 """
 
 from __future__ import annotations
@@ -168,3 +171,14 @@ class Keys:
 
     def file_data(self, tenant: str, file_id: str) -> str:
         return f"{self.file(tenant, file_id)}:data"
+
+    # -- the HTTP API: webhook events and their deliveries (producer/api/webhooks.py) ------------
+    def webhook(self, event_id: str) -> str:
+        return f"{self.prefix}:webhook:{event_id}"
+
+    def webhook_once(self, batch_id: str, status: str) -> str:
+        return f"{self.prefix}:webhook:once:{batch_id}:{status}"
+
+    @property
+    def webhooks_due(self) -> str:
+        return f"{self.prefix}:webhooks:due"
