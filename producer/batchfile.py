@@ -76,6 +76,7 @@ class ParsedBatch:
     lines: list[Line] = field(default_factory=list)
     errors: list[LineError] = field(default_factory=list)
     digest: str = ""  # of the valid lines' bytes: what an idempotency key is bound to
+    models: set[str] = field(default_factory=set)  # of the valid lines
 
 
 @dataclass(frozen=True)
@@ -115,13 +116,15 @@ def stream_batch(
     limits: Limits = Limits(),
     keep_bodies: bool = False,
     mode: str = REALTIME,
+    endpoint: str | None = None,
 ) -> Iterator[Line]:
     """The one pass over a file: validate line by line and yield each good line, body included, as
     soon as it is checked, so a submit can store it while the rest is read.
 
     `out` fills as the pass goes: every good line (without its body unless `keep_bodies`), every
     bad one with its reason, and at the end the digest an idempotency key is bound to. A line
-    yielded stays good: a later duplicate of its custom_id is the later line's error.
+    yielded stays good: a later duplicate of its custom_id is the later line's error. With `endpoint`,
+    a line for another endpoint is an error (the Batch API's rule: one endpoint per batch).
     """
     digest = hashlib.sha256()
     first_seen: dict[str, int] = {}
@@ -145,6 +148,9 @@ def stream_batch(
             break
         try:
             line = _parse_line(number, raw, limits)
+            if endpoint is not None and line.url != endpoint:
+                raise InvalidRequest(f"'url' must be the batch's endpoint \"{endpoint}\", got {json.dumps(line.url)}",
+                                     param="url")
             if line.custom_id in first_seen:
                 raise InvalidRequest(
                     f'duplicate custom_id "{line.custom_id}" (first used on line {first_seen[line.custom_id]})',
@@ -157,6 +163,7 @@ def stream_batch(
             continue
         first_seen[line.custom_id] = number
         digest.update(raw + b"\n")
+        out.models.add(str((line.body or {}).get("model")))
         out.lines.append(line if keep_bodies else Line(line.number, line.custom_id, line.url, None))
         yield line
     if count == 0:

@@ -47,6 +47,8 @@ class SubmitOptions:
         max_cost: a budget in USD (exact to the pico-dollar). mode: how the lines run (worker/routes.py:
         auto, realtime, flex; native is refused until it exists); None: `auto` with a completion window
         of at least OTB_AUTO_MIN_WINDOW (1 h), else `realtime`.
+        endpoint: every line's `url` must be this one (the Batch API's `endpoint`; a short-form
+        line counts as the endpoint of its kind).
     """
 
     keep_valid: bool = False
@@ -56,6 +58,7 @@ class SubmitOptions:
     idempotency_key: str | None = None
     max_cost: Decimal | None = None
     mode: str | None = None
+    endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.completion_window is not None:
@@ -82,8 +85,9 @@ class SubmitOptions:
 
     def fingerprint(self) -> str:
         """The options an idempotency key is bound to: every one that changes what the batch does."""
-        return json.dumps([self.keep_valid, self.drop_unsupported_params, self.metadata, self.completion_window,
-                           str(self.max_cost) if self.max_cost is not None else None, self.mode], sort_keys=True)
+        bound = [self.keep_valid, self.drop_unsupported_params, self.metadata, self.completion_window,
+                 str(self.max_cost) if self.max_cost is not None else None, self.mode]
+        return json.dumps(bound + ([self.endpoint] if self.endpoint else []), sort_keys=True)
 
 
 def parse_duration(text: str | None, option: str = "--completion-window") -> float | None:

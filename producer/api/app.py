@@ -18,8 +18,9 @@ from fastapi import FastAPI
 from worker.ratelimit import Limiter
 from worker.settings import Settings
 
-from . import chat, embeddings, errors, files, models, webhook_delivery
+from . import batches, chat, embeddings, errors, files, models, webhook_delivery
 from .auth import Gate, KeyStore
+from .batchcontext import BatchContext
 from .calls import DEFAULT_TIMEOUT, Calls
 from .filestore import FileStore
 
@@ -52,6 +53,7 @@ def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | No
     app.include_router(files.router)
     app.include_router(chat.router)
     app.include_router(embeddings.router)
+    batches.install(app, BatchContext.of(conn, settings))
     _serve_metrics(app, conn, settings)
     return app
 
