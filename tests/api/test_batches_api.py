@@ -273,7 +273,7 @@ def test_a_finalize_that_died_is_finished_by_another_server_with_one_set_of_file
 
     client = sdk(live, create_key(env, "crash"))
     conn = api_redis.client()
-    batch = create(client, upload(client, jsonl(line("a", "#emu:slow=1500 hi"), line("b"))))
+    batch = create(client, upload(client, jsonl(standard(line("a", "#emu:slow=1500 hi")), standard(line("b")))))
     lock = f"otb:tenant:crash:batch:{batch.id}:lock"
     assert conn.set(lock, "dead-server", nx=True, px=6000)  # a server that took it, then died
     ctx = BatchContext.of(conn, Settings(redis_url=api_redis.url))
