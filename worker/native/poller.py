@@ -304,6 +304,8 @@ class Step:
 
     def interval(self, part: Part) -> float:
         wait = self.settings.native_poll_interval * float(min(2 ** (part.quiet // 3), MAX_BACKOFF))
+        if part.state == CANCELLING:  # a cancel takes hold in seconds to minutes: look again soon
+            return min(wait, 5.0)
         if self.deadline is not None and not self.closing and part.state == CREATED:
             wait = min(wait, max(self.deadline_local - self.now, 0.0) + 0.01)
         return wait
