@@ -313,3 +313,57 @@ def test_polling_survives_a_redis_restart_and_a_killed_worker(emulator, spawn_wo
         assert len(events) == 5  # every line committed once
     finally:
         server.stop()
+
+
+EMBED = "google/gemini-embedding-001"
+
+
+def embed(cid: str, inputs: str | list[str], **extra: Any) -> dict[str, Any]:
+    return {"custom_id": cid, "method": "POST", "url": "/v1/embeddings",
+            "body": {"model": EMBED, "input": inputs, **extra}}
+
+
+def test_gemini_native_embeddings_equal_realtime_at_the_batch_price(redis_server, emulator, real_redis, spawn_worker,
+                                                                     tmp_path: Path) -> None:
+    """Embedding lines (one input or many, dimensions, base64) go to asyncBatchEmbedContent in one job,
+    one file line per input, joined back on their keys; usage is the inputs' tokenCount, exact."""
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    lines = [embed("one", "a single text"), embed("many", [f"text number {i}" for i in range(130)]),
+             embed("small", ["x y z", "w"], dimensions=128), embed("b64", "packed", encoding_format="base64"),
+             embed("bad", "#emu:fail=400 refused")]
+    src = write(tmp_path / "embed.jsonl", lines)
+    spawn_worker(env)
+    realtime = submit(env, src, "--mode", "realtime", errored=True)
+    before = stats(emulator)
+    native = submit(env, src, "--mode", "native", errored=True)
+    calls = stats(emulator) - before
+    assert calls["asyncBatchEmbedContent"] == 1 and calls["files.upload.start"] == 1, calls
+    assert calls.get("batchEmbedContents", 0) == 0 and calls.get("countTokens", 0) == 0, calls
+    assert native["request_counts"] == {**native["request_counts"], "succeeded": 4, "errored": 1}
+    got, want = results(env, native["id"]), results(env, realtime["id"])
+    ok = sorted(c for c in got if c != "bad")
+    assert [comparable(got[c]) for c in ok] == [comparable(want[c]) for c in ok]
+    assert len(got["many"]["response"]["body"]["data"]) == 130 and got["many"]["meta"]["usage"]["input_tokens"] > 0
+    assert got["bad"]["meta"]["route"] == "native" and got["bad"]["response"]["status_code"] == 400
+    half, full = prices(EMBED, "batch"), prices(EMBED)
+    for cid in ok:
+        meta, cost = got[cid]["meta"], Decimal(got[cid]["cost"]["total"])
+        assert (meta["route"], meta["service_tier"]) == ("native", "batch") and meta["native_batch"].startswith("batches/")
+        assert not meta["usage"].get("estimated")
+        assert cost == by_hand(meta["usage"], half) and cost * 2 == Decimal(want[cid]["cost"]["total"])
+        assert Decimal(meta["saved"]) == by_hand(meta["usage"], full) - cost
+    [shown] = json.loads(otb(["status", native["id"], "--json"], env).stdout)["native"]
+    assert shown["requests"] == 1 + 130 + 2 + 1 + 1  # one request per input text
+
+
+def test_native_embeddings_fall_back_to_real_time_when_the_job_fails(redis_server, emulator, real_redis,
+                                                                      spawn_worker, tmp_path: Path) -> None:
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    src = write(tmp_path / "embed-fail.jsonl", [embed("e0", ["first #emu:batch-delay=1 #emu:batch-fail", "second"]),
+                                                embed("e1", "third")])
+    spawn_worker(env)
+    status = submit(env, src, "--mode", "native")
+    got = results(env, status["id"])
+    assert routes_of(got) == {"e0": "realtime/succeeded", "e1": "realtime/succeeded"}
+    assert got["e0"]["meta"]["route_note"] == "sent in real time: its native batch did not take or answer it in time"
+    assert "failed" in part(real_redis, status["id"])["note"]

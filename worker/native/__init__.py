@@ -20,15 +20,19 @@ from ..settings import Settings
 from .poller import NativePoller, native_state, run_until_done
 
 PROVIDERS = ("anthropic", "google")  # those with a batch API this route speaks
+EMBEDDING_PROVIDERS = ("google",)  # those whose batch API embeds (asyncBatchEmbedContent)
 
 __all__ = ["NativePoller", "goes_native", "native_state", "poke", "register", "run_until_done", "summary"]
 
 
 def goes_native(mode: str, spec: ModelSpec, kind: str, body: dict[str, Any], window: float | None,
                 settings: Settings, *, budget: bool = False) -> bool:
-    """Does this line go to its provider's batch API? Chat lines of the mode's native leg, unless the
-    line asks for a tier of its own or the batch has a budget (holds are per real-time call)."""
-    if budget or kind != "chat" or spec.provider not in PROVIDERS or line_tier(body) in ("default", "flex"):
+    """Does this line go to its provider's batch API? Lines of the mode's native leg (chat; embeddings on
+    Gemini, whose asyncBatchEmbedContent takes them), unless the line asks for a tier of its own or the
+    batch has a budget (holds are per real-time call)."""
+    if budget or spec.provider not in PROVIDERS or line_tier(body) in ("default", "flex"):
+        return False
+    if kind != "chat" and spec.provider not in EMBEDDING_PROVIDERS:
         return False
     return mode_route(mode, spec, kind, window, settings) == NATIVE
 

@@ -34,14 +34,18 @@ class GeminiBatches:
         self.headers = auth(settings, "google")
 
     def write(self, part: Part, lines: Iterator[Line | None], spool: IO[bytes]) -> int:
-        """JSONL lines `{"key": position, "request": body}`."""
+        """JSONL lines `{"key": position, "request": body}`; an embeddings line, one per input text
+        (keys `{position}.{index}.{inputs}`). How many requests the file holds."""
         sent = 0
+        embed = wire.is_embedding(part.group)
         for position, line in enumerate(lines):
             if line is None:
                 continue
-            spool.write(json.dumps({"key": str(position), "request": line.call.json}, separators=(",", ":")).encode()
-                        + b"\n")
-            sent += 1
+            items = line.call.json["requests"] if embed else [line.call.json]
+            for index, request in enumerate(items):
+                key = wire.embed_key(position, index, len(items)) if embed else str(position)
+                spool.write(json.dumps({"key": key, "request": request}, separators=(",", ":")).encode() + b"\n")
+            sent += len(items)
         return sent
 
     def create(self, part: Part, spool: IO[bytes], size: int) -> str:
@@ -120,6 +124,9 @@ class GeminiBatches:
                     checked(r)
                 for piece in r.iter_bytes():
                     spool.write(piece)
+            if wire.is_embedding(part.group):
+                yield from self._embeddings(spool, part)
+                return
             keep = self._check(spool, part)
             spool.seek(0)
             for number, raw in enumerate(spool):
@@ -131,6 +138,40 @@ class GeminiBatches:
                     yield Answer(position, SUCCEEDED, data=line["response"])
                 else:
                     yield Answer(position, ERRORED, error=wire.line_error(line.get("error") or {}))
+
+    def _embeddings(self, spool: IO[bytes], part: Part) -> Iterator[Answer]:
+        """Each line whose every input came back (the file is in completion order: one pass notes where
+        each input's output line is, then each complete line is read back from the spool): its vectors,
+        or the first error among its inputs. A key unknown, repeated or unreadable is dropped."""
+        spool.seek(0)
+        where: dict[int, dict[int, int]] = {}
+        inputs: dict[int, int] = {}
+        got = 0
+        while raw := spool.readline():
+            offset = spool.tell() - len(raw)
+            try:
+                key = wire.parse_embed_key(json.loads(raw).get("key"))
+            except (ValueError, AttributeError):
+                key = None
+            if key is None or not 0 <= key[0] < part.count or inputs.setdefault(key[0], key[2]) != key[2]:
+                continue
+            if where.setdefault(key[0], {}).setdefault(key[1], offset) == offset:
+                got += 1
+        if got != part.sent:
+            log.warning("%s: %d of %d inputs came back; lines missing any count as unanswered", part.provider_id,
+                        got, part.sent)
+        for position in sorted(where):
+            if len(where[position]) != inputs[position]:
+                continue
+            answers = []
+            for index in range(inputs[position]):
+                spool.seek(where[position][index])
+                answers.append(json.loads(spool.readline()))
+            failed = [a for a in answers if not isinstance(a.get("response"), dict)]
+            if failed:
+                yield Answer(position, ERRORED, error=wire.line_error(failed[0].get("error") or {}))
+            else:
+                yield Answer(position, SUCCEEDED, data=wire.embed_answer([a["response"] for a in answers]))
 
     def _check(self, spool: IO[bytes], part: Part) -> set[int]:
         """The numbers of the file's lines to use: one per known key, the first of each."""

@@ -349,10 +349,11 @@ class Step:
             if result is not None or raw is None:
                 continue  # committed already (an earlier import, or ended meanwhile), or gone with its batch
             try:
-                spec, meta = records.answering(self.registry, self.batch, cid, json.loads(raw), extras)
+                record = json.loads(raw)
+                spec, meta = records.answering(self.registry, self.batch, cid, record, extras)
                 if answer.kind == SUCCEEDED and answer.data is not None:
                     out.append(records.answer_result(self.registry, self.batch, cid, spec, meta, answer.data,
-                                                     part.provider_id))
+                                                     part.provider_id, record))
                 elif answer.error is not None:
                     out.append(records.error_result(self.batch, cid, answer.error, meta, part.provider_id))
             except RequestFailed as exc:  # an answer the adapter cannot read: an error line, not a lost line
