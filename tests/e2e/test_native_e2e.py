@@ -367,3 +367,22 @@ def test_native_embeddings_fall_back_to_real_time_when_the_job_fails(redis_serve
     assert routes_of(got) == {"e0": "realtime/succeeded", "e1": "realtime/succeeded"}
     assert got["e0"]["meta"]["route_note"] == "sent in real time: its native batch did not take or answer it in time"
     assert "failed" in part(real_redis, status["id"])["note"]
+
+
+def test_a_burst_worker_polls_open_native_batches_until_they_end(redis_server, emulator, real_redis, spawn_worker,
+                                                                 tmp_path: Path) -> None:
+    """`otb worker --burst` with an empty queue but open provider batches: it says so, polls them, runs
+    what they hand back (a failed Gemini job's lines come back to the queue), and only then exits."""
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    src = write(tmp_path / "burst.jsonl", [chat("c0", CLAUDE, "slow #emu:batch-delay=2"), chat("c1", CLAUDE, "also"),
+                                           chat("g0", GEMINI, "#emu:batch-delay=1 #emu:batch-fail"), chat("g1", GEMINI, "x")])
+    bid = submit_only(env, src, "--mode", "native")
+    worker = spawn_worker(env, "--burst")
+    assert worker.proc.wait(timeout=120) == 0
+    output = worker.stop()
+    assert "burst: the queue is empty, but 1 batch(es) have native provider batches open" in output, output
+    assert (real_redis.hget(f"otb:batch:{bid}", "status") or b"").decode() == "completed"
+    got = routes_of(results(env, bid))
+    assert got == {"c0": "native/succeeded", "c1": "native/succeeded", "g0": "realtime/succeeded",
+                   "g1": "realtime/succeeded"}
+    assert real_redis.zcard("otb:native:due") == 0

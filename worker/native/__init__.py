@@ -22,7 +22,7 @@ from .poller import NativePoller, native_state, run_until_done
 PROVIDERS = ("anthropic", "google")  # those with a batch API this route speaks
 EMBEDDING_PROVIDERS = ("google",)  # those whose batch API embeds (asyncBatchEmbedContent)
 
-__all__ = ["NativePoller", "goes_native", "native_state", "poke", "register", "run_until_done", "summary"]
+__all__ = ["NativePoller", "goes_native", "native_open", "native_state", "poke", "register", "run_until_done", "summary"]
 
 
 def goes_native(mode: str, spec: ModelSpec, kind: str, body: dict[str, Any], window: float | None,
@@ -41,6 +41,11 @@ def register(pipe: Any, conn: redis.Redis, settings: Settings, bid: str, ids: li
     """At submit, on its transaction: these lines go native; a poller takes them up at once."""
     if ids:
         native_state(conn, settings).register(pipe, bid, ids, clock.now())
+
+
+def native_open(conn: redis.Redis, settings: Settings) -> int:
+    """How many batches still have native lines a poller looks after (`otb worker --burst` waits for them)."""
+    return int(conn.zcard(native_state(conn, settings).keys.native_due))
 
 
 def poke(conn: redis.Redis, settings: Settings, bid: str) -> None:
