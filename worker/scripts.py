@@ -107,6 +107,7 @@ class Scripts:
 
     commit: Script
     uncommit: Script
+    reopen: Script
     reserve: Script
     count_parked: Script
     same_life: Script

@@ -125,6 +125,14 @@ def part(conn: Any, bid: str, n: int = 0) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in conn.hgetall(f"otb:native:{bid}:part:{n}").items()}
 
 
+def wait_created(conn: Any, bid: str, n: int = 0) -> None:
+    """Until the batch's part `n` has its provider batch (a deadline only to stop a hang)."""
+    deadline = time.monotonic() + 30
+    while part(conn, bid, n).get("state") != "created":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def submit_only(env: dict[str, str], src: Path, *args: str) -> str:
     done = otb(["submit", str(src), "--json", *args], env)
     assert done.returncode == 0, done.stderr.decode()
@@ -195,11 +203,13 @@ def test_gemini_missing_key_and_errored_lines(redis_server, emulator, real_redis
     assert got["boom"]["meta"]["route"] == "native" and got["boom"]["meta"]["outcome"] == "errored"
     assert got["boom"]["response"]["status_code"] == 500 and got["boom"]["cost"]["total"] == "0"
     assert status["request_counts"] == {**status["request_counts"], "succeeded": 2, "errored": 1}
-    again = otb(["retry", status["id"]], env)  # only the errored line runs again (in real time)
+    again = otb(["retry", status["id"]], env)  # only the errored line runs again, native as its mode says
     assert again.returncode == 0, again.stderr.decode()
     assert wait_status(real_redis, status["id"]) == "completed"
     after = results(env, status["id"])
-    assert routes_of(after) == {"kept": "native/succeeded", "lost": "realtime/succeeded", "boom": "realtime/errored"}
+    assert routes_of(after) == {"kept": "native/succeeded", "lost": "realtime/succeeded", "boom": "native/errored"}
+    assert after["boom"]["meta"]["native_batch"] != got["boom"]["meta"]["native_batch"]  # a provider batch of its own
+    assert [p["requests"] for p in json.loads(otb(["status", status["id"], "--json"], env).stdout)["native"]] == [3, 1]
     assert after["kept"] == got["kept"]
 
 
@@ -259,10 +269,7 @@ def test_cancel_cancels_the_provider_batch_and_ends_what_it_left(redis_server, e
     spawn_worker(env)
     before = stats(emulator)
     bid = submit_only(env, src, "--mode", "native")
-    deadline = time.monotonic() + 30
-    while part(real_redis, bid).get("state") != "created":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_created(real_redis, bid)
     assert otb(["cancel", bid], env).returncode == 0
     assert wait_status(real_redis, bid) == "cancelled"
     calls = stats(emulator) - before
@@ -296,10 +303,7 @@ def test_polling_survives_a_redis_restart_and_a_killed_worker(emulator, spawn_wo
         first = spawn_worker(env)
         before = stats(emulator)
         bid = submit_only(env, src, "--mode", "native")
-        deadline = time.monotonic() + 30
-        while part(conn, bid).get("state") != "created":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_created(conn, bid)
         server.restart(pause=1)  # the worker rides it out; the state is on disk (appendonly)
         assert part(conn, bid)["state"] == "created"
         first.kill_all()  # and then it dies mid-poll: another worker takes the batch over
@@ -386,3 +390,39 @@ def test_a_burst_worker_polls_open_native_batches_until_they_end(redis_server, e
     assert got == {"c0": "native/succeeded", "c1": "native/succeeded", "g0": "realtime/succeeded",
                    "g1": "realtime/succeeded"}
     assert real_redis.zcard("otb:native:due") == 0
+
+
+def test_retry_expired_reruns_cancelled_native_lines_in_a_new_provider_batch(redis_server, emulator, real_redis,
+                                                                             spawn_worker, tmp_path: Path) -> None:
+    """A native batch cancelled while its provider batch ran: every line ends canceled. `otb retry
+    --expired` opens it again and sends them native again (its mode and window allow it): one new
+    provider batch, each line answered once."""
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    src = write(tmp_path / "again.jsonl", [chat(f"a{i}", CLAUDE, f"again {i} #emu:batch-delay=2") for i in range(3)])
+    spawn_worker(env)
+    before = stats(emulator)
+    bid = submit_only(env, src, "--mode", "native", "--completion-window", "2h")
+    wait_created(real_redis, bid)
+    assert otb(["cancel", bid], env).returncode == 0
+    assert wait_status(real_redis, bid) == "cancelled"
+    plain = otb(["retry", bid], env)
+    assert plain.returncode == 1 and "otb retry --expired" in plain.stderr.decode()
+    first = results(env, bid)
+    cancelled = sorted(c for c, r in first.items() if r["meta"]["outcome"] == "canceled")
+    assert cancelled and all(first[c]["meta"]["outcome"] == "succeeded" for c in first if c not in cancelled)
+    done = otb(["retry", bid, "--expired", "--json"], env)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout) == {"id": bid, "retried": len(cancelled)}
+    assert wait_status(real_redis, bid, ("completed",)) == "completed"
+    calls = stats(emulator) - before
+    assert calls["messages.batches.create"] == 2 and calls.get("messages", 0) == 0, calls
+    got = results(env, bid)
+    assert set(routes_of(got).values()) == {"native/succeeded"} and len(got) == 3
+    assert {got[c]["meta"]["native_batch"] for c in cancelled} == {part(real_redis, bid, 1)["provider_id"]}
+    assert all(got[c] == first[c] for c in first if c not in cancelled)  # what was answered is kept as it was
+    assert int(part(real_redis, bid, 1)["sent"]) == len(cancelled)  # the new provider batch: those lines only
+    status = json.loads(otb(["status", bid, "--json"], env).stdout)
+    assert status["request_counts"] == {**status["request_counts"], "succeeded": 3, "canceled": 0}
+    events = [e for _, e in real_redis.xrange(f"otb:batch:{bid}:events") if e.get(b"type") == b"request"]
+    assert Counter(e[b"outcome"] for e in events) == {b"succeeded": 3, b"canceled": len(cancelled)}
+    assert [p["state"] for p in status["native"]] == ["done", "done"]

@@ -58,11 +58,11 @@ def poke(conn: redis.Redis, settings: Settings, bid: str) -> None:
 def summary(conn: redis.Redis, settings: Settings, bid: str) -> list[dict[str, Any]] | None:
     """The batch's provider batches as `otb status` shows them (None: it has no native lines)."""
     state = native_state(conn, settings)
-    info = state.info(bid)
-    if not info:
+    if not state.info(bid):
         return None
-    if info.get("planned") != "1":
-        return [{"state": "planning", "requests": int(info.get("todo") or 0)}]
-    return [{"provider": part.provider, "model": part.model, "provider_batch": part.provider_id or None,
-             "state": part.state, "provider_status": part.status or None, "requests": part.sent or part.count,
-             "progress": part.progress, **({"note": part.note} if part.note else {})} for part in state.parts(bid)]
+    waiting = state.waiting(bid)
+    planning: list[dict[str, Any]] = [{"state": "planning", "requests": waiting}] if waiting else []
+    return planning + [
+        {"provider": part.provider, "model": part.model, "provider_batch": part.provider_id or None, "state": part.state,
+         "provider_status": part.status or None, "requests": part.sent or part.count, "progress": part.progress,
+         **({"note": part.note} if part.note else {})} for part in state.parts(bid)]
