@@ -11,7 +11,7 @@ import pytest
 from producer.batchfile import read_batch
 from producer.estimate import estimate
 from worker.errors import InvalidRequest
-from worker.native import goes_native
+from worker.native import goes_native, native_state
 from worker.native.state import Part
 from worker.providers.anthropic import batches as anthropic
 from worker.providers.google import batches as google
@@ -115,3 +115,26 @@ def test_gemini_embedding_keys_join_each_input_back_to_its_line() -> None:
                                                                                        "tokenCount": 4}])
     assert both == {"embeddings": [{"values": [1.0]}, {"values": [2.0]}], "usageMetadata": {"promptTokenCount": 7}}
     assert "usageMetadata" not in google.embed_answer([{"embedding": {"values": [1.0]}}])  # then: an estimate, said so
+
+
+def test_lines_a_retry_registers_while_a_plan_runs_are_planned_next_never_lost(real_redis) -> None:  # type: ignore[no-untyped-def]
+    """The poller reads the todo list, a retry pushes more meanwhile, the plan lands: only what it read
+    leaves the list, its parts follow the batch's earlier ones, and the batch stays due until the rest
+    is planned too."""
+    state = native_state(real_redis, S)
+    bid = "batch_plan_race"
+
+    def registered(ids: list[str]) -> None:
+        with real_redis.pipeline(transaction=True) as pipe:
+            state.register(pipe, bid, ids, 1.0)
+            pipe.execute()
+
+    registered(["a", "b"])
+    read = state.todo(bid)
+    registered(["c"])  # a retry, while the plan is being made
+    state.save_plan(bid, [(Part(0, "anthropic", CLAUDE, 2), read)], {}, len(read))
+    assert state.todo(bid) == ["c"] and state.count(bid) == 1
+    assert not state.finish(bid) and state.active(bid)  # "c" still waits: the batch stays due
+    state.save_plan(bid, [(Part(state.count(bid), "anthropic", CLAUDE, 1), state.todo(bid))], {}, 1)
+    assert [p.n for p in state.parts(bid)] == [0, 1] and state.ids(bid, 1) == ["c"] and state.waiting(bid) == 0
+    assert state.finish(bid) and not state.active(bid)
