@@ -16,12 +16,13 @@
 -- Returns: the status the batch had (nil if the record is gone).
 local batch, open, deadlines = KEYS[1], KEYS[2], KEYS[3]
 local expires_at = ARGV[1]
+local statuses_from = 2
 
 local rec = redis.call('HMGET', batch, 'status', 'id', 'created_at')
 local st = rec[1]
 if not st then return nil end
 local allowed = st == 'in_progress'
-for i = 2, #ARGV do if ARGV[i] == st then allowed = true end end
+for i = statuses_from, #ARGV do if ARGV[i] == st then allowed = true end end
 if not allowed then return st end
 if st ~= 'in_progress' then
   redis.call('HSET', batch, 'status', 'in_progress')
