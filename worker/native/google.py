@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Iterator
 from typing import IO
@@ -23,6 +24,7 @@ from .state import Part
 log = logging.getLogger("otb.native")
 
 UPLOAD_SLICE = 8 * 1024**2
+KEY = re.compile(rb'"key"\s*:\s*"([0-9.]{5,40})"')
 LIST_PAGE = 100
 
 
@@ -149,10 +151,7 @@ class GeminiBatches:
         got = 0
         while raw := spool.readline():
             offset = spool.tell() - len(raw)
-            try:
-                key = wire.parse_embed_key(json.loads(raw).get("key"))
-            except (ValueError, AttributeError):
-                key = None
+            key = wire.parse_embed_key(_key_of(raw))
             if key is None or not 0 <= key[0] < part.count or inputs.setdefault(key[0], key[2]) != key[2]:
                 continue
             if where.setdefault(key[0], {}).setdefault(key[1], offset) == offset:
@@ -166,7 +165,12 @@ class GeminiBatches:
             answers = []
             for index in range(inputs[position]):
                 spool.seek(where[position][index])
-                answers.append(json.loads(spool.readline()))
+                answer = json.loads(spool.readline())
+                if answer.get("key") != wire.embed_key(position, index, inputs[position]):
+                    break  # the quick read of its key was wrong: the line counts as unanswered
+                answers.append(answer)
+            if len(answers) != inputs[position]:
+                continue
             failed = [a for a in answers if not isinstance(a.get("response"), dict)]
             if failed:
                 yield Answer(position, ERRORED, error=wire.line_error(failed[0].get("error") or {}))
@@ -192,3 +196,16 @@ class GeminiBatches:
             log.warning("%s: %d of %d keys came back; the rest count as unanswered", part.provider_id, len(seen),
                         part.sent)
         return keep
+
+
+def _key_of(raw: bytes) -> object:
+    """An output line's `key` without parsing its vectors (a line is ~60 KB of numbers): the first
+    `"key": "..."` in it, checked against the full parse when the line is read back; else parsed."""
+    found = KEY.search(raw, 0, 200) or KEY.search(raw)
+    if found:
+        return found.group(1).decode()
+    try:
+        line = json.loads(raw)
+    except ValueError:
+        return None
+    return line.get("key") if isinstance(line, dict) else None
