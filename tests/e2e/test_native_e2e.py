@@ -426,3 +426,21 @@ def test_retry_expired_reruns_cancelled_native_lines_in_a_new_provider_batch(red
     events = [e for _, e in real_redis.xrange(f"otb:batch:{bid}:events") if e.get(b"type") == b"request"]
     assert Counter(e[b"outcome"] for e in events) == {b"succeeded": 3, b"canceled": len(cancelled)}
     assert [p["state"] for p in status["native"]] == ["done", "done"]
+
+
+def test_an_embeddings_job_created_but_not_recorded_is_found_by_its_display_name(redis_server, emulator, real_redis,
+                                                                                 spawn_worker, tmp_path: Path) -> None:
+    env = worker_env(redis_server.url, emulator.url, OTB_LEASE_TTL="2", **FAST)
+    src = write(tmp_path / "embed-crash.jsonl", [embed(f"k{i}", [f"crash {i}", "twice"]) for i in range(3)])
+    before = stats(emulator)
+    first = spawn_worker({**env, "OTB_NATIVE_FAULT": "exit-after-create"})
+    bid = submit_only(env, src, "--mode", "native")
+    assert first.proc.wait(timeout=60) == 3  # killed between the create and its record
+    assert part(real_redis, bid)["state"] == "creating" and part(real_redis, bid)["provider_id"] == ""
+    spawn_worker(env)
+    assert wait_status(real_redis, bid) == "completed"
+    calls = stats(emulator) - before
+    assert calls["asyncBatchEmbedContent"] == 1 and calls["batches.list"] >= 1, calls  # one paid job
+    got = results(env, bid)
+    assert set(routes_of(got).values()) == {"native/succeeded"} and len(got) == 3
+    assert {r["meta"]["native_batch"] for r in got.values()} == {part(real_redis, bid)["provider_id"]}
