@@ -62,27 +62,34 @@ def retry(conn: redis.Redis, settings: Settings, bid: str, *, expired: bool = Fa
     registry = registry or current_registry(settings.registry_path)
     window_end = _window_end(store, settings, record)
     native = _native_ids(store, settings, registry, bid, record, [cid for cid, _ in lines])
-    again = 0
     tag = f"retry{int(clock.now() * 1000)}"
-    size = settings.chunk_size
-    for n, start in enumerate(range(0, len(lines), size)):
+    again = 0
+    for n, start in enumerate(range(0, len(lines), settings.chunk_size)):
         if n and (store.batch(bid) or {}).get("status") not in ("completed", "in_progress"):
             break
-        part = lines[start : start + size]
-        with conn.pipeline(transaction=True) as pipe:
-            if n == 0:
-                store.scripts.reopen(batch=store.keys.batch(bid), open=store.keys.open, deadlines=store.keys.deadlines,
-                                     expires_at=window_end, statuses=list(REOPENED if expired else ("completed",)),
-                                     client=pipe)
-            for cid, raw in part:
-                store.uncommit(bid, cid, raw, json.loads(raw)["meta"]["outcome"], pipe=pipe)
-            chunked = [cid for cid, _ in part if cid not in native]
-            if chunked:
-                enqueue_chunks(conn, settings, bid, chunked, f"{tag}-{n}", pipe=pipe)
-            register_native(pipe, conn, settings, bid, [cid for cid, _ in part if cid in native])
-            taken = pipe.execute()[(1 if n == 0 else 0) : (1 if n == 0 else 0) + len(part)]
-        again += sum(1 for got in taken if got == 1)
+        reopen = (window_end, list(REOPENED if expired else ("completed",))) if n == 0 else None
+        again += _take_back(conn, settings, store, bid, lines[start : start + settings.chunk_size], native,
+                            f"{tag}-{n}", reopen)
     return again
+
+
+def _take_back(conn: redis.Redis, settings: Settings, store: Store, bid: str, part: list[tuple[str, str]],
+               native: set[str], tag: str, reopen: tuple[str, list[str]] | None) -> int:
+    """One transaction: (the batch reopened,) the part's results taken back, its lines queued on their
+    route; how many were taken back (a line changed meanwhile, or a closing batch, keeps its result)."""
+    with conn.pipeline(transaction=True) as pipe:
+        if reopen is not None:
+            store.scripts.reopen(batch=store.keys.batch(bid), open=store.keys.open, deadlines=store.keys.deadlines,
+                                 expires_at=reopen[0], statuses=reopen[1], client=pipe)
+        for cid, raw in part:
+            store.uncommit(bid, cid, raw, json.loads(raw)["meta"]["outcome"], pipe=pipe)
+        chunked = [cid for cid, _ in part if cid not in native]
+        if chunked:
+            enqueue_chunks(conn, settings, bid, chunked, tag, pipe=pipe)
+        register_native(pipe, conn, settings, bid, [cid for cid, _ in part if cid in native])
+        first = 0 if reopen is None else 1
+        taken = pipe.execute()[first : first + len(part)]
+    return sum(1 for got in taken if got == 1)
 
 
 def _retryable(store: Store, bid: str, outcomes: tuple[str, ...]) -> list[tuple[str, str]]:
