@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from worker import clock
+from worker.errors import OTBError
 from worker.keys import Keys
 
 from .codec import Fields, binary, text, text_hash
@@ -39,6 +40,11 @@ FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 
 _last_ms = 0
 _id_lock = threading.Lock()
+
+
+class FileGone(OTBError):
+    """The file vanished (deleted, or its lifetime ended) while it was being read: what was read is
+    not the file, however well it parses (a cut at a line end looks like a shorter file)."""
 
 
 def new_id(prefix: str) -> str:
@@ -189,13 +195,18 @@ class FileStore:
             index += 1
 
     def lines(self, meta: FileMeta) -> Iterator[bytes]:
-        """The file's lines without their line ends, holding one chunk and one line at a time."""
-        tail = b""
+        """The file's lines without their line ends, holding one chunk and one line at a time;
+        FileGone (before its last, cut line) if the file was deleted or expired while it was read."""
+        tail, read = b"", 0
         for chunk in self.chunks(meta):
+            read += len(chunk)
             parts = (tail + chunk).split(b"\n")
             tail = parts.pop()
             for part in parts:
                 yield part.removesuffix(b"\r")
+        if read < meta.bytes:
+            raise FileGone(f"The input file {meta.id} was deleted or expired while it was read "
+                           f"({read:,} of {meta.bytes:,} bytes): nothing of it was submitted.")
         if tail:
             yield tail.removesuffix(b"\r")
 

