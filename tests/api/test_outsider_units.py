@@ -68,3 +68,17 @@ def test_a_batch_whose_file_is_deleted_mid_read_fails_naming_that_not_a_line(con
     assert conn.keys("otb:batch:*") == []  # nothing of the half-read file was submitted
 
 
+def test_keys_in_a_request_line_are_redacted_from_the_log(caplog):
+    from producer.api import redact
+
+    key = "sk-otb-OAW1qs7ZvVqpBgKI7yyFkNJLqxOuSkr5ULlKNncNU1Y"
+    logger = logging.getLogger("uvicorn.access")
+    redact.install()
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET", f"/v1/models?api_key={key}", "1.1", 401)
+        logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET", f"/v1/files/{key}", "1.1", 404)
+    text = caplog.text
+    assert key not in text and "OAW1qs7ZvVqpBgKI7yyFkNJLqxOuSkr5ULlKNncNU1Y" not in text
+    assert text.count("sk-otb-***") == 2 and "/v1/files/sk-otb-***" in text
+
+

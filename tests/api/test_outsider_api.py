@@ -1,0 +1,70 @@
+"""What an outsider's probing of the HTTP API found, through real processes: a real redis-server, a real
+`otb serve` and `otb worker`, the emulator, and the official `openai` SDK as the client.
+
+The first test runs before the module's worker starts (the `live` fixture starts it later), so its
+50,001 requests are cancelled before any of them runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from openai.types import Batch
+
+from .conftest import api_cli, log_of, sdk
+
+pytestmark = pytest.mark.e2e
+
+FLASH = "google/gemini-3-flash"
+
+
+def line(custom_id: str, content: str = "Hi") -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": FLASH, "messages": [{"role": "user", "content": content}]}}
+
+
+def jsonl(lines: list[dict]) -> bytes:
+    return b"".join(json.dumps(x, separators=(",", ":")).encode() + b"\n" for x in lines)
+
+
+def create(client: openai.OpenAI, data: bytes) -> Batch:
+    file = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    return client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def settled(client: openai.OpenAI, batch_id: str, timeout: float = 60) -> tuple[Batch, list[str]]:
+    """The final batch, and every status a user polling it saw on the way."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if not seen or seen[-1] != batch.status:
+            seen.append(batch.status)
+        if batch.status in ("completed", "failed", "expired", "cancelled") or time.monotonic() > deadline:
+            return batch, seen
+        time.sleep(0.1)
+
+
+def test_a_key_pasted_into_a_url_never_reaches_the_log(server, keys):
+    key = keys["bob"]
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        assert http.get(f"/models?api_key={key}").status_code == 401
+        assert http.get(f"/files/{key}", headers={"Authorization": f"Bearer {key}"}).status_code == 404
+        assert http.get(f"/{key}", headers={"Authorization": f"Bearer {key}"}).status_code == 404
+    deadline = time.monotonic() + 10
+    while log_of(server).count("sk-otb-***") < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = log_of(server)
+    assert "sk-otb-***" in text and key not in text and key.removeprefix("sk-otb-") not in text
+
+
+def test_the_server_logged_no_traceback_and_no_key(server, keys):
+    text = log_of(server)
+    assert "Traceback" not in text
+    for key in keys.values():
+        assert key not in text
