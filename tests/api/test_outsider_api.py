@@ -50,6 +50,20 @@ def settled(client: openai.OpenAI, batch_id: str, timeout: float = 60) -> tuple[
         time.sleep(0.1)
 
 
+def test_a_50001_line_file_is_one_batch_of_50001_requests(server, keys):
+    """OpenAI caps a batch at 50,000 requests; this server takes up to OTB_MAX_LINES (100,000), so a
+    file made for OpenAI always fits and one a little bigger is not refused (README, Batches)."""
+    client = sdk(server, keys["acme"], timeout=120)
+    batch = create(client, jsonl([line(f"{i}") for i in range(50_001)]))
+    assert batch.status == "in_progress" and batch.request_counts and batch.request_counts.total == 50_001
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at
+    done, seen = settled(client, batch.id, timeout=120)
+    assert done.status == "cancelled" and done.request_counts and done.request_counts.failed == 50_001
+    assert seen in (["cancelling", "cancelled"], ["cancelled"])  # never `finalizing`, as at OpenAI
+    assert done.finalizing_at is None and done.cancelled_at
+
+
 def test_a_key_pasted_into_a_url_never_reaches_the_log(server, keys):
     key = keys["bob"]
     with httpx.Client(base_url=server.base_url, timeout=30) as http:

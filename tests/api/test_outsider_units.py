@@ -68,6 +68,18 @@ def test_a_batch_whose_file_is_deleted_mid_read_fails_naming_that_not_a_line(con
     assert conn.keys("otb:batch:*") == []  # nothing of the half-read file was submitted
 
 
+def test_a_cancelled_batch_stays_cancelling_until_it_is_cancelled_as_at_openai():
+    rec = BatchRecord(new_batch_id(), "acme", "/v1/chat/completions", "file-1", 1_800_000_000, status="in_progress",
+                      times={"cancelling_at": 1_800_000_010})
+    counts = {"total": 2, "succeeded": 1, "errored": 0, "canceled": 1, "expired": 0, "processing": 0}
+    engine = {"status": "cancelled", "request_counts": counts, "usage": {}, "cost": dict(ZERO_COST),
+              "completed_at": 1_800_000_020.0}
+    assert openai_status(rec, engine) == "cancelling"  # OpenAI: in_progress -> cancelling -> cancelled
+    shown = to_openai(rec, engine)
+    assert shown["finalizing_at"] is None
+    Batch.model_validate(shown)
+
+
 def test_keys_in_a_request_line_are_redacted_from_the_log(caplog):
     from producer.api import redact
 
