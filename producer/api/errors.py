@@ -39,8 +39,9 @@ class ApiError(RequestFailed):
 
 
 class Forwarded(RequestFailed):
-    """A refusal that has its OpenAI body already (a provider's 4xx in a call's result line): answered as is,
-    with its own status."""
+    """A provider's refusal or failure in a call's result line, answered with its own status and body
+    (the four fields filled in). Never worth an SDK retry: the workers already retried what a retry
+    could fix, OTB_MAX_ATTEMPTS times, so a retry by the SDK would only run all of that again."""
 
     def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         found = body.get("error") if isinstance(body, dict) else None
@@ -60,14 +61,18 @@ def body_of(exc: RequestFailed) -> dict[str, Any]:
     if isinstance(exc, ModelNotFound):
         return exc.to_openai()
     if isinstance(exc, Forwarded):
-        return dict(exc.body)
+        error = exc.body.get("error")
+        if not isinstance(error, dict):
+            return dict(exc.body)
+        return {**exc.body, "error": {"message": exc.message, "type": exc.type, "param": error.get("param"),
+                                      "code": exc.code, **error}}
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
 def headers_of(exc: RequestFailed) -> dict[str, str]:
     """`retry-after` where waiting helps; `x-should-retry: false` where nothing will."""
     headers: dict[str, str] = {}
-    if exc.status_code not in RETRYABLE_STATUS or exc.code in NO_RETRY_CODES:
+    if exc.status_code not in RETRYABLE_STATUS or exc.code in NO_RETRY_CODES or isinstance(exc, Forwarded):
         headers["x-should-retry"] = "false"
     elif exc.retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))

@@ -77,6 +77,43 @@ def test_a_key_pasted_into_a_url_never_reaches_the_log(server, keys):
     assert "sk-otb-***" in text and key not in text and key.removeprefix("sk-otb-") not in text
 
 
+def test_a_provider_failure_is_tried_by_the_workers_only_not_again_by_the_sdk(live, keys, emulator):
+    client = openai.OpenAI(base_url=live.base_url, api_key=keys["acme"], max_retries=2)  # the SDK's default
+    stats = lambda: httpx.get(f"{emulator.url}/_emulator/stats").json()["by_status"].get("500", 0)  # noqa: E731
+    before = stats()
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.create(model=FLASH, messages=[{"role": "user", "content": "#emu:fail=500 no"}])
+    assert failed.value.response.headers["x-should-retry"] == "false"
+    assert set(failed.value.response.json()["error"]) == {"message", "type", "param", "code"}
+    attempts = stats() - before
+    assert 1 <= attempts <= 5  # OTB_MAX_ATTEMPTS tries in the worker; three SDK attempts would make 15
+
+
+def test_batch_failed_and_batch_expired_reach_the_webhook_verified_by_the_sdk(live, env, api_redis):
+    from openai.types.webhooks import BatchExpiredWebhookEvent, BatchFailedWebhookEvent
+
+    from .test_webhooks_serve import receiver_on_free_port, wait_for
+
+    receiver = receiver_on_free_port()
+    try:
+        made = api_cli(["keys", "create", "outsider", "--json", "--webhook-url", receiver.url("/ok")], env)
+        assert made.returncode == 0, made.stderr.decode()
+        new = json.loads(made.stdout)
+        client = sdk(live, new["key"])
+        failed = create(client, b"{not json\n")
+        slow = create(client, jsonl([line(f"e{i}", f"#emu:slow=1500 hello {i}") for i in range(200)]))
+        api_redis.client().zadd("otb:deadlines", {slow.id: 1})  # its window ends now (the workers' janitor reads it)
+        assert settled(client, failed.id)[0].status == "failed"
+        assert settled(client, slow.id)[0].status == "expired"
+        wait_for(lambda: len(receiver.of("/ok")) >= 2, "two webhook deliveries", 60)
+        verifier = openai.OpenAI(api_key="unused", webhook_secret=new["webhook_secret"])
+        events = {e.data.id: e for e in (verifier.webhooks.unwrap(d.body, d.headers) for d in receiver.of("/ok"))}
+        assert isinstance(events[failed.id], BatchFailedWebhookEvent)
+        assert isinstance(events[slow.id], BatchExpiredWebhookEvent) and len(events) == 2
+    finally:
+        receiver.server.shutdown()
+
+
 def test_the_server_logged_no_traceback_and_no_key(server, keys):
     text = log_of(server)
     assert "Traceback" not in text

@@ -80,6 +80,15 @@ def test_a_cancelled_batch_stays_cancelling_until_it_is_cancelled_as_at_openai()
     Batch.model_validate(shown)
 
 
+def test_a_provider_error_passed_on_has_openai_s_four_fields_and_is_not_retried_by_the_sdk():
+    forwarded = errors.Forwarded(500, {"error": {"message": "google answered 500: boom", "type": "api_error",
+                                                 "code": "internal"}})
+    assert errors.body_of(forwarded) == {"error": {"message": "google answered 500: boom", "type": "api_error",
+                                                   "param": None, "code": "internal"}}
+    # the workers already retried it OTB_MAX_ATTEMPTS times: an SDK retry would run all of those again
+    assert errors.headers_of(forwarded)["x-should-retry"] == "false"
+
+
 def test_keys_in_a_request_line_are_redacted_from_the_log(caplog):
     from producer.api import redact
 
