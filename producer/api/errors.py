@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from worker.errors import RETRYABLE_STATUS, InvalidRequest, ModelNotFound, RequestFailed
@@ -27,6 +28,27 @@ log = logging.getLogger("otb.api")
 SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"  # OpenAI's words
 NO_RETRY_CODES = frozenset({"insufficient_quota", "no_worker", "timeout"})  # waiting again does not fix these
 # (a call that found no worker, or none in time, has already waited --call-timeout: the SDK would wait twice more)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None  # (the seed's exact model_not_found body has no `param`)
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body: every failure of every route answers it, with a real HTTP status."""
+
+    error: ErrorDetail
+
+
+# The answers every route may give besides its 2xx, as /docs and /openapi.json list them.
+OPENAPI_RESPONSES: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse, "description": what} for status, what in (
+    (400, "Bad parameters (`invalid_request_error`)"), (401, "No key, or an unknown or revoked one (`invalid_api_key`)"),
+    (404, "No such object (or another tenant's), or no such route"), (413, "Too large (a file or a body)"),
+    (429, "Over the key's rate (`rate_limit_exceeded`, with `retry-after`) or budget (`insufficient_quota`)"),
+    (500, "A server error (nothing of the internals; the log has them)"))}
 
 
 class ApiError(RequestFailed):
@@ -94,7 +116,9 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own 404/405 (no such route or method): OpenAI's `Invalid URL (METHOD /path)`."""
     assert isinstance(exc, HTTPException)
     message = f"Invalid URL ({request.method} {request.url.path[:200]})" if exc.status_code in (404, 405) else str(exc.detail)
-    return respond(ApiError(exc.status_code, message, code=None))
+    response = respond(ApiError(exc.status_code, message, code=None))
+    response.headers.update(exc.headers or {})  # a 405's `Allow` (RFC 9110)
+    return response
 
 
 async def _on_invalid(request: Request, exc: Exception) -> JSONResponse:

@@ -62,6 +62,8 @@ def _checked(form: UploadForm) -> tuple[str, int]:
         raise ApiError(400, "Missing required parameter: 'file' (a multipart file field)", code="invalid_request",
                        param="file")
     purpose = form.fields.get("purpose")
+    if purpose is None:
+        raise ApiError(400, "Missing required parameter: 'purpose' (batch).", code="invalid_request", param="purpose")
     if purpose != "batch":
         raise ApiError(400, f"Invalid value for 'purpose': {str(purpose)[:40]!r}; this server takes 'batch' files",
                        code="invalid_request", param="purpose")

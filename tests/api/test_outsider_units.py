@@ -103,3 +103,44 @@ def test_keys_in_a_request_line_are_redacted_from_the_log(caplog):
     assert text.count("sk-otb-***") == 2 and "/v1/files/sk-otb-***" in text
 
 
+def test_a_missing_purpose_is_named_missing():
+    from producer.api.files import _checked
+    from producer.api.upload import UploadForm
+
+    form = UploadForm(FileStore(fakeredis.FakeRedis()).writer("t"), 100)
+    form.filename, form.file_field = "in.jsonl", "file"
+    with pytest.raises(errors.ApiError, match="Missing required parameter: 'purpose'"):
+        _checked(form)
+
+
+def test_the_openapi_document_shows_the_error_answers_and_the_create_body():
+    from producer.api.app import create_app
+
+    schema = create_app(Settings(), fakeredis.FakeRedis()).openapi()
+    create = schema["paths"]["/v1/batches"]["post"]
+    for status in ("400", "401", "404", "429", "500"):
+        assert status in create["responses"], status
+    assert create["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    error = schema["components"]["schemas"]["ErrorDetail"]
+    assert set(error["properties"]) == {"message", "type", "param", "code"}
+    body = create["requestBody"]["content"]["application/json"]["schema"]
+    assert body["additionalProperties"] is False  # an unknown parameter is a 400, as the document now says
+    assert body["properties"]["endpoint"]["enum"] == ["/v1/chat/completions", "/v1/embeddings"]
+    assert body["properties"]["completion_window"]["enum"] == ["24h"]
+
+
+def test_the_openapi_document_matches_what_the_server_answers():
+    """What schemathesis found against /openapi.json: the seed's model_not_found body has no `param`, an
+    empty Idempotency-Key is refused, and a 405 names the methods the path takes."""
+    from fastapi.testclient import TestClient
+
+    from producer.api.app import create_app
+
+    app = create_app(Settings(), fakeredis.FakeRedis())
+    schema = app.openapi()
+    assert schema["components"]["schemas"]["ErrorDetail"]["required"] == ["message", "type"]
+    (idempotency,) = schema["paths"]["/v1/batches"]["post"]["parameters"]
+    assert (idempotency["schema"]["minLength"], idempotency["schema"]["maxLength"]) == (1, 255)
+    answer = TestClient(app).request("TRACE", "/v1/batches")
+    assert answer.status_code == 405 and answer.json()["error"]["message"] == "Invalid URL (TRACE /v1/batches)"
+    assert set(answer.headers["allow"].replace(" ", "").split(",")) <= {"GET", "POST"}  # (Starlette: the first route's)
