@@ -17,6 +17,7 @@ import pytest
 from openai.types import Batch
 
 from .conftest import api_cli, log_of, sdk
+from .test_try_it import node_openai  # noqa: F401 (the fixture: the `openai` npm package, installed once)
 
 pytestmark = pytest.mark.e2e
 
@@ -112,6 +113,49 @@ def test_batch_failed_and_batch_expired_reach_the_webhook_verified_by_the_sdk(li
         assert isinstance(events[slow.id], BatchExpiredWebhookEvent) and len(events) == 2
     finally:
         receiver.server.shutdown()
+
+
+JS_BATCH = """
+import OpenAI, { toFile } from "openai";
+import fs from "node:fs";
+
+const client = new OpenAI({ baseURL: process.env.BASE_URL, apiKey: process.env.OTB_KEY, maxRetries: 0 });
+const streamed = await client.files.create({ file: fs.createReadStream("batch.jsonl"), purpose: "batch" });
+const buffered = await client.files.create({ file: await toFile(fs.readFileSync("batch.jsonl"), "b.jsonl"),
+                                             purpose: "batch", expires_after: { anchor: "created_at", seconds: 7200 } });
+let batch = await client.batches.create({ input_file_id: streamed.id, endpoint: "/v1/chat/completions",
+                                          completion_window: "24h", metadata: { from: "node" } });
+while (!["completed", "failed", "expired", "cancelled"].includes(batch.status)) {
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  batch = await client.batches.retrieve(batch.id);
+}
+const output = await (await client.files.content(batch.output_file_id)).text();
+const listed = [];
+for await (const file of client.files.list({ limit: 1 })) listed.push(file.id);
+let missing = null;
+try { await client.batches.retrieve("batch_nope"); } catch (err) { missing = err instanceof OpenAI.NotFoundError; }
+console.log(JSON.stringify({ streamed: [streamed.bytes, streamed.filename], buffered: [buffered.bytes, buffered.filename,
+  buffered.expires_at - buffered.created_at], status: batch.status, counts: batch.request_counts,
+  metadata: batch.metadata, lines: output.trim().split("\\n").map((l) => JSON.parse(l).custom_id), listed, missing }));
+"""
+
+
+def test_the_js_sdk_uploads_runs_and_downloads_a_batch(live, env, tmp_path, node_openai):
+    """The JS SDK's multipart differs from Python's (a ReadStream, toFile, expires_after as form fields)."""
+    from .conftest import create_key
+    from .test_try_it import run_node
+
+    data = jsonl([line("a"), line("b")])
+    (tmp_path / "batch.jsonl").write_bytes(data)
+    script = JS_BATCH.replace("process.env.BASE_URL", json.dumps(live.base_url)).replace(
+        "process.env.OTB_KEY", json.dumps(create_key(env, "node")))
+    proc = run_node(script, tmp_path, node_openai)
+    assert proc.returncode == 0, proc.stderr.decode()
+    got = json.loads(proc.stdout)
+    assert got["streamed"] == [len(data), "batch.jsonl"] and got["buffered"] == [len(data), "b.jsonl", 7200]
+    assert (got["status"], got["counts"], got["metadata"]) == ("completed", {"total": 2, "completed": 2, "failed": 0},
+                                                               {"from": "node"})
+    assert got["lines"] == ["a", "b"] and len(got["listed"]) == len(set(got["listed"])) == 3 and got["missing"]
 
 
 def test_the_server_logged_no_traceback_and_no_key(server, keys):
