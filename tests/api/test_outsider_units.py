@@ -144,3 +144,17 @@ def test_the_openapi_document_matches_what_the_server_answers():
     answer = TestClient(app).request("TRACE", "/v1/batches")
     assert answer.status_code == 405 and answer.json()["error"]["message"] == "Invalid URL (TRACE /v1/batches)"
     assert set(answer.headers["allow"].replace(" ", "").split(",")) <= {"GET", "POST"}  # (Starlette: the first route's)
+
+
+@pytest.mark.xfail(strict=True, reason="calls.read_body words every 413 as OTB_MAX_LINE_BYTES; calls.py is another "
+                                       "helper's file: read_body(request, limit, what=...) would name the real limit")
+def test_a_too_large_batch_create_names_its_own_limit_not_a_request_line_s():
+    from fastapi.testclient import TestClient
+
+    from producer.api.app import ServeOptions, create_app
+
+    app = create_app(Settings(), fakeredis.FakeRedis(), ServeOptions(no_auth=True))
+    answer = TestClient(app).post("/v1/batches", content=b'{"input_file_id": "' + b"x" * 100_000 + b'"}',
+                                  headers={"content-type": "application/json"})
+    assert answer.status_code == 413 and answer.headers["x-should-retry"] == "false"
+    assert "OTB_MAX_LINE_BYTES" not in answer.json()["error"]["message"]  # the create's limit is 64 KiB, not 8 MiB
