@@ -184,29 +184,31 @@ class FileStore:
         return True
 
     def chunks(self, meta: FileMeta) -> Iterator[bytes]:
-        """The file's bytes, one stored chunk at a time (ends early if the file is deleted meanwhile)."""
+        """The file's bytes, one stored chunk at a time; FileGone after the last one read if the file
+        was deleted or expired meanwhile (what was read is then not the file)."""
         key = self.keys.file_data(meta.tenant, meta.id)
-        index = 0
+        index = read = 0
         while True:
             got = self.conn.lrange(key, index, index)
             if not got:
-                return
-            yield binary(got[0])
+                break
+            chunk = binary(got[0])
+            read += len(chunk)
+            yield chunk
             index += 1
+        if read < meta.bytes:
+            raise FileGone(f"The file {meta.id} was deleted or expired while it was read ({read:,} of "
+                           f"{meta.bytes:,} bytes)")
 
     def lines(self, meta: FileMeta) -> Iterator[bytes]:
         """The file's lines without their line ends, holding one chunk and one line at a time;
         FileGone (before its last, cut line) if the file was deleted or expired while it was read."""
-        tail, read = b"", 0
+        tail = b""
         for chunk in self.chunks(meta):
-            read += len(chunk)
             parts = (tail + chunk).split(b"\n")
             tail = parts.pop()
             for part in parts:
                 yield part.removesuffix(b"\r")
-        if read < meta.bytes:
-            raise FileGone(f"The input file {meta.id} was deleted or expired while it was read "
-                           f"({read:,} of {meta.bytes:,} bytes): nothing of it was submitted.")
         if tail:
             yield tail.removesuffix(b"\r")
 

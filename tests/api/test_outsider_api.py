@@ -158,6 +158,28 @@ def test_the_js_sdk_uploads_runs_and_downloads_a_batch(live, env, tmp_path, node
     assert got["lines"] == ["a", "b"] and len(got["listed"]) == len(set(got["listed"])) == 3 and got["missing"]
 
 
+def test_a_file_deleted_while_it_downloads_cuts_the_answer_and_logs_one_line(server, keys):
+    """The download has sent its Content-Length: the client must see the answer end short (an error, not a
+    shorter file), and the server must say so in one line, not a traceback."""
+    client = sdk(server, keys["bob"])
+    data = b"".join(b'{"custom_id": "%08d", "pad": "%s"}\n' % (i, b"x" * 200) for i in range(150_000))  # ~34 MB
+    file = client.files.create(file=("big.jsonl", io.BytesIO(data)), purpose="batch")
+    got = 0
+    with httpx.Client(base_url=server.base_url, timeout=60) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            with http.stream("GET", f"/files/{file.id}/content", headers={"Authorization": f"Bearer {keys['bob']}"}) as r:
+                assert r.status_code == 200 and int(r.headers["content-length"]) == len(data)
+                for part in r.iter_bytes():
+                    if not got:
+                        client.files.delete(file.id)  # (the socket buffers hold a few MB at most)
+                    got += len(part)
+    assert 0 < got < len(data)
+    deadline = time.monotonic() + 10
+    while "was deleted while it was downloaded" not in log_of(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert f"file {file.id} was deleted while it was downloaded" in log_of(server)
+
+
 def test_the_server_logged_no_traceback_and_no_key(server, keys):
     text = log_of(server)
     assert "Traceback" not in text
