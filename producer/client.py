@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import redis
 
+from worker.native import summary as native_summary
 from worker.registry import Registry, load_registry
 from worker.settings import Settings
 from worker.store import Store
@@ -119,6 +120,9 @@ class Client:
         status = self.store.status(batch_id)
         if status is None:
             raise BatchNotFound(f"batch {batch_id!r} not found (wrong id, or its records expired)")
+        native = native_summary(self.conn, self.settings, batch_id)
+        if native is not None:
+            status["native"] = native  # its provider batches: where each is, by the provider's own word
         return status
 
     def wait(self, batch_id: str, *, timeout: float | None = None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from worker.errors import ConfigError
 from worker.emulator import EmulatorConfig, start_background
 from worker.queues import queues_for
 from worker.registry import Registry
+from worker.native import run_until_done
 from worker.rqworker import InProcessWorker
 from worker.providers import ADAPTERS
 from worker.settings import Settings
@@ -69,4 +70,7 @@ def drain(conn: redis.Redis, settings: Settings) -> None:
     jobs.configure(settings)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
     worker = InProcessWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer)
-    worker.work(burst=True, logging_level="WARNING")
+    while True:
+        worker.work(burst=True, logging_level="WARNING")
+        if not run_until_done(conn, settings):  # native lines: polled here; what they hand back runs next round
+            break
