@@ -2,8 +2,9 @@
 
 `{"error": {"message", "type", "param", "code"}}` and a real HTTP status, whatever went wrong:
 our own refusals (`ApiError`, and any `RequestFailed` from the library, e.g. a submit's validation),
-an unknown route, FastAPI's own request validation (a 422 there, a 400 here: OpenAI's status), and
-an unexpected exception (500, nothing of the internals in the body; the traceback goes to the log).
+an unknown route, FastAPI's own request validation (a 422 there, a 400 here: OpenAI's status), a
+Redis that does not answer (503, one log line), and an unexpected exception (500, nothing of the
+internals in the body; the traceback goes to the log).
 
 `x-should-retry: false` tells the SDKs not to retry what cannot pass on a retry (they obey it before
 their own status rules); a 429 that waiting fixes carries `retry-after` / `retry-after-ms`.
@@ -15,6 +16,7 @@ import logging
 import math
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,6 +28,7 @@ from worker.errors import RETRYABLE_STATUS, InvalidRequest, ModelNotFound, Reque
 log = logging.getLogger("otb.api")
 
 SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"  # OpenAI's words
+UNAVAILABLE = "The server is temporarily unable to reach its data store. Please retry your request in a moment."
 NO_RETRY_CODES = frozenset({"insufficient_quota", "no_worker", "timeout"})  # waiting again does not fix these
 # (a call that found no worker, or none in time, has already waited --call-timeout: the SDK would wait twice more)
 
@@ -131,6 +134,13 @@ async def _on_invalid(request: Request, exc: Exception) -> JSONResponse:
     return respond(InvalidRequest(message, param=param))
 
 
+async def _on_redis_down(request: Request, exc: Exception) -> JSONResponse:
+    """Redis unreachable (after the connection's own retries): a 503 the SDKs retry, naming no host, and
+    one log line per request instead of a traceback (an outage would fill the log with them)."""
+    log.warning("%s %s: Redis unreachable (%s)", request.method, request.url.path[:200], str(exc)[:200])
+    return respond(ApiError(503, UNAVAILABLE, code=None, type="server_error"))
+
+
 async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
     """500 with OpenAI's words and nothing of ours; the traceback goes to the server's log."""
     log.error("%s %s failed", request.method, request.url.path[:200], exc_info=exc)
@@ -142,4 +152,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestFailed, _on_failed)
     app.add_exception_handler(HTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_invalid)
+    app.add_exception_handler(redis.ConnectionError, _on_redis_down)
+    app.add_exception_handler(redis.TimeoutError, _on_redis_down)
     app.add_exception_handler(Exception, _on_crash)

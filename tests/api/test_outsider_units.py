@@ -158,3 +158,24 @@ def test_a_too_large_batch_create_names_its_own_limit_not_a_request_line_s():
                                   headers={"content-type": "application/json"})
     assert answer.status_code == 413 and answer.headers["x-should-retry"] == "false"
     assert "OTB_MAX_LINE_BYTES" not in answer.json()["error"]["message"]  # the create's limit is 64 KiB, not 8 MiB
+
+
+def test_a_redis_that_does_not_answer_is_a_503_naming_no_host_and_logged_in_one_line(caplog):
+    import socket
+
+    import redis
+    from fastapi.testclient import TestClient
+
+    from producer.api.app import ServeOptions, create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again below: nothing listens there
+    down = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+    app = create_app(Settings(), down, ServeOptions(no_auth=True))
+    with caplog.at_level(logging.WARNING):
+        answer = TestClient(app).get("/v1/files")
+    assert answer.status_code == 503 and answer.json()["error"]["type"] == "server_error"
+    assert str(port) not in answer.text and "127.0.0.1" not in answer.text and "x-should-retry" not in answer.headers
+    (record,) = [r for r in caplog.records if r.name == "otb.api"]
+    assert record.exc_info is None and "GET /v1/files" in record.getMessage()
