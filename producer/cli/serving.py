@@ -52,6 +52,7 @@ def serve(host: str, port: int, no_auth: bool, max_file_mb: int, call_timeout: f
     """Serve the OpenAI-compatible HTTP API (base URL http://HOST:PORT/v1, docs at /docs) over REDIS_URL."""
     import uvicorn
 
+    from producer.api import redact
     from producer.api.app import ServeOptions, create_app
 
     from . import tryout
@@ -75,7 +76,9 @@ def serve(host: str, port: int, no_auth: bool, max_file_mb: int, call_timeout: f
                                call_timeout=call_timeout)
         app = create_app(settings, conn, options, async_redis=embedded.async_redis if embedded else None)
         level = "info" if logging.getLogger().level <= logging.INFO or access_log else "warning"
-        uvicorn.Server(uvicorn.Config(app, log_level=level, access_log=access_log, server_header=False)).run(sockets=[sock])
+        config = uvicorn.Config(app, log_level=level, access_log=access_log, server_header=False)
+        redact.install()  # (after Config, which sets up uvicorn's loggers): no key in a logged URL
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 def _listen(host: str, port: int) -> socket.socket:
