@@ -398,7 +398,7 @@ def test_retry_expired_reruns_cancelled_native_lines_in_a_new_provider_batch(red
     --expired` opens it again and sends them native again (its mode and window allow it): one new
     provider batch, each line answered once."""
     env = worker_env(redis_server.url, emulator.url, **FAST)
-    src = write(tmp_path / "again.jsonl", [chat(f"a{i}", CLAUDE, f"again {i} #emu:batch-delay=2") for i in range(3)])
+    src = write(tmp_path / "again.jsonl", [chat(f"a{i}", CLAUDE, f"again {i} #emu:batch-delay=6") for i in range(3)])
     spawn_worker(env)
     before = stats(emulator)
     bid = submit_only(env, src, "--mode", "native", "--completion-window", "2h")
