@@ -343,10 +343,10 @@ def test_gemini_native_embeddings_equal_realtime_at_the_batch_price(redis_server
     calls = stats(emulator) - before
     assert calls["asyncBatchEmbedContent"] == 1 and calls["files.upload.start"] == 1, calls
     assert calls.get("batchEmbedContents", 0) == 0 and calls.get("countTokens", 0) == 0, calls
-    assert native["request_counts"] == {**native["request_counts"], "succeeded": 4, "errored": 1}
     got, want = results(env, native["id"]), results(env, realtime["id"])
+    assert native["request_counts"] == {**native["request_counts"], "succeeded": 4, "errored": 1}, routes_of(got)
     ok = sorted(c for c in got if c != "bad")
-    assert [comparable(got[c]) for c in ok] == [comparable(want[c]) for c in ok]
+    assert [comparable(got[c]) for c in ok] == [comparable(want[c]) for c in ok], (routes_of(got), routes_of(want))
     assert len(got["many"]["response"]["body"]["data"]) == 130 and got["many"]["meta"]["usage"]["input_tokens"] > 0
     assert got["bad"]["meta"]["route"] == "native" and got["bad"]["response"]["status_code"] == 400
     half, full = prices(EMBED, "batch"), prices(EMBED)
