@@ -23,6 +23,7 @@ import redis
 
 from . import http
 from .batch import Batch, ParkedRequest
+from .commits import Committer
 from .errors import InvalidRequest
 from .ratelimit import Limiter, load_limits
 from .recovery import finish_claimed
@@ -62,9 +63,15 @@ async def process_chunk(conn: redis.Redis, settings: Settings, batch_id: str, cu
     async with http.make_client(concurrency=settings.concurrency, timeout=settings.request_timeout) as client:
         upstream = Upstream(settings, client, writes, Limiter(conn, settings.key_prefix, settings.rate_burst),
                             load_limits(settings.limits_path))
-        ctx = Context(settings, current_registry(settings.registry_path), Store.of(conn, settings), upstream)
+        store = Store.of(conn, settings)
+        committer = Committer(store, writes)
+        ctx = Context(settings, current_registry(settings.registry_path), store, upstream, committer)
         run = ChunkRun(ctx, drain or threading.Event())
-        await run.work(batch_id, custom_ids, claim)
+        committer.quiet = run.quiet
+        try:
+            await run.work(batch_id, custom_ids, claim)
+        finally:
+            await committer.close()
     return run.summary()
 
 
@@ -86,6 +93,7 @@ class ChunkRun:
         self.open_of: dict[str | None, int] = {}  # claimed job id (None: the chunk itself) -> requests not done
         self.finished: list[str] = []  # claimed jobs whose requests are all done, not yet marked so
         self.waiting = 0  # launched, not yet past the concurrency gate
+        self.calling = 0  # past the gate, calls not over (a request waiting for its commit holds no slot)
         self.gate = asyncio.Semaphore(self.settings.concurrency)
         self.changed = asyncio.Event()
         self.claim_until = 0.0  # stop claiming then: stay well inside RQ's job timeout
@@ -138,14 +146,26 @@ class ChunkRun:
         self.changed.set()
 
     async def one(self, batch: Batch, cid: str, record: Record) -> None:
-        """One request within the concurrency gate; counted by outcome, or left over by a stop."""
-        async with self.gate:
-            self.waiting -= 1
+        """One request within the concurrency gate (held until its calls are over, not until its
+        commit); counted by outcome, or left over by a stop."""
+        await self.gate.acquire()
+        self.waiting -= 1
+        self.calling += 1
+        held = True
+
+        def calls_done() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.calling -= 1
+                self.gate.release()
+
+        try:
             if self.stop.is_set():
                 self.leftover.setdefault(batch.id, []).append(cid)
                 return
             try:
-                outcome = await run_request(self.ctx, batch, cid, record)
+                outcome = await run_request(self.ctx, batch, cid, record, calls_done)
             except asyncio.CancelledError:
                 self.leftover.setdefault(batch.id, []).append(cid)  # cut off by the stop grace: runs again later
                 raise
@@ -153,6 +173,12 @@ class ChunkRun:
                 log.exception("request %s/%s has no result", batch.id, cid)
                 outcome = "unstored"
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        finally:
+            calls_done()
+
+    def quiet(self) -> bool:
+        """No call in flight: no other result is coming soon, so a waiting commit need not wait."""
+        return self.calling == 0
 
     async def mark_finished(self) -> None:
         """A claimed chunk is done: say so now, not when this whole run ends."""
@@ -163,7 +189,7 @@ class ChunkRun:
     async def claim_next(self, claim: Claim) -> bool:
         """Take the next queued chunk when this run's requests have all started and slots are free."""
         now = time.monotonic()
-        if self.waiting or len(self.pending) >= self.settings.concurrency or self.stop.is_set() \
+        if self.waiting or self.calling >= self.settings.concurrency or self.stop.is_set() \
                 or now >= self.claim_until or now < self.quiet_until:
             return False
         got = await asyncio.to_thread(claim)
