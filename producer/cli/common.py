@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import redis
 
 from worker.errors import ConfigError, ModelNotFound, OTBError
-from worker.registry import Registry, load_registry
-from worker.settings import Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest is imported where it is used: `otb --help` loads only click and this package
+    import redis
+
     from producer.batchfile import LineError
     from producer.client import Client
+    from worker.registry import Registry
+    from worker.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_LISTED = 20  # bad lines listed one by one; the rest are counted
@@ -46,6 +47,8 @@ def friendly(fn: F) -> F:
 
 
 def settings_from_env() -> Settings:
+    from worker.settings import Settings
+
     try:
         return Settings.from_env()
     except ConfigError as exc:
@@ -53,6 +56,8 @@ def settings_from_env() -> Settings:
 
 
 def registry_of(settings: Settings) -> Registry:
+    from worker.registry import load_registry
+
     try:
         return load_registry(settings.registry_path)
     except ConfigError as exc:

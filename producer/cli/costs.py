@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from producer.options import BadOption, parse_metadata
 from worker import clock
-from worker.providers import ADAPTERS
-from worker.registry import ModelSpec, Registry
 
 from .common import dumps, friendly, opened, print_line_errors, registry_of, settings_from_env, shared_redis
+
+if TYPE_CHECKING:  # imported where used: `otb --help` loads no adapter, pydantic or registry
+    from worker.registry import ModelSpec, Registry
+
+
+class ProviderChoice(click.Choice):  # type: ignore[type-arg]
+    """The providers (worker.providers.ADAPTERS), read when `--provider` is checked or shown, not
+    when `otb` starts."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> Sequence[str]:
+        from worker.providers import ADAPTERS
+
+        return sorted(ADAPTERS)
+
+    @choices.setter
+    def choices(self, _value: Sequence[str]) -> None:
+        pass  # click's __init__ sets them; they come from the adapters
 
 
 @click.command()
@@ -92,7 +111,7 @@ def estimate(file: str, as_json: bool) -> None:
               help="Group rows by batch, model, provider, day, tag (the whole tag set) or tag:KEY; repeatable.")
 @click.option("--batch", "batch_id", help="Only this batch.")
 @click.option("--model", help="Only this model id (requested or billed).")
-@click.option("--provider", type=click.Choice(sorted(ADAPTERS)), help="Only this provider.")
+@click.option("--provider", type=ProviderChoice(), help="Only this provider.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only results carrying this tag; repeatable.")
 @click.option("--since", help="From this date or datetime (hour resolution).")
 @click.option("--until", help="Until this date or datetime, exclusive (hour resolution).")
@@ -140,6 +159,8 @@ def _check_zone(timezone: str) -> None:
 
 
 def _tags(pairs: tuple[str, ...]) -> dict[str, str]:
+    from producer.options import BadOption, parse_metadata
+
     try:
         return parse_metadata(pairs, "--tag")
     except BadOption as exc:
