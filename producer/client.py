@@ -89,6 +89,7 @@ class Client:
         completion_window: float | None = None,
         idempotency_key: str | None = None,
         max_cost: Decimal | None = None,
+        mode: str | None = None,
     ) -> str:
         """Submit request dicts (either line format) or a JSONL path; returns the batch id.
 
@@ -98,7 +99,7 @@ class Client:
         """
         options = SubmitOptions(keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
                                 metadata=metadata or {}, completion_window=completion_window,
-                                idempotency_key=idempotency_key, max_cost=max_cost)
+                                idempotency_key=idempotency_key, max_cost=max_cost, mode=mode)
         return submit(self.conn, self.settings, self.registry, _raw_lines(requests), options).batch_id
 
     def cancel(self, batch_id: str) -> dict[str, Any]:

@@ -70,13 +70,13 @@ def emulated(settings: Settings, registry: Registry, config: EmulatorConfig | No
 
 def drain(conn: redis.Redis, settings: Settings) -> None:
     """Run every queued job in this process until the queue is empty."""
-    from rq import SimpleWorker
     from rq.serializers import JSONSerializer
 
     from worker import jobs
     from worker.queues import queues_for
+    from worker.rqworker import InProcessWorker
 
     jobs.configure(settings)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
-    worker = SimpleWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer)
+    worker = InProcessWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer)
     worker.work(burst=True, logging_level="WARNING")

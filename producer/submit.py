@@ -59,10 +59,11 @@ class Submission:
 
     batch_id: str
     errors: list[LineError]
+    models: frozenset[str] = frozenset()  # of the valid lines
 
 
 def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines: Iterable[bytes],
-           options: SubmitOptions = SubmitOptions()) -> Submission:
+           options: SubmitOptions = SubmitOptions(), *, batch_id: str | None = None) -> Submission:
     """Validate, store and enqueue in one pass over `raw_lines` (JSONL bytes, read once: stdin works).
 
     The batch appears at once: its record, input order, refused lines and jobs land in one
@@ -75,9 +76,13 @@ def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines:
     the first batch's id, writes nothing and enqueues nothing (the key is looked up before any body
     is written); the same key with different requests or options (a different --max-cost, say) is
     refused.
+
+    `batch_id` names the batch (the HTTP API's own time-ordered id) instead of a random one: the
+    caller makes sure no two submits run with one id at once, and passes an idempotency key so
+    that a submit run again after a crash returns the batch instead of writing it twice.
     """
     store = Store.of(conn, settings)
-    bid = "batch_" + uuid.uuid4().hex[:24]
+    bid = batch_id or "batch_" + uuid.uuid4().hex[:24]
     key = _key_name(store, options.idempotency_key)
     repeat = key is not None and conn.exists(key)  # a repeat costs one GET and a read, not a copy of the batch
     staging = _Staging(conn, store, bid)
@@ -87,11 +92,12 @@ def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines:
         if parsed.errors and (not options.keep_valid or not parsed.lines):
             raise SubmissionRejected(parsed.errors, any_valid=bool(parsed.lines))
         claim = None if key is None else _Claim(key, _digest(parsed, options), options.idempotency_key or "")
+        models = frozenset(parsed.models)
         if repeat and claim is not None:
-            return Submission(_repeated(conn, claim), parsed.errors)
+            return Submission(_repeated(conn, claim), parsed.errors, models)
         landed_id = _land(conn, store, settings, bid, parsed, options, staging, claim)
         landed = landed_id == bid  # else another submit with the same key won: this one's bodies go
-        return Submission(landed_id, parsed.errors)
+        return Submission(landed_id, parsed.errors, models)
     except redis.ResponseError as exc:  # full (OOM), read-only, MISCONF: Redis answered, and said no
         raise _refused(exc) from None
     finally:
@@ -105,7 +111,7 @@ def _read(raw_lines: Iterable[bytes], registry: Registry, settings: Settings, op
     parsed = ParsedBatch()
     limits = Limits(settings.max_line_bytes, settings.max_lines)
     for line in stream_batch(raw_lines, registry, parsed, drop_unsupported=options.drop_unsupported_params,
-                             limits=limits):
+                             limits=limits, mode=options.resolved_mode(settings), endpoint=options.endpoint):
         if staging is None:
             continue
         if parsed.errors and not options.keep_valid:
@@ -123,7 +129,7 @@ def _land(conn: redis.Redis, store: Store, settings: Settings, bid: str, parsed:
     numbered = [(ln.number, ln.custom_id) for ln in parsed.lines] + list(zip(rejected_numbers, (c for c, _ in rejected)))
     order = [cid for _, cid in sorted(numbered)]
     now = store.redis_now()  # windows and index ages on Redis's clock, the one every worker reads
-    record = _record(bid, options, now)
+    record = _record(bid, options, now, settings)
     jobs = chunk_jobs(settings, bid, [ln.custom_id for ln in parsed.lines], "part")
     with conn.pipeline(transaction=True) as pipe:
         while True:
@@ -221,12 +227,12 @@ def _repeated(conn: redis.Redis, claim: _Claim) -> str:
     return earlier
 
 
-def _record(bid: str, options: SubmitOptions, redis_now: float) -> dict[str, Any]:
+def _record(bid: str, options: SubmitOptions, redis_now: float, settings: Settings) -> dict[str, Any]:
     record: dict[str, Any] = {
         "id": bid,
         "status": "in_progress",
         "created_at": f"{clock.now():.3f}",
-        "options": options.record_options(),
+        "options": options.record_options(settings),
         "metadata": options.metadata,
     }
     if options.completion_window:
@@ -243,7 +249,7 @@ def _earlier_batch(raw: bytes | str | None, claim: _Claim) -> str | None:
         raise IdempotencyConflict(
             f"idempotency key {claim.key!r} was already used for different requests or options (batch "
             f"{earlier_bid}; options: --max-cost, --completion-window, --metadata, --keep-valid, "
-            "--drop-unsupported-params); use a new key for a new submission")
+            "--drop-unsupported-params, --mode); use a new key for a new submission")
     return earlier_bid
 
 

@@ -12,7 +12,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+from .registry import ModelSpec
+from .routes import Route, plan
+from .settings import Settings
 from .store import Store
 
 log = logging.getLogger("otb.worker")
@@ -50,6 +54,13 @@ class BatchGate:
         if self._status in ("expiring", "expired"):
             return "batch_expired"
         return None
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the completion window ends, on Redis's clock (None: no window)."""
+        self.closed_code()  # fresh within a second
+        if self._expires_at is None:
+            return None
+        return self._expires_at - (self._redis_now + (time.monotonic() - self._read_at))
 
     def _refresh(self, now: float) -> None:
         """Read now the first time; later, inside a running event loop, read in a thread and go on with
@@ -95,12 +106,22 @@ class Batch:
     drop_unsupported: bool = False  # --drop-unsupported-params
     tags: dict[str, str] = field(default_factory=dict)  # the batch's metadata, on every result
     parked: list[ParkedRequest] = field(default_factory=list)
+    mode: str = "realtime"  # --mode as resolved at submit (routes.py); batches from before it: realtime
+    window: float | None = None  # --completion-window, seconds
 
     @classmethod
     def load(cls, store: Store, batch_id: str) -> Batch:
         """The submission's options and metadata, as submit stored them on the batch record."""
         raw = store.batch(batch_id) or {}
         options = json.loads(raw.get("options") or "{}")
+        window = options.get("completion_window")
         return cls(batch_id, BatchGate(store, batch_id), max_cost_pico=int(options.get("max_cost_pico") or 0) or None,
                    drop_unsupported=bool(options.get("drop_unsupported_params")),
-                   tags=json.loads(raw.get("metadata") or "{}"))
+                   tags=json.loads(raw.get("metadata") or "{}"), mode=str(options.get("mode") or "realtime"),
+                   window=float(window) if window else None)
+
+    def route(self, spec: ModelSpec, kind: str, body: dict[str, Any], settings: Settings,
+              meta: dict[str, Any]) -> Route:
+        """The route of one of its requests, now (routes.plan with this batch's mode and window)."""
+        return plan(self.mode, spec, kind, body, settings, window=self.window,
+                    seconds_left=self.gate.seconds_left() if self.window else None, meta=meta)

@@ -57,7 +57,8 @@ async def send(client: Client, base_url: str, call: UpstreamCall, auth: dict[str
     """
     content = encode(call.json)
     try:
-        async with client.request(call.method, base_url + call.path, data=content,
+        timeout = aiohttp.ClientTimeout(total=call.timeout, connect=10.0) if call.timeout else client.timeout
+        async with client.request(call.method, base_url + call.path, data=content, timeout=timeout,
                                   headers={**JSON_TYPE, **call.headers, **auth}) as response:
             content = await response.read()
             return Answer(response.status, response.headers, content)

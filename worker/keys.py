@@ -41,6 +41,16 @@ owner recorded in the value. API keys are never stored, only their SHA-256.
     {p}:tenant:{name}:file:{id}       HASH    a file's FileObject fields (+ tenant, lines)
     {p}:tenant:{name}:file:{id}:data  LIST    the file's bytes, in chunks of about 1 MiB
     {p}:rl:tenant:{name}              HASH    the key's shared request bucket (`otb keys create --rpm`)
+    {p}:tenant:{name}:batches         ZSET    its Batch API ids, all score 0: the ids sort by time (cursor pages)
+    {p}:tenant:{name}:batch:{id}      HASH    a Batch API record: its parameters, phase, errors, output files
+                                              and final figures (the engine's own batch is {p}:batch:{id})
+    {p}:tenant:{name}:batch:{id}:lock STRING  the server creating or finalizing that batch (a lease)
+    {p}:tenant:{name}:batch-key:{sha} STRING  an Idempotency-Key's batch id and the digest of its parameters
+    {p}:api:open                      HASH    batch id -> tenant, for Batch API batches not final yet (or
+                                              final, their on_final hooks not run yet)
+    {p}:webhook:{event id}            HASH    a batch event for a tenant's webhook: body, state, attempts
+    {p}:webhook:once:{batch}:{status} STRING  the event announced for that batch's end (announced once)
+    {p}:webhooks:due                  ZSET    event ids by their next delivery attempt (unix s)
 """
 
 from __future__ import annotations
@@ -168,3 +178,30 @@ class Keys:
 
     def file_data(self, tenant: str, file_id: str) -> str:
         return f"{self.file(tenant, file_id)}:data"
+
+    # -- the Batch API's records over the engine's batches (producer/api/batchrecords.py) ---------
+    def api_batches(self, tenant: str) -> str:
+        return f"{self.tenant(tenant)}:batches"
+
+    def api_batch(self, tenant: str, bid: str) -> str:
+        return f"{self.tenant(tenant)}:batch:{bid}"
+
+    def api_batch_lock(self, tenant: str, bid: str) -> str:
+        return f"{self.api_batch(tenant, bid)}:lock"
+
+    def api_batch_key(self, tenant: str, digest: str) -> str:
+        return f"{self.tenant(tenant)}:batch-key:{digest}"
+
+    @property
+    def api_open(self) -> str:
+        return f"{self.prefix}:api:open"
+    # -- the HTTP API: webhook events and their deliveries (producer/api/webhooks.py) ------------
+    def webhook(self, event_id: str) -> str:
+        return f"{self.prefix}:webhook:{event_id}"
+
+    def webhook_once(self, batch_id: str, status: str) -> str:
+        return f"{self.prefix}:webhook:once:{batch_id}:{status}"
+
+    @property
+    def webhooks_due(self) -> str:
+        return f"{self.prefix}:webhooks:due"

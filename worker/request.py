@@ -15,11 +15,10 @@ from typing import Any
 
 import redis
 
-from . import budget, clock, metrics
+from . import budget, clock, metrics, routes
 from .batch import Batch
 from .commits import Committer
 from .errors import BatchClosed, InvalidRequest, Parked, RequestFailed
-from .pricing import cost as price
 from .providers import ADAPTERS, Provider
 from .providers.base import Parsed, Prepared
 from .registry import ModelSpec, Registry
@@ -109,6 +108,7 @@ class OneRequest:
         self.meta: dict[str, Any] = {}
         self.attempts = Attempts()
         self.held = False  # a budget hold to release
+        self.route = routes.Route(routes.REALTIME)  # planned just before the call, into `meta`
 
     async def run(self, record: Record) -> str:
         kind, body = self.open(record)
@@ -120,8 +120,9 @@ class OneRequest:
                               budget.worst_case(spec, kind, body, prepared))
             self.held = True
         to = self.ctx.upstream.target(adapter, spec, self.attempts)
+        self.route = self.batch.route(spec, kind, body, self.ctx.settings, self.meta)
         if isinstance(request, ChatRequest):
-            parsed = await self.ctx.upstream.chat(to, spec, body, prepared)
+            parsed = await self.ctx.upstream.chat(to, spec, body, prepared, self.route)
         else:
             api_version = self.ctx.registry.api_version(spec.provider)
             parsed = await self.ctx.upstream.embeddings(to, spec, request, body, prepared, api_version)
@@ -163,7 +164,7 @@ class OneRequest:
         billed = _billed_spec(self.ctx.registry, spec, parsed)
         self.meta["billed_model"] = billed.id
         self.meta["attempts"] = self.attempts.count
-        charge = price(parsed.usage, billed, clock.today())
+        charge = routes.bill(parsed, billed, self.route, clock.today())
         line = success_line(self.batch.id, self.custom_id, parsed.body, request_id=parsed.request_id,
                             usage=parsed.usage, cost=charge, meta=self.meta)
         won = await self.commit(line, "succeeded")

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from rq import Worker
+from rq import SimpleWorker, Worker
+from rq.worker.base import BaseWorker
 from rq.exceptions import DeserializationError, StopRequested
 from rq.job import Job
 from rq.queue import Queue
@@ -51,8 +52,57 @@ class NameTaken(OTBError):
     """Another live worker has the name asked for."""
 
 
-class DrainingWorker(Worker):
+class ChunkJobs(BaseWorker):
+    """What every worker of this project does around a job, forking or in-process: run only this
+    project's chunk jobs (anything else is failed unrun), and when RQ gives up on a chunk, end its
+    open requests as `chunk_failed` instead of leaving them open forever."""
+
     refusals = Refusals("the worker waits for it (nothing is lost; free memory or raise maxmemory)")
+
+    # -- what runs ------------------------------------------------------------------------------
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        refusal = refusal_of(job)
+        if refusal is not None:
+            log.error("job %s refused, not run: %s", job.id, refusal)
+            job.retries_left = 0
+            self.handle_job_failure(job, queue, exc_string=f"refused by otb worker: {refusal}",
+                                    execution=self.prepare_execution(job))
+            return
+        current_registry(jobs.current_settings().registry_path)  # the horse inherits it: read here, once
+        try:
+            super().execute_job(job, queue)
+        except redis.ResponseError as exc:  # RQ's own bookkeeping after the job (state, failure) was refused
+            if not refused_write(exc):
+                raise
+            self.refusals.refused(exc)  # the chunk's lease and the janitor keep its requests safe meanwhile
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
+                           execution: Any = None) -> None:
+        final = not job.should_retry and self._stopped_job_id != job.id and refusal_of(job) is None
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        if final:
+            self._end_failed_chunk(job, exc_string)
+
+    def _end_failed_chunk(self, job: Job, exc_string: str) -> None:
+        """RQ gave up on the chunk: its requests without a result end with the reason, not silence."""
+        bid, custom_ids = job.args[0], list(job.args[1])
+        reason = _last_line(exc_string) or "unknown error"
+        error = RequestFailed(f"the worker could not run this request's chunk ({reason}), after RQ's retries; "
+                              f"`otb retry {bid}` runs it again", code="chunk_failed", type="api_error", status_code=500)
+        try:
+            ended = end_requests(Store.of(self.connection, jobs.current_settings()), bid, custom_ids, error, "errored")
+        except redis.RedisError as exc:  # left as they are: the janitor re-runs the chunk once its lease lapses
+            log.error("chunk %s failed for good and its requests could not be ended: %s", job.id, exc)
+            return
+        metrics.abandoned("chunk_failed")
+        log.error("chunk %s failed for good (%s): %d open requests of %s ended as chunk_failed", job.id, reason, ended, bid)
+
+
+class InProcessWorker(ChunkJobs, SimpleWorker):
+    """Runs chunk jobs in this process (`otb run`, `otb demo`, `Client.embedded`, `otb serve --emulator`)."""
+
+
+class DrainingWorker(ChunkJobs, Worker):
     metrics_served = False  # set by run_worker with --metrics-port: horses hand their counts to this process
     _feed: metrics.HorseFeed | None = None
 
@@ -93,44 +143,6 @@ class DrainingWorker(Worker):
                 os.kill(self.horse_pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-
-    # -- what runs ------------------------------------------------------------------------------
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        refusal = refusal_of(job)
-        if refusal is not None:
-            log.error("job %s refused, not run: %s", job.id, refusal)
-            job.retries_left = 0
-            self.handle_job_failure(job, queue, exc_string=f"refused by otb worker: {refusal}",
-                                    execution=self.prepare_execution(job))
-            return
-        current_registry(jobs.current_settings().registry_path)  # the horse inherits it: read here, once
-        try:
-            super().execute_job(job, queue)
-        except redis.ResponseError as exc:  # RQ's own bookkeeping after the job (state, failure) was refused
-            if not refused_write(exc):
-                raise
-            self.refusals.refused(exc)  # the chunk's lease and the janitor keep its requests safe meanwhile
-
-    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
-                           execution: Any = None) -> None:
-        final = not job.should_retry and self._stopped_job_id != job.id and refusal_of(job) is None
-        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
-        if final:
-            self._end_failed_chunk(job, exc_string)
-
-    def _end_failed_chunk(self, job: Job, exc_string: str) -> None:
-        """RQ gave up on the chunk: its requests without a result end with the reason, not silence."""
-        bid, custom_ids = job.args[0], list(job.args[1])
-        reason = _last_line(exc_string) or "unknown error"
-        error = RequestFailed(f"the worker could not run this request's chunk ({reason}), after RQ's retries; "
-                              f"`otb retry {bid}` runs it again", code="chunk_failed", type="api_error", status_code=500)
-        try:
-            ended = end_requests(Store.of(self.connection, jobs.current_settings()), bid, custom_ids, error, "errored")
-        except redis.RedisError as exc:  # left as they are: the janitor re-runs the chunk once its lease lapses
-            log.error("chunk %s failed for good and its requests could not be ended: %s", job.id, exc)
-            return
-        metrics.abandoned("chunk_failed")
-        log.error("chunk %s failed for good (%s): %d open requests of %s ended as chunk_failed", job.id, reason, ended, bid)
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         """Say which chunk lost its work horse, how, and what happens next (RQ says only "terminated")."""

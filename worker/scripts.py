@@ -115,6 +115,7 @@ class Scripts:
     bucket_take: Script
     bucket_adjust: Script
     cool_down: Script
+    take_due: Script
 
     def __init__(self, conn: redis.Redis) -> None:
         found, declared = contracts(), set(Scripts.__annotations__)

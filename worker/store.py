@@ -267,6 +267,8 @@ class Store:
         cost = {n: from_pico(int(raw.get(f"cost_{n}_pico", 0))) for n in COST_BUCKETS}
         cost["total"] = normalize(sum(cost.values(), Decimal(0)))
         lost = self._lost(bid, counts)
+        by_route = {route: int(raw.get(counter, 0)) for route, counter in aggregates.ROUTE_COUNTERS.items()}
+        options = json.loads(raw.get("options") or "{}")
         return {
             "id": bid,
             "object": "otb.batch_status",  # not an OpenAI Batch object: our own counts and costs
@@ -277,6 +279,9 @@ class Store:
             "request_counts": counts,
             "cost": {n: format(v, "f") for n, v in cost.items()},
             "spent": format(from_pico(int(raw.get("spent_pico", 0))), "f"),
+            "saved": format(from_pico(int(raw.get(aggregates.SAVED_COUNTER, 0))), "f"),  # vs standard prices
+            "mode": options.get("mode") or "realtime",
+            "succeeded_by_route": {"realtime": max(counts["succeeded"] - sum(by_route.values()), 0), **by_route},
             "max_cost": _budget(raw),
             "usage": {n: int(raw.get(n, 0)) for n in aggregates.TOKEN_COUNTERS},
             "metadata": json.loads(raw.get("metadata", "{}") or "{}"),

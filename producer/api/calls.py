@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
@@ -60,8 +61,10 @@ class Call:
 class Calls:
     """Submits calls on the interactive queue and waits for their results (one per server process)."""
 
-    def __init__(self, conn: redis.Redis, settings: Settings, keys: KeyStore, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, conn: redis.Redis, settings: Settings, keys: KeyStore, timeout: float = DEFAULT_TIMEOUT,
+                 async_redis: Callable[[], aioredis.Redis] | None = None) -> None:
         self.conn, self.settings, self.keys, self.timeout = conn, settings, keys, timeout
+        self.async_redis = async_redis or (lambda: async_client(settings.redis_url or ""))  # embedded: its own
         self.call_settings = settings.with_(queue_name=interactive_name(settings))
         self.names = Keys(settings.key_prefix)
         self._aconn: aioredis.Redis | None = None
@@ -73,7 +76,7 @@ class Calls:
             # A waiting call holds a connection for its blocked XREAD: more of them than redis-py's default
             # pool (100, then MaxConnectionsError) may wait, and past WAITERS a call waits for a connection
             # instead of failing. The read must end before the socket's timeout (redis-py's default is 5 s).
-            self._aconn = async_client(self.settings.redis_url or "")
+            self._aconn = self.async_redis()
         return self._aconn
 
     async def answer(self, tenant: Tenant, call: Call) -> "Answer":
@@ -90,7 +93,8 @@ class Calls:
     def submit(self, tenant: Tenant, call: Call) -> str:
         """The call as a one-request batch, through the one submit path (errors identical to `otb submit`)."""
         raw = json.dumps({"custom_id": CALL_ID, "method": "POST", "url": call.url, "body": call.body}).encode()
-        options = SubmitOptions(metadata={TENANT_TAG: tenant.name}, completion_window=self.timeout)
+        options = SubmitOptions(metadata={TENANT_TAG: tenant.name}, completion_window=self.timeout,
+                                mode="realtime")  # a caller waits: never a slower route (a line's own service_tier may ask)
         registry = current_registry(self.settings.registry_path)
         try:
             return submit(self.conn, self.call_settings, registry, [raw], options).batch_id

@@ -3,10 +3,11 @@ and status text, the listing of bad lines."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from functools import wraps
@@ -28,6 +29,24 @@ if TYPE_CHECKING:  # the rest is imported where it is used: `otb --help` loads o
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_LISTED = 20  # bad lines listed one by one; the rest are counted
 SOME_FAILED = 2  # exit status of `submit --wait` and `run` when the batch ended with errored or expired requests
+
+
+class LazyChoice(click.Choice):  # type: ignore[type-arg]
+    """A choice among the values of `module.name` (a provider, a mode), read when the option is checked or
+    its help shown, not when `otb` starts: those modules bring pydantic and the registry."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> Sequence[str]:
+        values = getattr(importlib.import_module(self.module), self.name)
+        return sorted(values) if isinstance(values, dict) else list(values)  # a dict's keys, sorted (ADAPTERS)
+
+    @choices.setter
+    def choices(self, _value: Sequence[str]) -> None:
+        pass  # click's __init__ sets them; they come from the module
 
 
 def friendly(fn: F) -> F:
@@ -103,10 +122,24 @@ def status_text(s: dict[str, Any]) -> str:
         f"cache_write {cost['cache_write']}, output {cost['output']})",
         f"spent     ${s['spent']}  (billed by providers for every answer received, repeats included)",
         *([f"budget    ${s['max_cost']}"] if s.get("max_cost") else []),
+        *_route_lines(s),
         *([f"parked    {s['parked']['requests']} requests until "
            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(s['parked']['until']))}: {s['parked']['reason']}"]
           if s.get("parked") else []),
     ])
+
+
+def _route_lines(s: dict[str, Any]) -> list[str]:
+    """How the batch's lines ran and what that saved, once it is not a plain real-time batch."""
+    from worker.routes import mode_note
+
+    mode, by_route = s.get("mode") or "realtime", s.get("succeeded_by_route") or {}
+    if mode == "realtime" and not any(n for route, n in by_route.items() if route != "realtime"):
+        return []
+    ran = ", ".join(f"{n} {route}" for route, n in by_route.items() if n) or "none yet"
+    note = mode_note(mode)
+    return [f"routes    mode {mode}: succeeded {ran}" + (f" ({note})" if note else ""),
+            f"saved     ${s.get('saved', '0')} vs real time (these answers at standard prices, less their cost)"]
 
 
 def exit_if_some_failed(status: dict[str, Any]) -> None:
@@ -119,6 +152,7 @@ def print_line_errors(errors: list[LineError], registry: Registry, suffix: str =
     """The first MAX_LISTED bad lines on stderr, then a count: a CSV file must not print 20,000 lines."""
     from producer.batchfile import EXPECTED, NotJsonl
 
+    errors = [e for e in errors if e.number]  # line 0 is about the whole file: its caller says it once
     for err in errors[:MAX_LISTED]:
         click.echo(f"{err}{suffix}{_did_you_mean(err, registry)}", err=True)
     if len(errors) > MAX_LISTED:

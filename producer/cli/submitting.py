@@ -1,6 +1,6 @@
 """`otb submit` and following a batch (`--wait`, `otb status --watch`).
 
-The six submit options become one SubmitOptions here, at the edge (`with_submit_options`), and the
+The seven submit options become one SubmitOptions here, at the edge (`with_submit_options`), and the
 file is read once, as it is submitted: stdin works the same as a path.
 """
 
@@ -9,13 +9,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, NoReturn
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from .common import (F, dumps, exit_if_some_failed, friendly, opened, print_line_errors, registry_of,
+from .common import (F, LazyChoice, dumps, exit_if_some_failed, friendly, opened, print_line_errors, registry_of,
                      settings_from_env, shared_redis, status_text)
 
 if TYPE_CHECKING:  # imported where used: `otb --help` loads neither redis nor pydantic
@@ -50,6 +48,7 @@ SUBMIT_OPTIONS = [
     click.option("--completion-window", metavar="DURATION", callback=_parsed("parse_duration"), help="End what is not done by then as batch_expired (a number and a unit: 24h, 90m, 3600s, 2d)."),
     click.option("--idempotency-key", metavar="KEY", help="Submitting again with the same key returns the same batch."),
     click.option("--max-cost", metavar="USD", callback=_parsed("parse_usd"), help="Budget: requests that could pass it end as budget_exceeded, unsent."),
+    click.option("--mode", type=LazyChoice("worker.routes", "MODES"), help="How lines run: realtime, flex (Gemini, 50%), native (not available yet) or auto (the cheapest route the window allows; the default with a --completion-window of 1h or more)."),
 ]
 
 
@@ -58,12 +57,16 @@ def with_submit_options(fn: F) -> F:
 
     @wraps(fn)
     def wrapper(*args: Any, keep_valid: bool, drop_unsupported_params: bool, metadata: dict[str, str],
-                completion_window: float | None, idempotency_key: str | None, max_cost: Any, **kwargs: Any) -> Any:
-        from producer.options import SubmitOptions
+                completion_window: float | None, idempotency_key: str | None, max_cost: Any, mode: str | None,
+                **kwargs: Any) -> Any:
+        from producer.options import BadOption, SubmitOptions
 
-        options = SubmitOptions(keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
-                                metadata=metadata, completion_window=completion_window,
-                                idempotency_key=idempotency_key, max_cost=max_cost)
+        try:
+            options = SubmitOptions(keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
+                                    metadata=metadata, completion_window=completion_window,
+                                    idempotency_key=idempotency_key, max_cost=max_cost, mode=mode)
+        except BadOption as exc:
+            raise click.BadParameter(exc.message, param_hint=exc.option) from None
         return fn(*args, options=options, **kwargs)
 
     decorated: Any = wrapper
