@@ -79,9 +79,8 @@ class BatchGate:
     def _read_in_thread(self) -> None:
         try:
             self._read(time.monotonic())
-        except Exception as exc:  # Redis away a moment: keep the last reading, try again in a second
+        except Exception as exc:  # Redis away a moment: keep the last reading; the next look reads again
             log.warning("status of batch %s not read: %s", self.batch_id, exc)
-            self._read_at = time.monotonic()
         finally:
             self._reading = False
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from .errors import InvalidRequest, ProtocolError, TransportError
 from .providers.base import UpstreamCall
@@ -74,7 +75,18 @@ JSON_TYPE = {"content-type": "application/json"}
 
 
 def encode(body: Any) -> bytes:
-    """The JSON bytes of a call (compact, UTF-8, as httpx would send them); InvalidRequest if impossible."""
+    """The JSON bytes of a call (compact, UTF-8); InvalidRequest if impossible.
+
+    orjson first (a tenth of json's time, on every call): it writes NaN and Infinity as null where
+    json refuses them, so its bytes are taken only when they hold no null at all; anything else
+    (a null, an integer past 64 bits, a lone surrogate, deep nesting) goes through json as before.
+    """
+    try:
+        fast = orjson.dumps(body)
+    except TypeError:
+        fast = b"null"
+    if b"null" not in fast:
+        return fast
     try:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except RecursionError:

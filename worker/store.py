@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import redis
 
 from . import aggregates, clock
@@ -191,7 +192,7 @@ class Store:
                     record[name] = record.get(name, 0) + one.counts[name]
             for field, amount in one.increments:
                 agg[field] = agg.get(field, 0) + amount
-        items: list[str | int] = [x for pair in record.items() for x in pair]
+        items: list[str | bytes | int] = [x for pair in record.items() for x in pair]
         items += [x for pair in agg.items() for x in pair]
         for one in group:
             items += [one.custom_id, one.text, one.outcome]
@@ -203,7 +204,7 @@ class Store:
             events=k.events(bid), all_events=k.all_events, batch_agg=k.batch_agg(bid), open=k.open,
             answers=k.answers(bid), ttl=self.ttl, now=f"{max(one.at for one in group):.3f}", hour=hour,
             hour_start=start, agg_ttl=self.aggregate_ttl, spend=sum(one.spend for one in group),
-            answer=hashlib.sha256(group[0].text.encode()).hexdigest()[:20] if len(group) == 1 else "",
+            answer=hashlib.sha256(group[0].text).hexdigest()[:20] if len(group) == 1 else "",
             n_batch=len(record), n_agg=len(agg), items=items)
         if pipe is not None:  # WAIT on the connection that committed: it waits for that write
             got = pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms).execute()[0]  # type: ignore[no-untyped-call]
@@ -335,7 +336,7 @@ class _Staged:
     """A result line as the commit script takes it, its figures read once."""
 
     custom_id: str
-    text: str
+    text: bytes
     outcome: str
     at: float  # the line's completed_at: its hour, and the batch's end if it is the last
     hour: str
@@ -351,8 +352,18 @@ def _staged(custom_id: str, line: dict[str, Any], outcome: str) -> _Staged:
     at = _committed_at(line)  # the line's own time decides its hour, here and in `uncommit`
     hour, start = aggregates.hour_of(at)
     flat = aggregates.increments(line, counts=counts)
-    return _Staged(custom_id, json.dumps(line, separators=(",", ":")), outcome, at, hour, start, counts,
+    return _Staged(custom_id, _line_text(line), outcome, at, hour, start, counts,
                    list(zip(flat[::2], flat[1::2])), sum(counts.get(c, 0) for c in aggregates.COST_COUNTERS))
+
+
+def _line_text(line: dict[str, Any]) -> bytes:
+    """A result line as stored: compact JSON, UTF-8. orjson (a tenth of json's time, for every result),
+    json for what orjson refuses (an integer past 64 bits, a lone surrogate). A NaN, which no provider
+    sends, would be written null where json wrote NaN (not JSON)."""
+    try:
+        return orjson.dumps(line)
+    except TypeError:
+        return json.dumps(line, separators=(",", ":")).encode()
 
 
 def _committed_at(line: dict[str, Any]) -> float:
