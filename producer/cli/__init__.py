@@ -40,7 +40,7 @@ for command in (models, submit_cmd, status, batches, results, cancel_cmd, retry_
 
 
 
-def run() -> None:
+def entry() -> None:
     """The `otb` process (the entry point and `python -m producer.cli`): `main`, then out at once.
 
     Python's own exit tears down every module the command loaded, 60-90 ms on this machine for
@@ -67,4 +67,4 @@ def _busy() -> bool:
     return any(t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate())
 
 
-__all__ = ["main", "run"]
+__all__ = ["entry", "main"]
