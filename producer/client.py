@@ -113,7 +113,7 @@ class Client:
         return retry(self.conn, self.settings, batch_id)
 
     def status(self, batch_id: str) -> dict[str, Any]:
-        return batch_status(self.store, batch_id)
+        return batch_status(self.store, batch_id, self.settings)
 
     def wait(self, batch_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Block until the batch is final, woken by its completion event (no polling).

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from worker import clock, routes, tokens
+from worker.native import goes_native
 from worker.pricing import cost, normalize, priced_tier
 from worker.providers import ADAPTERS
 from worker.providers.base import output_limit
@@ -49,7 +50,8 @@ def estimate(parsed: ParsedBatch, registry: Registry, on: dt.date | None = None,
             typical = min(limit, tokens.DEFAULT_OUTPUT_GUESS)
         else:
             tokens_in, limit, typical = tokens.embedding_input_tokens(body), 0, 0
-        route = routes.plan(mode, spec, kind, body, settings, window=window, seconds_left=window, meta={}).name
+        route = routes.NATIVE if goes_native(mode, spec, kind, body, window, settings) else \
+            routes.plan(mode, spec, kind, body, settings, window=window, seconds_left=window, meta={}).name
         tier = priced_tier(spec, routes.TIER_OF_ROUTE[route])
         row = rows.setdefault((spec.id, route), {"model": spec.id, "route": route, **dict.fromkeys(SUMMED, 0)})
         row["requests"] += 1

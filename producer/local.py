@@ -73,10 +73,14 @@ def drain(conn: redis.Redis, settings: Settings) -> None:
     from rq.serializers import JSONSerializer
 
     from worker import jobs
+    from worker.native import run_until_done
     from worker.queues import queues_for
     from worker.rqworker import InProcessWorker
 
     jobs.configure(settings)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
     worker = InProcessWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer)
-    worker.work(burst=True, logging_level="WARNING")
+    while True:
+        worker.work(burst=True, logging_level="WARNING")
+        if not run_until_done(conn, settings):  # native lines: polled here; what they hand back runs next round
+            break

@@ -26,6 +26,7 @@ from worker.emulator import EmulatorConfig
 from worker.queues import queues_for
 from worker.recovery import Janitor
 from worker.registry import Registry
+from worker.native import NativePoller
 from worker.rqworker import InProcessWorker
 from worker.settings import Settings
 
@@ -81,4 +82,7 @@ def standalone(settings: Settings, registry: Registry, config: EmulatorConfig | 
         janitor = Janitor(lambda: conn, settings)  # parked requests resume, lapsed leases and windows end
         janitor.start()
         stack.callback(janitor.stopped.set)
+        poller = NativePoller(lambda: conn, settings)  # native batches (a 24 h API batch's Claude lines)
+        poller.start()
+        stack.callback(poller.stopped.set)
         yield Standalone(settings, conn, server, settings.base_url("anthropic"))

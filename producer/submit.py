@@ -21,7 +21,10 @@ from worker import clock
 from worker.errors import OTBError
 from worker.queues import chunk_jobs, queue_for
 from worker.registry import Registry
+from worker.native import goes_native
+from worker.native import register as register_native
 from worker.results import error_line
+from worker.schemas import KIND_BY_URL
 from worker.settings import Settings
 from worker.store import Store
 
@@ -118,6 +121,8 @@ def _read(raw_lines: Iterable[bytes], registry: Registry, settings: Settings, op
             staging.stop()  # the file is refused whatever follows: write nothing more
         else:
             staging.add(line)
+            if _goes_native(line, registry, settings, options):
+                staging.native.append(line.custom_id)
     return parsed
 
 
@@ -130,7 +135,8 @@ def _land(conn: redis.Redis, store: Store, settings: Settings, bid: str, parsed:
     order = [cid for _, cid in sorted(numbered)]
     now = store.redis_now()  # windows and index ages on Redis's clock, the one every worker reads
     record = _record(bid, options, now, settings)
-    jobs = chunk_jobs(settings, bid, [ln.custom_id for ln in parsed.lines], "part")
+    native = set(staging.native)
+    jobs = chunk_jobs(settings, bid, [ln.custom_id for ln in parsed.lines if ln.custom_id not in native], "part")
     with conn.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -146,6 +152,7 @@ def _land(conn: redis.Redis, store: Store, settings: Settings, bid: str, parsed:
                 if jobs:
                     queue_for(conn, settings).enqueue_many(jobs, pipeline=pipe)
                     store.add_jobs(pipe, bid, [j.job_id for j in jobs])
+                register_native(pipe, conn, settings, bid, staging.native)
                 pipe.execute()
                 return bid
             except redis.WatchError:
@@ -162,6 +169,7 @@ class _Staging:
         self.pending: list[tuple[str, dict[str, Any]]] = []
         self.staged = False  # some bodies are in Redis: a submit that does not land deletes them
         self.stopped = False
+        self.native: list[str] = []  # lines for the providers' batch APIs (worker/native), not chunk jobs
 
     def add(self, line: Line) -> None:
         if self.stopped:
@@ -182,6 +190,16 @@ class _Staging:
     def write_rest(self, pipe: Any) -> None:
         """The bodies still in memory, on the landing transaction (which gives all of them the batch's lifetime)."""
         self.store.write_requests(pipe, self.bid, self.pending)
+
+
+def _goes_native(line: Line, registry: Registry, settings: Settings, options: SubmitOptions) -> bool:
+    """Does this valid line go to its provider's batch API (the batch's mode, its model, its window)?"""
+    if line.body is None:
+        return False
+    kind = KIND_BY_URL[line.url]
+    spec = registry.resolve_for(str(line.body.get("model")), kind)
+    return goes_native(options.resolved_mode(settings), spec, kind, line.body, options.completion_window, settings,
+                       budget=options.max_cost is not None)
 
 
 def _refused(exc: redis.ResponseError) -> RedisRefused:

@@ -60,8 +60,8 @@ def test_estimate_by_mode_prices_each_line_on_its_route_and_shows_the_saving(reg
     gemini, claude = sorted(data["rows"], key=lambda r: r["model"], reverse=True)
     # flex: 100 * 0.25 + 200 * 1.5 per 1M, against 100 * 0.5 + 200 * 3.0 in real time
     assert (gemini["route"], gemini["cost_max"], gemini["saved_expected"]) == ("flex", "0.000325", "0.000325")
-    # auto sends Claude to Message Batches, not built yet: real time, standard price, nothing saved
-    assert (claude["route"], claude["cost_max"], claude["saved_expected"]) == ("realtime", "0.00011", "0")
-    assert data["mode"] == "auto" and data["total"]["saved_expected"] == "0.000325"
+    # auto sends Claude to Message Batches: half of 100 * 0.1 + 200 * 0.5 per 1M in real time
+    assert (claude["route"], claude["cost_max"], claude["saved_expected"]) == ("native", "0.000055", "0.000055")
+    assert data["mode"] == "auto" and data["total"]["saved_expected"] == "0.00038"
     flex_only = read_batch(lines, registry, mode="flex")
     assert [e.number for e in flex_only.errors] == [2] and "has no flex tier" in str(flex_only.errors[0])

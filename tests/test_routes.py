@@ -39,12 +39,11 @@ def test_the_default_mode_is_auto_only_with_a_window_of_an_hour_or_more() -> Non
     assert SubmitOptions(completion_window=7200).resolved_mode(Settings(auto_min_window=10800)) == "realtime"
 
 
-def test_native_mode_is_refused_in_one_line_until_it_exists() -> None:
-    with pytest.raises(BadOption) as exc:
-        SubmitOptions(mode="native")
-    assert exc.value.option == "--mode" and "not available yet" in exc.value.message and "\n" not in exc.value.message
-    with pytest.raises(BadOption, match="'cheap' is not a mode"):
+def test_native_mode_is_taken_and_an_unknown_mode_refused_in_one_line() -> None:
+    assert SubmitOptions(mode="native").mode == "native"
+    with pytest.raises(BadOption, match="'cheap' is not a mode") as exc:
         SubmitOptions(mode="cheap")
+    assert exc.value.option == "--mode" and "\n" not in exc.value.message
 
 
 def test_the_mode_is_recorded_for_the_workers_and_binds_an_idempotency_key() -> None:
@@ -71,13 +70,14 @@ def test_flex_mode_sends_gemini_chat_to_flex_with_its_allowance(registry: Regist
     assert late.name == "realtime" and "no time is left for a flex call" in late.meta["route_note"]
 
 
-def test_auto_until_native_exists_anthropic_in_real_time_gemini_in_flex(registry: Registry) -> None:
-    claude = plan(registry, "auto", "anthropic/claude-haiku-5-5", window=7200)
-    assert claude.name == "realtime" and claude.meta["route_note"] == "native batches are not available yet: sent in real time"
+def test_a_chat_line_planned_native_in_a_chunk_was_handed_back_and_runs_in_real_time(registry: Registry) -> None:
+    """Native chat lines never reach a chunk (submit sets them aside for worker/native) unless their
+    provider batch handed them back: then they run in real time, and say why."""
+    for model, window in (("anthropic/claude-haiku-5-5", 7200), ("google/gemini-3-flash", 2 * 86400)):
+        route = plan(registry, "auto", model, window=window)
+        assert route.name == "realtime" and route.meta["route_note"] == routes.NATIVE_FELL_BACK
     short = plan(registry, "auto", "google/gemini-3-flash", window=7200)
     assert short.name == "flex" and short.notes == []  # a short window: flex is auto's own choice
-    long = plan(registry, "auto", "google/gemini-3-flash", window=2 * 86400)
-    assert long.name == "flex" and "native batches are not available yet: sent in flex" in long.meta["route_note"]
     emb = plan(registry, "auto", "google/gemini-embedding-001", kind="embedding", window=7200)
     assert emb.name == "realtime" and "not available yet" in emb.meta["route_note"]
 

@@ -29,6 +29,14 @@ here: they are reached through RQ's API (`Queue`, `Job`, the registries), never 
     {p}:rl:{scope}               HASH    a shared rate-limit bucket (model and a hash of the API key)
     {p}:cool:{scope}             STRING  a shared cool-down of that scope
     {p}:writable                 STRING  a worker's probe: does Redis take writes again? (10 s)
+    {p}:native:due               ZSET    batches with native provider batches, by when their poller looks next
+    {p}:native:lease:{id}        STRING  the worker process polling that batch's provider batches now
+    {p}:native:{id}              HASH    a batch's native route: its lines waiting (`todo`), parts planned
+    {p}:native:{id}:todo         LIST    custom_ids submitted to the native route, not planned into parts yet
+    {p}:native:{id}:part:{n}     HASH    one provider batch: provider, model, state, intent marker, provider id
+    {p}:native:{id}:ids:{n}      LIST    its custom_ids; the id sent for position i is `{marker}_{i}`
+    {p}:native:{id}:extras       HASH    custom_id -> what its translation dropped or noted (only lines with any)
+    {p}:native:known             SET     provider batch ids recorded by an intent (a lost create matches none)
 
 The HTTP API (producer/api, `otb serve`): a tenant is a key prefix, and every read also checks the
 owner recorded in the value. API keys are never stored, only their SHA-256.
@@ -158,6 +166,33 @@ class Keys:
     @property
     def writable(self) -> str:
         return f"{self.prefix}:writable"
+
+    # -- native provider batches (worker/native) ---------------------------------------------------
+    @property
+    def native_due(self) -> str:
+        return f"{self.prefix}:native:due"
+
+    def native_lease(self, bid: str) -> str:
+        return f"{self.prefix}:native:lease:{bid}"
+
+    def native(self, bid: str) -> str:
+        return f"{self.prefix}:native:{bid}"
+
+    def native_todo(self, bid: str) -> str:
+        return f"{self.native(bid)}:todo"
+
+    def native_part(self, bid: str, n: int) -> str:
+        return f"{self.native(bid)}:part:{n}"
+
+    def native_ids(self, bid: str, n: int) -> str:
+        return f"{self.native(bid)}:ids:{n}"
+
+    def native_extras(self, bid: str) -> str:
+        return f"{self.native(bid)}:extras"
+
+    @property
+    def native_known(self) -> str:
+        return f"{self.prefix}:native:known"
 
     # -- the HTTP API: keys, tenants and their files (producer/api) ---------------------------
     def api_key(self, digest: str) -> str:

@@ -161,7 +161,7 @@ class OneRequest:
 
     async def succeed(self, spec: ModelSpec, parsed: Parsed) -> str:
         """Price the answer as the model that ran and commit it; spend is counted even if this commit loses."""
-        billed = _billed_spec(self.ctx.registry, spec, parsed)
+        billed = billed_spec(self.ctx.registry, spec, parsed)
         self.meta["billed_model"] = billed.id
         self.meta["attempts"] = self.attempts.count
         charge = routes.bill(parsed, billed, self.route, clock.today())
@@ -197,7 +197,7 @@ def _internal(exc: Exception) -> RequestFailed:
                          code="internal_error", type="api_error", status_code=500)
 
 
-def _billed_spec(registry: Registry, spec: ModelSpec, parsed: Parsed) -> ModelSpec:
+def billed_spec(registry: Registry, spec: ModelSpec, parsed: Parsed) -> ModelSpec:
     """Google may serve a deprecated id with another model; bill what actually ran."""
     served = parsed.upstream_model
     if not served or served == spec.upstream:

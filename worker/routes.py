@@ -8,9 +8,10 @@ is shorter than `Settings.gemini_native_min_window`, to Gemini Batch Mode when i
 embeddings to asyncBatchEmbedContent). `auto` is the default whenever a completion window of at least
 `Settings.auto_min_window` is given; without one the default stays `realtime`.
 
-Native batches are not built yet, so their legs do something honest instead, and each result says
-so in `meta.route` and `meta.route_note`: Anthropic lines and embeddings run in real time, Gemini
-chat lines in flex (the same 50%); `--mode native` itself is refused at submit (`unavailable_mode`).
+Native chat lines are set aside at submit for worker/native (its poller sends them in provider
+batches); a chat line planned native that reaches a chunk was handed back by its provider batch (the
+window's margin, a job that failed or expired) and runs in real time, saying so in `meta.route_note`.
+Native embeddings (asyncBatchEmbedContent) are not built yet: they run in flex or real time.
 
 A line may carry OpenAI's `service_tier`: `flex` asks for flex whatever the mode, `default` for the
 standard tier, `auto` leaves it to the mode. Anthropic has no flex tier: its adapter refuses a line
@@ -37,11 +38,11 @@ from .settings import Settings
 REALTIME, FLEX, NATIVE = "realtime", "flex", "native"
 ROUTES = (REALTIME, FLEX, NATIVE)
 MODES = ("auto", REALTIME, FLEX, NATIVE)
-UNAVAILABLE_MODES = {NATIVE: "native batches (Anthropic Message Batches, Gemini Batch Mode) are not available yet; "
-                             "use --mode auto (Gemini chat in flex at 50%, the rest in real time) or --mode flex"}
+UNAVAILABLE_MODES: dict[str, str] = {}  # modes refused at submit, with why (native is built: worker/native)
 TIER_OF_ROUTE = {REALTIME: STANDARD, FLEX: "flex", NATIVE: "batch"}
 LINE_TIERS = ("auto", "default", FLEX)  # OpenAI `service_tier` values a line may carry (others are unsupported)
 NO_NATIVE_YET = "native batches are not available yet"
+NATIVE_FELL_BACK = "sent in real time: its native batch did not take or answer it in time"
 
 
 def default_mode(window: float | None, settings: Settings) -> str:
@@ -52,8 +53,7 @@ def default_mode(window: float | None, settings: Settings) -> str:
 def mode_note(mode: str) -> str | None:
     """What a mode does differently from its description today (shown by `otb status`)."""
     if mode == "auto":
-        return (f"{NO_NATIVE_YET}: auto runs Anthropic lines and embeddings in real time and Gemini chat "
-                "lines in flex")
+        return f"{NO_NATIVE_YET} for embeddings: they run in real time"
     return None
 
 
@@ -119,9 +119,11 @@ def plan(mode: str, spec: ModelSpec, kind: str, body: dict[str, Any], settings: 
     tier = line_tier(body)
     if tier == "default":
         return Route(REALTIME, meta)
-    wanted = FLEX if tier == FLEX else _mode_route(mode, spec, kind, window, settings)
+    wanted = FLEX if tier == FLEX else mode_route(mode, spec, kind, window, settings)
     notes: list[str] = []
-    if wanted == NATIVE:  # not built yet: the nearest honest route
+    if wanted == NATIVE and kind == "chat":  # a chat line here is one its native batch handed back
+        return Route(REALTIME, meta, notes=[NATIVE_FELL_BACK])
+    if wanted == NATIVE:  # embeddings: not built yet, the nearest honest route
         if has_flex(spec, kind):
             wanted, notes = FLEX, [f"{NO_NATIVE_YET}: sent in flex (also 50%)"]
         else:
@@ -137,7 +139,7 @@ def plan(mode: str, spec: ModelSpec, kind: str, body: dict[str, Any], settings: 
     return Route(FLEX, meta, flex_for=flex_for, notes=notes)
 
 
-def _mode_route(mode: str, spec: ModelSpec, kind: str, window: float | None, settings: Settings) -> str:
+def mode_route(mode: str, spec: ModelSpec, kind: str, window: float | None, settings: Settings) -> str:
     if mode == FLEX:
         return FLEX
     if mode == NATIVE:

@@ -36,6 +36,7 @@ from rq.serializers import JSONSerializer
 from . import jobs, metrics
 from .connection import connect, durability_warnings
 from .errors import ConfigError, OTBError, RequestFailed
+from .native import NativePoller
 from .queues import CHUNK_JOB, queues_for
 from .recovery import Janitor, end_requests
 from .registry import current_registry
@@ -275,6 +276,8 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     stop_metrics = _serve_metrics(settings, metrics_port, metrics_host) if metrics_port else None
     janitor = Janitor(lambda: connect(settings.redis_url or ""), settings)
     janitor.start()
+    poller = NativePoller(lambda: connect(settings.redis_url or ""), settings)
+    poller.start()
     worker = DrainingWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer, name=name,
                             job_monitoring_interval=10, worker_ttl=60, maintenance_interval=30)
     worker.metrics_served = stop_metrics is not None
@@ -282,6 +285,7 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
         worker.work(burst=burst, logging_level=logging_level)
     finally:
         janitor.stopped.set()
+        poller.stopped.set()
         if stop_metrics is not None:
             stop_metrics()
 

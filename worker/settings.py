@@ -64,6 +64,11 @@ class Settings:
     flex_max_wait: float = 1200.0
     native_margin_share: float | None = 0.10  # OTB_NATIVE_MARGIN as a share of the window ...
     native_margin_seconds: float | None = None  # ... or as seconds (exactly one is set)
+    # Native provider batches (worker/native): their poller looks every `native_poll_interval` seconds
+    # (OTB_NATIVE_POLL_INTERVAL, 60; backing off while nothing moves). `native_fault` is a test hook
+    # (OTB_NATIVE_FAULT=exit-after-create: the process exits between the create and its record).
+    native_poll_interval: float = 60.0
+    native_fault: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -102,6 +107,8 @@ class Settings:
             native_margin_share=margin[0],
             native_margin_seconds=margin[1],
             webhook_retry_ms=_int(env, "OTB_WEBHOOK_RETRY_MS", 5000),
+            native_poll_interval=_seconds(env, "OTB_NATIVE_POLL_INTERVAL", 60.0),
+            native_fault=env.get("OTB_NATIVE_FAULT") or "",
         )
 
     def base_url(self, provider: str) -> str:
@@ -151,6 +158,20 @@ def _margin(raw: str) -> tuple[float | None, float | None]:
         return None, value
     raise ConfigError(f"OTB_NATIVE_MARGIN must be a share of the window such as 10% (below 100%) or seconds "
                       f"such as 600, got {raw!r}")
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds (fractions allowed: tests poll fast)."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:

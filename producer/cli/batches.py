@@ -27,7 +27,7 @@ def status(batch_id: str, as_json: bool, watch: bool) -> None:
         from producer.status import batch_status
         from worker.store import Store
 
-        s = batch_status(Store.of(shared_redis(settings), settings), batch_id)
+        s = batch_status(Store.of(shared_redis(settings), settings), batch_id, settings)
     click.echo(dumps(s) if as_json else status_text(s))
 
 

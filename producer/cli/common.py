@@ -123,6 +123,7 @@ def status_text(s: dict[str, Any]) -> str:
         f"spent     ${s['spent']}  (billed by providers for every answer received, repeats included)",
         *([f"budget    ${s['max_cost']}"] if s.get("max_cost") else []),
         *_route_lines(s),
+        *_native_lines(s),
         *([f"parked    {s['parked']['requests']} requests until "
            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(s['parked']['until']))}: {s['parked']['reason']}"]
           if s.get("parked") else []),
@@ -140,6 +141,21 @@ def _route_lines(s: dict[str, Any]) -> list[str]:
     note = mode_note(mode)
     return [f"routes    mode {mode}: succeeded {ran}" + (f" ({note})" if note else ""),
             f"saved     ${s.get('saved', '0')} vs real time (these answers at standard prices, less their cost)"]
+
+
+def _native_lines(s: dict[str, Any]) -> list[str]:
+    """Each provider batch of the native route: where the provider says it is, and its counts."""
+    out = []
+    for part in s.get("native") or []:
+        if part["state"] == "planning":
+            out.append(f"native    {part['requests']} requests being planned into provider batches")
+            continue
+        counts = ", ".join(f"{n} {k}" for k, n in (part.get("progress") or {}).items() if n)
+        where = part.get("provider_status") or part["state"]
+        out.append(f"native    {part['provider']} {part.get('provider_batch') or '(not created yet)'}: "
+                   f"{part['requests']} requests, {where}" + (f" ({counts})" if counts else "")
+                   + (f"; {part['note']}" if part.get("note") else ""))
+    return out
 
 
 def exit_if_some_failed(status: dict[str, Any]) -> None:

@@ -82,15 +82,13 @@ def test_flex_mode_runs_gemini_at_half_price_and_every_view_says_so(redis_server
     assert table.splitlines()[2].startswith("flex") and f"saved vs real time: ${report['total']['saved']}" in table
 
 
-def test_auto_with_a_window_runs_claude_in_real_time_and_native_is_refused(redis_server, emulator, real_redis,
-                                                                          spawn_worker, tmp_path: Path) -> None:
-    env = worker_env(redis_server.url, emulator.url)
+def test_auto_with_a_window_sends_claude_to_message_batches_and_gemini_to_flex(redis_server, emulator, real_redis,
+                                                                               spawn_worker, tmp_path: Path) -> None:
+    env = worker_env(redis_server.url, emulator.url, OTB_NATIVE_POLL_INTERVAL="0.2")
     src = write(tmp_path / "mixed.jsonl", [
         {"custom_id": "c", "model": CLAUDE, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]},
         {"custom_id": "g", "model": GEMINI, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}])
 
-    native = otb(["submit", str(src), "--mode", "native"], env)
-    assert native.returncode == 2 and "native batches" in native.stderr.decode() and "Traceback" not in native.stderr.decode()
     refused = otb(["submit", str(src), "--mode", "flex"], env)
     assert refused.returncode == 1 and "--mode flex: anthropic/claude-haiku-5-5 has no flex tier" in refused.stderr.decode()
 
@@ -98,12 +96,11 @@ def test_auto_with_a_window_runs_claude_in_real_time_and_native_is_refused(redis
     done = otb(["submit", str(src), "--completion-window", "2h", "--wait", "--json"], env, timeout=180)
     assert done.returncode == 0, done.stderr.decode()
     status = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    assert status["mode"] == "auto" and status["succeeded_by_route"] == {"realtime": 1, "flex": 1, "native": 0}
+    assert status["mode"] == "auto" and status["succeeded_by_route"] == {"realtime": 0, "flex": 1, "native": 1}
     results = {r["custom_id"]: r for r in map(json.loads, otb(["results", status["id"]], env).stdout.decode().splitlines())}
     claude = results["c"]["meta"]
-    assert (claude["route"], claude["service_tier"], claude["saved"]) == ("realtime", "standard", "0")
-    assert claude["route_note"] == "native batches are not available yet: sent in real time"
-    assert Decimal(results["c"]["cost"]["total"]) == by_hand(claude["usage"], prices(CLAUDE))
+    assert (claude["route"], claude["service_tier"]) == ("native", "batch")
+    assert Decimal(results["c"]["cost"]["total"]) == by_hand(claude["usage"], prices(CLAUDE, "batch"))
     assert results["g"]["meta"]["route"] == "flex"
     human = otb(["status", status["id"]], env).stdout.decode()
-    assert "mode auto: succeeded 1 realtime, 1 flex (native batches are not available yet" in human
+    assert "mode auto: succeeded 1 flex, 1 native" in human, human

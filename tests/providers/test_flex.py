@@ -128,12 +128,12 @@ def test_a_random_shed_rate_is_absorbed_by_flex_retries(registry) -> None:  # ty
         emu.stop()
 
 
-def test_auto_runs_anthropic_in_real_time_and_says_so(batch) -> None:  # type: ignore[no-untyped-def]
+def test_auto_sends_anthropic_to_message_batches_and_gemini_to_flex(batch) -> None:  # type: ignore[no-untyped-def]
     lines, status = batch([chat("a", "hi", "anthropic/claude-haiku-5-5"), chat("g", "hi")], completion_window=7200)
     assert status["mode"] == "auto"
     a, g = lines["a"]["meta"], lines["g"]["meta"]
-    assert (a["route"], a["service_tier"]) == ("realtime", "standard")  # the tier Anthropic's answer reports
-    assert a["route_note"] == "native batches are not available yet: sent in real time" and a["saved"] == "0"
+    assert (a["route"], a["service_tier"]) == ("native", "batch")  # the tier Anthropic's answer reports
+    assert Decimal(a["saved"]) > 0 and "route_note" not in a
     assert (g["route"], g["service_tier"]) == ("flex", "flex")
 
 
