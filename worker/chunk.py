@@ -93,9 +93,9 @@ class ChunkRun:
         self.pending: set[asyncio.Future[None]] = set()
         self.open_of: dict[str | None, int] = {}  # claimed job id (None: the chunk itself) -> requests not done
         self.finished: list[str] = []  # claimed jobs whose requests are all done, not yet marked so
-        # Launched requests wait here for a slot, in order, as plain entries: no task each, no semaphore
-        # (asyncio.Semaphore.acquire scans all its waiters in Python 3.11: quadratic with a claimed
-        # chunk waiting behind the calls in flight).
+        # Launched requests wait here for a slot, in order, as plain entries: a task is made only when a
+        # slot is free (a task per waiting request, parked on a semaphore, cost its creation, a future and
+        # a wake-up through the loop for each of the hundreds a claimed chunk puts behind the calls).
         self.queued: collections.deque[tuple[str | None, Batch, str, Record]] = collections.deque()
         self.calling = 0  # holding a slot: calls not over (a request waiting for its commit holds none)
         self.ahead = max(self.settings.concurrency // 2, 1)  # claim while fewer requests than this wait for a slot
