@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -32,7 +32,7 @@ KEY_PREFIX = "sk-otb-"
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a Redis key part and a report tag: no ':'
 SPENT = "spent_pico"  # a tenant hash field: its committed spend, kept when its key is rotated
 WEBHOOKS_FAILED = "webhooks_failed"  # a tenant hash field: webhook events given up (producer/api/webhook_delivery.py)
-NO_AUTH_TENANT = "local"  # the tenant of every request under `otb serve --no-auth`
+from . import NO_AUTH_TENANT  # noqa: E402  (re-exported: its home is the package, for `otb --help`)
 
 
 def rate_scope(tenant: str) -> str:
@@ -152,8 +152,19 @@ def _public(name: str, record: dict[str, str]) -> dict[str, Any]:
     revoked = record.get("revoked_at") or None
     return {"name": name, "status": "revoked" if revoked else "active", "created_at": int(record.get("created_at") or 0),
             "revoked_at": int(revoked) if revoked else None, "rpm": int(record.get("rpm") or 0),
-            "max_cost": record.get("max_cost") or None, "webhook_url": record.get("webhook_url") or None,
+            "max_cost": record.get("max_cost") or None, "webhook_url": shown_url(record.get("webhook_url") or None),
             "webhooks_failed": int(record.get(WEBHOOKS_FAILED) or 0)}
+
+
+def shown_url(url: str | None) -> str | None:
+    """A webhook URL as `otb keys list` shows it: credentials and query values (where receivers put
+    their tokens) masked, since the list is for looking at, not for copying secrets out of Redis."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    netloc = f"***@{parts.netloc.rpartition('@')[2]}" if "@" in parts.netloc else parts.netloc
+    query = "&".join(f"{k}=***" if eq else k for k, eq, _ in (p.partition("=") for p in parts.query.split("&") if p))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def check_name(name: str) -> str:
