@@ -152,7 +152,7 @@ class WorkerProcess:
 
 
 def chunks_held_by(conn: redis.Redis, pids: list[int], prefix: str = "otb") -> list[str]:
-    """Chunk jobs run by one of `pids`: by their own lease (`host:pid`) or claimed under one."""
+    """Chunk jobs run by one of `pids`: by their own lease (`{token}@host:pid`) or claimed under one."""
     held = []
     for key in conn.scan_iter(f"{prefix}:lease:*"):
         owner = (conn.get(key) or b"").decode()
@@ -160,7 +160,7 @@ def chunks_held_by(conn: redis.Redis, pids: list[int], prefix: str = "otb") -> l
             held.append(key.decode().removeprefix(f"{prefix}:lease:"))
     leases = {f"{prefix}:lease:{job}" for job in held}
     for job, claim in conn.hgetall(f"{prefix}:claimed").items():
-        if claim.decode().rpartition(" ")[0] in leases:
+        if claim.decode().split(" ", 1)[0] in leases:
             held.append(job.decode())
     return held
 
@@ -172,8 +172,11 @@ def wait_taken_over(conn: redis.Redis, job_id: str, dead: list[int], since: floa
         try:
             owner = (conn.get(f"otb:lease:{job_id}") or b"").decode()
             claim = (conn.hget("otb:claimed", job_id) or b"").decode()
-            if claim:
-                owner = (conn.get(claim.rpartition(" ")[0]) or b"").decode()
+            if claim:  # "{lease key} {unix s} {claimer's token}": run by the claimer while it holds that lease
+                lease_key, _, rest = claim.partition(" ")
+                claimer = rest.partition(" ")[2]
+                owner = (conn.get(lease_key) or b"").decode()
+                owner = "" if claimer and owner != claimer else owner
             if (owner and int(owner.rsplit(":", 1)[1]) not in dead) or conn.hget(f"rq:job:{job_id}", "status") == b"finished":
                 break
         except redis.ConnectionError:  # Redis restarting under a chaos run

@@ -65,6 +65,7 @@ from bench.harness import ROOT, RedisServer, WorkerProcess, chunks_held_by, free
 from bench.nsfabric import Fabric, terminated_cleanly, unavailable
 from bench.throughput import (child_pids, code_version, cpu_seconds, progress, stop_session, wait_no_children, wait_workers,
                               write_jsonl)
+from worker.settings import Settings
 
 MODEL = "google/gemini-3-flash"
 METRICS_PORT = 9464  # each worker's, on its own namespace address
@@ -84,7 +85,7 @@ class Sizes:
     cut_requests: int = 4000
     cut_concurrency: int = 32
     cut_chunk: int = 100  # the default OTB_CHUNK_SIZE
-    lease_ttl: int = 10  # part 3: OTB_LEASE_TTL (default 15; see README, Scaling out)
+    lease_ttl: int | None = None  # part 3: OTB_LEASE_TTL (None: the default, worker/settings.py)
     cut_at: float = 0.25  # part 3: share of the batch done before the cut
 
 
@@ -332,11 +333,12 @@ def ceiling(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # -- part 3 ------------------------------------------------------------------------------------
 def part_cut_link(fabric: Fabric, work: Path, sizes: Sizes) -> dict[str, Any]:
     """Pull namespace 0's cable mid-chunk, wait for its chunks to be taken over, plug it back in."""
-    n, count, ttl = sizes.cut_requests, sizes.cut_workers, sizes.lease_ttl
+    n, count = sizes.cut_requests, sizes.cut_workers
+    ttl = sizes.lease_ttl or Settings().lease_ttl
     env = {"OTB_CONCURRENCY": str(sizes.cut_concurrency), "OTB_CHUNK_SIZE": str(sizes.cut_chunk),
-           "OTB_LEASE_TTL": str(ttl)}
+           **({"OTB_LEASE_TTL": str(sizes.lease_ttl)} if sizes.lease_ttl else {})}
     progress(f"3: {n} requests, {count} workers ({sizes.cut_concurrency} in flight each, chunks of {sizes.cut_chunk}), "
-             f"OTB_LEASE_TTL={ttl}; the cable of namespace 0 is pulled at {sizes.cut_at:.0%}")
+             f"OTB_LEASE_TTL={ttl:g}{'' if sizes.lease_ttl else ' (the default)'}; the cable of namespace 0 is pulled at {sizes.cut_at:.0%}")
     with running(fabric, work / "part3", count, env, latency_ms=sizes.latency_ms) as (svc, workers, conn):
         victim = workers.list[0]
         bid = svc.submit(chat_lines(n, "cut"), "batch")
@@ -464,6 +466,8 @@ def checks(parts: dict[str, Any]) -> dict[str, dict[str, Any]]:
         check("max_sends_per_request", p["max_sends"], "<= 2", p["max_sends"] <= 2)
         check("sent_twice_only_what_it_held", p["requests_sent_twice"], f"<= {p['victim_open_requests_in_held']}",
               p["requests_sent_twice"] <= p["victim_open_requests_in_held"])
+        check("victim_calls_after_link_back", p["victim_calls_after_link_back"], "0",
+              p["victim_calls_after_link_back"] == 0)
         check("results_changed_after_link_back", p["results_changed_after_link_back"], "0",
               p["results_changed_after_link_back"] == 0 and not p["counters_changed_after_link_back"])
     return out
@@ -516,8 +520,10 @@ def render(report: dict[str, Any]) -> str:
              "met" if report["checks"]["max_sends_per_request"]["met"]
              and report["checks"]["sent_twice_only_what_it_held"]["met"] else "MISSED"),
             ("3 link back", f"{p['victim_late_commits_refused']} late commits refused; "
-             f"{p['results_changed_after_link_back']} results changed", "0 changed",
-             verdict["results_changed_after_link_back"]),
+             f"{p['results_changed_after_link_back']} results changed; "
+             f"{p['victim_calls_after_link_back']} requests sent again by the cut-off worker", "0 changed, 0 sent",
+             "met" if verdict["results_changed_after_link_back"] == verdict["victim_calls_after_link_back"] == "met"
+             else "MISSED"),
         ]
     width = [max(len(r[i]) for r in rows) for i in range(4)] if rows else [0] * 4
     lines.append(" | ".join(h.ljust(w) for h, w in zip(("part", "figure", "target", "verdict"), width)))
@@ -538,7 +544,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", type=part_numbers, default=sorted(PARTS), help="comma-separated part numbers (default all)")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run; part 3 as tests/e2e runs it)")
-    ap.add_argument("--lease-ttl", type=int, help="part 3's OTB_LEASE_TTL (default 10; 3 with --quick)")
+    ap.add_argument("--lease-ttl", type=int, help="part 3's OTB_LEASE_TTL (default: the worker's default; 3 with --quick)")
     ap.add_argument("--json", action="store_true", help="one JSON object with every figure on stdout")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, JSONL files)")
     args = ap.parse_args()

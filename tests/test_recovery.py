@@ -72,3 +72,17 @@ def test_a_chunk_recovered_too_often_ends_its_requests_as_worker_crashed(setup):
     status = Client(conn, settings).status(bid)
     assert status["request_counts"]["errored"] == 3, status
     assert conn.get(keys.recoveries(got[0])) == b"3" and not conn.hexists(keys.claimed, got[0])
+
+
+def test_a_started_chunk_without_a_lease_is_taken_back_once_one_ttl_old_not_before(setup):
+    conn, settings, _ = setup
+    queue = queue_for(conn, settings)
+    job = Job.fetch(queue.get_job_ids()[0], connection=conn, serializer=JSONSerializer)
+    queue.remove(job)
+    with conn.pipeline() as pipe:  # started, then its worker vanished (or is cut off) and its lease lapsed
+        job.prepare_for_execution("a-worker-that-died", pipe)
+        Execution.create(job, ttl=600, pipeline=pipe)
+        pipe.execute()
+    began = job.started_at.timestamp()
+    assert recover_abandoned(conn, settings, now=began + settings.lease_ttl * 0.5) == []  # may not hold it yet
+    assert recover_abandoned(conn, settings, now=began + settings.lease_ttl * 1.2) == [job.id]  # was 2 x ttl

@@ -26,6 +26,7 @@ from . import http
 from .batch import Batch, ParkedRequest
 from .commits import Committer
 from .errors import InvalidRequest
+from .lease import Lease
 from .ratelimit import Limiter, load_limits
 from .recovery import finish_claimed
 from .registry import current_registry
@@ -56,18 +57,20 @@ class ChunkSummary:
 
 
 async def process_chunk(conn: redis.Redis, settings: Settings, batch_id: str, custom_ids: list[str], *,
-                        drain: threading.Event | None = None, claim: Claim | None = None) -> ChunkSummary:
+                        drain: threading.Event | None = None, claim: Claim | None = None,
+                        lease: Lease | None = None) -> ChunkSummary:
     """Run a chunk's open requests concurrently, `concurrency` at a time, and those of the chunks
     `claim` takes while its tail drains. With `drain` set mid-way, nothing new starts, calls in flight
-    get `stop_grace` seconds, and the rest is reported as leftover (uncommitted, safe to re-run)."""
+    get `stop_grace` seconds, and the rest is reported as leftover (uncommitted, safe to re-run). Once
+    `lease` is lost, nothing new starts either, and what waited is dropped (a janitor re-queued it)."""
     writes = Writes(conn, settings.key_prefix)
     async with http.make_client(concurrency=settings.concurrency, timeout=settings.request_timeout) as client:
         upstream = Upstream(settings, client, writes, Limiter(conn, settings.key_prefix, settings.rate_burst),
-                            load_limits(settings.limits_path))
+                            load_limits(settings.limits_path), lease=lease)
         store = Store.of(conn, settings)
         committer = Committer(store, writes)
         ctx = Context(settings, current_registry(settings.registry_path), store, upstream, committer)
-        run = ChunkRun(ctx, drain or threading.Event())
+        run = ChunkRun(ctx, drain or threading.Event(), lease)
         committer.quiet = run.quiet
         try:
             await run.work(batch_id, custom_ids, claim)
@@ -84,8 +87,8 @@ class ChunkRun:
     over them slower. Only counts per claimed job are kept.
     """
 
-    def __init__(self, ctx: Context, stop: threading.Event) -> None:
-        self.ctx, self.stop = ctx, stop
+    def __init__(self, ctx: Context, stop: threading.Event, lease: Lease | None = None) -> None:
+        self.ctx, self.stop, self.lease = ctx, stop, lease
         self.settings, self.store = ctx.settings, ctx.store
         self.outcomes: dict[str, int] = {"skipped": 0, "succeeded": 0, "errored": 0}
         self.leftover: dict[str, list[str]] = {}
@@ -102,6 +105,7 @@ class ChunkRun:
         self.changed = asyncio.Event()
         self.claim_until = 0.0  # stop claiming then: stay well inside RQ's job timeout
         self.quiet_until = 0.0  # the queue was empty: do not ask again before then
+        self.held_back = False  # requests wait for the lease to be confirmed (after a freeze or a cut)
 
     async def work(self, batch_id: str, custom_ids: list[str], claim: Claim | None) -> None:
         """Run until every request launched (the chunk's, the claimed chunks') is done, or a stop."""
@@ -109,6 +113,9 @@ class ChunkRun:
         self.claim_until = time.monotonic() + self.settings.job_timeout / 2
         while True:
             self.changed.clear()
+            if self.held_back and self.may_start():
+                self.held_back = False
+                self.start_more()  # the lease is confirmed again: what waited starts
             if self.stop.is_set():
                 self.leave_queued()
                 if self.pending:
@@ -117,7 +124,7 @@ class ChunkRun:
             await self.mark_finished()
             if claim is not None and await self.claim_next(claim):
                 continue
-            if not self.pending and not self.finished:
+            if not self.pending and not self.finished and not self.queued:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), 0.05)
@@ -149,6 +156,9 @@ class ChunkRun:
     def start_more(self) -> None:
         """Give the free slots to the requests waiting longest (a stop starts none); ask for more
         work while few wait."""
+        if not self.may_start():
+            self.held_back = bool(self.queued)  # the loop starts them once the lease is confirmed
+            return
         while self.queued and self.calling < self.settings.concurrency and not self.stop.is_set():
             job_id, batch, cid, record = self.queued.popleft()
             self.calling += 1
@@ -157,6 +167,22 @@ class ChunkRun:
             task.add_done_callback(functools.partial(self.landed, job_id))
         if len(self.queued) < self.ahead and time.monotonic() >= self.quiet_until:
             self.changed.set()  # claim more (not while the queue is known empty: the loop looks again anyway)
+
+    def may_start(self) -> bool:
+        """May a request start now? Not before the lease is confirmed (after a freeze or a cut outlived
+        its last refresh); once the lease is lost, the requests waiting for a slot are dropped: a janitor
+        has given them to other workers with the chunk, so they are neither run nor handed back."""
+        if self.lease is None or self.lease.holds():
+            return True
+        if not self.lease.lost.is_set():
+            self.lease.refresh_now()
+            return False
+        while self.queued:
+            job_id, _batch, _cid, _record = self.queued.popleft()
+            self.outcomes["taken_over"] = self.outcomes.get("taken_over", 0) + 1
+            self.open_of[job_id] -= 1
+            self.landed(job_id, None)
+        return False
 
     def leave_queued(self) -> None:
         """A stop: the requests still waiting for a slot are left over (never started: safe to run again)."""
@@ -210,6 +236,9 @@ class ChunkRun:
 
     async def mark_finished(self) -> None:
         """A claimed chunk is done: say so now, not when this whole run ends."""
+        if self.lease is not None and self.lease.lost.is_set():
+            self.finished = []  # not ours to mark: a janitor re-queues them (their dropped requests with them)
+            return
         if self.finished:
             done, self.finished = self.finished, []
             await asyncio.to_thread(finish_claimed, self.store.conn, self.settings, done)
@@ -221,6 +250,8 @@ class ChunkRun:
         at the default chunk size, 100 requests, that cost ~15% of the throughput.)"""
         now = time.monotonic()
         if len(self.queued) >= self.ahead or self.stop.is_set() or now >= self.claim_until or now < self.quiet_until:
+            return False
+        if self.lease is not None and not self.lease.holds():
             return False
 
         def claimed() -> Loaded | None:

@@ -21,7 +21,8 @@ from . import clock
 from .chunk import ChunkSummary, process_chunk
 from .connection import connect
 from .queues import enqueue_chunks
-from .recovery import Lease, claim_next, finish_claimed, park
+from .lease import Lease
+from .recovery import claim_next, finish_claimed, park, wait_taken_over
 from .settings import Settings
 from .store import Store
 
@@ -76,9 +77,15 @@ def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, int]:
     else:
         conn = job.connection
         lease_key = Store.of(conn, settings).keys.lease(job.id)
-        with Lease(conn, lease_key, settings.lease_ttl):
-            summary = asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN,
-                                                claim=functools.partial(claim_next, conn, settings, lease_key)))
+        with Lease(conn, lease_key, settings.lease_ttl) as lease:
+            summary = asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN, lease=lease,
+                                                claim=functools.partial(claim_next, conn, settings, lease_key,
+                                                                        lease.owner)))
+        if lease.lost.is_set():  # a janitor gave the chunk (and those it claimed) to others: hand back nothing
+            if not wait_taken_over(conn, settings, job.id, lease.owner):
+                log.error("chunk %s: lease lost but not yet taken over after %.0f s; its open requests wait for "
+                          "the janitor's rescue", job.id, settings.lease_ttl * 2)
+            return summary.job_result()
     settle(conn, settings, summary)
     return summary.job_result()
 

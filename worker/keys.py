@@ -20,8 +20,8 @@ here: they are reached through RQ's API (`Queue`, `Job`, the registries), never 
     {p}:idempotency:{sha256}     STRING  the batch an idempotency key created
     {p}:agg:{YYYYMMDDHH}         HASH    running aggregates of one UTC hour
     {p}:agg:hours                ZSET    the aggregate hours, scored by their start
-    {p}:lease:{job}              STRING  held by the process running a chunk
-    {p}:claimed                  HASH    job id -> "{claimer's lease key} {unix s}" for claimed chunks
+    {p}:lease:{job}              STRING  held by the process running a chunk (its value: the owner's token)
+    {p}:claimed                  HASH    job id -> "{claimer's lease key} {unix s} {claimer's token}" for claimed chunks
     {p}:recovering:{job}         STRING  one janitor's lock on recovering a chunk
     {p}:recoveries:{job}         STRING  how often a chunk was recovered; expires `OTB_RESULT_TTL` after the last
     {p}:rescuing                 STRING  one janitor's lock on a round of rescues

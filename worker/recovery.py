@@ -2,9 +2,10 @@
 
 Stock RQ notices a dead worker only after its heartbeat TTL (job_monitoring_interval + 60 s) and
 the next maintenance pass of some idle worker: minutes (reference/rq.md §1). Here the process
-running a chunk holds a short lease (`otb:lease:{job}`, refreshed by a thread every ttl/3); the
-chunks it claims from the queue are recorded under that lease (`otb:claimed`). A janitor thread in
-every `otb worker` re-enqueues started or claimed chunks whose lease has lapsed. Re-running a chunk
+running a chunk holds a short lease (`otb:lease:{job}`, lease.py); the chunks it claims from the
+queue are recorded under that lease and its owner's token (`otb:claimed`). A janitor thread in every
+`otb worker` re-enqueues started or claimed chunks whose lease has lapsed (or is another's), at its
+first pass after: a holder that comes back finds its lease lost and starts no new call (lease.py). Re-running a chunk
 is safe: committed requests are skipped (chunk.py), so only calls in flight at the kill are sent
 again. Re-runs count against `max_recoveries`: a chunk that kills every worker it touches (a poison
 input) ends its open requests as `worker_crashed` and shows up in RQ's failed registry.
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from typing import Any
@@ -69,37 +68,6 @@ def resume_parked(conn: redis.Redis, settings: Settings, *, now: float | None = 
     return resumed
 
 
-class Lease:
-    """Holds `otb:lease:{job_id}` while a chunk runs, from a thread so a busy event loop cannot starve it."""
-
-    def __init__(self, conn: redis.Redis, key: str, ttl: float) -> None:
-        self.conn, self.key, self.ttl = conn, key, ttl
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._refresh, name="otb-lease", daemon=True)
-
-    def __enter__(self) -> "Lease":
-        self.conn.set(self.key, self.owner, px=int(self.ttl * 1000))
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        try:
-            self.conn.delete(self.key)
-        except redis.RedisError:
-            pass  # it lapses on its own
-
-    def _refresh(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:  # PEXPIRE needs no memory, so a full Redis (maxmemory, noeviction) keeps the lease alive
-                if not self.conn.pexpire(self.key, int(self.ttl * 1000)):
-                    self.conn.set(self.key, self.owner, px=int(self.ttl * 1000))
-            except redis.RedisError as exc:  # Redis restarting: try again next tick
-                log.warning("lease %s not refreshed: %s", self.key, exc)
-
-
 def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
     """Re-enqueue started chunks whose lease lapsed, on either queue; returns their job ids."""
     now = clock.now() if now is None else now
@@ -119,9 +87,9 @@ def _recover_started(conn: redis.Redis, settings: Settings, queue: Queue, now: f
         except NoSuchJobError:
             started.remove_execution(execution)
             continue
-        began = job.started_at.timestamp() if job.started_at else 0.0
-        if job.get_status() != JobStatus.STARTED or now - began < settings.lease_ttl * 2:
-            continue  # finished meanwhile, or too young to hold its lease yet
+        began = max(job.started_at.timestamp() if job.started_at else 0.0, _created_at(conn, execution))
+        if job.get_status() != JobStatus.STARTED or now - began < settings.lease_ttl:
+            continue  # finished meanwhile, or too young to hold its lease yet (forked, not yet running)
         count = _take_for_recovery(conn, store.keys, settings, job_id)
         if count is None:
             continue  # another janitor is on it
@@ -135,6 +103,16 @@ def _recover_started(conn: redis.Redis, settings: Settings, queue: Queue, now: f
         started.remove_execution(execution)
         metrics.taken_over("started")
     return recovered
+
+
+def _created_at(conn: redis.Redis, execution: Execution) -> float:
+    """When RQ started this execution (before the fork; the job's `started_at`, written by the work
+    horse, may still be a former run's)."""
+    raw = conn.hget(execution.key, "created_at")
+    try:
+        return float(_text(raw)) if raw is not None else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _take_for_recovery(conn: redis.Redis, keys: Keys, settings: Settings, job_id: str) -> int | None:
@@ -165,15 +143,18 @@ def _give_up(conn: redis.Redis, store: Store, queue: Queue, job: Job, count: int
     queue.failed_job_registry.add(job, ttl=settings.result_ttl, exc_string="worker died repeatedly")
 
 
-def claim_next(conn: redis.Redis, settings: Settings, lease_key: str) -> tuple[str, str, list[str]] | None:
+def claim_next(conn: redis.Redis, settings: Settings, lease_key: str, owner: str = "") -> tuple[str, str, list[str]] | None:
     """The next queued chunk job, taken by a running chunk whose own requests have all started.
 
-    It leaves the RQ queue and is recorded in `otb:claimed` with the claimer's lease, atomically; if
-    the claimer dies, the janitor puts it back (recover_claimed). Returns (job id, batch, custom_ids).
+    It leaves the RQ queue and is recorded in `otb:claimed` with the claimer's lease and token,
+    atomically, and only while the claimer owns that lease (`owner`; "" claims unchecked); if the
+    claimer dies or loses its lease, the janitor puts it back (recover_claimed). Returns (job id,
+    batch, custom_ids).
     """
     claims, raw = Keys(settings.key_prefix).claimed, None
     for queue in queues_for(conn, settings):  # a waiting HTTP call before more batch work
-        raw = Scripts(conn).claim(queue=queue.key, claims=claims, lease=lease_key, now=f"{clock.now():.3f}")
+        raw = Scripts(conn).claim(queue=queue.key, claims=claims, lease=lease_key, owner=owner,
+                                  now=f"{clock.now():.3f}")
         if raw:
             break
     if not raw:
@@ -206,14 +187,18 @@ def finish_claimed(conn: redis.Redis, settings: Settings, job_ids: list[str]) ->
 
 
 def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None = None) -> list[str]:
-    """Claimed chunks whose claimer's lease lapsed go back to the front of the queue."""
+    """Claimed chunks whose claimer's lease lapsed (or is another's now) go back to the front of the queue.
+
+    A claim names its claimer's token and was made while the claimer owned the lease, so it is
+    abandoned as soon as the lease is not the claimer's. One without a token (an unchecked claim)
+    waits until it is 2 x `lease_ttl` old, as before tokens."""
     now = clock.now() if now is None else now
     queue, keys = queue_for(conn, settings), Keys(settings.key_prefix)
     back = []
     for raw_id, raw in conn.hgetall(keys.claimed).items():
         job_id = _text(raw_id)
-        lease_key, _, at = _text(raw).rpartition(" ")
-        if conn.exists(lease_key) or now - float(at) < settings.lease_ttl * 2:
+        lease_key, at, owner = (_text(raw).split(" ") + [""])[:3]
+        if _claimer_holds(conn, lease_key, owner) or (not owner and now - float(at) < settings.lease_ttl * 2):
             continue
         count = _take_for_recovery(conn, keys, settings, job_id)
         if count is None:
@@ -235,6 +220,29 @@ def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None 
         back.append(job_id)
         metrics.taken_over("claimed")
     return back
+
+
+def _claimer_holds(conn: redis.Redis, lease_key: str, owner: str) -> bool:
+    holder = conn.get(lease_key)
+    return holder is not None and (not owner or _text(holder) == owner)
+
+
+def wait_taken_over(conn: redis.Redis, settings: Settings, job_id: str, owner: str) -> bool:
+    """A run that lost its lease waits (up to 2 x `lease_ttl`) until a janitor has taken its chunk: once
+    the run ends, RQ marks the job finished, and a chunk not yet re-queued then would strand the
+    requests the run left. Taken: queued again, claimed, leased by another, or ended. False on time out."""
+    keys, deadline = Keys(settings.key_prefix), time.monotonic() + settings.lease_ttl * 2
+    while time.monotonic() < deadline:
+        try:
+            status = conn.hget(Job.key_for(job_id), "status")
+            holder = conn.get(keys.lease(job_id))
+            if (status is None or _text(status) != JobStatus.STARTED.value or conn.hexists(keys.claimed, job_id)
+                    or (holder is not None and _text(holder) != owner)):
+                return True
+        except redis.RedisError as exc:
+            log.warning("chunk %s: Redis unavailable while waiting for its takeover (%s)", job_id, exc)
+        time.sleep(0.2)
+    return False
 
 
 def close_unstarted(conn: redis.Redis, settings: Settings, bid: str, code: str) -> int:

@@ -19,6 +19,7 @@ from . import budget, clock, metrics, routes
 from .batch import Batch
 from .commits import Committer
 from .errors import BatchClosed, InvalidRequest, Parked, RequestFailed
+from .lease import LeaseLost
 from .providers import ADAPTERS, Provider
 from .providers.base import Parsed, Prepared
 from .registry import ModelSpec, Registry
@@ -88,6 +89,8 @@ async def _to_the_end(one: OneRequest, record: Record) -> str:
     except Parked as park:
         batch.parked.append((custom_id, park.resume_in, park.reason))
         return "parked"
+    except LeaseLost:  # the chunk went to another worker before this call was sent: no result from here
+        return "taken_over"
     except RequestFailed as error:
         return await one.fail(error)
     except Exception as exc:

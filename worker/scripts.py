@@ -113,6 +113,8 @@ class Scripts:
     same_life: Script
     close: Script
     claim: Script
+    lease_refresh: Script
+    lease_release: Script
     bucket_take: Script
     bucket_adjust: Script
     cool_down: Script

@@ -20,6 +20,7 @@ import redis
 from . import http, metrics, tokens
 from .errors import MissingApiKey, Parked, ProtocolError, RequestFailed, UpstreamError
 from .flex import flex_then_standard
+from .lease import Lease
 from .providers import Provider
 from .providers.base import Parsed, Prepared, UpstreamCall
 from .ratelimit import Limiter, RateLimits, Scope
@@ -61,6 +62,7 @@ class Upstream:
     limiter: Limiter | None = None
     limits: dict[str, RateLimits] = field(default_factory=dict)
     gates: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    lease: Lease | None = None  # the chunk's lease: no call once it is lost (lease.py)
     _targets: dict[str, tuple[str, dict[str, str], Scope]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -165,9 +167,11 @@ class Upstream:
 
     async def attempt(self, to: Target, call: UpstreamCall, need: tuple[int, int]) -> tuple[dict[str, Any], str | None]:
         """One try of a call, counted in the request's attempts: once Redis takes writes (no call whose
-        answer could not be stored) and the shared buckets have room."""
+        answer could not be stored), the shared buckets have room and the chunk's lease is still held."""
         await self.writes.ready()
         await self.acquire(to.scope, need)
+        if self.lease is not None:
+            await self.lease.confirm()
         to.attempts.count += 1
         return await self.send(to, call)
 

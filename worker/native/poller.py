@@ -40,7 +40,8 @@ from ..errors import BatchClosed, InvalidRequest, MissingApiKey, RequestFailed
 from ..keys import Keys
 from ..providers.anthropic.batches import MAX_REQUESTS
 from ..queues import enqueue_chunks
-from ..recovery import Lease, end_requests
+from ..lease import Lease
+from ..recovery import end_requests
 from ..registry import Registry, current_registry
 from ..settings import Settings
 from ..store import Store
