@@ -141,6 +141,8 @@ class ChunkRun:
         """One request within the concurrency gate; counted by outcome, or left over by a stop."""
         async with self.gate:
             self.waiting -= 1
+            if not self.waiting:
+                self.changed.set()  # all launched requests started: the run may claim more now
             if self.stop.is_set():
                 self.leftover.setdefault(batch.id, []).append(cid)
                 return
