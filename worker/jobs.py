@@ -10,7 +10,6 @@ committed requests and neither calls nor bills them again.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 
@@ -19,8 +18,9 @@ import redis
 from . import clock
 from .chunk import ChunkSummary, process_chunk
 from .connection import connect
-from .queues import enqueue_chunks
-from .recovery import Lease, claim_next, finish_claimed, park
+from .linger import claimer
+from .queues import enqueue_chunks, interactive_name
+from .recovery import Lease, finish_claimed, park
 from .settings import Settings
 from .store import Store
 
@@ -60,8 +60,8 @@ def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, int]:
         conn = job.connection
         lease_key = Store.of(conn, settings).keys.lease(job.id)
         with Lease(conn, lease_key, settings.lease_ttl):
-            summary = asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN,
-                                                claim=functools.partial(claim_next, conn, settings, lease_key)))
+            claim = claimer(conn, settings, lease_key, interactive=job.origin == interactive_name(settings), stop=DRAIN)
+            summary = asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN, claim=claim))
     settle(conn, settings, summary)
     return summary.job_result()
 

@@ -32,6 +32,17 @@ def interactive_name(settings: Settings) -> str:
     return f"{settings.queue_name}:interactive"
 
 
+def wait_for_call(conn: redis.Redis, settings: Settings, timeout: float) -> bool:
+    """Block until the interactive queue holds a job, at most `timeout` seconds; True if it does.
+
+    `BLMOVE q q RIGHT RIGHT` takes the last job id and puts it back where it was: the queue is
+    unchanged, and a worker blocked on the same queue (RQ's BLPOP) is still served at once.
+    """
+    key = queue_for(conn, settings, interactive=True).key
+    seconds = max(round(timeout, 3), 0.001)  # Redis takes fractions (0 would block for ever); redis-py types it int
+    return conn.blmove(key, key, seconds, "RIGHT", "RIGHT") is not None  # type: ignore[arg-type]
+
+
 def queues_for(conn: redis.Redis, settings: Settings) -> list[Queue]:
     """What a worker takes from, in order: RQ dequeues from the first non-empty queue, so a waiting
     HTTP call never queues behind a big batch's chunks."""
