@@ -61,8 +61,12 @@ class Submission:
     errors: list[LineError]
 
 
+def new_batch_id() -> str:
+    return "batch_" + uuid.uuid4().hex[:24]
+
+
 def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines: Iterable[bytes],
-           options: SubmitOptions = SubmitOptions()) -> Submission:
+           options: SubmitOptions = SubmitOptions(), *, batch_id: str | None = None) -> Submission:
     """Validate, store and enqueue in one pass over `raw_lines` (JSONL bytes, read once: stdin works).
 
     The batch appears at once: its record, input order, refused lines and jobs land in one
@@ -77,7 +81,7 @@ def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines:
     refused.
     """
     store = Store.of(conn, settings)
-    bid = "batch_" + uuid.uuid4().hex[:24]
+    bid = batch_id or new_batch_id()
     key = _key_name(store, options.idempotency_key)
     repeat = key is not None and conn.exists(key)  # a repeat costs one GET and a read, not a copy of the batch
     staging = _Staging(conn, store, bid)
@@ -97,6 +101,38 @@ def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines:
     finally:
         if staging.staged and not landed:
             _discard(store, bid)  # failed, refused, or another submit took the key: leave nothing behind
+
+
+def submit_one(store: Store, settings: Settings, registry: Registry, raw_line: bytes, options: SubmitOptions,
+               batch_id: str, redis_now: float) -> None:
+    """One request as batch `batch_id`, for a caller who waits on it (an HTTP call): the validation and the
+    records of submit() (the same line checks, record, order, job and lifetimes) in one transaction, the only
+    round trip. `redis_now` is Redis's clock as the caller knows it (an HTTP server reads TIME once a second,
+    not per call); `store` is the caller's (Store.of registers the scripts again on each use). A bad line
+    raises SubmissionRejected, and nothing is written."""
+    parsed = ParsedBatch()
+    limits = Limits(settings.max_line_bytes, settings.max_lines)
+    lines = list(stream_batch([raw_line], registry, parsed, drop_unsupported=options.drop_unsupported_params,
+                              limits=limits))
+    if parsed.errors or not lines:
+        raise SubmissionRejected(parsed.errors, any_valid=False)
+    line = lines[0]
+    conn = store.conn
+    jobs = chunk_jobs(settings, batch_id, [line.custom_id], "part")
+    try:
+        with conn.pipeline(transaction=True) as pipe:
+            store.write_requests(pipe, batch_id, [(line.custom_id, _stored(line))])
+            store.write_batch(pipe, batch_id, _record(batch_id, options, redis_now), [], [line.custom_id], redis_now)
+            queue_for(conn, settings).enqueue_many(jobs, pipeline=pipe)
+            store.add_jobs(pipe, batch_id, [j.job_id for j in jobs], with_record=True)
+            pipe.execute()
+    except redis.ResponseError as exc:
+        raise _refused(exc) from None
+
+
+def _stored(line: Line) -> dict[str, Any]:
+    """A request as its batch stores it (Store.write_requests)."""
+    return {"url": line.url, "body": line.body, "line": line.number}
 
 
 def _read(raw_lines: Iterable[bytes], registry: Registry, settings: Settings, options: SubmitOptions,
@@ -139,7 +175,7 @@ def _land(conn: redis.Redis, store: Store, settings: Settings, bid: str, parsed:
                 store.write_batch(pipe, bid, record, rejected, order, now)
                 if jobs:
                     queue_for(conn, settings).enqueue_many(jobs, pipeline=pipe)
-                    store.add_jobs(pipe, bid, [j.job_id for j in jobs])
+                    store.add_jobs(pipe, bid, [j.job_id for j in jobs], with_record=True)
                 pipe.execute()
                 return bid
             except redis.WatchError:
@@ -160,7 +196,7 @@ class _Staging:
     def add(self, line: Line) -> None:
         if self.stopped:
             return
-        self.pending.append((line.custom_id, {"url": line.url, "body": line.body, "line": line.number}))
+        self.pending.append((line.custom_id, _stored(line)))
         if len(self.pending) >= self.slice_size:
             self.staged = True
             with self.conn.pipeline(transaction=False) as pipe:

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 import redis
 from fastapi import FastAPI
 
+from worker.keys import Keys
 from worker.ratelimit import Limiter
 from worker.settings import Settings
 
 from . import chat, embeddings, errors, files, models
-from .auth import Gate, KeyStore
+from .aredis import AsyncRedis
+from .auth import Gate
 from .calls import DEFAULT_TIMEOUT, Calls
 from .filestore import FileStore
 
@@ -37,9 +39,10 @@ def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | No
     app = FastAPI(title="opentoken-batch", version="1", summary="OpenAI-compatible API over Redis-shared workers",
                   description="Point an OpenAI SDK at `http://HOST:PORT/v1` with a key from `otb keys create NAME`.")
     app.state.settings = settings
-    keys = KeyStore(conn, settings.key_prefix)
-    app.state.gate = Gate(keys, Limiter(conn, settings.key_prefix, settings.rate_burst), no_auth=options.no_auth)
-    app.state.calls = Calls(conn, settings, keys, options.call_timeout)
+    aredis = AsyncRedis(settings.redis_url or "")
+    app.state.gate = Gate(aredis, Keys(settings.key_prefix), Limiter(conn, settings.key_prefix, settings.rate_burst),
+                          no_auth=options.no_auth)
+    app.state.calls = Calls(conn, settings, aredis, options.call_timeout)
     app.state.files = FileStore(conn, settings.key_prefix)
     app.state.max_file_bytes = options.max_file_bytes
     errors.install(app)

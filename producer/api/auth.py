@@ -1,17 +1,24 @@
 """The FastAPI side of keys: authentication and each key's request rate, as one dependency.
 
-Keys and tenants themselves live in tenants.py (no FastAPI), which `otb keys` uses too.
+Keys and tenants themselves live in tenants.py (no FastAPI), which `otb keys` uses too. The lookup
+runs on the event loop with the asyncio client (two reads; nothing cached, so a key revoked on one
+machine is refused by every server at once); only a key with an --rpm cap takes a thread for the
+shared limiter.
 """
 
 from __future__ import annotations
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
+from worker.keys import Keys
 from worker.ratelimit import Limiter, RateLimits, Scope
 
+from .aredis import AsyncRedis
+from .codec import text, text_hash
 from .errors import ApiError
-from .tenants import NO_AUTH_TENANT, KeyStore, Tenant, rate_scope
+from .tenants import NO_AUTH_TENANT, KeyStore, Tenant, digest, rate_scope
 
 __all__ = ["Gate", "KeyStore", "Tenant", "current_tenant"]
 
@@ -23,18 +30,27 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `otb keys cr
 class Gate:
     """Authentication and the per-key request rate, as one dependency: `Depends(gate)` gives the Tenant."""
 
-    def __init__(self, store: KeyStore, limiter: Limiter, *, no_auth: bool = False) -> None:
-        self.store, self.limiter, self.no_auth = store, limiter, no_auth
+    def __init__(self, redis: AsyncRedis, keys: Keys, limiter: Limiter, *, no_auth: bool = False) -> None:
+        self.redis, self.keys, self.limiter, self.no_auth = redis, keys, limiter, no_auth
 
-    def __call__(self, credentials: HTTPAuthorizationCredentials | None) -> Tenant:
+    async def __call__(self, credentials: HTTPAuthorizationCredentials | None) -> Tenant:
         if self.no_auth:
             return Tenant(NO_AUTH_TENANT)
-        tenant = self.store.lookup(credentials.credentials) if credentials else None
+        tenant = await self.lookup(credentials.credentials) if credentials else None
         if tenant is None:
             raise ApiError(401, _unauthorized(credentials), code="invalid_api_key")
         if tenant.rpm:
-            self._admit(tenant)
+            await run_in_threadpool(self._admit, tenant)
         return tenant
+
+    async def lookup(self, key: str) -> Tenant | None:
+        """The live tenant of `key`, or None for an unknown or revoked key (as KeyStore.lookup)."""
+        sha = digest(key)
+        name = await self.redis.client.get(self.keys.api_key(sha))
+        if name is None:
+            return None
+        record = text_hash(await self.redis.client.hgetall(self.keys.tenant(text(name))))
+        return Tenant.live(text(name), record, sha)
 
     def _admit(self, tenant: Tenant) -> None:
         wait = self.limiter.try_acquire(Scope(rate_scope(tenant.name), RateLimits(rpm=tenant.rpm)), 0, 0)
@@ -56,7 +72,8 @@ def _unauthorized(credentials: HTTPAuthorizationCredentials | None) -> str:
     return "Incorrect API key provided. Ask the server's operator for a key (`otb keys create NAME`)."
 
 
-def current_tenant(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Tenant:
+async def current_tenant(request: Request,
+                         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Tenant:
     """The dependency every /v1 route takes: the caller's Tenant, or a 401/429 in OpenAI's shape."""
     gate: Gate = request.app.state.gate
-    return gate(credentials)
+    return await gate(credentials)

@@ -1,0 +1,45 @@
+"""The server's asyncio Redis client, made in its event loop on first use (one per `otb serve` process).
+
+The hot paths of a call (the key's lookup, waiting for its result, counting its spend) talk to Redis
+with it, so a round trip suspends one request instead of holding a thread and the event loop.
+Sentinel URLs work as everywhere (the master is asked of the Sentinels).
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+from worker.connection import SENTINEL_TIMEOUT, SentinelURL, is_sentinel
+
+CONNECTIONS = 2048  # per server process (Redis allows 10,000 clients); past it a request waits for one
+SOCKET_TIMEOUT = 15.0  # longer than any blocked read made with it (calls.BLOCK_S)
+
+
+class AsyncRedis:
+    """Lazily made, because an asyncio client belongs to the loop it was first used in (uvicorn's)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: aioredis.Redis | None = None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = async_client(self.url)
+        return self._client
+
+
+def async_client(url: str) -> aioredis.Redis:
+    """An asyncio client for REDIS_URL, Sentinel URLs included. The pool blocks instead of failing when
+    every connection is busy (redis-py's default pool raises MaxConnectionsError past 100)."""
+    if not is_sentinel(url):
+        return aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=CONNECTIONS, timeout=None, socket_timeout=SOCKET_TIMEOUT))
+    parsed = SentinelURL.parse(url)
+    tls = {k: v for k, v in parsed.master_kwargs.items() if k.startswith("ssl")} | ({"ssl": True} if parsed.tls else {})
+    sentinels = AsyncSentinel(list(parsed.sentinels), sentinel_kwargs={**parsed.sentinel_login, **tls,
+                                                                       "socket_timeout": SENTINEL_TIMEOUT})
+    master: aioredis.Redis = sentinels.master_for(parsed.service, max_connections=CONNECTIONS,
+                                                  socket_timeout=SOCKET_TIMEOUT, **parsed.master_kwargs)
+    return master
