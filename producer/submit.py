@@ -97,19 +97,20 @@ def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines:
         landed = landed_id == bid  # else another submit with the same key won: this one's bodies go
         return Submission(landed_id, parsed.errors)
     except redis.ResponseError as exc:  # full (OOM), read-only, MISCONF: Redis answered, and said no
-        raise _refused(exc) from None
+        raise refused(exc) from None
     finally:
         if staging.staged and not landed:
             _discard(store, bid)  # failed, refused, or another submit took the key: leave nothing behind
 
 
 def submit_one(store: Store, settings: Settings, registry: Registry, raw_line: bytes, options: SubmitOptions,
-               batch_id: str, redis_now: float) -> None:
+               batch_id: str, redis_now: float, pipe: Any) -> None:
     """One request as batch `batch_id`, for a caller who waits on it (an HTTP call): the validation and the
-    records of submit() (the same line checks, record, order, job and lifetimes) in one transaction, the only
-    round trip. `redis_now` is Redis's clock as the caller knows it (an HTTP server reads TIME once a second,
-    not per call); `store` is the caller's (Store.of registers the scripts again on each use). A bad line
-    raises SubmissionRejected, and nothing is written."""
+    records of submit() (the same line checks, record, order, job and lifetimes), queued on `pipe`, a
+    transaction the caller executes (redis-py's or redis.asyncio's: only commands are queued here, so a
+    server sends it from its event loop), the only round trip. `redis_now` is Redis's clock as the caller
+    knows it (an HTTP server reads TIME once a second, not per call). A bad line raises SubmissionRejected
+    before anything is queued."""
     parsed = ParsedBatch()
     limits = Limits(settings.max_line_bytes, settings.max_lines)
     lines = list(stream_batch([raw_line], registry, parsed, drop_unsupported=options.drop_unsupported_params,
@@ -117,17 +118,11 @@ def submit_one(store: Store, settings: Settings, registry: Registry, raw_line: b
     if parsed.errors or not lines:
         raise SubmissionRejected(parsed.errors, any_valid=False)
     line = lines[0]
-    conn = store.conn
     jobs = chunk_jobs(settings, batch_id, [line.custom_id], "part")
-    try:
-        with conn.pipeline(transaction=True) as pipe:
-            store.write_requests(pipe, batch_id, [(line.custom_id, _stored(line))])
-            store.write_batch(pipe, batch_id, _record(batch_id, options, redis_now), [], [line.custom_id], redis_now)
-            queue_for(conn, settings).enqueue_many(jobs, pipeline=pipe)
-            store.add_jobs(pipe, batch_id, [j.job_id for j in jobs], with_record=True)
-            pipe.execute()
-    except redis.ResponseError as exc:
-        raise _refused(exc) from None
+    store.write_requests(pipe, batch_id, [(line.custom_id, _stored(line))])
+    store.write_batch(pipe, batch_id, _record(batch_id, options, redis_now), [], [line.custom_id], redis_now)
+    queue_for(store.conn, settings).enqueue_many(jobs, pipeline=pipe)
+    store.add_jobs(pipe, batch_id, [j.job_id for j in jobs], with_record=True)
 
 
 def _stored(line: Line) -> dict[str, Any]:
@@ -214,8 +209,9 @@ class _Staging:
         self.store.write_requests(pipe, self.bid, self.pending)
 
 
-def _refused(exc: redis.ResponseError) -> RedisRefused:
-    """Why Redis did not take the batch, in one line (what it had taken is discarded by submit)."""
+def refused(exc: redis.ResponseError) -> RedisRefused:
+    """Why Redis did not take the batch, in one line (what it had taken is discarded by submit; submit_one's
+    transaction wrote nothing)."""
     full = isinstance(exc, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(exc)
     why = ("Redis is out of memory (maxmemory reached); free memory or raise maxmemory, then submit again"
            if full else f"Redis refused the batch: {exc}")

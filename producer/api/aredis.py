@@ -12,7 +12,10 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
 from worker.connection import SENTINEL_TIMEOUT, SentinelURL, is_sentinel
 
-CONNECTIONS = 2048  # per server process (Redis allows 10,000 clients); past it a request waits for one
+CONNECTIONS = 128  # per server process; past it a request waits for one. No call holds one while it waits
+# (batchends.py reads every end for them), so a few suffice for thousands of calls; each new one costs a
+# handshake of four round trips and redis-py's package-version lookup (~0.5 ms), so a burst of 1,000 calls
+# must not open 1,000 of them.
 SOCKET_TIMEOUT = 15.0  # longer than any blocked read made with it (calls.BLOCK_S)
 
 

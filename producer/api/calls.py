@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from producer.control import cancel
 from producer.options import SubmitOptions
-from producer.submit import SubmissionRejected, new_batch_id, submit_one
+from producer.submit import SubmissionRejected, new_batch_id, refused, submit_one
 from worker import clock
 from worker.errors import InvalidRequest
 from worker.keys import Keys
@@ -75,22 +75,27 @@ class Calls:
         self.check_budget(tenant)
         bid = new_batch_id()
         async with self.ends.watch(bid) as ended:  # before the submit: its end cannot pass unseen
-            await run_in_threadpool(self.submit, tenant, call, bid)
+            await self.submit(tenant, call, bid)
             line = await self.wait(bid, ended)
         if line is None:
             raise await run_in_threadpool(self.give_up, bid)
         await self.count_spend(tenant, line)
         return Answer(bid, line)
 
-    def submit(self, tenant: Tenant, call: Call, bid: str) -> None:
-        """The call as a one-request batch `bid`, validated and stored as `otb submit` does (errors identical)."""
+    async def submit(self, tenant: Tenant, call: Call, bid: str) -> None:
+        """The call as a one-request batch `bid`, validated and stored as `otb submit` does (errors identical),
+        in one transaction sent from the event loop."""
         raw = json.dumps({"custom_id": CALL_ID, "method": "POST", "url": call.url, "body": call.body}).encode()
         options = SubmitOptions(metadata={TENANT_TAG: tenant.name}, completion_window=self.timeout)
         registry = current_registry(self.settings.registry_path)
         try:
-            submit_one(self.store, self.call_settings, registry, raw, options, bid, self.clock.now())
+            async with self.redis.client.pipeline(transaction=True) as pipe:
+                submit_one(self.store, self.call_settings, registry, raw, options, bid, self.clock.now(), pipe)
+                await pipe.execute()
         except SubmissionRejected as exc:
             raise exc.errors[0].error from None
+        except redis.ResponseError as exc:  # full (OOM), read-only: Redis answered, and said no
+            raise refused(exc) from None
 
     async def wait(self, bid: str, ended: asyncio.Future[None]) -> dict[str, Any] | None:
         """The result line once the worker commits it (woken by the batch's end), or None after the timeout.
