@@ -118,9 +118,10 @@ def otb(args: list[str], env: dict[str, str], *, input: bytes | None = None, tim
 class WorkerProcess:
     """A real `otb worker` in its own session, so it can be killed together with its work horse."""
 
-    def __init__(self, env: dict[str, str], *args: str, log: Path | None = None) -> None:
+    def __init__(self, env: dict[str, str], *args: str, log: Path | None = None, prefix: tuple[str, ...] = ()) -> None:
+        """`prefix` runs it through a command that execs it (`ip netns exec NS`: another machine's network)."""
         out = open(log, "ab") if log else subprocess.PIPE  # noqa: SIM115 (closed with the process)
-        self.proc = subprocess.Popen([sys.executable, "-m", "producer.cli", "worker", *args], env=env, cwd=ROOT,
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "producer.cli", "worker", *args], env=env, cwd=ROOT,
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def session_pids(self) -> list[int]:

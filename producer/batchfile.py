@@ -4,8 +4,9 @@ OpenAI line:  {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"
 Short form:   {"custom_id"?: "a", "model": "...", "messages": [...] | "input": ..., ...body fields}
 
 Every line is checked before anything is stored: JSON, shape, model id (against the registry),
-endpoint vs model kind, duplicate custom_ids, and the model's own request rules (the adapter's
-translation is pure, so running it here costs nothing and catches a rejected parameter early).
+endpoint vs model kind, duplicate custom_ids, the model's own request rules (the adapter's
+translation is pure, so running it here costs nothing and catches a rejected parameter early) and
+whether the batch's mode can run the line (`--mode flex` and a model without a flex tier).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from worker.errors import InvalidRequest, OTBError, RequestFailed
 from worker.providers import ADAPTERS
 from worker.registry import Registry
+from worker.routes import REALTIME, refusal
 from worker.schemas import CHAT_URL, EMBEDDINGS_URL, KIND_BY_URL, chat_request, embedding_request
 
 OPENAI_LINE_KEYS = {"custom_id", "method", "url", "body"}
@@ -32,6 +34,9 @@ MAX_CUSTOM_ID = 256
 MAX_DEPTH = 64
 BOM = b"\xef\xbb\xbf"
 GZIP_MAGIC = b"\x1f\x8b"
+# Byte-order marks of the encodings Windows tools save "Unicode" text in (UTF-32 first: it starts like UTF-16).
+WIDE_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
+             b"\xfe\xff": "UTF-16"}
 EXPECTED = "expected JSONL, one request per line"
 
 
@@ -62,7 +67,8 @@ class LineError:
         return {"line": self.number, "custom_id": self.custom_id, **self.error.to_openai()}
 
     def __str__(self) -> str:
-        return f"line {self.number}: {json.dumps(self.error.to_openai())}"
+        where = f"line {self.number}" if self.number else "file"  # 0: about the whole file (it is empty)
+        return f"{where}: {json.dumps(self.error.to_openai())}"
 
 
 @dataclass
@@ -70,6 +76,7 @@ class ParsedBatch:
     lines: list[Line] = field(default_factory=list)
     errors: list[LineError] = field(default_factory=list)
     digest: str = ""  # of the valid lines' bytes: what an idempotency key is bound to
+    models: set[str] = field(default_factory=set)  # of the valid lines
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ def read_batch(
     drop_unsupported: bool = False,
     limits: Limits = Limits(),
     keep_bodies: bool = True,
+    mode: str = REALTIME,
 ) -> ParsedBatch:
     """Validate every line; the result holds the good lines and every bad one with its reason.
 
@@ -94,7 +102,7 @@ def read_batch(
     """
     out = ParsedBatch()
     for _ in stream_batch(raw_lines, registry, out, drop_unsupported=drop_unsupported, limits=limits,
-                          keep_bodies=keep_bodies):
+                          keep_bodies=keep_bodies, mode=mode):
         pass
     return out
 
@@ -107,13 +115,16 @@ def stream_batch(
     drop_unsupported: bool = False,
     limits: Limits = Limits(),
     keep_bodies: bool = False,
+    mode: str = REALTIME,
+    endpoint: str | None = None,
 ) -> Iterator[Line]:
     """The one pass over a file: validate line by line and yield each good line, body included, as
     soon as it is checked, so a submit can store it while the rest is read.
 
     `out` fills as the pass goes: every good line (without its body unless `keep_bodies`), every
     bad one with its reason, and at the end the digest an idempotency key is bound to. A line
-    yielded stays good: a later duplicate of its custom_id is the later line's error.
+    yielded stays good: a later duplicate of its custom_id is the later line's error. With `endpoint`,
+    a line for another endpoint is an error (the Batch API's rule: one endpoint per batch).
     """
     digest = hashlib.sha256()
     first_seen: dict[str, int] = {}
@@ -129,25 +140,46 @@ def stream_batch(
             out.errors.append(LineError(number, None, NotJsonl(f"the file is gzip-compressed: {EXPECTED} "
                                                                "(decompress it first, e.g. gunzip -c FILE)")))
             break
+        wide = _wide_encoding(raw) if count == 1 else None
+        if wide:
+            out.errors.append(LineError(number, None, NotJsonl(
+                f"the file is {wide}-encoded: {EXPECTED} in UTF-8 (convert it first, e.g. "
+                f"iconv -f {wide} -t UTF-8 FILE > FILE.utf8.jsonl)")))
+            break
         try:
             line = _parse_line(number, raw, limits)
+            if endpoint is not None and line.url != endpoint:
+                raise InvalidRequest(f"'url' must be the batch's endpoint \"{endpoint}\", got {json.dumps(line.url)}",
+                                     param="url")
             if line.custom_id in first_seen:
                 raise InvalidRequest(
                     f'duplicate custom_id "{line.custom_id}" (first used on line {first_seen[line.custom_id]})',
                     param="custom_id",
                 )
-            _check_against_registry(line, registry, drop_unsupported)
+            _check_against_registry(line, registry, drop_unsupported, mode)
         except RequestFailed as error:
             cid, model = _ids_of(raw)
             out.errors.append(LineError(number, cid, error, model))
             continue
         first_seen[line.custom_id] = number
         digest.update(raw + b"\n")
+        out.models.add(str((line.body or {}).get("model")))
         out.lines.append(line if keep_bodies else Line(line.number, line.custom_id, line.url, None))
         yield line
     if count == 0:
         out.errors.append(LineError(0, None, InvalidRequest("the batch is empty: it has no request lines")))
     out.digest = digest.hexdigest()
+
+
+def _wide_encoding(first: bytes) -> str | None:
+    """UTF-16 or UTF-32 text, told by its byte-order mark or, without one, by the NUL bytes that ASCII
+    text has in every other byte in those encodings (no valid UTF-8 JSON line holds a NUL)."""
+    for bom, name in WIDE_BOMS.items():
+        if first.startswith(bom):
+            return name
+    if b"\x00" in first[:64]:
+        return "UTF-32" if first[:64].count(b"\x00") > len(first[:64]) // 2 else "UTF-16"
+    return None
 
 
 def _numbered(raw_lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -264,7 +296,7 @@ def _custom_id(value: Any, number: int, *, required: bool) -> str:
     return value
 
 
-def _check_against_registry(line: Line, registry: Registry, drop_unsupported: bool) -> None:
+def _check_against_registry(line: Line, registry: Registry, drop_unsupported: bool, mode: str = REALTIME) -> None:
     assert line.body is not None  # a line just parsed always has its body
     model = line.body.get("model")
     if not isinstance(model, str) or not model:
@@ -277,6 +309,9 @@ def _check_against_registry(line: Line, registry: Registry, drop_unsupported: bo
         adapter.prepare_chat(chat_request(line.body), spec, api_version=api_version, drop_unsupported=drop_unsupported)
     else:
         adapter.prepare_embeddings(embedding_request(line.body), spec, api_version=api_version)
+    refused = refusal(mode, spec, kind, line.body)
+    if refused:
+        raise InvalidRequest(refused, param="mode")
 
 
 def _ids_of(raw: bytes) -> tuple[str | None, str | None]:

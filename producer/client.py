@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import redis
 
+from worker.native import summary as native_summary
 from worker.registry import Registry, load_registry
 from worker.settings import Settings
 from worker.store import Store
@@ -92,6 +93,7 @@ class Client:
         completion_window: float | None = None,
         idempotency_key: str | None = None,
         max_cost: Decimal | None = None,
+        mode: str | None = None,
     ) -> str:
         """Submit request dicts (either line format) or a JSONL path; returns the batch id.
 
@@ -101,7 +103,7 @@ class Client:
         """
         options = SubmitOptions(keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
                                 metadata=metadata or {}, completion_window=completion_window,
-                                idempotency_key=idempotency_key, max_cost=max_cost)
+                                idempotency_key=idempotency_key, max_cost=max_cost, mode=mode)
         return submit(self.conn, self.settings, self.registry, _raw_lines(requests), options).batch_id
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
@@ -118,6 +120,9 @@ class Client:
         status = self.store.status(batch_id)
         if status is None:
             raise BatchNotFound(f"batch {batch_id!r} not found (wrong id, or its records expired)")
+        native = native_summary(self.conn, self.settings, batch_id)
+        if native is not None:
+            status["native"] = native  # its provider batches: where each is, by the provider's own word
         return status
 
     def wait(self, batch_id: str, *, timeout: float | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import redis
 
 from worker import clock
 from worker.errors import OTBError
+from worker.native import poke as poke_native
 from worker.queues import enqueue_chunks
 from worker.recovery import close_unstarted
 from worker.settings import Settings
@@ -21,6 +22,7 @@ def cancel(conn: redis.Redis, settings: Settings, bid: str) -> dict[str, Any]:
     status = store.close(bid, "cancelling")
     if status == "cancelling":
         close_unstarted(conn, settings, bid, "batch_cancelled")
+        poke_native(conn, settings, bid)  # its provider batches are cancelled by their poller
     now = store.status(bid) if status else None
     return {"id": bid, "status": now["status"] if now else None}
 

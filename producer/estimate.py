@@ -6,6 +6,9 @@
 - output, expected: a typical answer (min(limit, 512) tokens), an estimate;
 - cost: today's registry prices on those tokens, request by request (size tiers included), with no
   cache discount; `expected` is an estimate, `max` a bound (as far as the input estimate holds).
+- route: with a mode (`otb estimate --mode`), each line is priced at the tier of the route it would
+  take (worker/routes.py, as at the start of its window) and `saved_expected` says what that saves
+  against standard prices; rows are per model and route.
 """
 
 from __future__ import annotations
@@ -14,19 +17,27 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from worker import clock, tokens
-from worker.pricing import cost, normalize
+from worker import clock, routes, tokens
+from worker.native import goes_native
+from worker.pricing import cost, normalize, priced_tier
 from worker.providers import ADAPTERS
 from worker.providers.base import output_limit
 from worker.registry import Registry
 from worker.schemas import KIND_BY_URL, ChatRequest, Usage
+from worker.settings import Settings
 
 from .batchfile import ParsedBatch
 
 
-def estimate(parsed: ParsedBatch, registry: Registry, on: dt.date | None = None) -> dict[str, Any]:
+SUMMED = ("requests", "input_tokens", "output_tokens_expected", "output_tokens_max", "cost_expected", "cost_max",
+          "saved_expected")
+
+
+def estimate(parsed: ParsedBatch, registry: Registry, on: dt.date | None = None, *, mode: str = routes.REALTIME,
+             window: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
     on = on or clock.today()
-    rows: dict[str, dict[str, Any]] = {}
+    settings = settings or Settings()
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
     for line in parsed.lines:
         body = line.body
         if body is None:
@@ -39,24 +50,27 @@ def estimate(parsed: ParsedBatch, registry: Registry, on: dt.date | None = None)
             typical = min(limit, tokens.DEFAULT_OUTPUT_GUESS)
         else:
             tokens_in, limit, typical = tokens.embedding_input_tokens(body), 0, 0
-        row = rows.setdefault(spec.id, {"model": spec.id, "requests": 0, "input_tokens": 0, "output_tokens_expected": 0,
-                                        "output_tokens_max": 0, "cost_expected": Decimal(0), "cost_max": Decimal(0)})
+        route = routes.NATIVE if goes_native(mode, spec, kind, body, window, settings) else \
+            routes.plan(mode, spec, kind, body, settings, window=window, seconds_left=window, meta={}).name
+        tier = priced_tier(spec, routes.TIER_OF_ROUTE[route])
+        row = rows.setdefault((spec.id, route), {"model": spec.id, "route": route, **dict.fromkeys(SUMMED, 0)})
         row["requests"] += 1
         row["input_tokens"] += tokens_in
         row["output_tokens_expected"] += typical
         row["output_tokens_max"] += limit
-        row["cost_expected"] += cost(Usage(input_tokens=tokens_in, output_tokens=typical), spec, on).total
-        row["cost_max"] += cost(Usage(input_tokens=tokens_in, output_tokens=limit), spec, on).total
-    out = sorted(rows.values(), key=lambda r: r["model"])
-    total = {k: sum(r[k] for r in out) for k in ("requests", "input_tokens", "output_tokens_expected",
-                                                  "output_tokens_max", "cost_expected", "cost_max")}
+        expected = Usage(input_tokens=tokens_in, output_tokens=typical)
+        row["cost_expected"] += cost(expected, spec, on, tier).total
+        row["cost_max"] += cost(Usage(input_tokens=tokens_in, output_tokens=limit), spec, on, tier).total
+        row["saved_expected"] += cost(expected, spec, on).total - cost(expected, spec, on, tier).total
+    out = [rows[key] for key in sorted(rows)]
+    total = {k: sum(r[k] for r in out) for k in SUMMED}
     for r in [*out, total]:
-        r["cost_expected"] = format(normalize(Decimal(r["cost_expected"])), "f")
-        r["cost_max"] = format(normalize(Decimal(r["cost_max"])), "f")
-    return {"schema": "otb.estimate/1", "priced_on": on.isoformat(), "rows": out, "total": total,
+        for k in ("cost_expected", "cost_max", "saved_expected"):
+            r[k] = format(normalize(Decimal(r[k])), "f")
+    return {"schema": "otb.estimate/1", "priced_on": on.isoformat(), "mode": mode, "rows": out, "total": total,
             "invalid_lines": len(parsed.errors),
             "kinds": {"input_tokens": "estimate", "output_tokens_expected": "estimate", "output_tokens_max": "bound",
-                      "cost_expected": "estimate", "cost_max": "bound"}}
+                      "cost_expected": "estimate", "cost_max": "bound", "saved_expected": "estimate"}}
 
 
 def _output_limit(body: dict[str, Any], spec: Any, registry: Registry) -> int:

@@ -11,7 +11,6 @@ from contextlib import ExitStack, contextmanager
 
 import fakeredis
 import redis
-from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from worker import jobs
@@ -21,6 +20,8 @@ from worker.errors import ConfigError
 from worker.emulator import EmulatorConfig, start_background
 from worker.queues import queues_for
 from worker.registry import Registry
+from worker.native import run_until_done
+from worker.rqworker import InProcessWorker
 from worker.providers import ADAPTERS
 from worker.settings import Settings
 
@@ -68,5 +69,8 @@ def drain(conn: redis.Redis, settings: Settings) -> None:
     """Run every queued job in this process until the queue is empty."""
     jobs.configure(settings)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
-    worker = SimpleWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer)
-    worker.work(burst=True, logging_level="WARNING")
+    worker = InProcessWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer)
+    while True:
+        worker.work(burst=True, logging_level="WARNING")
+        if not run_until_done(conn, settings):  # native lines: polled here; what they hand back runs next round
+            break

@@ -19,6 +19,8 @@ from decimal import Decimal
 from typing import Any
 
 from worker.pricing import to_pico
+from worker.routes import MODES, UNAVAILABLE_MODES, default_mode
+from worker.settings import Settings
 
 MAX_USD = Decimal(2**63 - 1).scaleb(-12).quantize(Decimal(1), rounding="ROUND_FLOOR")  # Redis integers, in pico-USD
 PICO_USD = Decimal("0.000000000001")
@@ -42,7 +44,11 @@ class SubmitOptions:
         refuses the file). drop_unsupported_params: send requests without the parameters their model
         would reject. metadata: tags on every result. completion_window: seconds until what is not
         done ends `batch_expired`. idempotency_key: the same key and requests return the same batch.
-        max_cost: a budget in USD (exact to the pico-dollar).
+        max_cost: a budget in USD (exact to the pico-dollar). mode: how the lines run (worker/routes.py:
+        auto, realtime, flex; native is refused until it exists); None: `auto` with a completion window
+        of at least OTB_AUTO_MIN_WINDOW (1 h), else `realtime`.
+        endpoint: every line's `url` must be this one (the Batch API's `endpoint`; a short-form
+        line counts as the endpoint of its kind).
     """
 
     keep_valid: bool = False
@@ -51,25 +57,37 @@ class SubmitOptions:
     completion_window: float | None = None
     idempotency_key: str | None = None
     max_cost: Decimal | None = None
+    mode: str | None = None
+    endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.completion_window is not None:
             _check_window(self.completion_window)
+        if self.mode is not None:
+            _check_mode(self.mode)
         if self.max_cost is not None:
             object.__setattr__(self, "max_cost", _check_usd(self.max_cost, str(self.max_cost)))
         object.__setattr__(self, "metadata", dict(self.metadata or {}))
 
-    def record_options(self) -> dict[str, Any]:
+    def resolved_mode(self, settings: Settings) -> str:
+        """The mode the batch runs in: the one asked for, else the default its completion window gives."""
+        return self.mode or default_mode(self.completion_window, settings)
+
+    def record_options(self, settings: Settings) -> dict[str, Any]:
         """The batch record's `options` field, what workers read back (the budget lives only here)."""
-        out: dict[str, Any] = {"drop_unsupported_params": self.drop_unsupported_params, "keep_valid": self.keep_valid}
+        out: dict[str, Any] = {"drop_unsupported_params": self.drop_unsupported_params, "keep_valid": self.keep_valid,
+                               "mode": self.resolved_mode(settings)}
+        if self.completion_window is not None:
+            out["completion_window"] = self.completion_window
         if self.max_cost is not None:
             out["max_cost_pico"] = to_pico(self.max_cost)
         return out
 
     def fingerprint(self) -> str:
         """The options an idempotency key is bound to: every one that changes what the batch does."""
-        return json.dumps([self.keep_valid, self.drop_unsupported_params, self.metadata, self.completion_window,
-                           str(self.max_cost) if self.max_cost is not None else None], sort_keys=True)
+        bound = [self.keep_valid, self.drop_unsupported_params, self.metadata, self.completion_window,
+                 str(self.max_cost) if self.max_cost is not None else None, self.mode]
+        return json.dumps(bound + ([self.endpoint] if self.endpoint else []), sort_keys=True)
 
 
 def parse_duration(text: str | None, option: str = "--completion-window") -> float | None:
@@ -105,6 +123,14 @@ def parse_metadata(pairs: Iterable[str], option: str = "--metadata") -> dict[str
         k, v = pair.split("=", 1)
         out[k] = v
     return out
+
+
+def _check_mode(mode: str, option: str = "--mode") -> str:
+    if mode not in MODES:
+        raise BadOption(option, f"{mode!r} is not a mode: use {', '.join(MODES)}")
+    if mode in UNAVAILABLE_MODES:
+        raise BadOption(option, UNAVAILABLE_MODES[mode])
+    return mode
 
 
 def _check_window(value: float, option: str = "completion_window") -> float:

@@ -21,7 +21,10 @@ from worker import clock
 from worker.errors import OTBError
 from worker.queues import chunk_jobs, queue_for
 from worker.registry import Registry
+from worker.native import goes_native
+from worker.native import register as register_native
 from worker.results import error_line
+from worker.schemas import KIND_BY_URL
 from worker.settings import Settings
 from worker.store import Store
 
@@ -59,6 +62,7 @@ class Submission:
 
     batch_id: str
     errors: list[LineError]
+    models: frozenset[str] = frozenset()  # of the valid lines
 
 
 def new_batch_id() -> str:
@@ -79,6 +83,10 @@ def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines:
     the first batch's id, writes nothing and enqueues nothing (the key is looked up before any body
     is written); the same key with different requests or options (a different --max-cost, say) is
     refused.
+
+    `batch_id` names the batch (the HTTP API's own time-ordered id) instead of a random one: the
+    caller makes sure no two submits run with one id at once, and passes an idempotency key so
+    that a submit run again after a crash returns the batch instead of writing it twice.
     """
     store = Store.of(conn, settings)
     bid = batch_id or new_batch_id()
@@ -91,11 +99,12 @@ def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines:
         if parsed.errors and (not options.keep_valid or not parsed.lines):
             raise SubmissionRejected(parsed.errors, any_valid=bool(parsed.lines))
         claim = None if key is None else _Claim(key, _digest(parsed, options), options.idempotency_key or "")
+        models = frozenset(parsed.models)
         if repeat and claim is not None:
-            return Submission(_repeated(conn, claim), parsed.errors)
+            return Submission(_repeated(conn, claim), parsed.errors, models)
         landed_id = _land(conn, store, settings, bid, parsed, options, staging, claim)
         landed = landed_id == bid  # else another submit with the same key won: this one's bodies go
-        return Submission(landed_id, parsed.errors)
+        return Submission(landed_id, parsed.errors, models)
     except redis.ResponseError as exc:  # full (OOM), read-only, MISCONF: Redis answered, and said no
         raise refused(exc) from None
     finally:
@@ -106,23 +115,26 @@ def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines:
 def submit_one(store: Store, settings: Settings, registry: Registry, raw_line: bytes, options: SubmitOptions,
                batch_id: str, redis_now: float, pipe: Any) -> None:
     """One request as batch `batch_id`, for a caller who waits on it (an HTTP call): the validation and the
-    records of submit() (the same line checks, record, order, job and lifetimes), queued on `pipe`, a
-    transaction the caller executes (redis-py's or redis.asyncio's: only commands are queued here, so a
-    server sends it from its event loop), the only round trip. `redis_now` is Redis's clock as the caller
-    knows it (an HTTP server reads TIME once a second, not per call). A bad line raises SubmissionRejected
-    before anything is queued."""
+    records of submit() (the same line checks, record, order, job or native line, and lifetimes), queued on
+    `pipe`, a transaction the caller executes (redis-py's or redis.asyncio's: only commands are queued here,
+    so a server sends it from its event loop), the only round trip. `redis_now` is Redis's clock as the
+    caller knows it (an HTTP server reads TIME once a second, not per call). A bad line raises
+    SubmissionRejected before anything is queued."""
     parsed = ParsedBatch()
     limits = Limits(settings.max_line_bytes, settings.max_lines)
     lines = list(stream_batch([raw_line], registry, parsed, drop_unsupported=options.drop_unsupported_params,
-                              limits=limits))
+                              limits=limits, mode=options.resolved_mode(settings), endpoint=options.endpoint))
     if parsed.errors or not lines:
         raise SubmissionRejected(parsed.errors, any_valid=False)
     line = lines[0]
-    jobs = chunk_jobs(settings, batch_id, [line.custom_id], "part")
+    native = [line.custom_id] if _goes_native(line, registry, settings, options) else []
+    jobs = chunk_jobs(settings, batch_id, [] if native else [line.custom_id], "part")
     store.write_requests(pipe, batch_id, [(line.custom_id, _stored(line))])
-    store.write_batch(pipe, batch_id, _record(batch_id, options, redis_now), [], [line.custom_id], redis_now)
-    queue_for(store.conn, settings).enqueue_many(jobs, pipeline=pipe)
-    store.add_jobs(pipe, batch_id, [j.job_id for j in jobs], with_record=True)
+    store.write_batch(pipe, batch_id, _record(batch_id, options, redis_now, settings), [], [line.custom_id], redis_now)
+    if jobs:
+        queue_for(store.conn, settings).enqueue_many(jobs, pipeline=pipe)
+        store.add_jobs(pipe, batch_id, [j.job_id for j in jobs], with_record=True)
+    register_native(pipe, store.conn, settings, batch_id, native)
 
 
 def _stored(line: Line) -> dict[str, Any]:
@@ -136,13 +148,15 @@ def _read(raw_lines: Iterable[bytes], registry: Registry, settings: Settings, op
     parsed = ParsedBatch()
     limits = Limits(settings.max_line_bytes, settings.max_lines)
     for line in stream_batch(raw_lines, registry, parsed, drop_unsupported=options.drop_unsupported_params,
-                             limits=limits):
+                             limits=limits, mode=options.resolved_mode(settings), endpoint=options.endpoint):
         if staging is None:
             continue
         if parsed.errors and not options.keep_valid:
             staging.stop()  # the file is refused whatever follows: write nothing more
         else:
             staging.add(line)
+            if _goes_native(line, registry, settings, options):
+                staging.native.append(line.custom_id)
     return parsed
 
 
@@ -154,8 +168,9 @@ def _land(conn: redis.Redis, store: Store, settings: Settings, bid: str, parsed:
     numbered = [(ln.number, ln.custom_id) for ln in parsed.lines] + list(zip(rejected_numbers, (c for c, _ in rejected)))
     order = [cid for _, cid in sorted(numbered)]
     now = store.redis_now()  # windows and index ages on Redis's clock, the one every worker reads
-    record = _record(bid, options, now)
-    jobs = chunk_jobs(settings, bid, [ln.custom_id for ln in parsed.lines], "part")
+    record = _record(bid, options, now, settings)
+    native = set(staging.native)
+    jobs = chunk_jobs(settings, bid, [ln.custom_id for ln in parsed.lines if ln.custom_id not in native], "part")
     with conn.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -171,6 +186,7 @@ def _land(conn: redis.Redis, store: Store, settings: Settings, bid: str, parsed:
                 if jobs:
                     queue_for(conn, settings).enqueue_many(jobs, pipeline=pipe)
                     store.add_jobs(pipe, bid, [j.job_id for j in jobs], with_record=True)
+                register_native(pipe, conn, settings, bid, staging.native)
                 pipe.execute()
                 return bid
             except redis.WatchError:
@@ -187,6 +203,7 @@ class _Staging:
         self.pending: list[tuple[str, dict[str, Any]]] = []
         self.staged = False  # some bodies are in Redis: a submit that does not land deletes them
         self.stopped = False
+        self.native: list[str] = []  # lines for the providers' batch APIs (worker/native), not chunk jobs
 
     def add(self, line: Line) -> None:
         if self.stopped:
@@ -207,6 +224,16 @@ class _Staging:
     def write_rest(self, pipe: Any) -> None:
         """The bodies still in memory, on the landing transaction (which gives all of them the batch's lifetime)."""
         self.store.write_requests(pipe, self.bid, self.pending)
+
+
+def _goes_native(line: Line, registry: Registry, settings: Settings, options: SubmitOptions) -> bool:
+    """Does this valid line go to its provider's batch API (the batch's mode, its model, its window)?"""
+    if line.body is None:
+        return False
+    kind = KIND_BY_URL[line.url]
+    spec = registry.resolve_for(str(line.body.get("model")), kind)
+    return goes_native(options.resolved_mode(settings), spec, kind, line.body, options.completion_window, settings,
+                       budget=options.max_cost is not None)
 
 
 def refused(exc: redis.ResponseError) -> RedisRefused:
@@ -253,12 +280,12 @@ def _repeated(conn: redis.Redis, claim: _Claim) -> str:
     return earlier
 
 
-def _record(bid: str, options: SubmitOptions, redis_now: float) -> dict[str, Any]:
+def _record(bid: str, options: SubmitOptions, redis_now: float, settings: Settings) -> dict[str, Any]:
     record: dict[str, Any] = {
         "id": bid,
         "status": "in_progress",
         "created_at": f"{clock.now():.3f}",
-        "options": options.record_options(),
+        "options": options.record_options(settings),
         "metadata": options.metadata,
     }
     if options.completion_window:
@@ -275,7 +302,7 @@ def _earlier_batch(raw: bytes | str | None, claim: _Claim) -> str | None:
         raise IdempotencyConflict(
             f"idempotency key {claim.key!r} was already used for different requests or options (batch "
             f"{earlier_bid}; options: --max-cost, --completion-window, --metadata, --keep-valid, "
-            "--drop-unsupported-params); use a new key for a new submission")
+            "--drop-unsupported-params, --mode); use a new key for a new submission")
     return earlier_bid
 
 

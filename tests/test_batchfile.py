@@ -55,7 +55,8 @@ def test_unknown_model_gives_the_exact_product_error(registry):
     [
         (b"{not json", "invalid JSON"),
         (b"[1, 2]", "must be a JSON object"),
-        (b"\xff\xfe{}", "not valid UTF-8"),
+        (b"\xc3\x28{}", "not valid UTF-8"),
+        (b"\xff\xfe{}", "UTF-16-encoded"),
         ({"custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "body": hi()}, "'method' must be"),
         ({"custom_id": "a", "method": "POST", "url": "/v1/responses", "body": hi()}, "'url' must be"),
         ({"method": "POST", "url": "/v1/chat/completions", "body": hi()}, "'custom_id' must be a non-empty string"),

@@ -435,7 +435,8 @@ def test_random_faults_latency_and_stats() -> None:
         stats = c.get("/_emulator/stats").json()
         assert stats == emu.stats() == {
             "calls": 3, "by_path": {"messages": 1, "generateContent": 1, "countTokens": 1}, "by_status": {"429": 3},
-            "by_model": {"claude-x": 1, "gemini-2.5-flash": 1, "gemini-embedding-001": 1}, "rate_limited": 0}
+            "by_model": {"claude-x": 1, "gemini-2.5-flash": 1, "gemini-embedding-001": 1}, "rate_limited": 0,
+            "batch_items": {}}
         c.post("/_emulator/reset")
         assert emu.stats()["calls"] == 0
     with start_background(EmulatorConfig(error_rate=1.0, require_key=False, seed=3)) as emu, \

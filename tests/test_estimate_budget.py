@@ -49,3 +49,19 @@ def test_a_budget_stops_requests_before_they_are_sent(emulator, registry):
     assert refused and sent and len(refused) + len(sent) == 20
     assert emulator.stats()["calls"] - calls_before == len(sent)  # refused ones were never sent
     assert status["max_cost"] == "0.005"
+
+
+def test_estimate_by_mode_prices_each_line_on_its_route_and_shows_the_saving(registry):
+    lines = [json.dumps({"model": "google/gemini-3-flash", "max_tokens": 200,
+                         "messages": [{"role": "user", "content": "x" * 400}]}).encode(),
+             json.dumps({"model": "anthropic/claude-haiku-5-5", "max_tokens": 200,
+                         "messages": [{"role": "user", "content": "x" * 400}]}).encode()]
+    data = estimate(read_batch(lines, registry, mode="auto"), registry, mode="auto", window=7200)
+    gemini, claude = sorted(data["rows"], key=lambda r: r["model"], reverse=True)
+    # flex: 100 * 0.25 + 200 * 1.5 per 1M, against 100 * 0.5 + 200 * 3.0 in real time
+    assert (gemini["route"], gemini["cost_max"], gemini["saved_expected"]) == ("flex", "0.000325", "0.000325")
+    # auto sends Claude to Message Batches: half of 100 * 0.1 + 200 * 0.5 per 1M in real time
+    assert (claude["route"], claude["cost_max"], claude["saved_expected"]) == ("native", "0.000055", "0.000055")
+    assert data["mode"] == "auto" and data["total"]["saved_expected"] == "0.00038"
+    flex_only = read_batch(lines, registry, mode="flex")
+    assert [e.number for e in flex_only.errors] == [2] and "has no flex tier" in str(flex_only.errors[0])

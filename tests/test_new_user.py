@@ -114,6 +114,32 @@ def test_a_gzip_file_is_one_error(registry):
     assert "gzip-compressed: expected JSONL, one request per line" in str(parsed.errors[0])
 
 
+@pytest.mark.parametrize("encoding, named", [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16"), ("utf-32", "UTF-32")])
+def test_a_utf16_or_utf32_file_is_one_error_naming_its_encoding(registry, encoding, named):
+    """Windows tools save "Unicode" text as UTF-16: say so once, not one baffling error per line."""
+    data = ("\n".join([GOOD] * 50) + "\n").encode(encoding)
+    parsed = read_batch(io.BytesIO(data), registry)
+    assert [e.number for e in parsed.errors] == [1] and parsed.lines == []
+    assert f"the file is {named}-encoded" in str(parsed.errors[0]) and f"iconv -f {named}" in str(parsed.errors[0])
+
+
+def test_an_empty_file_is_one_line_and_fails(tmp_path):
+    src = tmp_path / "empty.jsonl"
+    src.write_bytes(b"\n\n")
+    result = otb("estimate", str(src))
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: the file has no request lines"
+    result = otb("submit", str(src), env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert result.exit_code == 1 and "line 0" not in result.output
+
+
+def test_a_file_with_no_valid_line_fails_estimate(tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"custom_id": "a"}\n')
+    result = otb("estimate", str(src))
+    assert result.exit_code == 1 and "no line is valid" in result.output
+
+
 def test_a_csv_file_lists_twenty_errors_a_count_and_what_was_expected(tmp_path):
     src = tmp_path / "data.csv"
     src.write_text("custom_id,model,prompt\n" + "".join(f"r{i},google/gemini-3-flash,hello {i}\n" for i in range(1000)))

@@ -56,3 +56,34 @@ def test_other_redis_errors_still_surface(conn: fakeredis.FakeRedis, monkeypatch
     queue = Queue("otb", connection=conn, serializer=JSONSerializer)
     with pytest.raises(redis.exceptions.ResponseError):
         DrainingWorker([queue], connection=conn, serializer=JSONSerializer).execute_job(chunk_job(conn), queue)
+
+
+def test_an_in_process_worker_ends_a_chunk_that_fails_for_good(registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`otb run`, `otb demo` and `otb serve --emulator` run chunks in-process: a chunk RQ gives up on
+    must end its requests as chunk_failed there too, not leave the batch open forever."""
+    import json
+
+    from producer.submit import submit
+    from worker import jobs
+    from worker.queues import queues_for
+    from worker.rqworker import InProcessWorker
+    from worker.settings import Settings
+    from worker.store import Store
+
+    conn = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    settings = Settings(chunk_size=2)
+    lines = [json.dumps({"custom_id": f"r{i}", "model": "google/gemini-3-flash",
+                         "messages": [{"role": "user", "content": "hi"}]}).encode() for i in range(3)]
+    bid = submit(conn, settings, registry, lines).batch_id
+
+    def broken(batch_id: str, custom_ids: list[str]) -> dict[str, int]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(jobs, "run_chunk", broken)
+    jobs.configure(settings)
+    InProcessWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer).work(burst=True)
+    status = Store.of(conn, settings).status(bid)
+    assert status is not None and status["status"] == "completed"
+    assert status["request_counts"]["errored"] == 3
+    codes = {json.loads(raw)["error"]["code"] for raw in Store.of(conn, settings).raw_results(bid).values()}
+    assert codes == {"chunk_failed"}

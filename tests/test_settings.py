@@ -41,10 +41,20 @@ EVERY: dict[str, tuple[str, str, Any]] = {
     "OTB_MAX_LINES": ("10", "max_lines", 10),
     "OTB_REDIS_WAIT_REPLICAS": ("1", "redis_wait_replicas", 1),
     "OTB_REDIS_WAIT_MS": ("250", "redis_wait_ms", 250),
+    "OTB_WEBHOOK_RETRY_MS": ("100", "webhook_retry_ms", 100),
+    "OTB_AUTO_MIN_WINDOW": ("7200", "auto_min_window", 7200.0),
+    "OTB_GEMINI_NATIVE_MIN_WINDOW": ("43200", "gemini_native_min_window", 43200.0),
+    "OTB_FLEX_TIMEOUT": ("600", "flex_timeout", 600.0),
+    "OTB_FLEX_MAX_WAIT": ("300", "flex_max_wait", 300.0),
+    "OTB_NATIVE_MARGIN": ("25%", "native_margin_share", 0.25),  # or seconds: tests/test_routes.py
+    "OTB_NATIVE_POLL_INTERVAL": ("0.5", "native_poll_interval", 0.5),
+    "OTB_NATIVE_FAULT": ("exit-after-create", "native_fault", "exit-after-create"),
 }
-WHOLE_NUMBERS = [name for name, (_, _, held) in EVERY.items() if isinstance(held, (int, float))]
+NOT_WHOLE = {"OTB_NATIVE_MARGIN", "OTB_NATIVE_POLL_INTERVAL"}  # a share (10%) or seconds (600.5); fractions of s
+WHOLE_NUMBERS = [name for name, (_, _, held) in EVERY.items() if isinstance(held, (int, float)) and name not in NOT_WHOLE]
 ZERO_ALLOWED = {"OTB_CONCURRENCY_PER_MODEL", "OTB_CONCURRENCY_PER_PROVIDER",  # 0: no cap of its own
-                "OTB_REDIS_WAIT_REPLICAS"}  # 0: commits do not wait for replicas
+                "OTB_REDIS_WAIT_REPLICAS",  # 0: commits do not wait for replicas
+                "OTB_FLEX_MAX_WAIT"}  # 0: a shed flex call goes standard at once
 
 
 def documented() -> set[str]:

@@ -1,8 +1,8 @@
 """Running cost aggregates, kept in Redis as results are committed, so reports never read every result.
 
-    otb:agg:{YYYYMMDDHH}   HASH  "{model}␟{billed model}␟{tags json}␞{counter}" -> integer   (OTB_AGGREGATE_TTL)
+    otb:agg:{YYYYMMDDHH}   HASH  "{model}␟{billed model}␟{tags json}[␟{route}]␞{counter}" -> integer   (OTB_AGGREGATE_TTL)
     otb:agg:hours          ZSET  hour keys scored by the hour's start (unix seconds), pruned with them
-    otb:batch:{id}:agg     HASH  "{YYYYMMDDHH}␟{model}␟{billed model}␟{tags json}␞{counter}" -> integer
+    otb:batch:{id}:agg     HASH  "{YYYYMMDDHH}␟{model}␟{billed model}␟{tags json}[␟{route}]␞{counter}" -> integer
                                  (one batch's share, expiring with the batch: `--batch`, `--by batch`)
 
 One hash per UTC hour: a report over a time range reads only the hours in it (hour resolution),
@@ -12,7 +12,8 @@ one request per batch leaves nothing behind per request once its batches expire.
 integers (tokens, requests, pico-dollars), so sums are exact. They are updated in the same Lua
 script that commits the result, so a result and its share of the aggregates land together or not at all.
 
-Fields written before 2026-12 carry the batch id first (`{batch}␟{model}␟...`); parse_field reads both.
+Fields written before 2026-12 carry the batch id first (`{batch}␟{model}␟...`); parse_field reads both. The
+route (`flex`, `native`) ends the dimensions of lines that did not run in real time; none means realtime.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ TOKEN_COUNTERS: dict[str, tuple[str, ...]] = {
     "reasoning_tokens": ("reasoning_tokens",),
 }
 COST_COUNTERS = tuple(f"cost_{bucket}_pico" for bucket in COST_BUCKETS)
-RECORD_COUNTERS = (*TOKEN_COUNTERS, *COST_COUNTERS)  # what the batch record sums besides its outcomes
+SAVED_COUNTER = "saved_pico"  # what the lines would have cost at standard prices, less what they cost
+ROUTE_COUNTERS = {"flex": "via_flex", "native": "via_native"}  # succeeded lines by route (realtime: the rest)
+RECORD_COUNTERS = (*TOKEN_COUNTERS, *COST_COUNTERS, SAVED_COUNTER, *ROUTE_COUNTERS.values())  # besides outcomes
 
 
 def hour_of(ts: float) -> tuple[str, int]:
@@ -47,11 +50,14 @@ def hour_of(ts: float) -> tuple[str, int]:
 
 
 def dims(line: dict[str, Any]) -> str:
+    """model␟billed model␟tags, and ␟route for a line that did not run in real time (so the fields of
+    real-time lines are what they were before routes existed)."""
     meta = line.get("meta") or {}
     model = meta.get("model") or "(invalid line)"
     billed = meta.get("billed_model") or model
     tags = json.dumps(meta.get("tags") or {}, sort_keys=True, separators=(",", ":"))
-    return DIM_SEP.join((model, billed, tags))
+    route = meta.get("route")
+    return DIM_SEP.join((model, billed, tags, route) if route and route != "realtime" else (model, billed, tags))
 
 
 def token_counts(usage: Mapping[str, Any]) -> dict[str, int]:
@@ -75,6 +81,9 @@ def counters(line: dict[str, Any]) -> dict[str, int]:
     out = {"requests": 1, meta.get("outcome", "errored"): 1}
     out.update(token_counts(meta.get("usage") or {}))
     out.update(cost_counts(line["cost"]))
+    out[SAVED_COUNTER] = to_pico(Decimal(meta.get("saved") or 0))
+    if meta.get("outcome") == "succeeded" and meta.get("route") in ROUTE_COUNTERS:
+        out[ROUTE_COUNTERS[meta["route"]]] = 1  # only succeeded lines: `otb retry` takes back errored ones alone
     code = error_code(line)
     if code:
         out[f"err:{code}"] = 1
@@ -110,10 +119,11 @@ def parse_field(field: str, batch: str | None = None) -> tuple[dict[str, Any], s
     """Back from an hourly hash field to its dimensions and counter name (`batch` None: not recorded)."""
     dim, counter = field.split(FIELD_SEP, 1)
     parts = dim.split(DIM_SEP)  # tags are JSON, where a raw separator cannot occur
-    if len(parts) == 4:  # written before the batch id left the hourly hashes
+    if len(parts) == 4 and parts[3].startswith("{"):  # written before the batch id left the hourly hashes
         batch, parts = parts[0], parts[1:]
-    model, billed, tags = parts
-    return {"batch": batch, "model": model, "billed_model": billed, "tags": json.loads(tags)}, counter
+    model, billed, tags, *route = parts
+    return {"batch": batch, "model": model, "billed_model": billed, "tags": json.loads(tags),
+            "route": route[0] if route else "realtime"}, counter
 
 
 def parse_batch_field(field: str, batch: str) -> tuple[str, dict[str, Any], str]:

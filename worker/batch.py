@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+from .registry import ModelSpec
+from .routes import Route, plan
+from .settings import Settings
 from .store import Store
 
 ParkedRequest = tuple[str, float, str]  # (custom_id, resume in s, why): recovery.park's shape
@@ -46,6 +50,13 @@ class BatchGate:
             return "batch_expired"
         return None
 
+    def seconds_left(self) -> float | None:
+        """Seconds until the completion window ends, on Redis's clock (None: no window)."""
+        self.closed_code()  # fresh within a second
+        if self._expires_at is None:
+            return None
+        return self._expires_at - (self._redis_now + (time.monotonic() - self._read_at))
+
     def _read(self, now: float) -> None:
         """The status, the window's end and Redis's clock, in one round trip."""
         pipe = self.store.conn.pipeline(transaction=False)
@@ -72,6 +83,8 @@ class Batch:
     drop_unsupported: bool = False  # --drop-unsupported-params
     tags: dict[str, str] = field(default_factory=dict)  # the batch's metadata, on every result
     parked: list[ParkedRequest] = field(default_factory=list)
+    mode: str = "realtime"  # --mode as resolved at submit (routes.py); batches from before it: realtime
+    window: float | None = None  # --completion-window, seconds
 
     @classmethod
     def load(cls, store: Store, batch_id: str) -> Batch:
@@ -86,9 +99,17 @@ class Batch:
         gate = BatchGate(store, batch_id)
         gate.seen(raw.get("status"), raw.get("expires_at"), redis_time, time.monotonic())
         options = json.loads(raw.get("options") or "{}")
+        window = options.get("completion_window")
         return cls(batch_id, gate, max_cost_pico=int(options.get("max_cost_pico") or 0) or None,
                    drop_unsupported=bool(options.get("drop_unsupported_params")),
-                   tags=json.loads(raw.get("metadata") or "{}"))
+                   tags=json.loads(raw.get("metadata") or "{}"), mode=str(options.get("mode") or "realtime"),
+                   window=float(window) if window else None)
+
+    def route(self, spec: ModelSpec, kind: str, body: dict[str, Any], settings: Settings,
+              meta: dict[str, Any]) -> Route:
+        """The route of one of its requests, now (routes.plan with this batch's mode and window)."""
+        return plan(self.mode, spec, kind, body, settings, window=self.window,
+                    seconds_left=self.gate.seconds_left() if self.window else None, meta=meta)
 
 
 def _text(value: bytes | str | None) -> str | None:

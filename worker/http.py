@@ -50,7 +50,8 @@ async def send(client: httpx.AsyncClient, base_url: str, call: UpstreamCall, aut
     content = encode(call.json)
     try:
         response = await client.request(
-            call.method, base_url + call.path, content=content, headers={**JSON_TYPE, **call.headers, **auth}
+            call.method, base_url + call.path, content=content, headers={**JSON_TYPE, **call.headers, **auth},
+            timeout=httpx.Timeout(call.timeout, connect=10.0) if call.timeout else httpx.USE_CLIENT_DEFAULT,
         )
         content = await response.aread()
     except httpx.TimeoutException as exc:

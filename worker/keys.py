@@ -29,6 +29,14 @@ here: they are reached through RQ's API (`Queue`, `Job`, the registries), never 
     {p}:rl:{scope}               HASH    a shared rate-limit bucket (model and a hash of the API key)
     {p}:cool:{scope}             STRING  a shared cool-down of that scope
     {p}:writable                 STRING  a worker's probe: does Redis take writes again? (10 s)
+    {p}:native:due               ZSET    batches with native provider batches, by when their poller looks next
+    {p}:native:lease:{id}        STRING  the worker process polling that batch's provider batches now
+    {p}:native:{id}              HASH    a batch's native route: its lines waiting (`todo`), parts planned
+    {p}:native:{id}:todo         LIST    custom_ids submitted to the native route, not planned into parts yet
+    {p}:native:{id}:part:{n}     HASH    one provider batch: provider, model, state, intent marker, provider id
+    {p}:native:{id}:ids:{n}      LIST    its custom_ids; the id sent for position i is `{marker}_{i}`
+    {p}:native:{id}:extras       HASH    custom_id -> what its translation dropped or noted (only lines with any)
+    {p}:native:known             SET     provider batch ids recorded by an intent (a lost create matches none)
 
 The HTTP API (producer/api, `otb serve`): a tenant is a key prefix, and every read also checks the
 owner recorded in the value. API keys are never stored, only their SHA-256.
@@ -41,6 +49,16 @@ owner recorded in the value. API keys are never stored, only their SHA-256.
     {p}:tenant:{name}:file:{id}       HASH    a file's FileObject fields (+ tenant, lines)
     {p}:tenant:{name}:file:{id}:data  LIST    the file's bytes, in chunks of about 1 MiB
     {p}:rl:tenant:{name}              HASH    the key's shared request bucket (`otb keys create --rpm`)
+    {p}:tenant:{name}:batches         ZSET    its Batch API ids, all score 0: the ids sort by time (cursor pages)
+    {p}:tenant:{name}:batch:{id}      HASH    a Batch API record: its parameters, phase, errors, output files
+                                              and final figures (the engine's own batch is {p}:batch:{id})
+    {p}:tenant:{name}:batch:{id}:lock STRING  the server creating or finalizing that batch (a lease)
+    {p}:tenant:{name}:batch-key:{sha} STRING  an Idempotency-Key's batch id and the digest of its parameters
+    {p}:api:open                      HASH    batch id -> tenant, for Batch API batches not final yet (or
+                                              final, their on_final hooks not run yet)
+    {p}:webhook:{event id}            HASH    a batch event for a tenant's webhook: body, state, attempts
+    {p}:webhook:once:{batch}:{status} STRING  the event announced for that batch's end (announced once)
+    {p}:webhooks:due                  ZSET    event ids by their next delivery attempt (unix s)
 """
 
 from __future__ import annotations
@@ -149,6 +167,33 @@ class Keys:
     def writable(self) -> str:
         return f"{self.prefix}:writable"
 
+    # -- native provider batches (worker/native) ---------------------------------------------------
+    @property
+    def native_due(self) -> str:
+        return f"{self.prefix}:native:due"
+
+    def native_lease(self, bid: str) -> str:
+        return f"{self.prefix}:native:lease:{bid}"
+
+    def native(self, bid: str) -> str:
+        return f"{self.prefix}:native:{bid}"
+
+    def native_todo(self, bid: str) -> str:
+        return f"{self.native(bid)}:todo"
+
+    def native_part(self, bid: str, n: int) -> str:
+        return f"{self.native(bid)}:part:{n}"
+
+    def native_ids(self, bid: str, n: int) -> str:
+        return f"{self.native(bid)}:ids:{n}"
+
+    def native_extras(self, bid: str) -> str:
+        return f"{self.native(bid)}:extras"
+
+    @property
+    def native_known(self) -> str:
+        return f"{self.prefix}:native:known"
+
     # -- the HTTP API: keys, tenants and their files (producer/api) ---------------------------
     def api_key(self, digest: str) -> str:
         return f"{self.prefix}:apikey:{digest}"
@@ -168,3 +213,30 @@ class Keys:
 
     def file_data(self, tenant: str, file_id: str) -> str:
         return f"{self.file(tenant, file_id)}:data"
+
+    # -- the Batch API's records over the engine's batches (producer/api/batchrecords.py) ---------
+    def api_batches(self, tenant: str) -> str:
+        return f"{self.tenant(tenant)}:batches"
+
+    def api_batch(self, tenant: str, bid: str) -> str:
+        return f"{self.tenant(tenant)}:batch:{bid}"
+
+    def api_batch_lock(self, tenant: str, bid: str) -> str:
+        return f"{self.api_batch(tenant, bid)}:lock"
+
+    def api_batch_key(self, tenant: str, digest: str) -> str:
+        return f"{self.tenant(tenant)}:batch-key:{digest}"
+
+    @property
+    def api_open(self) -> str:
+        return f"{self.prefix}:api:open"
+    # -- the HTTP API: webhook events and their deliveries (producer/api/webhooks.py) ------------
+    def webhook(self, event_id: str) -> str:
+        return f"{self.prefix}:webhook:{event_id}"
+
+    def webhook_once(self, batch_id: str, status: str) -> str:
+        return f"{self.prefix}:webhook:once:{batch_id}:{status}"
+
+    @property
+    def webhooks_due(self) -> str:
+        return f"{self.prefix}:webhooks:due"

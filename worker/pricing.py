@@ -3,6 +3,11 @@
 Rates are USD per 1M tokens. The size tier is chosen by every prompt token (uncached + cache
 reads + cache writes) and, once crossed, re-prices the whole request. The price row is the one in
 effect on the day the request ran (UTC), so dated price changes apply from their date on.
+
+`service_tier` picks the price list the provider billed: `standard`, or the half-price `batch` and
+`flex` lists of the registry (Anthropic batch: every bucket at 50%; Gemini batch: cache hits at the
+standard rate; Gemini flex: 50%). A tier the model has no list for is PriceMissing, never $0:
+`priced_tier` says which list a reported tier bills at before pricing.
 """
 
 from __future__ import annotations
@@ -25,19 +30,33 @@ class PriceMissing(RequestFailed):
     status_code = 500
 
 
-def rates_for(spec: ModelSpec, usage: Usage, on: dt.date) -> Rates:
-    """The rates that bill this usage: dated row first, then the highest size tier crossed."""
+STANDARD = "standard"
+
+
+def rates_for(spec: ModelSpec, usage: Usage, on: dt.date, service_tier: str = STANDARD) -> Rates:
+    """The rates that bill this usage: the tier's price list, its dated row, then the highest size tier crossed."""
     if spec.pricing is None:
         raise PriceMissing(f'model "{spec.id}" has no price in the registry; refusing to bill it at $0')
-    rates, tiers = spec.pricing.in_effect(on)
+    prices = spec.pricing.for_tier(service_tier)
+    if prices is None:
+        raise PriceMissing(f'model "{spec.id}" has no {service_tier} prices in the registry')
+    rates, tiers = prices.in_effect(on)
     for tier in tiers:  # ascending; last crossed wins
         if usage.prompt_tokens > tier.above_input_tokens:
             rates = tier.rates()
     return rates
 
 
-def cost(usage: Usage, spec: ModelSpec, on: dt.date) -> Cost:
-    r = rates_for(spec, usage, on)
+def priced_tier(spec: ModelSpec, service_tier: str) -> str:
+    """The price list a reported service tier bills at: its own, else standard (a tier the registry
+    does not price, such as Anthropic's `priority`, is billed as standard, never as $0)."""
+    if spec.pricing is not None and spec.pricing.for_tier(service_tier) is not None:
+        return service_tier
+    return STANDARD
+
+
+def cost(usage: Usage, spec: ModelSpec, on: dt.date, service_tier: str = STANDARD) -> Cost:
+    r = rates_for(spec, usage, on, service_tier)
     write_1h = r.cache_write_1h if r.cache_write_1h is not None else r.cache_write * 2
     parts = {  # COST_BUCKETS
         "input": usage.input_tokens * r.input,

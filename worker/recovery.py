@@ -314,14 +314,19 @@ def rescue_stranded(conn: redis.Redis, settings: Settings) -> dict[str, int]:
         if status not in ("in_progress", "cancelling", "expiring"):
             conn.zrem(store.keys.open, bid)  # finished, or gone: nothing to watch
             continue
-        if int(record.get("parked") or 0) > 0 or _has_live_job(conn, store, bid):
-            continue
+        if int(record.get("parked") or 0) > 0 or _native(conn, store, bid) or _has_live_job(conn, store, bid):
+            continue  # parked, in a provider's batch (worker/native's poller has them), or queued
         stranded = store.open_ids(bid)
-        if not stranded or _has_live_job(conn, store, bid):  # again: a retry may have queued a job meanwhile
-            continue
+        if not stranded or _has_live_job(conn, store, bid) or _native(conn, store, bid):  # again: a retry may have
+            continue  # queued a job meanwhile
         rescued[bid] = len(stranded)
         _finish_stranded(conn, settings, store, bid, status, stranded)
     return rescued
+
+
+def _native(conn: redis.Redis, store: Store, bid: str) -> bool:
+    """Does a native poller still look after lines of `bid` (they are in a provider's batch)?"""
+    return conn.zscore(store.keys.native_due, bid) is not None
 
 
 def _has_live_job(conn: redis.Redis, store: Store, bid: str) -> bool:

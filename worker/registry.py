@@ -89,12 +89,14 @@ class PriceChange(_Strict):
     _check = field_validator(*PRICE_FIELDS, mode="before")(lambda v: None if v is None else _exact(v))
 
 
-class Pricing(Rates):
+class TierPricing(Rates):
+    """One service tier's price list (standard, or the `batch` / `flex` block inside it)."""
+
     tiers: list[Tier] = []
     changes: list[PriceChange] = []
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Pricing":
+    def _ordered(self) -> "TierPricing":
         dates = [c.effective for c in self.changes]
         if dates != sorted(dates) or len(set(dates)) != len(dates):
             raise ValueError("pricing.changes must be in strictly increasing 'effective' order")
@@ -111,6 +113,68 @@ class Pricing(Rates):
             if change.tiers is not None:
                 tiers = list(change.tiers)
         return Rates(**fields), sorted(tiers, key=lambda t: t.above_input_tokens)
+
+
+SERVICE_TIERS = ("batch", "flex")  # priced besides standard; what a provider reports otherwise bills as standard
+
+
+class Pricing(TierPricing):
+    """Standard prices, and the half-price service tiers a provider sells for the same model.
+
+    `batch` (Anthropic Message Batches, Gemini Batch Mode) and `flex` (Gemini's flex tier) are full
+    price lists of their own, with the same size tiers and the same dated changes as the standard
+    one (checked here), so a dated change can never leave a discounted price behind.
+    """
+
+    batch: TierPricing | None = None
+    flex: TierPricing | None = None
+
+    @model_validator(mode="after")
+    def _service_tiers_follow_standard(self) -> "Pricing":
+        for name in SERVICE_TIERS:
+            other = getattr(self, name)
+            if other is not None:
+                _same_shape(self, other, name)
+        return self
+
+    def for_tier(self, service_tier: str) -> TierPricing | None:
+        """The price list of `service_tier` (standard, batch, flex); None if the model has none."""
+        if service_tier == "standard":
+            return self
+        return getattr(self, service_tier, None) if service_tier in SERVICE_TIERS else None
+
+
+def _same_shape(standard: TierPricing, other: TierPricing, name: str) -> None:
+    """`other` has standard's size tiers, dated changes (each setting the same fields) and no rate above it."""
+    if [t.above_input_tokens for t in other.tiers] != [t.above_input_tokens for t in standard.tiers]:
+        raise ValueError(f"pricing.{name}.tiers must have the same above_input_tokens as pricing.tiers")
+    if [c.effective for c in other.changes] != [c.effective for c in standard.changes]:
+        raise ValueError(f"pricing.{name}.changes must have the same 'effective' dates as pricing.changes "
+                         "(a dated price change applies to every service tier)")
+    for mine, theirs in zip(other.changes, standard.changes):
+        if _set_fields(mine) != _set_fields(theirs):
+            raise ValueError(f"pricing.{name}.changes[{mine.effective}] must change the same fields as "
+                             f"pricing.changes[{theirs.effective}]")
+    days = [None, *(c.effective for c in standard.changes)]
+    for day in days:
+        on = day or dt.date.min
+        mine_rates, mine_tiers = other.in_effect(on)
+        std_rates, std_tiers = standard.in_effect(on)
+        for (a, b) in [(mine_rates, std_rates), *((x.rates(), y.rates()) for x, y in zip(mine_tiers, std_tiers))]:
+            for f in PRICE_FIELDS:
+                if _rate(a, f) > _rate(b, f):
+                    raise ValueError(f"pricing.{name}.{f} is above the standard price"
+                                     + (f" from {day}" if day else ""))
+
+
+def _rate(rates: Rates, field: str) -> Decimal:
+    """A rate as billed: an unlisted 1-hour cache write costs twice the 5-minute one (pricing.py)."""
+    value = getattr(rates, field)
+    return value if value is not None else rates.cache_write * 2
+
+
+def _set_fields(change: PriceChange) -> set[str]:
+    return {f for f in (*PRICE_FIELDS, "tiers") if getattr(change, f) is not None}
 
 
 class Lifecycle(_Strict):

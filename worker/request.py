@@ -15,10 +15,9 @@ from typing import Any
 
 import redis
 
-from . import budget, clock, metrics
+from . import budget, clock, metrics, routes
 from .batch import Batch
 from .errors import BatchClosed, InvalidRequest, Parked, RequestFailed
-from .pricing import cost as price
 from .providers import ADAPTERS, Provider
 from .providers.base import Parsed, Prepared
 from .registry import ModelSpec, Registry
@@ -100,6 +99,7 @@ class OneRequest:
         self.meta: dict[str, Any] = {}
         self.attempts = Attempts()
         self.held = False  # a budget hold to release
+        self.route = routes.Route(routes.REALTIME)  # planned just before the call, into `meta`
 
     async def run(self, record: Record) -> str:
         kind, body = self.open(record)
@@ -111,8 +111,9 @@ class OneRequest:
                               budget.worst_case(spec, kind, body, prepared))
             self.held = True
         to = self.ctx.upstream.target(adapter, spec, self.attempts)
+        self.route = self.batch.route(spec, kind, body, self.ctx.settings, self.meta)
         if isinstance(request, ChatRequest):
-            parsed = await self.ctx.upstream.chat(to, spec, body, prepared)
+            parsed = await self.ctx.upstream.chat(to, spec, body, prepared, self.route)
         else:
             api_version = self.ctx.registry.api_version(spec.provider)
             parsed = await self.ctx.upstream.embeddings(to, spec, request, body, prepared, api_version)
@@ -151,10 +152,10 @@ class OneRequest:
 
     async def succeed(self, spec: ModelSpec, parsed: Parsed) -> str:
         """Price the answer as the model that ran and commit it; spend is counted even if this commit loses."""
-        billed = _billed_spec(self.ctx.registry, spec, parsed)
+        billed = billed_spec(self.ctx.registry, spec, parsed)
         self.meta["billed_model"] = billed.id
         self.meta["attempts"] = self.attempts.count
-        charge = price(parsed.usage, billed, clock.today())
+        charge = routes.bill(parsed, billed, self.route, clock.today())
         line = success_line(self.batch.id, self.custom_id, parsed.body, request_id=parsed.request_id,
                             usage=parsed.usage, cost=charge, meta=self.meta)
         won = await self.commit(line, "succeeded")
@@ -186,7 +187,7 @@ def _internal(exc: Exception) -> RequestFailed:
                          code="internal_error", type="api_error", status_code=500)
 
 
-def _billed_spec(registry: Registry, spec: ModelSpec, parsed: Parsed) -> ModelSpec:
+def billed_spec(registry: Registry, spec: ModelSpec, parsed: Parsed) -> ModelSpec:
     """Google may serve a deprecated id with another model; bill what actually ran."""
     served = parsed.upstream_model
     if not served or served == spec.upstream:

@@ -26,7 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from rq import Worker
+from rq import SimpleWorker, Worker
+from rq.worker.base import BaseWorker
 from rq.exceptions import DeserializationError, StopRequested
 from rq.job import Job
 from rq.queue import Queue
@@ -35,6 +36,7 @@ from rq.serializers import JSONSerializer
 from . import jobs, metrics
 from .connection import connect, durability_warnings
 from .errors import ConfigError, OTBError, RequestFailed
+from .native import NativePoller
 from .queues import CHUNK_JOB, queues_for
 from .recovery import Janitor, end_requests
 from .registry import current_registry
@@ -51,46 +53,12 @@ class NameTaken(OTBError):
     """Another live worker has the name asked for."""
 
 
-class DrainingWorker(Worker):
+class ChunkJobs(BaseWorker):
+    """What every worker of this project does around a job, forking or in-process: run only this
+    project's chunk jobs (anything else is failed unrun), and when RQ gives up on a chunk, end its
+    open requests as `chunk_failed` instead of leaving them open forever."""
+
     refusals = Refusals("the worker waits for it (nothing is lost; free memory or raise maxmemory)")
-    metrics_served = False  # set by run_worker with --metrics-port: horses hand their counts to this process
-    _feed: metrics.HorseFeed | None = None
-
-    # -- a work horse's metrics reach the parent, which serves them (worker/metrics.py) -------------
-    def fork_work_horse(self, job: Job, queue: Queue) -> None:
-        self._feed = metrics.HorseFeed() if self.metrics_served else None
-        super().fork_work_horse(job, queue)  # the horse never returns from it
-        if self._feed is not None:
-            self._feed.in_parent()
-
-    def main_work_horse(self, job: Job, queue: Queue) -> None:
-        """In the horse, first: its counts go down the pipe, or nowhere when nothing serves them."""
-        if self._feed is not None:
-            self._feed.in_horse()
-        else:
-            metrics.discard()
-        super().main_work_horse(job, queue)
-
-    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
-        try:
-            return super().perform_job(job, queue, execution)
-        finally:
-            if self._feed is not None:
-                self._feed.close()  # the last counts, before RQ's os._exit
-
-    def setup_work_horse_signals(self) -> None:
-        """In the horse: SIGTERM means "drain", never "die mid-request"."""
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda *_: jobs.DRAIN.set())
-
-    def handle_warm_shutdown_request(self) -> None:
-        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]  # RQ leaves it untyped
-        if self.horse_pid:
-            log.warning("stop requested: asking the running chunk to drain")
-            try:
-                os.kill(self.horse_pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     # -- what runs ------------------------------------------------------------------------------
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -129,6 +97,51 @@ class DrainingWorker(Worker):
             return
         metrics.abandoned("chunk_failed")
         log.error("chunk %s failed for good (%s): %d open requests of %s ended as chunk_failed", job.id, reason, ended, bid)
+
+
+class InProcessWorker(ChunkJobs, SimpleWorker):
+    """Runs chunk jobs in this process (`otb run`, `otb demo`, `Client.embedded`, `otb serve --emulator`)."""
+
+
+class DrainingWorker(ChunkJobs, Worker):
+    metrics_served = False  # set by run_worker with --metrics-port: horses hand their counts to this process
+    _feed: metrics.HorseFeed | None = None
+
+    # -- a work horse's metrics reach the parent, which serves them (worker/metrics.py) -------------
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        self._feed = metrics.HorseFeed() if self.metrics_served else None
+        super().fork_work_horse(job, queue)  # the horse never returns from it
+        if self._feed is not None:
+            self._feed.in_parent()
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        """In the horse, first: its counts go down the pipe, or nowhere when nothing serves them."""
+        if self._feed is not None:
+            self._feed.in_horse()
+        else:
+            metrics.discard()
+        super().main_work_horse(job, queue)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            if self._feed is not None:
+                self._feed.close()  # the last counts, before RQ's os._exit
+
+    def setup_work_horse_signals(self) -> None:
+        """In the horse: SIGTERM means "drain", never "die mid-request"."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: jobs.DRAIN.set())
+
+    def handle_warm_shutdown_request(self) -> None:
+        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]  # RQ leaves it untyped
+        if self.horse_pid:
+            log.warning("stop requested: asking the running chunk to drain")
+            try:
+                os.kill(self.horse_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         """Say which chunk lost its work horse, how, and what happens next (RQ says only "terminated")."""
@@ -261,6 +274,8 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     stop_metrics = _serve_metrics(settings, metrics_port, metrics_host) if metrics_port else None
     janitor = Janitor(lambda: connect(settings.redis_url or ""), settings)
     janitor.start()
+    poller = NativePoller(lambda: connect(settings.redis_url or ""), settings)
+    poller.start()
     worker = DrainingWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer, name=name,
                             job_monitoring_interval=10, worker_ttl=60, maintenance_interval=30)
     worker.metrics_served = stop_metrics is not None
@@ -268,6 +283,7 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
         worker.work(burst=burst, logging_level=logging_level)
     finally:
         janitor.stopped.set()
+        poller.stopped.set()
         if stop_metrics is not None:
             stop_metrics()
 

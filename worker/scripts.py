@@ -116,6 +116,7 @@ class Scripts:
     bucket_take: Script
     bucket_adjust: Script
     cool_down: Script
+    take_due: Script
 
     def __init__(self, conn: redis.Redis) -> None:
         registered = _registered.get(conn)

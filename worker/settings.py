@@ -47,14 +47,35 @@ class Settings:
     max_lines: int = 100_000
     redis_wait_replicas: int = 0  # OTB_REDIS_WAIT_REPLICAS: each commit waits for this many replicas (WAIT)
     redis_wait_ms: int = 100  # ... at most this long (OTB_REDIS_WAIT_MS)
+    webhook_retry_ms: int = 5000  # OTB_WEBHOOK_RETRY_MS: a webhook's first retry wait, doubled per failure
     # Provider -> base URL, from each adapter's BASE_URL_ENV (OTB_<PROVIDER>_BASE_URL); unset: its default.
     base_urls: Mapping[str, str] = field(default_factory=dict)
+    # Routes (worker/routes.py). A completion window at least `auto_min_window` long makes `auto` the
+    # default mode (OTB_AUTO_MIN_WINDOW, 1 h). Under `auto`, Gemini chat lines go to flex when the window is
+    # shorter than `gemini_native_min_window` (OTB_GEMINI_NATIVE_MIN_WINDOW, 24 h), to Gemini Batch Mode
+    # when it is that long (until native batches exist: flex too). A flex call may take `flex_timeout`
+    # seconds (OTB_FLEX_TIMEOUT, 900: flex targets 1-15 min); a shed flex call (429/503) is retried in flex
+    # for at most `flex_max_wait` s (OTB_FLEX_MAX_WAIT, 1200), never past half the chunk job's timeout less
+    # one flex call, and only while the window, less its margin and one flex call, allows; then it is sent
+    # standard. The margin (OTB_NATIVE_MARGIN) is a share of the window (`10%`, the default) or seconds (`600`).
+    auto_min_window: float = 3600.0
+    gemini_native_min_window: float = 86400.0
+    flex_timeout: float = 900.0
+    flex_max_wait: float = 1200.0
+    native_margin_share: float | None = 0.10  # OTB_NATIVE_MARGIN as a share of the window ...
+    native_margin_seconds: float | None = None  # ... or as seconds (exactly one is set)
+    # Native provider batches (worker/native): their poller looks every `native_poll_interval` seconds
+    # (OTB_NATIVE_POLL_INTERVAL, 60; backing off while nothing moves). `native_fault` is a test hook
+    # (OTB_NATIVE_FAULT=exit-after-create: the process exits between the create and its record).
+    native_poll_interval: float = 60.0
+    native_fault: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
         keys = {name: env[a.API_KEY_ENV] for name, a in ADAPTERS.items() if env.get(a.API_KEY_ENV)}
         urls = {name: env[a.BASE_URL_ENV] for name, a in ADAPTERS.items() if env.get(a.BASE_URL_ENV)}
+        margin = _margin(env.get("OTB_NATIVE_MARGIN") or "10%")
         return cls(
             redis_url=_redis_url(env.get("REDIS_URL") or None),
             registry_path=Path(env.get("OTB_REGISTRY") or DEFAULT_REGISTRY),
@@ -79,6 +100,15 @@ class Settings:
             max_lines=_int(env, "OTB_MAX_LINES", 100_000),
             redis_wait_replicas=_int(env, "OTB_REDIS_WAIT_REPLICAS", 0, allow_zero=True),
             redis_wait_ms=_int(env, "OTB_REDIS_WAIT_MS", 100),
+            auto_min_window=float(_int(env, "OTB_AUTO_MIN_WINDOW", 3600)),
+            gemini_native_min_window=float(_int(env, "OTB_GEMINI_NATIVE_MIN_WINDOW", 86400)),
+            flex_timeout=float(_int(env, "OTB_FLEX_TIMEOUT", 900)),
+            flex_max_wait=float(_int(env, "OTB_FLEX_MAX_WAIT", 1200, allow_zero=True)),
+            native_margin_share=margin[0],
+            native_margin_seconds=margin[1],
+            webhook_retry_ms=_int(env, "OTB_WEBHOOK_RETRY_MS", 5000),
+            native_poll_interval=_seconds(env, "OTB_NATIVE_POLL_INTERVAL", 60.0),
+            native_fault=env.get("OTB_NATIVE_FAULT") or "",
         )
 
     def base_url(self, provider: str) -> str:
@@ -89,6 +119,12 @@ class Settings:
     def pointed_at(self, url: str) -> "Settings":
         """Every provider sent to one base URL (the emulator), whatever was set before."""
         return replace(self, base_urls=dict.fromkeys(ADAPTERS, url), anthropic_base_url=None, google_base_url=None)
+
+    def window_margin(self, window: float) -> float:
+        """Seconds kept free at the end of a completion window of `window` seconds (OTB_NATIVE_MARGIN)."""
+        if self.native_margin_seconds is not None:
+            return min(self.native_margin_seconds, window)
+        return window * (self.native_margin_share or 0.0)
 
     def api_key(self, provider: str) -> str | None:
         return self.api_keys.get(provider)
@@ -107,6 +143,35 @@ def _redis_url(url: str | None) -> str | None:
                           "rediss+sentinel:// to name Sentinels) (e.g. redis://127.0.0.1:6379/0, "
                           "rediss://user:password@host:6380/0, redis+sentinel://h1:26379,h2:26379/mymaster/0)")
     return url
+
+
+def _margin(raw: str) -> tuple[float | None, float | None]:
+    """OTB_NATIVE_MARGIN: `10%` (a share of the window) or `600` (seconds), as (share, seconds)."""
+    text = raw.strip()
+    try:
+        value = float(text[:-1] if text.endswith("%") else text)
+    except ValueError:
+        value = -1.0
+    if text.endswith("%") and 0 <= value < 100:
+        return value / 100, None
+    if not text.endswith("%") and 0 <= value < float("inf"):
+        return None, value
+    raise ConfigError(f"OTB_NATIVE_MARGIN must be a share of the window such as 10% (below 100%) or seconds "
+                      f"such as 600, got {raw!r}")
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds (fractions allowed: tests poll fast)."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:

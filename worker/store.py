@@ -156,6 +156,33 @@ class Store:
         counted once. A batch whose record is gone (expired, evicted, lost in a restart) is never
         re-created: False, and a warning.
         """
+        pipe = self.conn.pipeline(transaction=False) if self.wait_replicas else None
+        got = self._queue_commit(pipe, bid, custom_id, line, outcome)
+        if pipe is not None:  # WAIT on the connection that committed: it waits for that write
+            got = pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms).execute()[0]  # type: ignore[no-untyped-call]
+        return self._landed(got, bid, custom_id)
+
+    def commit_many(self, bid: str, items: list[tuple[str, dict[str, Any], str]]) -> list[bool]:
+        """`commit` for many (custom_id, line, outcome) in one round trip (a native batch's import):
+        each is its own once-only script call, as if committed one by one."""
+        if not items:
+            return []
+        pipe = self.conn.pipeline(transaction=False)
+        for custom_id, line, outcome in items:
+            self._queue_commit(pipe, bid, custom_id, line, outcome)
+        if self.wait_replicas:
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms)  # type: ignore[no-untyped-call]
+        got = pipe.execute()
+        return [self._landed(g, bid, cid) for g, (cid, _, _) in zip(got, items)]
+
+    def _landed(self, got: Any, bid: str, custom_id: str) -> bool:
+        if got == -1:
+            log.warning("batch %s is gone (expired after OTB_RESULT_TTL, evicted, or lost in a Redis restart): "
+                        "result of %s not stored", bid, custom_id)
+        return bool(got == 1)
+
+    def _queue_commit(self, pipe: Any, bid: str, custom_id: str, line: dict[str, Any], outcome: str) -> Any:
+        """The commit script's call for one result: on `pipe` (queued), or at once when it is None."""
         assert outcome in OUTCOMES
         counts = aggregates.counters(line)
         for_record = [x for name in aggregates.RECORD_COUNTERS if name in counts for x in (name, counts[name])]
@@ -163,8 +190,7 @@ class Store:
         hour, start = aggregates.hour_of(now)
         text = json.dumps(line, separators=(",", ":"))
         k = self.keys
-        pipe = self.conn.pipeline(transaction=False) if self.wait_replicas else None
-        got = self.scripts.commit(
+        return self.scripts.commit(
             client=pipe, results=k.results(bid), batch=k.batch(bid), agg_hour=k.agg_hour(hour), agg_hours=k.agg_hours,
             events=k.events(bid), all_events=k.all_events, batch_agg=k.batch_agg(bid), open=k.open,
             answers=k.answers(bid), custom_id=custom_id, line=text, outcome=outcome, ttl=self.ttl,
@@ -172,12 +198,6 @@ class Store:
             agg_ttl=self.aggregate_ttl, spend=sum(counts.get(c, 0) for c in aggregates.COST_COUNTERS),
             answer=hashlib.sha256(text.encode()).hexdigest()[:20],
             counters=for_record + aggregates.increments(line, counts=counts))
-        if pipe is not None:  # WAIT on the connection that committed: it waits for that write
-            got = pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms).execute()[0]  # type: ignore[no-untyped-call]
-        if got == -1:
-            log.warning("batch %s is gone (expired after OTB_RESULT_TTL, evicted, or lost in a Redis restart): "
-                        "result of %s not stored", bid, custom_id)
-        return bool(got == 1)
 
     def uncommit(self, bid: str, custom_id: str, line_json: str, outcome: str, *, pipe: Any = None) -> bool | None:
         """Remove one final result so the request can run again; False if it changed meanwhile or the
@@ -237,6 +257,8 @@ class Store:
         cost = {n: from_pico(int(raw.get(f"cost_{n}_pico", 0))) for n in COST_BUCKETS}
         cost["total"] = normalize(sum(cost.values(), Decimal(0)))
         lost = self._lost(bid, counts)
+        by_route = {route: int(raw.get(counter, 0)) for route, counter in aggregates.ROUTE_COUNTERS.items()}
+        options = json.loads(raw.get("options") or "{}")
         return {
             "id": bid,
             "object": "otb.batch_status",  # not an OpenAI Batch object: our own counts and costs
@@ -247,6 +269,9 @@ class Store:
             "request_counts": counts,
             "cost": {n: format(v, "f") for n, v in cost.items()},
             "spent": format(from_pico(int(raw.get("spent_pico", 0))), "f"),
+            "saved": format(from_pico(int(raw.get(aggregates.SAVED_COUNTER, 0))), "f"),  # vs standard prices
+            "mode": options.get("mode") or "realtime",
+            "succeeded_by_route": {"realtime": max(counts["succeeded"] - sum(by_route.values()), 0), **by_route},
             "max_cost": _budget(raw),
             "usage": {n: int(raw.get(n, 0)) for n in aggregates.TOKEN_COUNTERS},
             "metadata": json.loads(raw.get("metadata", "{}") or "{}"),

@@ -20,11 +20,13 @@ import redis
 
 from . import http, metrics, tokens
 from .errors import MissingApiKey, Parked, ProtocolError, RequestFailed, UpstreamError
+from .flex import flex_then_standard
 from .providers import Provider
 from .providers.base import Parsed, Prepared, UpstreamCall
 from .ratelimit import Limiter, RateLimits, Scope
 from .registry import ModelSpec
 from .retry import RetryPolicy
+from .routes import FLEX, Route
 from .schemas import EmbeddingRequest
 from .settings import Settings
 from .writes import Writes
@@ -80,12 +82,17 @@ class Upstream:
                   (f"provider:{spec.provider}", self.settings.concurrency_per_provider)]
         return [self.gates.setdefault(name, asyncio.Semaphore(limit)) for name, limit in wanted if limit > 0]
 
-    async def chat(self, to: Target, spec: ModelSpec, body: dict[str, Any], prepared: Prepared) -> Parsed:
+    async def chat(self, to: Target, spec: ModelSpec, body: dict[str, Any], prepared: Prepared,
+                   route: Route | None = None) -> Parsed:
+        """One chat call on its route: the standard tier, or flex first (flex.py)."""
         need = (tokens.chat_input_tokens(body), tokens.output_guess(body))
         async with contextlib.AsyncExitStack() as caps:
             for gate in self.caps(spec):
                 await caps.enter_async_context(gate)
-            data, request_id = await self.call(to, prepared.calls[0], need)
+            if route is not None and route.name == FLEX:
+                data, request_id = await flex_then_standard(self, to, prepared.calls[0], need, route)
+            else:
+                data, request_id = await self.call(to, prepared.calls[0], need)
         parsed = to.adapter.parse_chat(data, spec, request_id=request_id)
         self._correct(to, spec, need, parsed)
         return parsed
@@ -126,12 +133,9 @@ class Upstream:
         """
         tries = 0
         while True:
-            await self.writes.ready()  # no call while its answer could not be stored
-            await self._acquire(to.scope, need)
             tries += 1
-            to.attempts.count += 1
             try:
-                return await self._send(to, call)
+                return await self.attempt(to, call, need)
             except RequestFailed as error:
                 if error.status_code in (429, 529) and error.retryable:
                     self._cool_down(to.scope, error)
@@ -145,7 +149,15 @@ class Upstream:
                     continue  # the shared cool-down is the wait; acquire() sleeps it out
                 await self.policy.pause(tries, error.retry_after)
 
-    async def _acquire(self, scope: Scope | None, need: tuple[int, int]) -> None:
+    async def attempt(self, to: Target, call: UpstreamCall, need: tuple[int, int]) -> tuple[dict[str, Any], str | None]:
+        """One try of a call, counted in the request's attempts: once Redis takes writes (no call whose
+        answer could not be stored) and the shared buckets have room."""
+        await self.writes.ready()
+        await self.acquire(to.scope, need)
+        to.attempts.count += 1
+        return await self.send(to, call)
+
+    async def acquire(self, scope: Scope | None, need: tuple[int, int]) -> None:
         """Wait for the shared buckets; a wait past `retry_max_wait` parks the request."""
         if scope is None or self.limiter is None:
             return
@@ -153,7 +165,7 @@ class Upstream:
         if ahead:
             raise Parked(ahead, f"{scope.name.rsplit(':', 1)[0]} is cooling down or at its rate limit")
 
-    async def _send(self, to: Target, call: UpstreamCall) -> tuple[dict[str, Any], str | None]:
+    async def send(self, to: Target, call: UpstreamCall) -> tuple[dict[str, Any], str | None]:
         """One HTTP attempt: the decoded 2xx JSON object and its request id, else the provider's error."""
         provider, code = to.adapter.NAME, "cancelled"
         metrics.call_started(provider)

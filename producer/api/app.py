@@ -8,18 +8,21 @@ is `async` so it can read the body as it streams in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from worker.keys import Keys
 from worker.ratelimit import Limiter
 from worker.settings import Settings
 
-from . import chat, embeddings, errors, files, models
+from . import batches, chat, embeddings, errors, files, models, webhook_delivery
 from .aredis import AsyncRedis
 from .auth import Gate
+from .batchcontext import BatchContext
 from .calls import DEFAULT_TIMEOUT, Calls
 from .filestore import FileStore
 
@@ -33,13 +36,16 @@ class ServeOptions:
     call_timeout: float = DEFAULT_TIMEOUT  # seconds a chat or embedding call waits for a worker
 
 
-def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | None = None) -> FastAPI:
-    """The app over `conn`; the routers find their stores on `app.state`."""
+def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | None = None, *,
+               async_redis: Callable[[], aioredis.Redis] | None = None) -> FastAPI:
+    """The app over `conn`; the routers find their stores on `app.state`. `async_redis` makes the
+    asyncio client calls wait on (default: one of REDIS_URL; `otb serve --emulator`: the embedded Redis)."""
     options = options or ServeOptions()
     app = FastAPI(title="opentoken-batch", version="1", summary="OpenAI-compatible API over Redis-shared workers",
-                  description="Point an OpenAI SDK at `http://HOST:PORT/v1` with a key from `otb keys create NAME`.")
+                  description="Point an OpenAI SDK at `http://HOST:PORT/v1` with a key from `otb keys create NAME`.",
+                  lifespan=webhook_delivery.lifespan(conn, settings))  # every server delivers webhook events
     app.state.settings = settings
-    aredis = AsyncRedis(settings.redis_url or "")
+    aredis = AsyncRedis(settings.redis_url or "", async_redis)
     app.state.gate = Gate(aredis, Keys(settings.key_prefix), Limiter(conn, settings.key_prefix, settings.rate_burst),
                           no_auth=options.no_auth)
     app.state.calls = Calls(conn, settings, aredis, options.call_timeout)
@@ -50,6 +56,7 @@ def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | No
     app.include_router(files.router)
     app.include_router(chat.router)
     app.include_router(embeddings.router)
+    batches.install(app, BatchContext.of(conn, settings))
     _serve_metrics(app, conn, settings)
     return app
 

@@ -7,6 +7,8 @@ Sentinel URLs work as everywhere (the master is asked of the Sentinels).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
@@ -20,16 +22,17 @@ SOCKET_TIMEOUT = 15.0  # longer than any blocked read made with it (calls.BLOCK_
 
 
 class AsyncRedis:
-    """Lazily made, because an asyncio client belongs to the loop it was first used in (uvicorn's)."""
+    """Lazily made, because an asyncio client belongs to the loop it was first used in (uvicorn's).
+    `make` replaces the client of REDIS_URL (`otb serve --emulator`: the embedded Redis)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, make: Callable[[], aioredis.Redis] | None = None) -> None:
+        self.make = make or (lambda: async_client(url))
         self._client: aioredis.Redis | None = None
 
     @property
     def client(self) -> aioredis.Redis:
         if self._client is None:
-            self._client = async_client(self.url)
+            self._client = self.make()
         return self._client
 
 

@@ -86,7 +86,8 @@ class Calls:
         """The call as a one-request batch `bid`, validated and stored as `otb submit` does (errors identical),
         in one transaction sent from the event loop."""
         raw = json.dumps({"custom_id": CALL_ID, "method": "POST", "url": call.url, "body": call.body}).encode()
-        options = SubmitOptions(metadata={TENANT_TAG: tenant.name}, completion_window=self.timeout)
+        options = SubmitOptions(metadata={TENANT_TAG: tenant.name}, completion_window=self.timeout,
+                                mode="realtime")  # a caller waits: never a slower route (a line's own service_tier may ask)
         registry = current_registry(self.settings.registry_path)
         try:
             async with self.redis.client.pipeline(transaction=True) as pipe:

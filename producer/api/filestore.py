@@ -41,13 +41,17 @@ _last_ms = 0
 _id_lock = threading.Lock()
 
 
-def new_file_id() -> str:
+def new_id(prefix: str) -> str:
     """Time-ordered: two ids made by one process in the same millisecond still sort in creation order."""
     global _last_ms
     with _id_lock:
         _last_ms = max(int(clock.now() * 1000), _last_ms + 1)
         ms = _last_ms
-    return f"file-{ms:011x}{secrets.token_hex(7)[:13]}"
+    return f"{prefix}{ms:011x}{secrets.token_hex(7)[:13]}"
+
+
+def new_file_id() -> str:
+    return new_id("file-")
 
 
 @dataclass(frozen=True)
@@ -110,22 +114,33 @@ class FileWriter:
             pipe.expire(key, STAGING_TTL)
             pipe.execute()
 
-    def commit(self, *, filename: str, purpose: str, ttl: int | None) -> FileMeta:
-        """Flush, then record, date and list the file in one transaction."""
+    def flush(self) -> None:
+        """Push what is still buffered (still staged: invisible, short-lived)."""
         if self._pending:
             self._push(bytes(self._pending))
             self._pending.clear()
+
+    def commit(self, *, filename: str, purpose: str, ttl: int | None) -> FileMeta:
+        """Flush, then record, date and list the file in one transaction."""
+        self.flush()
+        with self.store.conn.pipeline() as pipe:
+            meta = self.queue_commit(pipe, filename=filename, purpose=purpose, ttl=ttl)
+            pipe.execute()
+        return meta
+
+    def queue_commit(self, pipe: Any, *, filename: str, purpose: str, ttl: int | None) -> FileMeta:
+        """Queue the commit on the caller's transaction (flushed first), so the file appears together
+        with what else it writes, or not at all."""
+        self.flush()
         created = int(clock.now())
         lines = self.lines + (0 if self._ends_with_newline or not self.size else 1)
         meta = FileMeta(self.id, self.tenant, self.size, created, filename, purpose,
                         created + ttl if ttl else None, lines)
         keys = self.store.keys
-        with self.store.conn.pipeline() as pipe:
-            pipe.hset(keys.file(self.tenant, self.id), mapping=meta.fields())
-            for key in (keys.file(self.tenant, self.id), keys.file_data(self.tenant, self.id)):
-                pipe.expire(key, ttl) if ttl else pipe.persist(key)
-            pipe.zadd(keys.files(self.tenant), {self.id: 0})
-            pipe.execute()
+        pipe.hset(keys.file(self.tenant, self.id), mapping=meta.fields())
+        for key in (keys.file(self.tenant, self.id), keys.file_data(self.tenant, self.id)):
+            pipe.expire(key, ttl) if ttl else pipe.persist(key)
+        pipe.zadd(keys.files(self.tenant), {self.id: 0})
         return meta
 
     def abort(self) -> None:

@@ -31,6 +31,7 @@ from .codec import Fields, text, text_hash
 KEY_PREFIX = "sk-otb-"
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a Redis key part and a report tag: no ':'
 SPENT = "spent_pico"  # a tenant hash field: its committed spend, kept when its key is rotated
+WEBHOOKS_FAILED = "webhooks_failed"  # a tenant hash field: webhook events given up (producer/api/webhook_delivery.py)
 NO_AUTH_TENANT = "local"  # the tenant of every request under `otb serve --no-auth`
 
 
@@ -157,7 +158,8 @@ def _public(name: str, record: dict[str, str]) -> dict[str, Any]:
     revoked = record.get("revoked_at") or None
     return {"name": name, "status": "revoked" if revoked else "active", "created_at": int(record.get("created_at") or 0),
             "revoked_at": int(revoked) if revoked else None, "rpm": int(record.get("rpm") or 0),
-            "max_cost": record.get("max_cost") or None, "webhook_url": record.get("webhook_url") or None}
+            "max_cost": record.get("max_cost") or None, "webhook_url": record.get("webhook_url") or None,
+            "webhooks_failed": int(record.get(WEBHOOKS_FAILED) or 0)}
 
 
 def check_name(name: str) -> str:

@@ -98,10 +98,40 @@ def status_text(s: dict[str, Any]) -> str:
         f"cache_write {cost['cache_write']}, output {cost['output']})",
         f"spent     ${s['spent']}  (billed by providers for every answer received, repeats included)",
         *([f"budget    ${s['max_cost']}"] if s.get("max_cost") else []),
+        *_route_lines(s),
+        *_native_lines(s),
         *([f"parked    {s['parked']['requests']} requests until "
            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(s['parked']['until']))}: {s['parked']['reason']}"]
           if s.get("parked") else []),
     ])
+
+
+def _route_lines(s: dict[str, Any]) -> list[str]:
+    """How the batch's lines ran and what that saved, once it is not a plain real-time batch."""
+    from worker.routes import mode_note
+
+    mode, by_route = s.get("mode") or "realtime", s.get("succeeded_by_route") or {}
+    if mode == "realtime" and not any(n for route, n in by_route.items() if route != "realtime"):
+        return []
+    ran = ", ".join(f"{n} {route}" for route, n in by_route.items() if n) or "none yet"
+    note = mode_note(mode)
+    return [f"routes    mode {mode}: succeeded {ran}" + (f" ({note})" if note else ""),
+            f"saved     ${s.get('saved', '0')} vs real time (these answers at standard prices, less their cost)"]
+
+
+def _native_lines(s: dict[str, Any]) -> list[str]:
+    """Each provider batch of the native route: where the provider says it is, and its counts."""
+    out = []
+    for part in s.get("native") or []:
+        if part["state"] == "planning":
+            out.append(f"native    {part['requests']} requests being planned into provider batches")
+            continue
+        counts = ", ".join(f"{n} {k}" for k, n in (part.get("progress") or {}).items() if n)
+        where = part.get("provider_status") or part["state"]
+        out.append(f"native    {part['provider']} {part.get('provider_batch') or '(not created yet)'}: "
+                   f"{part['requests']} requests, {where}" + (f" ({counts})" if counts else "")
+                   + (f"; {part['note']}" if part.get("note") else ""))
+    return out
 
 
 def exit_if_some_failed(status: dict[str, Any]) -> None:
@@ -114,6 +144,7 @@ def print_line_errors(errors: list[LineError], registry: Registry, suffix: str =
     """The first MAX_LISTED bad lines on stderr, then a count: a CSV file must not print 20,000 lines."""
     from producer.batchfile import EXPECTED, NotJsonl
 
+    errors = [e for e in errors if e.number]  # line 0 is about the whole file: its caller says it once
     for err in errors[:MAX_LISTED]:
         click.echo(f"{err}{suffix}{_did_you_mean(err, registry)}", err=True)
     if len(errors) > MAX_LISTED:

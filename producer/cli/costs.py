@@ -8,10 +8,11 @@ from typing import Any
 
 import click
 
-from producer.options import BadOption, parse_metadata
+from producer.options import BadOption, SubmitOptions, parse_duration, parse_metadata
 from worker import clock
 from worker.providers import ADAPTERS
-from worker.registry import ModelSpec, Registry
+from worker.registry import ModelSpec, Registry, TierPricing
+from worker.routes import MODES, mode_note
 
 from .common import dumps, friendly, opened, print_line_errors, registry_of, settings_from_env, shared_redis
 
@@ -29,8 +30,11 @@ def models(as_json: bool, show_all: bool) -> None:
         click.echo(dumps(_catalog(registry, today, show_all)))
         return
     rows = [_model_row(m, today) for m in registry.models.values() if show_all or not m.is_retired(today)]
-    head = ["id", "kind", "status", "input", "output", "cache_read", "cache_write", "lifecycle"]
-    click.echo(format_columns(head, rows, text_columns=frozenset({0, 1, 2, 7})))
+    head = ["id", "kind", "status", "input", "output", "cache_read", "cache_write", "batch in/out", "flex in/out",
+            "lifecycle"]
+    click.echo(format_columns(head, rows, text_columns=frozenset({0, 1, 2, 9})))
+    click.echo("USD per 1M tokens, in effect today. batch: Anthropic Message Batches / Gemini Batch Mode; flex: "
+               "Gemini's flex tier (otb submit --mode; both 50%, Gemini batch keeps cache reads at the standard rate)")
 
 
 def _model_row(m: ModelSpec, today: dt.date) -> list[str]:
@@ -40,13 +44,22 @@ def _model_row(m: ModelSpec, today: dt.date) -> list[str]:
     if m.pricing is not None and not retired:
         r, _ = m.pricing.in_effect(today)
         prices = [format(p, "f") for p in (r.input, r.output, r.cache_read, r.cache_write)]
+        prices += [_in_out(m.pricing.for_tier(tier), today) for tier in ("batch", "flex")]
     else:
-        prices = ["-"] * 4
+        prices = ["-"] * 6
     status = "retired" if retired else lc.status
     when = f"retires {lc.retires_on}" if lc.retires_on and not retired else (f"since {lc.retires_on}" if retired else "")
     if lc.routed_to:
         when = (when + ", then " if lc.retires_on and lc.retires_on > today else "") + f"served as {lc.routed_to}"
     return [m.id, m.kind, status + (" (gated)" if m.access == "gated" else ""), *prices, when]
+
+
+def _in_out(prices: TierPricing | None, today: dt.date) -> str:
+    """A service tier's input/output price today, `-` when the model is not sold in it."""
+    if prices is None:
+        return "-"
+    r, _ = prices.in_effect(today)
+    return f"{format(r.input, 'f')}/{format(r.output, 'f')}"
 
 
 def _catalog(registry: Registry, today: dt.date, show_all: bool) -> dict[str, Any]:
@@ -61,35 +74,60 @@ def _catalog(registry: Registry, today: dt.date, show_all: bool) -> dict[str, An
 
 @click.command()
 @click.argument("file")
+@click.option("--mode", type=click.Choice(MODES), help="Price each line on the route this mode gives it (see otb submit --mode) and show the saving.")
+@click.option("--completion-window", metavar="DURATION", help="The window the batch would have (auto's choice depends on it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the otb.estimate/1 JSON.")
 @friendly
-def estimate(file: str, as_json: bool) -> None:
-    """Expected and maximum cost of FILE per model, before anything is sent (nothing is enqueued)."""
+def estimate(file: str, mode: str | None, completion_window: str | None, as_json: bool) -> None:
+    """Expected and maximum cost of FILE per model (and route), before anything is sent (nothing is enqueued)."""
     from producer.batchfile import Limits, read_batch
     from producer.estimate import estimate as run_estimate
     from producer.report import format_columns
 
     settings = settings_from_env()
     registry = registry_of(settings)
+    try:
+        options = SubmitOptions(completion_window=parse_duration(completion_window), mode=mode)
+    except BadOption as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.option) from None
+    chosen = options.resolved_mode(settings)
     with opened(file) as lines:
         parsed = read_batch(lines, registry, drop_unsupported=True,
-                            limits=Limits(settings.max_line_bytes, settings.max_lines))
+                            limits=Limits(settings.max_line_bytes, settings.max_lines), mode=chosen)
     print_line_errors(parsed.errors, registry, " (not counted)")
-    data = run_estimate(parsed, registry)
+    if not parsed.lines:
+        raise click.ClickException("the file has no request lines" if not parsed.errors or parsed.errors[0].number == 0
+                                   else "no line is valid: nothing to estimate (fix them)")
+    data = run_estimate(parsed, registry, mode=chosen, window=options.completion_window, settings=settings)
     if as_json:
         click.echo(dumps(data))
         return
-    head = ["model", "reqs", "input tok (est)", "output tok (est)", "output tok (max)", "$ expected (est)", "$ max (bound)"]
-    body = [[r.get("model", "total"), str(r["requests"]), str(r["input_tokens"]), str(r["output_tokens_expected"]),
-             str(r["output_tokens_max"]), r["cost_expected"], r["cost_max"]] for r in [*data["rows"], data["total"]]]
-    click.echo(format_columns(head, body, separator_before_last=True))
+    click.echo(format_columns(*_estimate_table(data), separator_before_last=True,
+                              text_columns=frozenset({0, 1}) if chosen != "realtime" else frozenset({0})))
     click.echo(f"prices in effect on {data['priced_on']}; input tokens are estimated from the text (chars/4), "
                "the max assumes every request uses its whole output limit, expected assumes typical answers")
+    if chosen != "realtime":
+        note = mode_note(chosen)
+        click.echo(f"mode {chosen}: expected ${data['total']['cost_expected']}, saving ${data['total']['saved_expected']} "
+                   "against real time" + (f" ({note})" if note else ""))
+
+
+def _estimate_table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The estimate as columns; the route and the saving once a mode other than realtime is asked for."""
+    routed = data["mode"] != "realtime"
+    head = ["model", *(["route"] if routed else []), "reqs", "input tok (est)", "output tok (est)", "output tok (max)",
+            *(["$ saved (est)"] if routed else []), "$ expected (est)", "$ max (bound)"]
+    body = [[r.get("model", "total"), *([r.get("route", "")] if routed else []), str(r["requests"]),
+             str(r["input_tokens"]), str(r["output_tokens_expected"]), str(r["output_tokens_max"]),
+             *([r["saved_expected"]] if routed else []), r["cost_expected"], r["cost_max"]]
+            for r in [*data["rows"], data["total"]]]
+    return head, body
 
 
 @click.command()
 @click.option("--by", "group_by", multiple=True, default=("model",), show_default=True,
-              help="Group rows by batch, model, provider, day, tag (the whole tag set) or tag:KEY; repeatable.")
+              help="Group rows by batch, model, provider, route (realtime, flex, native), day, tag (the whole tag "
+                   "set) or tag:KEY; repeatable.")
 @click.option("--batch", "batch_id", help="Only this batch.")
 @click.option("--model", help="Only this model id (requested or billed).")
 @click.option("--provider", type=click.Choice(sorted(ADAPTERS)), help="Only this provider.")

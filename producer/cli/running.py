@@ -55,13 +55,18 @@ def worker(concurrency: int | None, burst: bool, name: str | None, metrics_port:
 @click.option("--seed", type=int, help="Seed for the random faults.")
 @click.option("--rpm-limit", default=0, show_default=True, help="Per-model requests per minute before 429 (0: none).")
 @click.option("--tpm-limit", default=0, show_default=True, help="Per-model input tokens per minute before 429 (0: none).")
+@click.option("--flex-shed-rate", default=0.0, show_default=True, help="Fraction of Gemini flex calls shed (503).")
+@click.option("--batch-delay", default=0.5, show_default=True, help="Seconds a native batch job takes to process.")
+@click.option("--batch-cancel", default=0.0, show_default=True, help="Seconds a cancelled Anthropic batch stays canceling.")
 def emulator(host: str, port: int, latency_ms: float, jitter_ms: float, error_rate: float, rate_429: float,
-             retry_after: float, seed: int | None, rpm_limit: int, tpm_limit: int) -> None:
+             retry_after: float, seed: int | None, rpm_limit: int, tpm_limit: int, flex_shed_rate: float,
+             batch_delay: float, batch_cancel: float) -> None:
     """Serve the Anthropic and Gemini wire formats locally (point OTB_*_BASE_URL at it)."""
     from worker.emulator import EmulatorConfig, serve
 
     config = EmulatorConfig(latency_ms=latency_ms, jitter_ms=jitter_ms, error_rate=error_rate, rate_429=rate_429,
-                            retry_after=retry_after, seed=seed, rpm_limit=rpm_limit, tpm_limit=tpm_limit)
+                            retry_after=retry_after, seed=seed, rpm_limit=rpm_limit, tpm_limit=tpm_limit,
+                            flex_shed_rate=flex_shed_rate, batch_delay_s=batch_delay, batch_cancel_s=batch_cancel)
     try:
         serve(host, port, config, registry_of(settings_from_env()))
     except OSError as exc:

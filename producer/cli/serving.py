@@ -11,6 +11,7 @@ import errno
 import json
 import logging
 import socket
+from contextlib import ExitStack
 from decimal import Decimal
 
 import click
@@ -42,27 +43,39 @@ def _shared() -> tuple[Settings, redis.Redis]:
               help="Seconds a chat or embedding call waits for a worker's answer (then 504, or 503 with no worker).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="One line per request (method, path, status; never a key).")
+@click.option("--emulator", is_flag=True,
+              help="Try it with REDIS_URL unset: an embedded Redis, a worker and the provider emulator in this "
+                   "process, no key checked, loopback only (README, Try it).")
 @friendly
-def serve(host: str, port: int, no_auth: bool, max_file_mb: int, call_timeout: float, access_log: bool) -> None:
+def serve(host: str, port: int, no_auth: bool, max_file_mb: int, call_timeout: float, access_log: bool,
+          emulator: bool) -> None:
     """Serve the OpenAI-compatible HTTP API (base URL http://HOST:PORT/v1, docs at /docs) over REDIS_URL."""
     import uvicorn
 
     from producer.api.app import ServeOptions, create_app
 
+    from . import tryout
+
     if no_auth and not is_loopback(host):
         raise click.ClickException(f"--no-auth is only allowed on a loopback host (127.0.0.1, ::1, localhost), "
                                    f"not {host}: anyone who can reach it would use the API without a key")
-    settings, conn = _shared()
-    sock = _listen(host, port)
-    where = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
-    click.echo(f"otb serve: {where}/v1 (docs {where}/docs) on {safe_url(settings.redis_url or '')}", err=True)
-    if no_auth:
-        click.echo(f"otb serve: --no-auth: no API key is checked; every request is tenant {NO_AUTH_TENANT!r} "
-                   "(allowed on loopback only)", err=True)
-    app = create_app(settings, conn, ServeOptions(no_auth=no_auth, max_file_bytes=max_file_mb * 1024 * 1024,
-                                                call_timeout=call_timeout))
-    level = "info" if logging.getLogger().level <= logging.INFO or access_log else "warning"
-    uvicorn.Server(uvicorn.Config(app, log_level=level, access_log=access_log, server_header=False)).run(sockets=[sock])
+    with ExitStack() as stack:
+        embedded = tryout.start(stack, host) if emulator else None
+        settings, conn = (embedded.settings, embedded.conn) if embedded else _shared()
+        sock = _listen(host, port)
+        where = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
+        if embedded:
+            tryout.announce(where, embedded)
+        else:
+            click.echo(f"otb serve: {where}/v1 (docs {where}/docs) on {safe_url(settings.redis_url or '')}", err=True)
+        if no_auth:
+            click.echo(f"otb serve: --no-auth: no API key is checked; every request is tenant {NO_AUTH_TENANT!r} "
+                       "(allowed on loopback only)", err=True)
+        options = ServeOptions(no_auth=no_auth or emulator, max_file_bytes=max_file_mb * 1024 * 1024,
+                               call_timeout=call_timeout)
+        app = create_app(settings, conn, options, async_redis=embedded.async_redis if embedded else None)
+        level = "info" if logging.getLogger().level <= logging.INFO or access_log else "warning"
+        uvicorn.Server(uvicorn.Config(app, log_level=level, access_log=access_log, server_header=False)).run(sockets=[sock])
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -136,7 +149,7 @@ def keys_list(as_json: bool) -> None:
     if not rows:
         click.echo("no keys yet: otb keys create NAME", err=True)
     for row in rows:
-        limits = ", ".join(f"{k} {row[k]}" for k in ("rpm", "max_cost", "webhook_url") if row[k])
+        limits = ", ".join(f"{k} {row[k]}" for k in ("rpm", "max_cost", "webhook_url", "webhooks_failed") if row[k])
         click.echo(f"{row['name']:<24} {row['status']:<8} {limits}".rstrip())
 
 

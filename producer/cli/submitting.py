@@ -1,6 +1,6 @@
 """`otb submit` and following a batch (`--wait`, `otb status --watch`).
 
-The six submit options become one SubmitOptions here, at the edge (`with_submit_options`), and the
+The seven submit options become one SubmitOptions here, at the edge (`with_submit_options`), and the
 file is read once, as it is submitted: stdin works the same as a path.
 """
 
@@ -17,6 +17,7 @@ import redis
 from producer.options import BadOption, SubmitOptions, parse_duration, parse_metadata, parse_usd
 from producer.submit import SubmissionRejected
 from worker.registry import Registry
+from worker.routes import MODES
 from worker.settings import Settings
 
 from .common import (F, dumps, exit_if_some_failed, friendly, opened, print_line_errors, registry_of,
@@ -42,6 +43,7 @@ SUBMIT_OPTIONS = [
     click.option("--completion-window", metavar="DURATION", callback=_parsed(parse_duration), help="End what is not done by then as batch_expired (a number and a unit: 24h, 90m, 3600s, 2d)."),
     click.option("--idempotency-key", metavar="KEY", help="Submitting again with the same key returns the same batch."),
     click.option("--max-cost", metavar="USD", callback=_parsed(parse_usd), help="Budget: requests that could pass it end as budget_exceeded, unsent."),
+    click.option("--mode", type=click.Choice(MODES), help="How lines run: realtime, flex (Gemini, 50%), native (not available yet) or auto (the cheapest route the window allows; the default with a --completion-window of 1h or more)."),
 ]
 
 
@@ -50,10 +52,14 @@ def with_submit_options(fn: F) -> F:
 
     @wraps(fn)
     def wrapper(*args: Any, keep_valid: bool, drop_unsupported_params: bool, metadata: dict[str, str],
-                completion_window: float | None, idempotency_key: str | None, max_cost: Any, **kwargs: Any) -> Any:
-        options = SubmitOptions(keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
-                                metadata=metadata, completion_window=completion_window,
-                                idempotency_key=idempotency_key, max_cost=max_cost)
+                completion_window: float | None, idempotency_key: str | None, max_cost: Any, mode: str | None,
+                **kwargs: Any) -> Any:
+        try:
+            options = SubmitOptions(keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
+                                    metadata=metadata, completion_window=completion_window,
+                                    idempotency_key=idempotency_key, max_cost=max_cost, mode=mode)
+        except BadOption as exc:
+            raise click.BadParameter(exc.message, param_hint=exc.option) from None
         return fn(*args, options=options, **kwargs)
 
     decorated: Any = wrapper

@@ -3,7 +3,8 @@
 `build_report` reads only the hourly aggregate hashes in the time range, never the result lines,
 so its cost is independent of how many results a batch has. Every figure is an integer sum
 (tokens, requests, pico-dollars), rendered as decimal strings: the report's total equals the sum of
-the `cost.total` of the result lines it covers, to the last digit. JSON schema: "otb.report/1"
+the `cost.total` of the result lines it covers, to the last digit, and `saved` the sum of their
+`meta.saved` (what the same answers would have cost at standard prices, less what they cost). JSON schema: "otb.report/1"
 (see README).
 """
 
@@ -22,7 +23,7 @@ from worker import aggregates, clock
 from worker.keys import Keys
 from worker.pricing import COST_BUCKETS, from_pico
 
-GROUPS = ("batch", "model", "provider", "day", "tag")
+GROUPS = ("batch", "model", "provider", "route", "day", "tag")
 OUTCOMES = ("succeeded", "errored", "canceled", "expired")
 TOKENS = tuple((counter.removesuffix("_tokens"), counter) for counter in aggregates.TOKEN_COUNTERS)  # (column, counter)
 COSTS = COST_BUCKETS
@@ -30,7 +31,7 @@ COSTS = COST_BUCKETS
 
 @dataclass
 class Query:
-    group_by: list[str] = field(default_factory=lambda: ["model"])  # batch, model, provider, day, tag, tag:KEY
+    group_by: list[str] = field(default_factory=lambda: ["model"])  # batch, model, provider, route, day, tag, tag:KEY
     batch: str | None = None
     model: str | None = None
     provider: str | None = None
@@ -56,6 +57,7 @@ class Acc:
             "tokens": {name: c.get(counter, 0) for name, counter in TOKENS},
             "cost": {**{k: format(v, "f") for k, v in costs.items()},
                      "total": format(from_pico(sum(c.get(f"cost_{n}_pico", 0) for n in COSTS)), "f")},
+            "saved": format(from_pico(c.get(aggregates.SAVED_COUNTER, 0)), "f"),  # vs the same lines at standard prices
         }
 
 
@@ -165,6 +167,8 @@ def _group_value(group: str, dims: dict[str, Any], day: str) -> str:
         return _model_label(dims)
     if group == "provider":
         return dims["model"].split("/", 1)[0] if "/" in dims["model"] else "(invalid line)"
+    if group == "route":
+        return str(dims["route"])
     if group == "day":
         return day
     if group == "tag":

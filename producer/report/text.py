@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from decimal import Decimal
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,6 +33,9 @@ def render_table(report: dict[str, Any]) -> str:
     body.append(["total"] + [""] * (len(groups) - 1) + _cells(report["total"], ended))
     out = [format_columns(groups + HEAD[:3] + ended + HEAD[3:], body, separator_before_last=True,
                           text_columns=frozenset(range(len(groups))))]
+    if Decimal(report["total"].get("saved", 0)):
+        out.append(f"saved vs real time: ${report['total']['saved']} (what these answers would have cost at "
+                   "standard prices, less what they cost)")
     if report["errors"]:
         out.append("errors: " + ", ".join(f"{code} x{n}" for code, n in report["errors"].items()))
     for r in report["rerouted"]:
@@ -44,11 +48,11 @@ def render_csv(report: dict[str, Any]) -> str:
     groups = report["group_by"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(groups + ["requests", *OUTCOMES, *(f"{n}_tokens" for n, _ in TOKENS),
+    w.writerow(groups + ["requests", *OUTCOMES, *(f"{n}_tokens" for n, _ in TOKENS), "saved_usd",
                          *(f"cost_{n}_usd" for n in (*COSTS, "total"))])
     for r in [*report["rows"], {"group": {g: "total" if i == 0 else "" for i, g in enumerate(groups)}, **report["total"]}]:
         w.writerow([r["group"][g] for g in groups] + [r["requests"], *(r[o] for o in OUTCOMES),
-                                                       *(r["tokens"][n] for n, _ in TOKENS),
+                                                       *(r["tokens"][n] for n, _ in TOKENS), r.get("saved", "0"),
                                                        *(r["cost"][n] for n in (*COSTS, "total"))])
     return buf.getvalue()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from bench.harness import ROOT, RedisServer, ServerProcess, real_clock_env
+from bench.harness import ROOT, RedisServer, ServerProcess, WorkerProcess, real_clock_env, worker_env
 
 
 def api_env(redis_url: str) -> dict[str, str]:
@@ -60,6 +60,19 @@ def server(env: dict[str, str], keys: dict[str, str], tmp_path_factory: pytest.T
     proc = ServerProcess(env, log=tmp_path_factory.mktemp("serve") / "serve.log")
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(api_redis: RedisServer, emulator) -> Iterator[WorkerProcess]:  # type: ignore[no-untyped-def]
+    proc = WorkerProcess(worker_env(api_redis.url, emulator.url))
+    yield proc
+    proc.stop(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def live(server: ServerProcess, worker: WorkerProcess) -> ServerProcess:
+    """The module's server, with an `otb worker` listening (on the emulator)."""
+    return server
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import asyncio
 import json
 import statistics
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
@@ -16,26 +15,13 @@ import pytest
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from bench.harness import RedisServer, ServerProcess, WorkerProcess, otb, worker_env
+from bench.harness import RedisServer, ServerProcess, otb, worker_env
 
 from .conftest import api_env, create_key, sdk
 
 pytestmark = pytest.mark.e2e
 
 HELLO = [{"role": "user", "content": "Say hello"}]
-
-
-@pytest.fixture(scope="module")
-def worker(api_redis: RedisServer, emulator) -> Iterator[WorkerProcess]:  # type: ignore[no-untyped-def]
-    proc = WorkerProcess(worker_env(api_redis.url, emulator.url))
-    yield proc
-    proc.stop(timeout=5)
-
-
-@pytest.fixture(scope="module")
-def live(server: ServerProcess, worker: WorkerProcess) -> ServerProcess:
-    """The module's server, with a worker listening."""
-    return server
 
 
 def result_line(api_redis: RedisServer, batch_id: str) -> dict:

@@ -71,3 +71,4 @@ def test_the_curl_and_python_snippets_run_as_pasted(server, env, tmp_path, worke
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode()
     assert "'input': 0.5" in out and "batch.jsonl" in out and "'total': '" in out and "\n2 " in out
+    assert "\ncompleted BatchRequestCounts(completed=1, failed=0, total=1) " in out  # the batch, run and finalized

@@ -84,7 +84,10 @@ def test_sigterm_lets_calls_in_flight_finish_and_hands_back_the_rest(redis_serve
     client = Client(real_redis, Settings(redis_url=redis_server.url, chunk_size=30), registry)
     bid = client.submit(slow_batch(30, ms=1500))
     first = spawn_worker(env)
-    time.sleep(2.0)  # first wave of 5 calls is in flight
+    deadline = time.monotonic() + 30  # a loaded machine may take seconds to start the worker
+    while not real_redis.keys("otb:lease:*") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the chunk has its lease: its first wave of calls is in flight
     started = time.monotonic()
     first.proc.terminate()
     first.proc.wait(timeout=20)

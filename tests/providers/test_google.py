@@ -340,7 +340,7 @@ def test_penalties_and_seed_follow_rules() -> None:
     ({"n": 2}, "n"),
     ({"logprobs": True}, "logprobs"),
     ({"logit_bias": {"123": 5}}, "logit_bias"),
-    ({"service_tier": "flex"}, "service_tier"),
+    ({"service_tier": "priority"}, "service_tier"),  # flex, auto and default are routes (test_routes.py)
     ({"parallel_tool_calls": False}, "parallel_tool_calls"),
 ])
 def test_parameters_gemini_lacks_are_unsupported(fields: dict[str, Any], param: str) -> None:

@@ -14,11 +14,17 @@ Test markers, found anywhere in the raw request body:
     #emu:malformed                200 with a truncated JSON body
     #emu:slow=<ms>                extra latency
     #emu:retry-after=<s>          retry-after / RetryInfo sent on 429 and 529
+    #emu:shed[:429]               every Gemini flex call (serviceTier flex) shed with 503 (or 429)
+    #emu:shed-first=<n>[:429]     the first n flex calls of the body shed; standard calls answer
 
 Modules: server.py (the app, background and foreground runners), pipeline.py (what every call goes
 through), faults.py (markers, random faults, latency), state.py (counts, caches, rate windows),
 anthropic.py + anthropic_checks.py and google.py (one per wire format), schema.py (sample values
 from a JSON schema), core.py (config, the error an answer raises, the token rule).
+
+Native batch APIs (answers from the same realtime code): anthropic_batches.py (Message Batches),
+google_batches.py (Batch Mode), google_files.py (the resumable Files API), over batch_jobs.py (a job's
+clock-driven timeline, the `#emu:batch-*` markers, the store) and batch_pipeline.py (control calls).
 """
 
 from __future__ import annotations

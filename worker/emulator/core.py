@@ -31,6 +31,13 @@ class EmulatorConfig:
     require_key: bool = True
     rpm_limit: int = 0  # per model: requests in any 60 s window above this get 429 (0 = no limit)
     tpm_limit: int = 0  # per model: input tokens in any 60 s window (0 = no limit)
+    flex_shed_rate: float = 0  # fraction of Gemini flex calls shed (503), as the flex tier does under load
+    batch_delay_s: float = 0.5  # how long a native batch job takes to process (`#emu:batch-delay` overrides)
+    batch_cancel_s: float = 0.0  # how long a cancelled Anthropic batch stays `canceling`
+    anthropic_batch_max_requests: int = 100_000
+    anthropic_batch_max_bytes: int = 256 * 1024**2  # 413 request_too_large above it
+    gemini_inline_max_bytes: int = 20 * 1024**2  # inline batchGenerateContent bodies above it are refused
+    files_max_bytes: int = 2 * 1024**3  # one uploaded file
 
 
 class EmuError(Exception):

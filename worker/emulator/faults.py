@@ -1,6 +1,7 @@
 """Faults on demand: the `#emu:` markers in a request body, random faults by rate, and latency.
 
-A seed reproduces the exact fault sequence (one draw per call).
+A seed reproduces the exact fault sequence (one draw per call). Flex sheds (`flex_shed`) touch only
+calls asking for Gemini's flex tier: the same body sent standard is answered.
 """
 
 from __future__ import annotations
@@ -78,13 +79,19 @@ def apply_markers(state: State, request: web.Request, raw: bytes, marks: Markers
         raise EmuError(marks.fail)
     if marks.fail_first is not None:
         n, status = marks.fail_first
-        key = hashlib.sha256(request.path.encode() + b"\0" + raw).digest()
-        seen = state.fail_first.get(key, 0)
-        if seen < n:
-            if len(state.fail_first) >= MEMORY_CAP:
-                state.fail_first.clear()
-            state.fail_first[key] = seen + 1
+        if _among_first(state, hashlib.sha256(request.path.encode() + b"\0" + raw).digest(), n):
             raise EmuError(status)
+
+
+def _among_first(state: State, key: bytes, n: int) -> bool:
+    """Whether this is one of the first `n` calls with `key` (and count it)."""
+    seen = state.fail_first.get(key, 0)
+    if seen >= n:
+        return False
+    if len(state.fail_first) >= MEMORY_CAP:
+        state.fail_first.clear()
+    state.fail_first[key] = seen + 1
+    return True
 
 
 def random_fault(state: State, dialect: Dialect) -> None:
@@ -97,3 +104,20 @@ def random_fault(state: State, dialect: Dialect) -> None:
         raise EmuError(429)
     if r < cfg.rate_429 + cfg.error_rate:
         raise EmuError(state.rng.choice(dialect.server_errors))
+
+
+SHED_MESSAGE = "The flex tier is at capacity; retry later or use the standard tier."
+SHED_RE = re.compile(r"#emu:shed(?:-first=([0-9]+))?(?::(429|503))?")
+
+
+def flex_shed(state: State, body_text: str) -> None:
+    """Shed a flex call as the flex tier does under load (503 UNAVAILABLE, or 429 RESOURCE_EXHAUSTED):
+    `#emu:shed[:429]` sheds every flex call of the body, `#emu:shed-first=<n>[:429]` the first n
+    (counted per body), and `flex_shed_rate` a share of all of them (one draw per flex call)."""
+    found = SHED_RE.search(body_text)
+    if found is not None:
+        first, status = found.group(1), int(found.group(2) or 503)
+        if first is None or _among_first(state, hashlib.sha256(b"flex\0" + body_text.encode()).digest(), int(first)):
+            raise EmuError(status, SHED_MESSAGE)
+    if state.config.flex_shed_rate and state.rng.random() < state.config.flex_shed_rate:
+        raise EmuError(503, SHED_MESSAGE)

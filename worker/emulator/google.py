@@ -1,7 +1,8 @@
 """Gemini's wire format: generateContent, countTokens and batchEmbedContents under /{version}/models/.
 
 Cached tokens are reported *inside* `promptTokenCount` and thinking tokens *beside* `candidatesTokenCount`,
-as Gemini does; Gemini 3+ models issue and demand thought signatures.
+as Gemini does; Gemini 3+ models issue and demand thought signatures. A `serviceTier` asked for comes back
+in `usageMetadata.serviceTier`; flex calls may be shed (faults.flex_shed).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from .core import (IMAGE_TOKENS, THINKING_TOKENS, EmuError, EmulatorConfig, compact, expect, hex_id, is_int,
                    json_response, retry_text, shape_text, thinking_text, tokens)
+from .faults import flex_shed
 from .pipeline import Answer, serve_call
 from .schema import sample_from_schema
 from .state import STATE, State
@@ -210,9 +212,25 @@ def _gemini_tool(body: dict[str, Any]) -> dict[str, Any] | None:
     return next((d for d in decls if d.get("name") in allowed), decls[0])
 
 
+SERVICE_TIERS = ("unspecified", "standard", "flex", "priority")  # GenerateContentRequest.serviceTier
+
+
+def _service_tier(state: State, body: dict[str, Any]) -> str | None:
+    """The tier asked for (None: not named); a flex call may be shed as the flex tier does under load."""
+    tier = body.get("serviceTier")
+    if tier is None:
+        return None
+    if not isinstance(tier, str) or tier.lower() not in SERVICE_TIERS:
+        raise EmuError(400, f"Invalid value at 'service_tier' ({json.dumps(tier)})")
+    if tier.lower() == "flex":
+        flex_shed(state, compact(body))
+    return "standard" if tier.lower() == "unspecified" else tier.lower()
+
+
 def answer_generate(state: State, request: web.Request, body: dict[str, Any], model: str) -> dict[str, Any]:
     version = request.match_info["version"]
     _validate_generate(body, model)
+    tier = _service_tier(state, body)
     state.check_retired("google", model, f"models/{model} is not found for API version {version}, or is not "
                         "supported for generateContent. Call ListModels to see the list of available models "
                         "and their supported methods.")
@@ -242,11 +260,14 @@ def answer_generate(state: State, request: web.Request, body: dict[str, Any], mo
         finish = "MAX_TOKENS" if reason == "max_tokens" else "STOP"
         parts.append({"text": text})
         out = tokens(text) if text else 0
-    usage = {"promptTokenCount": prompt, "candidatesTokenCount": out, "totalTokenCount": prompt + out + thoughts}
+    usage: dict[str, Any] = {"promptTokenCount": prompt, "candidatesTokenCount": out,
+                             "totalTokenCount": prompt + out + thoughts}
     if cached:
         usage["cachedContentTokenCount"] = cached
     if thoughts:
         usage["thoughtsTokenCount"] = thoughts
+    if tier is not None:
+        usage["serviceTier"] = tier  # the tier that ran (and bills) the call, as Gemini reports it
     return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
             "usageMetadata": usage, "modelVersion": served, "responseId": hex_id()}
 

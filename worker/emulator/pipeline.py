@@ -59,14 +59,25 @@ async def serve_call(
         return dialect.error(err, retry, headers)
     except Disconnect:
         status = "reset"
-        if request.transport is not None:
-            request.transport.close()
-        return web.Response(status=500)  # never reaches the client: the transport is closed
+        return dropped(request)
     except Exception as exc:  # a bug here must still look like a provider 500, and be visible
-        log.exception("emulator failed on %s", request.path)
-        return dialect.error(EmuError(500, f"emulator error: {exc!r}"), cfg.retry_after, headers)
+        return crashed(request, dialect, exc, cfg.retry_after, headers)
     finally:
         state.record(kind, status, model)
+
+
+def dropped(request: web.Request) -> web.Response:
+    """Close the connection without an answer (the returned response never reaches the client)."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=500)
+
+
+def crashed(request: web.Request, dialect: Dialect, exc: Exception, retry_after: float,
+            headers: dict[str, str]) -> web.Response:
+    """An emulator bug, logged, answered as the provider's 500."""
+    log.exception("emulator failed on %s", request.path)
+    return dialect.error(EmuError(500, f"emulator error: {exc!r}"), retry_after, headers)
 
 
 def _prompt_tokens(dialect: Dialect, kind: str, body: dict[str, Any]) -> int:

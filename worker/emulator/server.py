@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from ..registry import Registry
-from . import anthropic, google
+from . import anthropic, anthropic_batches, google, google_batches, google_files
 from .core import EmulatorConfig
 from .state import STATE, State
 
@@ -29,6 +29,8 @@ def build_app(config: EmulatorConfig, registry: Registry | None = None) -> web.A
     """The aiohttp app; `registry` (optional) supplies retired models and Gemini's routed_to."""
     app = web.Application(client_max_size=64 * 1024**2)
     app[STATE] = State(config, registry)
+    for native in (anthropic_batches, google_files, google_batches):  # first: Gemini's models/* route catches all
+        native.install(app)
     app.add_routes([*anthropic.ROUTES, *google.ROUTES])  # one module per provider's wire format
     app.router.add_get("/_emulator/stats", _stats)
     app.router.add_post("/_emulator/reset", _reset)

@@ -33,6 +33,7 @@ class State:
         self.by_path: Counter[str] = Counter()
         self.by_status: Counter[str] = Counter()
         self.by_model: Counter[str] = Counter()
+        self.batch_items: Counter[str] = Counter()  # requests answered inside native batch jobs, by model
         self.fail_first: dict[bytes, int] = {}
         self.cache_seen: set[bytes] = set()
         self.system_seen: set[bytes] = set()
@@ -47,7 +48,8 @@ class State:
 
     def snapshot(self) -> dict[str, Any]:
         return {"calls": self.calls, "by_path": dict(self.by_path), "by_status": dict(self.by_status),
-                "by_model": dict(self.by_model), "rate_limited": self.limited}
+                "by_model": dict(self.by_model), "rate_limited": self.limited,
+                "batch_items": dict(self.batch_items)}
 
     def admit(self, model: str, tokens_in: int) -> None:
         """The provider's per-model RPM/TPM limit over a sliding 60 s window: 429 above it."""

@@ -27,6 +27,7 @@ class UpstreamCall:
     path: str  # e.g. "/v1/messages" or "/v1beta/models/gemini-3-flash-preview:generateContent"
     json: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None  # seconds for this call, when not the client's (a flex call may take 15 min)
 
 
 @dataclass
@@ -43,13 +44,15 @@ class Parsed:
     """A provider answer translated back: the OpenAI-shaped body and normalised usage.
 
     `upstream_model` is the model the provider says it ran (Anthropic `model`, Gemini
-    `modelVersion`); pricing follows it when it names another registry entry.
+    `modelVersion`); pricing follows it when it names another registry entry. `service_tier` is the
+    tier the provider says it billed (standard, flex, batch, priority), when it says one.
     """
 
     body: dict[str, Any]
     usage: Usage
     upstream_model: str | None = None
     request_id: str | None = None
+    service_tier: str | None = None
 
 
 def checked_base64(data: str, where: str) -> str:
@@ -124,3 +127,7 @@ class Provider(Protocol):
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> RequestFailed:
         """An error answer -> the error tree (retryable or not, Retry-After)."""
+
+    def flex_call(self, call: UpstreamCall, timeout: float) -> UpstreamCall | None:
+        """A chat call as the provider's flex tier takes it, with the longer client timeout flex needs;
+        None when the provider has no flex tier."""

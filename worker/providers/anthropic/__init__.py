@@ -45,10 +45,15 @@ def parse_count_tokens(data: dict[str, Any]) -> int:
     raise InvalidRequest("Anthropic has no token-counting call for embeddings")
 
 
+def flex_call(call: UpstreamCall, timeout: float) -> UpstreamCall | None:
+    """Anthropic sells no flex tier: Claude at half price is the Message Batches API."""
+    return None
+
+
 def _no_embeddings(spec: ModelSpec) -> InvalidRequest:
     return InvalidRequest(f"{spec.id}: Anthropic has no embeddings API", param="model")
 
 
 __all__ = ["API_KEY_ENV", "BASE_URL_ENV", "DEFAULT_BASE_URL", "MAX_IMAGE_BASE64", "NAME", "auth_headers",
-           "parse_chat", "parse_count_tokens", "parse_embeddings", "parse_error", "prepare_chat",
+           "flex_call", "parse_chat", "parse_count_tokens", "parse_embeddings", "parse_error", "prepare_chat",
            "prepare_count_tokens", "prepare_embeddings"]

@@ -25,7 +25,10 @@ BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576, "xhigh":
 MIN_BUDGET = 1024  # Anthropic's smallest budget_tokens
 # OpenAI-only request fields that arrive as pydantic extras, with why Anthropic can't honour them.
 OPENAI_ONLY = {"logit_bias": "Anthropic has no logit bias", "logprobs": "Anthropic returns no logprobs",
-               "top_logprobs": "Anthropic returns no logprobs"}
+               "top_logprobs": "Anthropic returns no logprobs",
+               "service_tier": "Anthropic has no flex tier (Claude at half price is the Message Batches API); "
+                               "only 'auto' and 'default' are accepted"}
+STANDARD_TIERS = ("auto", "default")  # OpenAI service_tier values that mean the standard tier here
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 
@@ -66,6 +69,8 @@ def _refuse_openai_only(request: ChatRequest, ctx: Ctx) -> None:
     for name, value in (request.model_extra or {}).items():
         if value is None or value is False or (isinstance(value, (dict, list)) and not value):
             continue  # explicitly unset
+        if name == "service_tier" and value in STANDARD_TIERS:
+            continue  # the standard tier: how every Messages call runs (the batch's route decides the rest)
         ctx.unsupported(name, OPENAI_ONLY.get(name, "not a parameter the Anthropic adapter knows"))
 
 

@@ -35,8 +35,9 @@ def parse_chat(data: dict[str, Any], spec: ModelSpec, *, request_id: str | None 
     body = {"id": msg_id, "object": "chat.completion", "created": int(clock.now()), "model": spec.id,
             "choices": [choice], "usage": usage.openai_chat_usage()}
     model = data.get("model")
+    tier = data["usage"].get("service_tier")  # standard | priority | batch: the tier billed
     return Parsed(body=body, usage=usage, upstream_model=model if isinstance(model, str) else None,
-                  request_id=request_id)
+                  request_id=request_id, service_tier=tier.lower() if isinstance(tier, str) and tier else None)
 
 
 def _message(content: list[Any], stop_reason: str, stop_details: Any) -> dict[str, Any]:

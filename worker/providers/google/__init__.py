@@ -8,8 +8,10 @@ OpenAI-shaped bodies with normalised `Usage`. The provider's facts live here; th
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Final
 
+from ..base import UpstreamCall
 from .embeddings import estimate_tokens, parse_count_tokens, parse_embeddings, prepare_count_tokens, prepare_embeddings
 from .request import prepare_chat
 from .response import parse_chat, parse_error
@@ -20,10 +22,21 @@ BASE_URL_ENV: Final = "OTB_GOOGLE_BASE_URL"
 DEFAULT_BASE_URL: Final = "https://generativelanguage.googleapis.com"
 
 
+# GenerateContentRequest.serviceTier: unspecified | standard | flex | priority (python-genai 2026-03 maps
+# GenerateContentConfig.service_tier to this top-level field; ai.google.dev flex-inference). The answer
+# says the tier it ran at in usageMetadata.serviceTier (and the x-gemini-service-tier header).
+SERVICE_TIER_FIELD: Final = "serviceTier"
+
+
 def auth_headers(api_key: str) -> dict[str, str]:
     return {"x-goog-api-key": api_key}
 
 
-__all__ = ["API_KEY_ENV", "BASE_URL_ENV", "DEFAULT_BASE_URL", "NAME", "auth_headers", "estimate_tokens",
+def flex_call(call: UpstreamCall, timeout: float) -> UpstreamCall | None:
+    """The same generateContent call on the flex tier (50%), with a client timeout of `timeout` s."""
+    return replace(call, json={**call.json, SERVICE_TIER_FIELD: "flex"}, timeout=timeout)
+
+
+__all__ = ["API_KEY_ENV", "BASE_URL_ENV", "DEFAULT_BASE_URL", "NAME", "auth_headers", "estimate_tokens", "flex_call",
            "parse_chat", "parse_count_tokens", "parse_embeddings", "parse_error", "prepare_chat",
            "prepare_count_tokens", "prepare_embeddings"]

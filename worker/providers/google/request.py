@@ -23,6 +23,7 @@ GATED = (  # (request field, generationConfig key, the Rules flag that allows it
     ("seed", "seed", "seed"),
 )
 NOOP_EXTRAS = frozenset({"logprobs", "logit_bias", "top_logprobs"})  # fine when falsy
+ROUTED_TIERS = ("auto", "default", "flex")  # OpenAI service_tier values the route honours (flex: Gemini's flex tier)
 
 
 class _Params:
@@ -184,4 +185,6 @@ def _check_extras(request: ChatRequest, params: _Params) -> None:
     for name, value in (request.model_extra or {}).items():
         if value is None or (name in NOOP_EXTRAS and not value):
             continue
-        params.unsupported(name)
+        if name == "service_tier" and value in ROUTED_TIERS:
+            continue  # not sent as given: the line's route asks for the tier (worker/routes.py)
+        params.unsupported(name, why=" (service_tier takes auto, default or flex)" if name == "service_tier" else "")

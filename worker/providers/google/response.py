@@ -53,7 +53,15 @@ def parse_chat(data: dict[str, Any], spec: ModelSpec, *, request_id: str | None 
     }
     version = data.get("modelVersion")
     return Parsed(body=body, usage=usage, upstream_model=version if isinstance(version, str) else None,
-                  request_id=request_id)
+                  request_id=request_id, service_tier=_service_tier(data["usageMetadata"]))
+
+
+def _service_tier(meta: dict[str, Any]) -> str | None:
+    """usageMetadata.serviceTier: the tier the call ran (and is billed) at; absent on older answers."""
+    tier = meta.get("serviceTier")
+    if not isinstance(tier, str) or tier.lower() in ("", "unspecified", "service_tier_unspecified"):
+        return None
+    return tier.lower().removeprefix("service_tier_")
 
 
 def _candidate(data: dict[str, Any]) -> dict[str, Any] | None:
