@@ -1,12 +1,14 @@
 """The FastAPI side of keys: authentication and each key's request rate, as one dependency.
 
 Keys and tenants themselves live in tenants.py (no FastAPI), which `otb keys` uses too. The lookup
-runs on the event loop with the asyncio client (two reads; nothing cached, so a key revoked on one
-machine is refused by every server at once); only a key with an --rpm cap takes a thread for the
-shared limiter.
+runs on the event loop with the asyncio client: one read of the tenant's record per request, so a key
+revoked on one machine is refused by every server at once (only key -> tenant name, which never changes,
+is remembered). Only a key with an --rpm cap takes a thread, for the shared limiter.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -32,6 +34,7 @@ class Gate:
 
     def __init__(self, redis: AsyncRedis, keys: Keys, limiter: Limiter, *, no_auth: bool = False) -> None:
         self.redis, self.keys, self.limiter, self.no_auth = redis, keys, limiter, no_auth
+        self.names = KeyNames()
 
     async def __call__(self, credentials: HTTPAuthorizationCredentials | None) -> Tenant:
         if self.no_auth:
@@ -44,13 +47,23 @@ class Gate:
         return tenant
 
     async def lookup(self, key: str) -> Tenant | None:
-        """The live tenant of `key`, or None for an unknown or revoked key (as KeyStore.lookup)."""
+        """The live tenant of `key`, or None for an unknown or revoked key (as KeyStore.lookup).
+
+        Which tenant a key names never changes, so that much is remembered (only for keys that were
+        found: a key created later works at once); whether the key is still the tenant's live key is
+        read from the tenant's record on every request, so a revoked key is refused at once."""
         sha = digest(key)
-        name = await self.redis.client.get(self.keys.api_key(sha))
+        name = self.names.get(sha)
         if name is None:
-            return None
-        record = text_hash(await self.redis.client.hgetall(self.keys.tenant(text(name))))
-        return Tenant.live(text(name), record, sha)
+            found = await self.redis.client.get(self.keys.api_key(sha))
+            if found is None:
+                return None
+            name = text(found)
+        record = text_hash(await self.redis.client.hgetall(self.keys.tenant(name)))
+        tenant = Tenant.live(name, record, sha)
+        if tenant is not None:
+            self.names.put(sha, name)
+        return tenant
 
     def _admit(self, tenant: Tenant) -> None:
         wait = self.limiter.try_acquire(Scope(rate_scope(tenant.name), RateLimits(rpm=tenant.rpm)), 0, 0)
@@ -58,6 +71,23 @@ class Gate:
             raise ApiError(429, f"Rate limit reached for key {tenant.name!r}: {tenant.rpm} requests per minute. "
                            f"Please try again in {_duration(wait)}.", code="rate_limit_exceeded",
                            type="requests", retry_after=wait)
+
+
+class KeyNames:
+    """SHA-256 of a key -> its tenant's name, for keys seen live; the oldest go past `size` entries."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._names: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, sha: str) -> str | None:
+        return self._names.get(sha)
+
+    def put(self, sha: str, name: str) -> None:
+        self._names[sha] = name
+        self._names.move_to_end(sha)
+        while len(self._names) > self.size:
+            self._names.popitem(last=False)
 
 
 def _duration(seconds: float) -> str:

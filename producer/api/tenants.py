@@ -5,7 +5,8 @@ Redis keeps only its SHA-256 (a random 256-bit key needs no slow hash: nobody ca
 its digest, and a fast lookup keeps a flood of bad keys from slowing good ones). The key's NAME is
 the tenant: every file and batch is stored under the tenant's prefix and checked on every read.
 
-Nothing is cached in the server: a key revoked on one machine is refused by every server at once.
+Nothing that decides access is cached in the server: a key revoked on one machine is refused by every
+server at once (the server remembers only which tenant a key names, and reads the tenant's record each time).
 """
 
 from __future__ import annotations
