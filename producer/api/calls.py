@@ -37,7 +37,7 @@ from worker.settings import Settings
 from worker.store import Store
 
 from .aredis import AsyncRedis
-from .batchends import BatchEnds
+from .batchends import BatchEnds, Ended
 from .errors import ApiError, Forwarded
 from .tenants import SPENT, Tenant
 
@@ -65,7 +65,7 @@ class Calls:
         self.conn, self.settings, self.redis, self.timeout = conn, settings, redis_, timeout
         self.call_settings = settings.with_(queue_name=interactive_name(settings))
         self.names = Keys(settings.key_prefix)
-        self.ends = BatchEnds(redis_, self.names.all_events)
+        self.ends = BatchEnds(redis_, self.names.all_events, lambda bid: (self.names.results(bid), CALL_ID))
         self.store = Store.of(conn, self.call_settings)
         self.clock = RedisClock(self.store)
 
@@ -98,9 +98,9 @@ class Calls:
         except redis.ResponseError as exc:  # full (OOM), read-only: Redis answered, and said no
             raise refused(exc) from None
 
-    async def wait(self, bid: str, ended: asyncio.Future[None]) -> dict[str, Any] | None:
-        """The result line once the worker commits it (woken by the batch's end), or None after the timeout.
-        Every BLOCK_S the result is looked up anyway, in case the end was not seen."""
+    async def wait(self, bid: str, ended: Ended) -> dict[str, Any] | None:
+        """The result line once the worker commits it (the reader of batch ends brings it), or None after
+        the timeout. Every BLOCK_S the result is looked up anyway, in case the end was not seen."""
         deadline = time.monotonic() + self.timeout
         while True:
             left = deadline - time.monotonic()
@@ -110,7 +110,9 @@ class Calls:
                 await asyncio.sleep(min(left, BLOCK_S))
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(ended), min(left, BLOCK_S))
+                    brought = await asyncio.wait_for(asyncio.shield(ended), min(left, BLOCK_S))
+                    if brought is not None:
+                        return dict(json.loads(brought))
             line = await self.redis.client.hget(self.names.results(bid), CALL_ID)
             if line is not None:
                 return dict(json.loads(line))

@@ -121,23 +121,23 @@ def test_one_reader_wakes_each_waiting_call_when_its_batch_ends(redis_server):  
     conn.delete(stream)
     conn.xadd(stream, {"type": "batch", "batch": "old", "status": "completed"})  # before: not for these
 
-    async def run() -> list[str]:
-        ends = BatchEnds(AsyncRedis(redis_server.url), stream)
-        woken: list[str] = []
+    async def run() -> list[tuple[str, bytes | None]]:
+        ends = BatchEnds(AsyncRedis(redis_server.url), stream, lambda bid: (f"results:{bid}", "call"))
+        woken: list[tuple[str, bytes | None]] = []
 
         async def wait(bid: str) -> None:
             async with ends.watch(bid) as ended:
-                await asyncio.wait_for(ended, 10)
-                woken.append(bid)
+                woken.append((bid, await asyncio.wait_for(ended, 10)))
 
         waits = [asyncio.ensure_future(wait(b)) for b in ("b1", "b2", "b3")]
         await asyncio.sleep(0.2)
+        conn.hset("results:b1", "call", "line of b1")
         for bid in ("b2", "other", "b1", "b3"):
             conn.xadd(stream, {"type": "batch", "batch": bid, "status": "completed"})
         await asyncio.gather(*waits)
         return woken
 
-    assert asyncio.run(run()) == ["b2", "b1", "b3"]
+    assert asyncio.run(run()) == [("b2", None), ("b1", b"line of b1"), ("b3", None)]
 
 
 @pytest.mark.e2e
