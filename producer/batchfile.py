@@ -177,7 +177,7 @@ def _wide_encoding(first: bytes) -> str | None:
     for bom, name in WIDE_BOMS.items():
         if first.startswith(bom):
             return name
-    if b"\x00" in first[:64]:
+    if b"\x00" in first[:64] and first.strip(b"\x00"):  # all NUL: not text at all, let JSON say so
         return "UTF-32" if first[:64].count(b"\x00") > len(first[:64]) // 2 else "UTF-16"
     return None
 

@@ -192,3 +192,15 @@ def test_report_table_counts_canceled_apart_from_errors():
     assert head.split()[:6] == ["model", "reqs", "ok", "err", "canceled", "input"]
     assert first.split()[:5] == ["m", "616", "0", "0", "616"]
     assert Decimal(first.split()[-1]) == 0
+
+
+def test_a_file_of_nul_bytes_is_not_called_utf32(registry):
+    parsed = read_batch(io.BytesIO(b"\x00" * 100 + b"\n"), registry)
+    assert len(parsed.errors) == 1 and "encoded" not in parsed.errors[0].error.message
+
+
+def test_keys_list_masks_a_webhook_url_s_credentials_and_tokens():
+    from producer.api.tenants import shown_url
+
+    assert shown_url("https://user:pw@hooks.example.com/in?token=abc&v") == "https://***@hooks.example.com/in?token=***&v"
+    assert shown_url("http://127.0.0.1:9000/hook") == "http://127.0.0.1:9000/hook"

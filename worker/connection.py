@@ -31,6 +31,7 @@ from .errors import ConfigError
 
 RETRIES = 40  # with the backoff below: about two minutes of waiting in all
 BACKOFF_CAP, BACKOFF_BASE = 4.0, 0.05
+SERVE_RETRIES = 13  # `otb serve`: about 30 s of waiting, then the HTTP caller gets a 503
 PATIENCE = sum(min(BACKOFF_CAP, BACKOFF_BASE * 2**n) for n in range(RETRIES))  # seconds a restart may take
 START_TIMEOUT = 3.0  # seconds to reach Redis at start before saying it cannot be reached
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")

@@ -43,6 +43,7 @@ def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | No
     options = options or ServeOptions()
     app = FastAPI(title="opentoken-batch", version="1", summary="OpenAI-compatible API over Redis-shared workers",
                   description="Point an OpenAI SDK at `http://HOST:PORT/v1` with a key from `otb keys create NAME`.",
+                  responses=errors.OPENAPI_RESPONSES,
                   lifespan=webhook_delivery.lifespan(conn, settings))  # every server delivers webhook events
     app.state.settings = settings
     aredis = AsyncRedis(settings.redis_url or "", async_redis)

@@ -47,6 +47,26 @@ RETRY_WINDOW = 3600  # seconds the SDK's retry of a create without a key finds t
 PARAMS = {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
 
 
+def create_schema() -> dict[str, Any]:
+    """The create's JSON body for /docs, with the bounds parse_create() enforces (an unknown parameter is a 400)."""
+    pairs, key_max, value_max = MAX_METADATA
+    low, high = OUTPUT_EXPIRY
+    expiry = {"type": ["object", "null"], "required": ["anchor", "seconds"], "additionalProperties": False,
+              "properties": {"anchor": {"type": "string", "enum": ["created_at"]},
+                             "seconds": {"type": "integer", "minimum": low, "maximum": high}}}
+    metadata = {"type": ["object", "null"], "maxProperties": pairs, "propertyNames": {"maxLength": key_max},
+                "additionalProperties": {"type": "string", "maxLength": value_max}}
+    return {"type": "object", "required": ["input_file_id", "endpoint", "completion_window"],
+            "additionalProperties": False, "properties": {
+                "input_file_id": {"type": "string", "description": "One of your files with purpose batch."},
+                "endpoint": {"type": "string", "enum": list(ENDPOINTS)},
+                "completion_window": {"type": "string", "enum": ["24h"]},
+                "metadata": metadata, "output_expires_after": expiry},
+            "example": {"input_file_id": "file-019a0b1c2d3e4f5a6b7c8d9e0f", "endpoint": CHAT_URL,
+                        "completion_window": "24h", "metadata": {"job": "nightly-eval"},
+                        "output_expires_after": {"anchor": "created_at", "seconds": 604800}}}
+
+
 @dataclass(frozen=True)
 class CreateParams:
     input_file_id: str

@@ -20,10 +20,10 @@ from worker import clock
 
 from .auth import Tenant, current_tenant
 from .batchcontext import BatchContext
-from .batchcreate import MAX_BODY, create, parse_create
+from .batchcreate import MAX_BODY, create, create_schema, parse_create
 from .batchobject import final_status, to_openai
 from .batchrecords import FINAL, BatchRecord
-from .calls import openapi_body, read_body
+from .calls import read_body
 from .errors import ApiError, not_found
 from .finalizer import Finalizer, finalize
 from .pages import after_param, cursor_page
@@ -31,12 +31,10 @@ from .pages import after_param, cursor_page
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 CANCELLED = ("cancelling", "cancelled")  # the engine took the cancel (else it had ended already)
 
-_CREATE_DOC = openapi_body(["input_file_id", "endpoint", "completion_window"], {
-    "input_file_id": "file-019a0b1c2d3e4f5a6b7c8d9e0f", "endpoint": "/v1/chat/completions",
-    "completion_window": "24h", "metadata": {"job": "nightly-eval"},
-    "output_expires_after": {"anchor": "created_at", "seconds": 604800}})
+_CREATE_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": create_schema()}}}}
 _CREATE_DOC["parameters"] = [{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {
-    "type": "string"}, "description": "The same key (same tenant, same parameters) returns the same batch."}]
+    "type": "string", "minLength": 1, "maxLength": 255}, "description": "The same key (same tenant, same parameters) returns the same batch."}]
 
 
 def _ctx(request: Request) -> BatchContext:

@@ -3,9 +3,10 @@
 Only OpenAI's status values leave the server. While the engine runs, its statuses map onto them:
 `in_progress` → in_progress; `cancelling` → cancelling; `expiring` (the window has ended, calls in
 flight finish) → in_progress, since the results are not being prepared yet; an engine that is done
-(`completed`, `cancelled`, `expired`) → finalizing until the output files are written, then that
-status; `lost` (Redis lost part of the batch) and an engine record that is gone → failed, with the
-reason in `errors`. Pure: no Redis here.
+(`completed`, `expired`) → finalizing until the output files are written, then that status; a
+cancelled one stays `cancelling` until it is `cancelled` (OpenAI's batches never pass through
+`finalizing` on the way, and carry no `finalizing_at`); `lost` (Redis lost part of the batch) and
+an engine record that is gone → failed, with the reason in `errors`. Pure: no Redis here.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ def openai_status(record: BatchRecord, engine: dict[str, Any] | None) -> str:
         return "cancelling"  # cancelled while its file was read: cancelled as soon as it is submitted
     if record.status != "in_progress":
         return record.status
-    if final_status(engine) is not None:
+    final = final_status(engine)
+    if final == "cancelled" or (final is None and "cancelling_at" in record.times):
+        return "cancelling"
+    if final is not None:
         return "finalizing"
     assert engine is not None
-    if engine["status"] == "cancelling" or "cancelling_at" in record.times:
-        return "cancelling"
-    return "in_progress"
+    return "cancelling" if engine["status"] == "cancelling" else "in_progress"
 
 
 def figures(engine: dict[str, Any] | None) -> dict[str, Any]:

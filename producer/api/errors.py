@@ -2,8 +2,9 @@
 
 `{"error": {"message", "type", "param", "code"}}` and a real HTTP status, whatever went wrong:
 our own refusals (`ApiError`, and any `RequestFailed` from the library, e.g. a submit's validation),
-an unknown route, FastAPI's own request validation (a 422 there, a 400 here: OpenAI's status), and
-an unexpected exception (500, nothing of the internals in the body; the traceback goes to the log).
+an unknown route, FastAPI's own request validation (a 422 there, a 400 here: OpenAI's status), a
+Redis that does not answer (503, one log line), and an unexpected exception (500, nothing of the
+internals in the body; the traceback goes to the log).
 
 `x-should-retry: false` tells the SDKs not to retry what cannot pass on a retry (they obey it before
 their own status rules); a 429 that waiting fixes carries `retry-after` / `retry-after-ms`.
@@ -15,9 +16,11 @@ import logging
 import math
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from worker.errors import RETRYABLE_STATUS, InvalidRequest, ModelNotFound, RequestFailed
@@ -25,8 +28,30 @@ from worker.errors import RETRYABLE_STATUS, InvalidRequest, ModelNotFound, Reque
 log = logging.getLogger("otb.api")
 
 SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"  # OpenAI's words
+UNAVAILABLE = "The server is temporarily unable to reach its data store. Please retry your request in a moment."
 NO_RETRY_CODES = frozenset({"insufficient_quota", "no_worker", "timeout"})  # waiting again does not fix these
 # (a call that found no worker, or none in time, has already waited --call-timeout: the SDK would wait twice more)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None  # (the seed's exact model_not_found body has no `param`)
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body: every failure of every route answers it, with a real HTTP status."""
+
+    error: ErrorDetail
+
+
+# The answers every route may give besides its 2xx, as /docs and /openapi.json list them.
+OPENAPI_RESPONSES: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse, "description": what} for status, what in (
+    (400, "Bad parameters (`invalid_request_error`)"), (401, "No key, or an unknown or revoked one (`invalid_api_key`)"),
+    (404, "No such object (or another tenant's), or no such route"), (413, "Too large (a file or a body)"),
+    (429, "Over the key's rate (`rate_limit_exceeded`, with `retry-after`) or budget (`insufficient_quota`)"),
+    (500, "A server error (nothing of the internals; the log has them)"))}
 
 
 class ApiError(RequestFailed):
@@ -39,8 +64,9 @@ class ApiError(RequestFailed):
 
 
 class Forwarded(RequestFailed):
-    """A refusal that has its OpenAI body already (a provider's 4xx in a call's result line): answered as is,
-    with its own status."""
+    """A provider's refusal or failure in a call's result line, answered with its own status and body
+    (the four fields filled in). Never worth an SDK retry: the workers already retried what a retry
+    could fix, OTB_MAX_ATTEMPTS times, so a retry by the SDK would only run all of that again."""
 
     def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         found = body.get("error") if isinstance(body, dict) else None
@@ -60,14 +86,18 @@ def body_of(exc: RequestFailed) -> dict[str, Any]:
     if isinstance(exc, ModelNotFound):
         return exc.to_openai()
     if isinstance(exc, Forwarded):
-        return dict(exc.body)
+        error = exc.body.get("error")
+        if not isinstance(error, dict):
+            return dict(exc.body)
+        return {**exc.body, "error": {"message": exc.message, "type": exc.type, "param": error.get("param"),
+                                      "code": exc.code, **error}}
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
 def headers_of(exc: RequestFailed) -> dict[str, str]:
     """`retry-after` where waiting helps; `x-should-retry: false` where nothing will."""
     headers: dict[str, str] = {}
-    if exc.status_code not in RETRYABLE_STATUS or exc.code in NO_RETRY_CODES:
+    if exc.status_code not in RETRYABLE_STATUS or exc.code in NO_RETRY_CODES or isinstance(exc, Forwarded):
         headers["x-should-retry"] = "false"
     elif exc.retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
@@ -89,7 +119,9 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own 404/405 (no such route or method): OpenAI's `Invalid URL (METHOD /path)`."""
     assert isinstance(exc, HTTPException)
     message = f"Invalid URL ({request.method} {request.url.path[:200]})" if exc.status_code in (404, 405) else str(exc.detail)
-    return respond(ApiError(exc.status_code, message, code=None))
+    response = respond(ApiError(exc.status_code, message, code=None))
+    response.headers.update(exc.headers or {})  # a 405's `Allow` (RFC 9110)
+    return response
 
 
 async def _on_invalid(request: Request, exc: Exception) -> JSONResponse:
@@ -100,6 +132,13 @@ async def _on_invalid(request: Request, exc: Exception) -> JSONResponse:
     param = ".".join(where) or None
     message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
     return respond(InvalidRequest(message, param=param))
+
+
+async def _on_redis_down(request: Request, exc: Exception) -> JSONResponse:
+    """Redis unreachable (after the connection's own retries): a 503 the SDKs retry, naming no host, and
+    one log line per request instead of a traceback (an outage would fill the log with them)."""
+    log.warning("%s %s: Redis unreachable (%s)", request.method, request.url.path[:200], str(exc)[:200])
+    return respond(ApiError(503, UNAVAILABLE, code=None, type="server_error"))
 
 
 async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
@@ -113,4 +152,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestFailed, _on_failed)
     app.add_exception_handler(HTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_invalid)
+    app.add_exception_handler(redis.ConnectionError, _on_redis_down)
+    app.add_exception_handler(redis.TimeoutError, _on_redis_down)
     app.add_exception_handler(Exception, _on_crash)

@@ -6,19 +6,22 @@ answers the same 404 as an id that never existed.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from .auth import Tenant, current_tenant
 from .errors import ApiError, not_found
-from .filestore import BATCH_FILE_TTL, DAY, FileMeta, FileStore
+from .filestore import BATCH_FILE_TTL, DAY, FileGone, FileMeta, FileStore
 from .pages import Order, after_param, cursor_page
 from .upload import UploadForm, boundary_of, too_large
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
+log = logging.getLogger("otb.api.files")
 
 FORM_SLACK = 64 * 1024  # multipart framing and small fields allowed on top of the file itself
 MAX_FILENAME = 255
@@ -62,6 +65,8 @@ def _checked(form: UploadForm) -> tuple[str, int]:
         raise ApiError(400, "Missing required parameter: 'file' (a multipart file field)", code="invalid_request",
                        param="file")
     purpose = form.fields.get("purpose")
+    if purpose is None:
+        raise ApiError(400, "Missing required parameter: 'purpose' (batch).", code="invalid_request", param="purpose")
     if purpose != "batch":
         raise ApiError(400, f"Invalid value for 'purpose': {str(purpose)[:40]!r}; this server takes 'batch' files",
                        code="invalid_request", param="purpose")
@@ -104,12 +109,27 @@ def _own(request: Request, tenant: Tenant, file_id: str) -> FileMeta:
     return meta
 
 
+class _Download(StreamingResponse):
+    """A file's bytes under its Content-Length. A file deleted (or expiring) while it streams ends the
+    answer short, which the client sees as an error (never as a shorter file); the server logs one line
+    (and uvicorn one more, that the answer was not completed) instead of a traceback."""
+
+    def __init__(self, meta: FileMeta, store: FileStore) -> None:
+        super().__init__(store.chunks(meta), media_type="application/octet-stream",
+                         headers={"content-length": str(meta.bytes)})
+        self.file_id = meta.id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except FileGone:
+            log.warning("file %s was deleted while it was downloaded: the answer was cut short", self.file_id)
+
+
 @router.get("/{file_id}/content", summary="Download a file's bytes (streamed)",
             response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}})
 def file_content(request: Request, file_id: str, tenant: Tenant = Depends(current_tenant)) -> StreamingResponse:
-    meta = _own(request, tenant, file_id)
-    return StreamingResponse(_store(request).chunks(meta), media_type="application/octet-stream",
-                             headers={"content-length": str(meta.bytes)})
+    return _Download(_own(request, tenant, file_id), _store(request))
 
 
 @router.get("/{file_id:path}", summary="Retrieve a file object")

@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from worker import clock
+from worker.errors import OTBError
 from worker.keys import Keys
 
 from .codec import Fields, binary, text, text_hash
@@ -39,6 +40,11 @@ FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 
 _last_ms = 0
 _id_lock = threading.Lock()
+
+
+class FileGone(OTBError):
+    """The file vanished (deleted, or its lifetime ended) while it was being read: what was read is
+    not the file, however well it parses (a cut at a line end looks like a shorter file)."""
 
 
 def new_id(prefix: str) -> str:
@@ -178,18 +184,25 @@ class FileStore:
         return True
 
     def chunks(self, meta: FileMeta) -> Iterator[bytes]:
-        """The file's bytes, one stored chunk at a time (ends early if the file is deleted meanwhile)."""
+        """The file's bytes, one stored chunk at a time; FileGone after the last one read if the file
+        was deleted or expired meanwhile (what was read is then not the file)."""
         key = self.keys.file_data(meta.tenant, meta.id)
-        index = 0
+        index = read = 0
         while True:
             got = self.conn.lrange(key, index, index)
             if not got:
-                return
-            yield binary(got[0])
+                break
+            chunk = binary(got[0])
+            read += len(chunk)
+            yield chunk
             index += 1
+        if read < meta.bytes:
+            raise FileGone(f"The file {meta.id} was deleted or expired while it was read ({read:,} of "
+                           f"{meta.bytes:,} bytes)")
 
     def lines(self, meta: FileMeta) -> Iterator[bytes]:
-        """The file's lines without their line ends, holding one chunk and one line at a time."""
+        """The file's lines without their line ends, holding one chunk and one line at a time;
+        FileGone (before its last, cut line) if the file was deleted or expired while it was read."""
         tail = b""
         for chunk in self.chunks(meta):
             parts = (tail + chunk).split(b"\n")

@@ -64,7 +64,8 @@ def _finish(ctx: BatchContext, record: BatchRecord, engine: dict[str, Any] | Non
     if final == "failed":
         changes["errors"] = [lost_error(engine)]
     else:
-        ctx.records.mark(record, "finalizing_at", now)
+        if final != "cancelled":  # (a cancelled batch goes from cancelling to cancelled, as at OpenAI)
+            ctx.records.mark(record, "finalizing_at", now)
         out, err = write_outputs(ctx, record)
         writers = [w for w in (out, err) if w.size]
         changes.update(output_file_id=out.id if out.size else None, error_file_id=err.id if err.size else None)

@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -159,8 +159,19 @@ def _public(name: str, record: dict[str, str]) -> dict[str, Any]:
     revoked = record.get("revoked_at") or None
     return {"name": name, "status": "revoked" if revoked else "active", "created_at": int(record.get("created_at") or 0),
             "revoked_at": int(revoked) if revoked else None, "rpm": int(record.get("rpm") or 0),
-            "max_cost": record.get("max_cost") or None, "webhook_url": record.get("webhook_url") or None,
+            "max_cost": record.get("max_cost") or None, "webhook_url": shown_url(record.get("webhook_url") or None),
             "webhooks_failed": int(record.get(WEBHOOKS_FAILED) or 0)}
+
+
+def shown_url(url: str | None) -> str | None:
+    """A webhook URL as `otb keys list` shows it: credentials and query values (where receivers put
+    their tokens) masked, since the list is for looking at, not for copying secrets out of Redis."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    netloc = f"***@{parts.netloc.rpartition('@')[2]}" if "@" in parts.netloc else parts.netloc
+    query = "&".join(f"{k}=***" if eq else k for k, eq, _ in (p.partition("=") for p in parts.query.split("&") if p))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def check_name(name: str) -> str:

@@ -13,6 +13,7 @@ import logging
 import socket
 from contextlib import ExitStack
 from decimal import Decimal
+from typing import Any
 
 import click
 import redis
@@ -23,11 +24,11 @@ from worker.settings import Settings
 
 from producer.api.tenants import NO_AUTH_TENANT, KeyStore, is_loopback, parse_usd
 
-def _shared() -> tuple[Settings, redis.Redis]:
+def _shared(**connect: Any) -> tuple[Settings, redis.Redis]:
     """Settings, a registry that loads, and the shared Redis, checked at once (as `otb worker` does)."""
     settings = settings_from_env()
     registry_of(settings)
-    return settings, shared_redis(settings)
+    return settings, shared_redis(settings, **connect)
 
 
 # -- otb serve ---------------------------------------------------------------------------------------
@@ -52,6 +53,7 @@ def serve(host: str, port: int, no_auth: bool, max_file_mb: int, call_timeout: f
     """Serve the OpenAI-compatible HTTP API (base URL http://HOST:PORT/v1, docs at /docs) over REDIS_URL."""
     import uvicorn
 
+    from producer.api import redact
     from producer.api.app import ServeOptions, create_app
 
     from . import tryout
@@ -61,7 +63,11 @@ def serve(host: str, port: int, no_auth: bool, max_file_mb: int, call_timeout: f
                                    f"not {host}: anyone who can reach it would use the API without a key")
     with ExitStack() as stack:
         embedded = tryout.start(stack, host) if emulator else None
-        settings, conn = (embedded.settings, embedded.conn) if embedded else _shared()
+        # An HTTP caller waits on a Redis that went away for about 30 s (a Sentinel failover fits in
+        # it), then gets a 503 its SDK retries: not the two minutes a worker rides out a restart for.
+        from worker.connection import SERVE_RETRIES
+
+        settings, conn = (embedded.settings, embedded.conn) if embedded else _shared(retries=SERVE_RETRIES)
         sock = _listen(host, port)
         where = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
         if embedded:
@@ -75,7 +81,9 @@ def serve(host: str, port: int, no_auth: bool, max_file_mb: int, call_timeout: f
                                call_timeout=call_timeout)
         app = create_app(settings, conn, options, async_redis=embedded.async_redis if embedded else None)
         level = "info" if logging.getLogger().level <= logging.INFO or access_log else "warning"
-        uvicorn.Server(uvicorn.Config(app, log_level=level, access_log=access_log, server_header=False)).run(sockets=[sock])
+        config = uvicorn.Config(app, log_level=level, access_log=access_log, server_header=False)
+        redact.install()  # (after Config, which sets up uvicorn's loggers): no key in a logged URL
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 def _listen(host: str, port: int) -> socket.socket:

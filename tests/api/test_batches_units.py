@@ -53,7 +53,7 @@ def test_the_bounds_openai_sets_are_accepted_and_one_past_them_refused():
     ("validating", None, False, "validating"), ("validating", None, True, "cancelling"), ("failed", None, False, "failed"),
     ("in_progress", "in_progress", False, "in_progress"), ("in_progress", "in_progress", True, "cancelling"),
     ("in_progress", "cancelling", False, "cancelling"), ("in_progress", "expiring", False, "in_progress"),
-    ("in_progress", "completed", False, "finalizing"), ("in_progress", "cancelled", True, "finalizing"),
+    ("in_progress", "completed", False, "finalizing"), ("in_progress", "cancelled", True, "cancelling"),
     ("in_progress", "expired", False, "finalizing"), ("in_progress", "lost", False, "finalizing"),
     ("completed", None, False, "completed"), ("expired", None, False, "expired"), ("cancelled", None, True, "cancelled"),
 ])
