@@ -1,18 +1,22 @@
 """The server's asyncio Redis client, made in its event loop on first use (one per `otb serve` process).
 
-The hot paths of a call (the key's lookup, waiting for its result, counting its spend) talk to Redis
-with it, so a round trip suspends one request instead of holding a thread and the event loop.
-Sentinel URLs work as everywhere (the master is asked of the Sentinels).
+The hot paths of a call (the key's lookup, its one transaction, waiting for its result, counting its
+spend) talk to Redis with it, so a round trip suspends one request instead of holding a thread or the
+event loop. Sentinel URLs work as everywhere (the master is asked of the Sentinels).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import ExponentialBackoff
 
-from worker.connection import SENTINEL_TIMEOUT, SentinelURL, is_sentinel
+from worker.connection import BACKOFF_BASE, BACKOFF_CAP, SENTINEL_TIMEOUT, SERVE_RETRIES, SentinelURL, is_sentinel
 
 CONNECTIONS = 128  # per server process; past it a request waits for one. No call holds one while it waits
 # (batchends.py reads every end for them), so a few suffice for thousands of calls; each new one costs a
@@ -41,11 +45,18 @@ def async_client(url: str) -> aioredis.Redis:
     every connection is busy (redis-py's default pool raises MaxConnectionsError past 100)."""
     if not is_sentinel(url):
         return aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=CONNECTIONS, timeout=None, socket_timeout=SOCKET_TIMEOUT))
+            url, max_connections=CONNECTIONS, timeout=None, socket_timeout=SOCKET_TIMEOUT, **patience()))
     parsed = SentinelURL.parse(url)
     tls = {k: v for k, v in parsed.master_kwargs.items() if k.startswith("ssl")} | ({"ssl": True} if parsed.tls else {})
     sentinels = AsyncSentinel(list(parsed.sentinels), sentinel_kwargs={**parsed.sentinel_login, **tls,
                                                                        "socket_timeout": SENTINEL_TIMEOUT})
     master: aioredis.Redis = sentinels.master_for(parsed.service, max_connections=CONNECTIONS,
-                                                  socket_timeout=SOCKET_TIMEOUT, **parsed.master_kwargs)
+                                                  socket_timeout=SOCKET_TIMEOUT, **parsed.master_kwargs, **patience())
     return master
+
+
+def patience() -> dict[str, Any]:
+    """As the server's blocking client (worker/connection.py, SERVE_RETRIES): a Redis that went away is
+    waited for about 30 s, then the request answers 503 (errors.py), which the SDKs retry."""
+    return {"retry": Retry(ExponentialBackoff(cap=BACKOFF_CAP, base=BACKOFF_BASE), SERVE_RETRIES),
+            "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
