@@ -359,7 +359,7 @@ def run_otb(server: RedisServer, emu: Emulator, work: Path, lines: list[dict[str
 
 BARE_CLIENTS = {
     "aiohttp": "raw aiohttp: ClientSession, TCPConnector(limit=200)",
-    "worker_http": "the worker's own client alone: worker/http.py (httpx over httpx-aiohttp)",
+    "worker_http": "the worker's own client alone: worker/http.py (aiohttp, one pooled session)",
 }
 
 
@@ -645,7 +645,7 @@ def render(report: dict[str, Any]) -> str:
                            plain["requests"], f"{plain['wall_s']:.2f}", f"{plain['req_per_s']:.2f}"),
                 row.format("raw aiohttp: ClientSession, TCPConnector(limit=200), 200 in flight, no queue (ceiling)",
                            ceil["requests"], f"{ceil['wall_s']:.2f}", f"{ceil['req_per_s']:.1f}"),
-                row.format("diagnostic: worker/http.py client alone (httpx + httpx-aiohttp), 200 in flight, no queue",
+                row.format("diagnostic: worker/http.py client alone (aiohttp session), 200 in flight, no queue",
                            alone["requests"], f"{alone['wall_s']:.2f}", f"{alone['req_per_s']:.1f}"),
                 f"  ours / aiohttp   {r['ours_vs_aiohttp']:.2f}x   target >= {TARGETS['ours_vs_aiohttp']}x   "
                 f"{verdict(r['ours_vs_aiohttp'], TARGETS['ours_vs_aiohttp'], at_least=True)}"
@@ -675,7 +675,7 @@ def render(report: dict[str, Any]) -> str:
                 f"{r['cpu_ms_per_req_over_worker_http']:.3f} ms",
                 "  CPU ms/req (ours) = user+sys of the `otb worker` parent and its reaped work horses over the run / requests:",
                 "    RQ dequeue, heartbeats and janitor thread, the fork, loading the registry and requests from Redis,",
-                "    validation, adapter translation, the httpx + httpx-aiohttp + aiohttp client, JSON, pricing, the",
+                "    validation, adapter translation, the aiohttp client, JSON, pricing, the",
                 "    result commits (sync redis-py). Not the submit CLI, the emulator or redis-server (shown beside it).",
                 "  CPU ms/req (bare clients) = user+sys of the client process (this one) over the run / requests.", ""]
     if "rate_limited" in s:

@@ -20,7 +20,6 @@ from typing import Any, cast
 
 import redis
 
-from worker.native import summary as native_summary
 from worker.registry import Registry, load_registry
 from worker.settings import Settings
 from worker.store import Store
@@ -29,13 +28,10 @@ from .batchfile import Limits, ParsedBatch, read_batch
 from .control import cancel, retry
 from .local import connect_shared, drain, embedded_redis
 from .options import SubmitOptions
+from .status import BatchNotFound, batch_status
 from .submit import submit
 
 FINAL = ("completed", "cancelled", "expired", "lost")  # a batch in one of these changes no more on its own
-
-
-class BatchNotFound(LookupError):
-    pass
 
 
 class Client:
@@ -117,13 +113,7 @@ class Client:
         return retry(self.conn, self.settings, batch_id)
 
     def status(self, batch_id: str) -> dict[str, Any]:
-        status = self.store.status(batch_id)
-        if status is None:
-            raise BatchNotFound(f"batch {batch_id!r} not found (wrong id, or its records expired)")
-        native = native_summary(self.conn, self.settings, batch_id)
-        if native is not None:
-            status["native"] = native  # its provider batches: where each is, by the provider's own word
-        return status
+        return batch_status(self.store, batch_id, self.settings)
 
     def wait(self, batch_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Block until the batch is final, woken by its completion event (no polling).

@@ -1,6 +1,8 @@
 """The embedded stack for `otb run` / `otb demo`: in-process Redis, in-process worker, optional emulator.
 
-Nothing here changes behaviour under test; it only assembles the same parts in one process.
+Nothing here changes behaviour under test; it only assembles the same parts in one process. The
+embedded parts (fakeredis, RQ, the worker, the emulator) are imported where they are used:
+`connect_shared` is on the path of every `otb` command and must start fast.
 """
 
 from __future__ import annotations
@@ -8,22 +10,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 
-import fakeredis
-import redis
-from rq.serializers import JSONSerializer
-
-from worker import jobs
 from worker.connection import connect as connect_redis
 from worker.connection import RETRIES, ensure_reachable
 from worker.errors import ConfigError
-from worker.emulator import EmulatorConfig, start_background
-from worker.queues import queues_for
-from worker.registry import Registry
-from worker.native import run_until_done
-from worker.rqworker import InProcessWorker
-from worker.providers import ADAPTERS
-from worker.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
+
+    from worker.emulator import EmulatorConfig
+    from worker.registry import Registry
+    from worker.settings import Settings
 
 
 EMULATOR_KEY = "emulator-key-not-secret"
@@ -40,6 +38,8 @@ def connect(settings: Settings) -> redis.Redis:
 
 def embedded_redis() -> redis.Redis:
     """A private in-process Redis: nothing outside this process (no `otb worker`) can see it."""
+    import fakeredis
+
     return fakeredis.FakeRedis(server=fakeredis.FakeServer())
 
 
@@ -58,6 +58,9 @@ def connect_shared(settings: Settings, *, retries: int = RETRIES) -> redis.Redis
 @contextmanager
 def emulated(settings: Settings, registry: Registry, config: EmulatorConfig | None = None) -> Iterator[Settings]:
     """Start the built-in provider emulator and point both adapters at it (placeholder keys where unset)."""
+    from worker.emulator import EmulatorConfig, start_background
+    from worker.providers import ADAPTERS
+
     with ExitStack() as stack:
         emu = start_background(config or EmulatorConfig(), registry)
         stack.callback(emu.stop)
@@ -67,6 +70,13 @@ def emulated(settings: Settings, registry: Registry, config: EmulatorConfig | No
 
 def drain(conn: redis.Redis, settings: Settings) -> None:
     """Run every queued job in this process until the queue is empty."""
+    from rq.serializers import JSONSerializer
+
+    from worker import jobs
+    from worker.native import run_until_done
+    from worker.queues import queues_for
+    from worker.rqworker import InProcessWorker
+
     jobs.configure(settings)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
     worker = InProcessWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer)

@@ -38,17 +38,19 @@ def follow(client: Client, bid: str, out: TextIO) -> dict[str, Any]:
     """
     progress = Progress(out, tty=out.isatty())
     watch = Watch(client)
-    key = client.store.keys.events(bid)
+    key, ends = client.store.keys.events(bid), client.store.keys.all_events
     cursor: str | None = None
+    ends_cursor: str | None = None
     while True:
         try:
             cursor = cursor or last_event_id(client.conn, key)  # before the status: no later event is missed
+            ends_cursor = ends_cursor or last_event_id(client.conn, ends)
             status = client.status(bid)
             if status["status"] in FINAL:
                 progress.finish(status)
                 return status
             progress.update(status, watch.note(status))
-            cursor = _next_wake(client, key, cursor)
+            cursor, ends_cursor = _next_wake(client, (key, cursor), (ends, ends_cursor))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             down = watch.unreachable()
             if down > PATIENCE:
@@ -58,18 +60,24 @@ def follow(client: Client, bid: str, out: TextIO) -> dict[str, Any]:
             time.sleep(1.0)
 
 
-def _next_wake(client: Client, key: str, cursor: str) -> str:
-    """Block until the batch's stream has new events (or HEARTBEAT passes); returns the new cursor.
+def _next_wake(client: Client, batch: tuple[str, str], ends: tuple[str, str]) -> tuple[str, str]:
+    """Block until the batch's stream has new events (or HEARTBEAT passes); returns the new cursors
+    of the batch's stream and of every batch's end (`all_events`).
 
     While events flow, waits out the rest of REDRAW, so a fast batch is not redrawn thousands of
-    times a second; the batch's own end is not waited on."""
+    times a second; that wait is a blocking read of `all_events`, which wakes at once when a batch
+    ends, so the batch's own end is never waited on (it used to be, by up to REDRAW)."""
+    (key, cursor), (ends_key, ends_cursor) = batch, ends
     started = time.monotonic()
     read = next_events(client.conn, key, cursor, int(HEARTBEAT * 1000))
     if not read:
-        return cursor
+        return cursor, ends_cursor
     if all(event.get("type") != "batch" for _, event in read):
-        time.sleep(max(0.0, REDRAW - (time.monotonic() - started)))
-    return read[-1][0]
+        left = REDRAW - (time.monotonic() - started)
+        if left > 0.001:
+            ended = next_events(client.conn, ends_key, ends_cursor, int(left * 1000))
+            ends_cursor = ended[-1][0] if ended else ends_cursor
+    return read[-1][0], ends_cursor
 
 
 class Watch:

@@ -249,28 +249,28 @@ def test_per_model_caps_limit_calls_in_flight(setup, monkeypatch):
     """OTB_CONCURRENCY_PER_MODEL / _PER_PROVIDER bound the calls in flight, counted where they leave the process."""
     from collections import Counter
 
-    import httpx
+    from worker import http
 
     conn, settings, client = setup
     client.settings = settings = settings.with_(concurrency=20, concurrency_per_model=2, concurrency_per_provider=3)
     in_flight: Counter[str] = Counter()
     peak: Counter[str] = Counter()
-    send = httpx.AsyncClient.request
+    send = http.send
 
-    async def counting(self, method, url, **kw):  # type: ignore[no-untyped-def]
-        anthropic = str(url).endswith("/v1/messages")  # its model is in the body; Gemini's in the path
-        model = json.loads(kw["content"])["model"] if anthropic else str(url).rsplit("/", 1)[-1].split(":")[0]
+    async def counting(client, base_url, call, auth):  # type: ignore[no-untyped-def]
+        anthropic = call.path.endswith("/v1/messages")  # its model is in the body; Gemini's in the path
+        model = call.json["model"] if anthropic else call.path.rsplit("/", 1)[-1].split(":")[0]
         places = (f"model:{model}", "provider:" + ("anthropic" if anthropic else "google"))
         for place in places:
             in_flight[place] += 1
             peak[place] = max(peak[place], in_flight[place])
         try:
-            return await send(self, method, url, **kw)
+            return await send(client, base_url, call, auth)
         finally:
             for place in places:
                 in_flight[place] -= 1
 
-    monkeypatch.setattr(httpx.AsyncClient, "request", counting)
+    monkeypatch.setattr(http, "send", counting)
     models = ["google/gemini-3-flash", "google/gemini-2.5-flash", "anthropic/claude-haiku-5-5"]
     reqs = [chat(f"m{i}", models[i % 3], f"#emu:slow=200 q{i}") for i in range(12)]  # 4 each, all at once
     _, lines, status = run(client, conn, settings, reqs)

@@ -20,7 +20,9 @@ def test_the_layout_other_programs_read_is_the_readme_s():
              k.lease("{job}"), k.parked, k.bucket("*"), k.cooldown("*"),
              k.api_key("{sha256}"), k.tenant("{name}"), k.tenants, k.files("{name}"), k.file("{name}", "{id}"),
              k.api_batches("{name}"), k.api_batch("{name}", "{id}"), k.api_batch_key("{name}", "{sha256}"), k.api_open,
-             k.webhook("{event id}"), k.webhook_once("{batch}", "{status}"), k.webhooks_due}
+             k.webhook("{event id}"), k.webhook_once("{batch}", "{status}"), k.webhooks_due,
+             k.native_due, k.native_lease(bid), k.native(bid), k.native_part(bid, "{n}"),  # type: ignore[arg-type]
+             k.native_extras(bid), k.native_known}
     readme = ROOT.joinpath("README.md").read_text()
     section = readme.split("### Redis layout", 1)[1].split("\n## ", 1)[0]
     documented = {name for row in re.findall(r"^\| (.+?) \|", section, re.M) for name in re.findall(r"`(otb:[^`]+)`", row)}

@@ -46,15 +46,20 @@ class Scripted:
 
     def __init__(self, statuses: list[dict], wakes: list[list[dict]]) -> None:
         self.statuses, self.wakes = statuses, wakes
-        self.reads: list[int] = []  # the block (ms) of every XREAD
+        self.reads: list[int] = []  # the block (ms) of every XREAD of the batch's stream
+        self.end_reads: list[int] = []  # ... and of every batch's end (otb:events)
         self.settings = type("S", (), {"queue_name": "otb"})()
-        self.store = type("St", (), {"keys": type("K", (), {"events": staticmethod(lambda bid: f"otb:batch:{bid}:events")})()})()
+        self.store = type("St", (), {"keys": type("K", (), {"events": staticmethod(lambda bid: f"otb:batch:{bid}:events"),
+                                                            "all_events": "otb:events"})()})()
         self.conn = self
 
     def xrevrange(self, key: str, count: int) -> list:
         return []
 
     def xread(self, streams: dict, block: int) -> list:
+        if "otb:events" in streams:  # no batch ends while it waits
+            self.end_reads.append(block)
+            return []
         self.reads.append(block)
         events = self.wakes.pop(0)
         return [(b"k", [(f"{i + len(self.reads)}-0".encode(), {k.encode(): v.encode() for k, v in e.items()})
@@ -79,5 +84,6 @@ def test_follow_is_woken_by_the_batch_events_not_a_timer(monkeypatch):
     out = Terminal()
     assert progress.follow(client, "batch_x", out) == done  # type: ignore[arg-type]
     assert client.reads == [1000, 1000] and not client.statuses  # a status read per wake-up, no more (before: no XREAD)
-    assert all(s <= progress.REDRAW for s in slept) and len(slept) <= 1  # only the redraw limit while events flow
+    assert not slept  # no blind sleep: the redraw limit is a read that wakes at a batch's end
+    assert len(client.end_reads) == 1 and 0 < client.end_reads[0] <= progress.REDRAW * 1000  # after events without the end
     assert "] 1/2 done" in out.getvalue() and "] 2/2 done" in out.getvalue()  # the bar moved with the events

@@ -43,10 +43,17 @@ ROUTE_COUNTERS = {"flex": "via_flex", "native": "via_native"}  # succeeded lines
 RECORD_COUNTERS = (*TOKEN_COUNTERS, *COST_COUNTERS, SAVED_COUNTER, *ROUTE_COUNTERS.values())  # besides outcomes
 
 
+_last_hour: tuple[int, str] = (-1, "")  # the hour asked for last: every result of a run falls in a few
+
+
 def hour_of(ts: float) -> tuple[str, int]:
     """The hour bucket (key suffix, start as unix seconds) a commit at `ts` falls in."""
+    global _last_hour
     start = int(ts // 3600 * 3600)
-    return dt.datetime.fromtimestamp(start, dt.timezone.utc).strftime("%Y%m%d%H"), start
+    last = _last_hour  # one read: another thread may set it meanwhile
+    if last[0] != start:
+        last = _last_hour = (start, dt.datetime.fromtimestamp(start, dt.timezone.utc).strftime("%Y%m%d%H"))
+    return last[1], start
 
 
 def dims(line: dict[str, Any]) -> str:

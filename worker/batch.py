@@ -7,7 +7,9 @@ once a second.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,8 @@ from .registry import ModelSpec
 from .routes import Route, plan
 from .settings import Settings
 from .store import Store
+
+log = logging.getLogger("otb.worker")
 
 ParkedRequest = tuple[str, float, str]  # (custom_id, resume in s, why): recovery.park's shape
 
@@ -34,11 +38,12 @@ class BatchGate:
         self._status: str | None = None
         self._expires_at: float | None = None
         self._redis_now = 0.0
+        self._reading = False  # a read in a thread is under way
 
     def closed_code(self) -> str | None:
         now = time.monotonic()
         if now - self._read_at >= 1.0:
-            self._read(now)
+            self._refresh(now)
         redis_now = self._redis_now + (now - self._read_at)
         if self._status is None:  # the record is gone (expired, evicted, lost): nothing to send for
             return "batch_expired"
@@ -56,6 +61,28 @@ class BatchGate:
         if self._expires_at is None:
             return None
         return self._expires_at - (self._redis_now + (time.monotonic() - self._read_at))
+
+    def _refresh(self, now: float) -> None:
+        """Read now the first time; later, inside a running event loop, read in a thread and go on with
+        what was read a second ago: a round trip on the loop stalls every call of the run (under load,
+        milliseconds each time)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or self._read_at < 0:
+            self._read(now)
+        elif not self._reading:
+            self._reading = True
+            loop.run_in_executor(None, self._read_in_thread)
+
+    def _read_in_thread(self) -> None:
+        try:
+            self._read(time.monotonic())
+        except Exception as exc:  # Redis away a moment: keep the last reading; the next look reads again
+            log.warning("status of batch %s not read: %s", self.batch_id, exc)
+        finally:
+            self._reading = False
 
     def _read(self, now: float) -> None:
         """The status, the window's end and Redis's clock, in one round trip."""

@@ -24,9 +24,20 @@ def utcnow() -> dt.datetime:
     return dt.datetime.fromtimestamp(_source(), dt.timezone.utc)
 
 
+_day: tuple[float, float, dt.date] = (0.0, 0.0, dt.date.min)  # [start, end) of the day last asked for, and the day
+
+
 def today() -> dt.date:
-    """The UTC day: the day a retirement or a price change is judged by."""
-    return utcnow().date()
+    """The UTC day: the day a retirement or a price change is judged by (asked for on every request,
+    so the day is kept with its bounds and worked out again only when the clock leaves it)."""
+    global _day
+    t = _source()
+    start, end, day = _day
+    if not start <= t < end:
+        day = dt.datetime.fromtimestamp(t, dt.timezone.utc).date()
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp()
+        _day = (start, start + 86400, day)
+    return day
 
 
 @contextlib.contextmanager

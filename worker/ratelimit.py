@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from . import metrics
 from .errors import ConfigError
 from .keys import Keys
 from .scripts import Scripts
+
+log = logging.getLogger("otb.ratelimit")
 
 class RateLimits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -75,6 +78,7 @@ class Limiter:
         self.conn, self.keys, self.burst = conn, Keys(prefix), burst
         self.scripts = Scripts(conn)
         self._cool_seen: dict[str, tuple[float, float]] = {}  # scope -> (checked at, cool until), monotonic
+        self._reading: dict[str, asyncio.Future[None]] = {}  # scope -> the reading under way
 
     def try_acquire(self, scope: Scope, input_tokens: int, output_tokens: int) -> float:
         """0 if the call may go now (and is counted), else seconds to wait before asking again."""
@@ -95,7 +99,7 @@ class Limiter:
         100 ms per process instead of once per call.
         """
         while True:
-            wait = self._cooldown_cached(scope) if not scope.limits.active else self.try_acquire(
+            wait = await self._cooldown_cached(scope) if not scope.limits.active else self.try_acquire(
                 scope, input_tokens, output_tokens)
             if wait <= 0:
                 return 0.0
@@ -105,13 +109,32 @@ class Limiter:
             metrics.rate_limit_waited(scope.provider, pause)
             await asyncio.sleep(pause)
 
-    def _cooldown_cached(self, scope: Scope) -> float:
+    async def _cooldown_cached(self, scope: Scope) -> float:
+        """The shared cool-down left, as read at most 100 ms ago. The first call of a scope waits for
+        the reading; later ones go on with the last reading while the next is made in a thread (a
+        round trip on the event loop stalls every call of the run, by milliseconds under load)."""
         now = time.monotonic()
-        checked_at, until = self._cool_seen.get(scope.name, (-1.0, 0.0))
-        if now - checked_at >= 0.1:
-            until = now + self.cooldown_left(scope)
-            self._cool_seen[scope.name] = (now, until)
-        return max(until - now, 0.0)
+        seen = self._cool_seen.get(scope.name)
+        if seen is None or now - seen[0] >= 0.1:
+            reading = self._reading.get(scope.name)
+            if reading is None:
+                reading = self._reading[scope.name] = asyncio.ensure_future(self._read_cooldown(scope))
+            if seen is None:
+                await asyncio.shield(reading)
+                seen = self._cool_seen[scope.name]
+        return max(seen[1] - now, 0.0)
+
+    async def _read_cooldown(self, scope: Scope) -> None:
+        try:
+            left = await asyncio.to_thread(self.cooldown_left, scope)
+            now = time.monotonic()
+            self._cool_seen[scope.name] = (now, now + left)
+        except redis.RedisError as exc:
+            if scope.name not in self._cool_seen:
+                raise  # the first reading: its callers see the error, as they always did
+            log.warning("cool-down of %s not read: %s", scope.name, exc)
+        finally:
+            self._reading.pop(scope.name, None)
 
     def correct(self, scope: Scope, estimated_in: int, actual_in: int, estimated_out: int, actual_out: int) -> None:
         lim = scope.limits

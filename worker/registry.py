@@ -103,7 +103,18 @@ class TierPricing(Rates):
         return self
 
     def in_effect(self, on: dt.date) -> tuple[Rates, list[Tier]]:
-        """The base rates and tiers that apply to a request that ran on `on` (UTC)."""
+        """The base rates and tiers that apply to a request that ran on `on` (UTC); worked out once
+        per price list and day (every request is priced; the rows never change: the model is frozen)."""
+        held = _IN_EFFECT.get((id(self), on))
+        if held is not None and held[0] is self:
+            return held[1]
+        found = self._in_effect(on)
+        if len(_IN_EFFECT) > 4096:  # registries reloaded many times: start again rather than grow
+            _IN_EFFECT.clear()
+        _IN_EFFECT[(id(self), on)] = (self, found)
+        return found
+
+    def _in_effect(self, on: dt.date) -> tuple[Rates, list[Tier]]:
         fields: dict[str, Any] = {f: getattr(self, f) for f in PRICE_FIELDS}
         tiers = list(self.tiers)
         for change in self.changes:
@@ -113,6 +124,9 @@ class TierPricing(Rates):
             if change.tiers is not None:
                 tiers = list(change.tiers)
         return Rates(**fields), sorted(tiers, key=lambda t: t.above_input_tokens)
+
+
+_IN_EFFECT: dict[tuple[int, dt.date], tuple[TierPricing, tuple[Rates, list[Tier]]]] = {}
 
 
 SERVICE_TIERS = ("batch", "flex")  # priced besides standard; what a provider reports otherwise bills as standard

@@ -8,8 +8,8 @@ committed once (store.commit is once-only), so a re-run or a duplicate execution
 
 from __future__ import annotations
 
-import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ import redis
 
 from . import budget, clock, metrics, routes
 from .batch import Batch
+from .commits import Committer
 from .errors import BatchClosed, InvalidRequest, Parked, RequestFailed
 from .providers import ADAPTERS, Provider
 from .providers.base import Parsed, Prepared
@@ -41,6 +42,7 @@ class Context:
     registry: Registry
     store: Store
     upstream: Upstream
+    committer: Committer
 
     @property
     def writes(self) -> Writes:
@@ -48,24 +50,31 @@ class Context:
         return self.upstream.writes
 
 
-async def run_request(ctx: Context, batch: Batch, custom_id: str, record: Record) -> str:
+def _nothing() -> None:
+    pass
+
+
+async def run_request(ctx: Context, batch: Batch, custom_id: str, record: Record,
+                      calls_done: Callable[[], None] = _nothing) -> str:
     """process_request, started over when Redis refused a write before anything was paid (a commit
-    after a paid call retries on its own, in Writes.persist). New calls wait while Redis refuses writes."""
+    after a paid call retries on its own, in Writes.persist). New calls wait while Redis refuses writes.
+    `calls_done` is called once the request will make no more calls (its slot may go to another)."""
     while True:
         await ctx.writes.ready()
         try:
-            return await process_request(ctx, batch, custom_id, record)
+            return await process_request(ctx, batch, custom_id, record, calls_done)
         except redis.RedisError as exc:
             if not refused_write(exc):
                 raise
             ctx.writes.refused(exc)
 
 
-async def process_request(ctx: Context, batch: Batch, custom_id: str, record: Record) -> str:
+async def process_request(ctx: Context, batch: Batch, custom_id: str, record: Record,
+                          calls_done: Callable[[], None] = _nothing) -> str:
     """Run one request to a final, committed result. Returns its outcome, or 'skipped' if another
     execution committed it first (the chunk skipped committed requests at its start; the commit is
     once-only, so no per-request check is needed on this hot path)."""
-    one = OneRequest(ctx, batch, custom_id)
+    one = OneRequest(ctx, batch, custom_id, calls_done)
     outcome = await _to_the_end(one, record)
     metrics.request_done(metrics.model_label(one.meta.get("model"), ctx.registry.models), outcome)
     return outcome
@@ -94,8 +103,8 @@ async def _to_the_end(one: OneRequest, record: Record) -> str:
 class OneRequest:
     """The steps of one request; `meta` and `attempts` gather what its result line says about the way."""
 
-    def __init__(self, ctx: Context, batch: Batch, custom_id: str) -> None:
-        self.ctx, self.batch, self.custom_id = ctx, batch, custom_id
+    def __init__(self, ctx: Context, batch: Batch, custom_id: str, calls_done: Callable[[], None] = _nothing) -> None:
+        self.ctx, self.batch, self.custom_id, self.calls_done = ctx, batch, custom_id, calls_done
         self.meta: dict[str, Any] = {}
         self.attempts = Attempts()
         self.held = False  # a budget hold to release
@@ -174,9 +183,10 @@ class OneRequest:
         return outcome if won else "skipped"
 
     async def commit(self, line: dict[str, Any], outcome: str) -> bool:
-        """Store the result once (off the event loop), waiting out a Redis that refuses writes."""
-        write = functools.partial(self.ctx.store.commit, self.batch.id, self.custom_id, line, outcome)
-        return await self.ctx.writes.persist(write)
+        """Store the result once, with the others that finish about now (commits.py), waiting out a
+        Redis that refuses writes. Its calls are over: its concurrency slot goes to the next request."""
+        self.calls_done()
+        return await self.ctx.committer.commit(self.batch.id, self.custom_id, line, outcome)
 
 
 def _internal(exc: Exception) -> RequestFailed:

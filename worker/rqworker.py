@@ -115,7 +115,9 @@ class DrainingWorker(ChunkJobs, Worker):
             self._feed.in_parent()
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
-        """In the horse, first: its counts go down the pipe, or nowhere when nothing serves them."""
+        """In the horse, first: its counts go down the pipe, or nowhere when nothing serves them; and
+        the garbage collector leaves alone what the horse inherited (jobs.horse_gc)."""
+        jobs.horse_gc()
         if self._feed is not None:
             self._feed.in_horse()
         else:

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-Arg = str | int | float
+Arg = str | bytes | int | float
 Value = Arg | Sequence[Arg]  # a list only for a name that takes the rest
 _SECTION = re.compile(r"^-- (KEYS|ARGV):(.*)$")
 _ENTRY = re.compile(r"^--\s{3,}([a-z_][a-z0-9_]*)(\.\.\.)?(\s|$)")
@@ -51,7 +51,7 @@ class Contract:
         out: list[Arg] = []
         for name in names:
             value = named[name]
-            if isinstance(value, (str, int, float)):
+            if isinstance(value, (str, bytes, int, float)):
                 out.append(value)
             elif name in self.rest:
                 out.extend(value)

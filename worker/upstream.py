@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import redis
 
 from . import http, metrics, tokens
@@ -57,27 +56,35 @@ class Upstream:
     """The run's way to the providers, shared by every request of the run."""
 
     settings: Settings
-    client: httpx.AsyncClient
+    client: http.Client
     writes: Writes  # no call while its answer could not be stored
     limiter: Limiter | None = None
     limits: dict[str, RateLimits] = field(default_factory=dict)
     gates: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    _targets: dict[str, tuple[str, dict[str, str], Scope]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.policy = RetryPolicy(self.settings.max_attempts, max_wait=self.settings.retry_max_wait)
 
     def target(self, adapter: Provider, spec: ModelSpec, attempts: Attempts) -> Target:
-        """The provider's base URL, the key's auth headers and the rate-limit scope of (model, key)."""
-        key = self.settings.api_key(spec.provider)
-        if not key:
-            var = adapter.API_KEY_ENV
-            raise MissingApiKey(f"{var} is not set for the worker; export {var} to call {spec.provider} models")
-        limits = self.limits.get(spec.id) or spec.limits or RateLimits()
-        return Target(adapter, self.settings.base_url(spec.provider), adapter.auth_headers(key),
-                      Scope.of(spec.provider, spec.upstream, key, limits), attempts)
+        """The provider's base URL, the key's auth headers and the rate-limit scope of (model, key),
+        worked out once per model per run (one registry and one set of keys for the whole run)."""
+        found = self._targets.get(spec.id)
+        if found is None:
+            key = self.settings.api_key(spec.provider)
+            if not key:
+                var = adapter.API_KEY_ENV
+                raise MissingApiKey(f"{var} is not set for the worker; export {var} to call {spec.provider} models")
+            limits = self.limits.get(spec.id) or spec.limits or RateLimits()
+            found = (self.settings.base_url(spec.provider), adapter.auth_headers(key),
+                     Scope.of(spec.provider, spec.upstream, key, limits))
+            self._targets[spec.id] = found
+        return Target(adapter, *found, attempts)
 
     def caps(self, spec: ModelSpec) -> list[asyncio.Semaphore]:
         """The in-flight caps a call to `spec` must pass besides the process-wide one."""
+        if not (self.settings.concurrency_per_model or self.settings.concurrency_per_provider):
+            return []
         wanted = [(f"model:{spec.id}", self.settings.concurrency_per_model),
                   (f"provider:{spec.provider}", self.settings.concurrency_per_provider)]
         return [self.gates.setdefault(name, asyncio.Semaphore(limit)) for name, limit in wanted if limit > 0]
@@ -86,16 +93,23 @@ class Upstream:
                    route: Route | None = None) -> Parsed:
         """One chat call on its route: the standard tier, or flex first (flex.py)."""
         need = (tokens.chat_input_tokens(body), tokens.output_guess(body))
-        async with contextlib.AsyncExitStack() as caps:
-            for gate in self.caps(spec):
-                await caps.enter_async_context(gate)
-            if route is not None and route.name == FLEX:
-                data, request_id = await flex_then_standard(self, to, prepared.calls[0], need, route)
-            else:
-                data, request_id = await self.call(to, prepared.calls[0], need)
+        gates = self.caps(spec)
+        if not gates:  # the usual case: no cap of its own
+            data, request_id = await self._on_route(to, prepared.calls[0], need, route)
+        else:
+            async with contextlib.AsyncExitStack() as caps:
+                for gate in gates:
+                    await caps.enter_async_context(gate)
+                data, request_id = await self._on_route(to, prepared.calls[0], need, route)
         parsed = to.adapter.parse_chat(data, spec, request_id=request_id)
         self._correct(to, spec, need, parsed)
         return parsed
+
+    async def _on_route(self, to: Target, call: UpstreamCall, need: tuple[int, int],
+                        route: Route | None) -> tuple[dict[str, Any], str | None]:
+        if route is not None and route.name == FLEX:
+            return await flex_then_standard(self, to, call, need, route)
+        return await self.call(to, call, need)
 
     async def embeddings(self, to: Target, spec: ModelSpec, request: EmbeddingRequest, body: dict[str, Any],
                          prepared: Prepared, api_version: str) -> Parsed:

@@ -33,7 +33,7 @@ KEY_PREFIX = "sk-otb-"
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a Redis key part and a report tag: no ':'
 SPENT = "spent_pico"  # a tenant hash field: its committed spend, kept when its key is rotated
 WEBHOOKS_FAILED = "webhooks_failed"  # a tenant hash field: webhook events given up (producer/api/webhook_delivery.py)
-NO_AUTH_TENANT = "local"  # the tenant of every request under `otb serve --no-auth`
+from . import NO_AUTH_TENANT  # noqa: E402  (re-exported: its home is the package, for `otb --help`)
 
 
 def rate_scope(tenant: str) -> str:

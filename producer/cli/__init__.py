@@ -8,6 +8,9 @@ running.py (worker, emulator, run, demo); common.py holds what they share.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 
 import click
 
@@ -35,4 +38,33 @@ for command in (models, submit_cmd, status, batches, results, cancel_cmd, retry_
                 emulator, run, demo, serve, keys):
     main.add_command(command)
 
-__all__ = ["main"]
+
+
+def entry() -> None:
+    """The `otb` process (the entry point and `python -m producer.cli`): `main`, then out at once.
+
+    Python's own exit tears down every module the command loaded, 60-90 ms on this machine for
+    `otb submit --wait` or `otb status`, a quarter of the status. Once the command has finished (its
+    exit status decided, output flushed) and no thread of its own still runs, the process ends
+    there; anything else (a traceback, Ctrl-C, a thread still working) exits the usual way.
+    """
+    try:
+        main()
+    except SystemExit as done:
+        if not isinstance(done.code, (int, type(None))) or _busy():
+            raise
+        try:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):  # a closed pipe: let Python say so as it always did
+            raise done from None
+        os._exit(done.code or 0)
+
+
+def _busy() -> bool:
+    """A thread other than this one that is not a daemon: the usual exit waits for it."""
+    return any(t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate())
+
+
+__all__ = ["entry", "main"]

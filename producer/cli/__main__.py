@@ -1,5 +1,5 @@
 """`python -m producer.cli`: the same `otb` as the installed entry point."""
 
-from producer.cli import main
+from producer.cli import entry
 
-main()
+entry()

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from .common import client, dumps, friendly, registry_of, settings_from_env, status_text
+from .common import client, dumps, friendly, registry_of, settings_from_env, shared_redis, status_text
 from .submitting import follow
 
 BATCH_COUNTS = ("total", "succeeded", "errored", "canceled", "expired", "processing")
@@ -20,11 +20,14 @@ BATCH_COUNTS = ("total", "succeeded", "errored", "canceled", "expired", "process
 @friendly
 def status(batch_id: str, as_json: bool, watch: bool) -> None:
     """Show a batch's status, request counts and cost so far."""
+    settings = settings_from_env()
     if watch:
-        settings = settings_from_env()
         s = follow(settings, registry_of(settings), batch_id)
-    else:
-        s = client().status(batch_id)
+    else:  # the store alone: a status must answer fast (no registry, no Client)
+        from producer.status import batch_status
+        from worker.store import Store
+
+        s = batch_status(Store.of(shared_redis(settings), settings), batch_id, settings)
     click.echo(dumps(s) if as_json else status_text(s))
 
 

@@ -3,10 +3,11 @@ and status text, the listing of bad lines."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from functools import wraps
@@ -14,19 +15,38 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import redis
 
 from worker.errors import ConfigError, ModelNotFound, OTBError
-from worker.registry import Registry, load_registry
-from worker.settings import Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest is imported where it is used: `otb --help` loads only click and this package
+    import redis
+
     from producer.batchfile import LineError
     from producer.client import Client
+    from worker.registry import Registry
+    from worker.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_LISTED = 20  # bad lines listed one by one; the rest are counted
 SOME_FAILED = 2  # exit status of `submit --wait` and `run` when the batch ended with errored or expired requests
+
+
+class LazyChoice(click.Choice):  # type: ignore[type-arg]
+    """A choice among the values of `module.name` (a provider, a mode), read when the option is checked or
+    its help shown, not when `otb` starts: those modules bring pydantic and the registry."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> Sequence[str]:
+        values = getattr(importlib.import_module(self.module), self.name)
+        return sorted(values) if isinstance(values, dict) else list(values)  # a dict's keys, sorted (ADAPTERS)
+
+    @choices.setter
+    def choices(self, _value: Sequence[str]) -> None:
+        pass  # click's __init__ sets them; they come from the module
 
 
 def friendly(fn: F) -> F:
@@ -46,6 +66,8 @@ def friendly(fn: F) -> F:
 
 
 def settings_from_env() -> Settings:
+    from worker.settings import Settings
+
     try:
         return Settings.from_env()
     except ConfigError as exc:
@@ -53,6 +75,8 @@ def settings_from_env() -> Settings:
 
 
 def registry_of(settings: Settings) -> Registry:
+    from worker.registry import load_registry
+
     try:
         return load_registry(settings.registry_path)
     except ConfigError as exc:

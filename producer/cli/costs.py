@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from producer.options import BadOption, SubmitOptions, parse_duration, parse_metadata
 from worker import clock
-from worker.providers import ADAPTERS
-from worker.registry import ModelSpec, Registry, TierPricing
-from worker.routes import MODES, mode_note
 
-from .common import dumps, friendly, opened, print_line_errors, registry_of, settings_from_env, shared_redis
+from .common import LazyChoice, dumps, friendly, opened, print_line_errors, registry_of, settings_from_env, shared_redis
+
+if TYPE_CHECKING:  # imported where used: `otb --help` loads no adapter, pydantic or registry
+    from worker.registry import ModelSpec, Registry, TierPricing
 
 
 @click.command()
@@ -74,7 +73,7 @@ def _catalog(registry: Registry, today: dt.date, show_all: bool) -> dict[str, An
 
 @click.command()
 @click.argument("file")
-@click.option("--mode", type=click.Choice(MODES), help="Price each line on the route this mode gives it (see otb submit --mode) and show the saving.")
+@click.option("--mode", type=LazyChoice("worker.routes", "MODES"), help="Price each line on the route this mode gives it (see otb submit --mode) and show the saving.")
 @click.option("--completion-window", metavar="DURATION", help="The window the batch would have (auto's choice depends on it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the otb.estimate/1 JSON.")
 @friendly
@@ -82,7 +81,9 @@ def estimate(file: str, mode: str | None, completion_window: str | None, as_json
     """Expected and maximum cost of FILE per model (and route), before anything is sent (nothing is enqueued)."""
     from producer.batchfile import Limits, read_batch
     from producer.estimate import estimate as run_estimate
+    from producer.options import BadOption, SubmitOptions, parse_duration
     from producer.report import format_columns
+    from worker.routes import mode_note
 
     settings = settings_from_env()
     registry = registry_of(settings)
@@ -130,7 +131,7 @@ def _estimate_table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                    "set) or tag:KEY; repeatable.")
 @click.option("--batch", "batch_id", help="Only this batch.")
 @click.option("--model", help="Only this model id (requested or billed).")
-@click.option("--provider", type=click.Choice(sorted(ADAPTERS)), help="Only this provider.")
+@click.option("--provider", type=LazyChoice("worker.providers", "ADAPTERS"), help="Only this provider.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only results carrying this tag; repeatable.")
 @click.option("--since", help="From this date or datetime (hour resolution).")
 @click.option("--until", help="Until this date or datetime, exclusive (hour resolution).")
@@ -178,6 +179,8 @@ def _check_zone(timezone: str) -> None:
 
 
 def _tags(pairs: tuple[str, ...]) -> dict[str, str]:
+    from producer.options import BadOption, parse_metadata
+
     try:
         return parse_metadata(pairs, "--tag")
     except BadOption as exc:

@@ -7,17 +7,18 @@ import logging
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-
-from producer.options import SubmitOptions
 
 from .common import exit_if_some_failed, friendly, registry_of, safe_url, settings_from_env, shared_redis, status_text
 from .submitting import submit_file, with_submit_options
 
+if TYPE_CHECKING:
+    from producer.options import SubmitOptions
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "demo.jsonl"
-DEMO_OPTIONS = SubmitOptions(keep_valid=True, metadata={"source": "demo"})
+DEMO_METADATA = {"source": "demo"}
 
 
 @click.command()
@@ -98,8 +99,11 @@ def run(file: str, output: str | None, options: SubmitOptions, use_emulator: boo
 @friendly
 def demo(output: str | None) -> None:
     """Run the bundled example batch (both providers, chat + embeddings, one bad line) on the emulator."""
+    from producer.options import SubmitOptions
+
     click.echo(f"demo batch: {EXAMPLE}", err=True)
-    _run_and_report(str(EXAMPLE), output, DEMO_OPTIONS, True, 20.0, show_lines=True)
+    _run_and_report(str(EXAMPLE), output, SubmitOptions(keep_valid=True, metadata=DEMO_METADATA), True, 20.0,
+                    show_lines=True)
 
 
 def _run_and_report(file: str, output: str | None, options: SubmitOptions, use_emulator: bool, latency_ms: float, *,

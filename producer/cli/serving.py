@@ -15,14 +15,19 @@ from contextlib import ExitStack
 from decimal import Decimal
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import click
-import redis
 
 from .common import friendly, registry_of, safe_url, settings_from_env, shared_redis
 from worker.errors import ConfigError
-from worker.settings import Settings
 
-from producer.api.tenants import NO_AUTH_TENANT, KeyStore, is_loopback, parse_usd
+from producer.api import NO_AUTH_TENANT
+
+if TYPE_CHECKING:  # imported where used: `otb --help` loads neither redis nor the API
+    import redis
+
+    from worker.settings import Settings
 
 def _shared(**connect: Any) -> tuple[Settings, redis.Redis]:
     """Settings, a registry that loads, and the shared Redis, checked at once (as `otb worker` does)."""
@@ -55,6 +60,7 @@ def serve(host: str, port: int, no_auth: bool, max_file_mb: int, call_timeout: f
 
     from producer.api import redact
     from producer.api.app import ServeOptions, create_app
+    from producer.api.tenants import is_loopback
 
     from . import tryout
 
@@ -115,6 +121,8 @@ def keys() -> None:
 
 
 def _usd(ctx: click.Context, param: click.Parameter, value: str | None) -> Decimal | None:
+    from producer.api.tenants import parse_usd
+
     if value is None:
         return None
     try:
@@ -132,6 +140,8 @@ def _usd(ctx: click.Context, param: click.Parameter, value: str | None) -> Decim
 @friendly
 def keys_create(name: str, max_cost: Decimal | None, rpm: int, webhook_url: str | None, as_json: bool) -> None:
     """Create the key of tenant NAME and print it once (it cannot be shown again)."""
+    from producer.api.tenants import KeyStore
+
     settings, conn = _shared()
     created = KeyStore(conn, settings.key_prefix).create(name, rpm=rpm, max_cost=max_cost,
                                                                      webhook_url=webhook_url)
@@ -149,6 +159,8 @@ def keys_create(name: str, max_cost: Decimal | None, rpm: int, webhook_url: str 
 @friendly
 def keys_list(as_json: bool) -> None:
     """Every key's name, status and limits (never the key itself)."""
+    from producer.api.tenants import KeyStore
+
     settings, conn = _shared()
     rows = KeyStore(conn, settings.key_prefix).list()
     if as_json:
@@ -166,6 +178,8 @@ def keys_list(as_json: bool) -> None:
 @friendly
 def keys_revoke(name: str) -> None:
     """Refuse NAME's key from now on, on every server (its files and batches stay; create NAME again to rotate)."""
+    from producer.api.tenants import KeyStore
+
     settings, conn = _shared()
     KeyStore(conn, settings.key_prefix).revoke(name)
     click.echo(f"revoked the key of {name!r}", err=True)

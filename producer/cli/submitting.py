@@ -9,28 +9,33 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import redis
 
-from producer.options import BadOption, SubmitOptions, parse_duration, parse_metadata, parse_usd
-from producer.submit import SubmissionRejected
-from worker.registry import Registry
-from worker.routes import MODES
-from worker.settings import Settings
-
-from .common import (F, dumps, exit_if_some_failed, friendly, opened, print_line_errors, registry_of,
+from .common import (F, LazyChoice, dumps, exit_if_some_failed, friendly, opened, print_line_errors, registry_of,
                      settings_from_env, shared_redis, status_text)
 
+if TYPE_CHECKING:  # imported where used: `otb --help` loads neither redis nor pydantic
+    import redis
 
-def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """A click callback: the option's text through `parse`, a BadOption shown as click's bad parameter."""
+    from producer.options import SubmitOptions
+    from producer.submit import SubmissionRejected
+    from worker.registry import Registry
+    from worker.settings import Settings
+
+
+def _parsed(parser: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback: the option's text through producer.options' `parser`, a BadOption shown as
+    click's bad parameter."""
 
     def callback(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        from producer import options
+
+        parse: Callable[[Any], Any] = getattr(options, parser)
         try:
             return parse(value)
-        except BadOption as exc:
+        except options.BadOption as exc:
             raise click.BadParameter(exc.message, param_hint=exc.option) from None
 
     return callback
@@ -39,11 +44,11 @@ def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Param
 SUBMIT_OPTIONS = [
     click.option("--keep-valid", is_flag=True, help="Enqueue the valid lines; record bad lines as errored results."),
     click.option("--drop-unsupported-params", is_flag=True, help="Drop parameters a model would reject (recorded per result) instead of failing the line."),
-    click.option("--metadata", "-m", multiple=True, metavar="KEY=VALUE", callback=_parsed(parse_metadata), help="Attach metadata to the batch."),
-    click.option("--completion-window", metavar="DURATION", callback=_parsed(parse_duration), help="End what is not done by then as batch_expired (a number and a unit: 24h, 90m, 3600s, 2d)."),
+    click.option("--metadata", "-m", multiple=True, metavar="KEY=VALUE", callback=_parsed("parse_metadata"), help="Attach metadata to the batch."),
+    click.option("--completion-window", metavar="DURATION", callback=_parsed("parse_duration"), help="End what is not done by then as batch_expired (a number and a unit: 24h, 90m, 3600s, 2d)."),
     click.option("--idempotency-key", metavar="KEY", help="Submitting again with the same key returns the same batch."),
-    click.option("--max-cost", metavar="USD", callback=_parsed(parse_usd), help="Budget: requests that could pass it end as budget_exceeded, unsent."),
-    click.option("--mode", type=click.Choice(MODES), help="How lines run: realtime, flex (Gemini, 50%), native (not available yet) or auto (the cheapest route the window allows; the default with a --completion-window of 1h or more)."),
+    click.option("--max-cost", metavar="USD", callback=_parsed("parse_usd"), help="Budget: requests that could pass it end as budget_exceeded, unsent."),
+    click.option("--mode", type=LazyChoice("worker.routes", "MODES"), help="How lines run: realtime, flex (Gemini, 50%), native (not available yet) or auto (the cheapest route the window allows; the default with a --completion-window of 1h or more)."),
 ]
 
 
@@ -54,6 +59,8 @@ def with_submit_options(fn: F) -> F:
     def wrapper(*args: Any, keep_valid: bool, drop_unsupported_params: bool, metadata: dict[str, str],
                 completion_window: float | None, idempotency_key: str | None, max_cost: Any, mode: str | None,
                 **kwargs: Any) -> Any:
+        from producer.options import BadOption, SubmitOptions
+
         try:
             options = SubmitOptions(keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
                                     metadata=metadata, completion_window=completion_window,
@@ -71,7 +78,7 @@ def with_submit_options(fn: F) -> F:
 def submit_file(conn: redis.Redis, settings: Settings, registry: Registry, file: str, options: SubmitOptions,
                 as_json: bool) -> str:
     """Validate and enqueue FILE in one pass; bad lines listed on stderr (or the refusal, and exit 1)."""
-    from producer.submit import submit
+    from producer.submit import SubmissionRejected, submit
 
     try:
         with opened(file) as lines:
