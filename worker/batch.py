@@ -112,6 +112,7 @@ class Batch:
     parked: list[ParkedRequest] = field(default_factory=list)
     mode: str = "realtime"  # --mode as resolved at submit (routes.py); batches from before it: realtime
     window: float | None = None  # --completion-window, seconds
+    single: bool = False  # one request (an HTTP call): its commit shares no script call, so it waits for none
 
     @classmethod
     def load(cls, store: Store, batch_id: str) -> Batch:
@@ -130,7 +131,7 @@ class Batch:
         return cls(batch_id, gate, max_cost_pico=int(options.get("max_cost_pico") or 0) or None,
                    drop_unsupported=bool(options.get("drop_unsupported_params")),
                    tags=json.loads(raw.get("metadata") or "{}"), mode=str(options.get("mode") or "realtime"),
-                   window=float(window) if window else None)
+                   window=float(window) if window else None, single=raw.get("total") == "1")
 
     def route(self, spec: ModelSpec, kind: str, body: dict[str, Any], settings: Settings,
               meta: dict[str, Any]) -> Route:
