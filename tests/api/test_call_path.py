@@ -140,6 +140,33 @@ def test_one_reader_wakes_each_waiting_call_when_its_batch_ends(redis_server):  
     assert asyncio.run(run()) == [("b2", None), ("b1", b"line of b1"), ("b3", None)]
 
 
+def test_a_calls_result_is_written_at_once_while_other_calls_are_in_flight(real_redis, registry):  # type: ignore[no-untyped-def]
+    """Group commit holds results for others of their batch; a one-request batch has none to wait for."""
+    from worker.batch import Batch
+    from worker.commits import Committer
+    from worker.writes import Writes
+
+    settings = Settings(registry_path=ROOT / "registry.json")
+    bid = submit(real_redis, settings, registry, [json.dumps(LINE).encode()]).batch_id
+    store = Store.of(real_redis, settings)
+    assert Batch.load(store, bid).single
+    line = {"id": "x", "custom_id": "call", "error": None, "response": {"status_code": 200, "request_id": "q", "body": {}},
+            "cost": {"input": "0", "cache_read": "0", "cache_write": "0", "output": "0", "total": "0"},
+            "meta": {"outcome": "succeeded", "model": "google/gemini-3-flash", "tags": {}}}
+
+    async def run() -> float:
+        committer = Committer(store, Writes(real_redis, "otb"), quiet=lambda: False, linger=30)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await committer.commit(bid, "call", line, "succeeded", alone=True)
+        took = loop.time() - started
+        await committer.close()
+        return took
+
+    assert asyncio.run(run()) < 10  # the linger (30 s) was not waited out, though calls are in flight
+    assert store.batch(bid)["status"] == "completed"  # type: ignore[index]
+
+
 @pytest.mark.e2e
 def test_a_work_horse_stays_for_the_next_call(tmp_path, emulator):  # type: ignore[no-untyped-def]
     """Calls one after another: one RQ job (one fork) for the first, the rest claimed by its lingering horse."""
