@@ -174,14 +174,14 @@ def openapi_body(required: list[str], example: dict[str, Any]) -> dict[str, Any]
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` (a huge body is never held whole)."""
+async def read_body(request: Request, limit: int, what: str = "OTB_MAX_LINE_BYTES, the limit of one request") -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` (a huge body is never held whole); `what`
+    names the limit in the error."""
     parts, size = [], 0
     async for part in request.stream():
         size += len(part)
         if size > limit:
-            raise ApiError(413, f"The request body is larger than {limit} bytes (OTB_MAX_LINE_BYTES, the limit of "
-                                "one request).", code="request_too_large")
+            raise ApiError(413, f"The request body is larger than {limit} bytes ({what}).", code="request_too_large")
         parts.append(part)
     return b"".join(parts)
 
