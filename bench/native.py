@@ -3,6 +3,7 @@ same batch in real time, on the emulator.
 
     .venv/bin/python -m bench.native                # 10,000 requests (half Claude, half Gemini)
     .venv/bin/python -m bench.native --requests 2000 --json
+    .venv/bin/python -m bench.native --embeddings   # every third request a Gemini embeddings line (2 inputs)
 
 Measured: the upstream HTTP calls the native run made (the emulator's own counts, by endpoint;
 target: a few dozen), the worker's CPU per request (parent and work horses, from /proc; target
@@ -37,9 +38,15 @@ def progress(message: str) -> None:
     print(f"[native] {message}", file=sys.stderr, flush=True)
 
 
-def lines_of(n: int) -> list[dict[str, Any]]:
-    return [{"custom_id": f"req {i}", "model": MODELS[i % 2], "max_tokens": 64,
-             "messages": [{"role": "user", "content": f"Summarise item {i} in one line."}]} for i in range(n)]
+EMBED = "google/gemini-embedding-001"
+
+
+def lines_of(n: int, embeddings: bool = False) -> list[dict[str, Any]]:
+    """Chat lines alternating Claude and Gemini; with `embeddings`, every third an embeddings line."""
+    return [{"custom_id": f"req {i}", "method": "POST", "url": "/v1/embeddings",
+             "body": {"model": EMBED, "input": [f"item {i} title", f"item {i} text"]}} if embeddings and i % 3 == 2
+            else {"custom_id": f"req {i}", "model": MODELS[i % 2], "max_tokens": 64,
+                  "messages": [{"role": "user", "content": f"Summarise item {i} in one line."}]} for i in range(n)]
 
 
 def run(server: RedisServer, emu: Emulator, work: Path, path: Path, mode: str, n: int) -> dict[str, Any]:
@@ -87,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--embeddings", action="store_true", help="Every third request a Gemini embeddings line.")
     args = parser.parse_args()
     n = args.requests
     with tempfile.TemporaryDirectory(prefix="otb-native-") as tmp, contextlib.ExitStack() as stack:
@@ -95,7 +103,7 @@ def main() -> None:
         stack.callback(server.stop)
         emu = Emulator(0, work / "emulator.log", ("--batch-delay", "2"))
         stack.callback(emu.stop)
-        path = write_jsonl(work / "batch.jsonl", lines_of(n))
+        path = write_jsonl(work / "batch.jsonl", lines_of(n, args.embeddings))
         progress(f"{n} requests, native mode")
         native = run(server, emu, work, path, "native", n)
         progress(f"native: {native['wall_s']:.1f} s, {native['calls']} upstream calls; now the same in real time")

@@ -107,10 +107,12 @@ class Client:
         self.status(batch_id)
         return cancel(self.conn, self.settings, batch_id)
 
-    def retry(self, batch_id: str) -> int:
-        """Re-run only the errored requests; returns how many were re-enqueued."""
+    def retry(self, batch_id: str, *, expired: bool = False) -> int:
+        """Re-run only the errored requests (with `expired`, also those that expired or were cancelled,
+        opening an expired or cancelled batch again), in the route the batch's mode and window allow; a
+        window that has ended starts again. Returns how many were taken back to run again."""
         self.status(batch_id)
-        return retry(self.conn, self.settings, batch_id)
+        return retry(self.conn, self.settings, batch_id, expired=expired, registry=self.registry)
 
     def status(self, batch_id: str) -> dict[str, Any]:
         return batch_status(self.store, batch_id, self.settings)

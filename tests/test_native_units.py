@@ -11,7 +11,7 @@ import pytest
 from producer.batchfile import read_batch
 from producer.estimate import estimate
 from worker.errors import InvalidRequest
-from worker.native import goes_native
+from worker.native import goes_native, native_state
 from worker.native.state import Part
 from worker.providers.anthropic import batches as anthropic
 from worker.providers.google import batches as google
@@ -36,7 +36,11 @@ def test_which_lines_go_native(registry: Registry) -> None:
     assert goes_native("auto", claude, "chat", body(CLAUDE), 7200, S)  # Claude at half price: Message Batches
     assert not goes_native("auto", gemini, "chat", body(GEMINI), 7200, S)  # a short window: flex
     assert goes_native("auto", gemini, "chat", body(GEMINI), 2 * 86400, S)  # a long one: Batch Mode
-    assert not goes_native("native", embed, "embedding", {"model": EMBED, "input": "x"}, None, S)  # not built
+    vectors = {"model": EMBED, "input": "x"}
+    assert goes_native("native", embed, "embedding", vectors, None, S)  # asyncBatchEmbedContent
+    assert goes_native("auto", embed, "embedding", vectors, 2 * 86400, S)  # a window long enough for Batch Mode
+    assert not goes_native("auto", embed, "embedding", vectors, 7200, S)  # a short one: real time (no flex tier)
+    assert not goes_native("native", embed, "embedding", vectors, None, S, budget=True)
     assert not goes_native("native", claude, "chat", body(CLAUDE, service_tier="default"), None, S)
     assert not goes_native("native", claude, "chat", body(CLAUDE), None, S, budget=True)  # holds are per call
 
@@ -95,3 +99,42 @@ def test_estimate_by_mode_native_prices_every_chat_line_at_the_batch_tier(regist
     plain = estimate(parsed, registry)
     assert {row["route"] for row in native["rows"]} == {"native"}
     assert Decimal(native["total"]["cost_expected"]) * 2 == Decimal(plain["total"]["cost_expected"])
+
+
+def test_gemini_embedding_keys_join_each_input_back_to_its_line() -> None:
+    assert google.embed_key(12, 3, 130) == "12.3.130" and google.parse_embed_key("12.3.130") == (12, 3, 130)
+    for bad in ("12", "12.3", "12.130.130", "012.3.130", "a.b.c", 12, None, "1.2.3.4"):
+        assert google.parse_embed_key(bad) is None, bad
+    assert google.create_path("/v1beta/models/gemini-embedding-001:batchEmbedContents") == \
+        "/v1beta/models/gemini-embedding-001:asyncBatchEmbedContent"
+    calls = [{"requests": [{"model": "models/m", "content": {"parts": [{"text": t}]}} for t in ("a", "b")]},
+             {"requests": [{"model": "models/m", "content": {"parts": [{"text": "c"}]}, "outputDimensionality": 128}]}]
+    assert google.embed_requests(calls) == [{"content": {"parts": [{"text": "a"}]}}, {"content": {"parts": [{"text": "b"}]}},
+                                           {"content": {"parts": [{"text": "c"}]}, "outputDimensionality": 128}]
+    both = google.embed_answer([{"embedding": {"values": [1.0]}, "tokenCount": "3"}, {"embedding": {"values": [2.0]},
+                                                                                       "tokenCount": 4}])
+    assert both == {"embeddings": [{"values": [1.0]}, {"values": [2.0]}], "usageMetadata": {"promptTokenCount": 7}}
+    assert "usageMetadata" not in google.embed_answer([{"embedding": {"values": [1.0]}}])  # then: an estimate, said so
+
+
+def test_lines_a_retry_registers_while_a_plan_runs_are_planned_next_never_lost(real_redis) -> None:  # type: ignore[no-untyped-def]
+    """The poller reads the todo list, a retry pushes more meanwhile, the plan lands: only what it read
+    leaves the list, its parts follow the batch's earlier ones, and the batch stays due until the rest
+    is planned too."""
+    state = native_state(real_redis, S)
+    bid = "batch_plan_race"
+
+    def registered(ids: list[str]) -> None:
+        with real_redis.pipeline(transaction=True) as pipe:
+            state.register(pipe, bid, ids, 1.0)
+            pipe.execute()
+
+    registered(["a", "b"])
+    read = state.todo(bid)
+    registered(["c"])  # a retry, while the plan is being made
+    state.save_plan(bid, [(Part(0, "anthropic", CLAUDE, 2), read)], {}, len(read))
+    assert state.todo(bid) == ["c"] and state.count(bid) == 1
+    assert not state.finish(bid) and state.active(bid)  # "c" still waits: the batch stays due
+    state.save_plan(bid, [(Part(state.count(bid), "anthropic", CLAUDE, 1), state.todo(bid))], {}, 1)
+    assert [p.n for p in state.parts(bid)] == [0, 1] and state.ids(bid, 1) == ["c"] and state.waiting(bid) == 0
+    assert state.finish(bid) and not state.active(bid)

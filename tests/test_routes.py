@@ -78,8 +78,10 @@ def test_a_chat_line_planned_native_in_a_chunk_was_handed_back_and_runs_in_real_
         assert route.name == "realtime" and route.meta["route_note"] == routes.NATIVE_FELL_BACK
     short = plan(registry, "auto", "google/gemini-3-flash", window=7200)
     assert short.name == "flex" and short.notes == []  # a short window: flex is auto's own choice
-    emb = plan(registry, "auto", "google/gemini-embedding-001", kind="embedding", window=7200)
-    assert emb.name == "realtime" and "not available yet" in emb.meta["route_note"]
+    emb = plan(registry, "auto", "google/gemini-embedding-001", kind="embedding", window=2 * 86400)
+    assert emb.name == "realtime" and emb.meta["route_note"] == routes.NATIVE_FELL_BACK  # handed back
+    short = plan(registry, "auto", "google/gemini-embedding-001", kind="embedding", window=7200)
+    assert short.name == "realtime" and "route_note" not in short.meta  # a short window: real time is auto's choice
 
 
 def test_a_line_service_tier_overrides_the_mode(registry: Registry) -> None:

@@ -31,8 +31,8 @@ here: they are reached through RQ's API (`Queue`, `Job`, the registries), never 
     {p}:writable                 STRING  a worker's probe: does Redis take writes again? (10 s)
     {p}:native:due               ZSET    batches with native provider batches, by when their poller looks next
     {p}:native:lease:{id}        STRING  the worker process polling that batch's provider batches now
-    {p}:native:{id}              HASH    a batch's native route: its lines waiting (`todo`), parts planned
-    {p}:native:{id}:todo         LIST    custom_ids submitted to the native route, not planned into parts yet
+    {p}:native:{id}              HASH    a batch's native route: how many parts (`parts`), `planned`
+    {p}:native:{id}:todo         LIST    custom_ids sent to the native route (submit, retry), not in a part yet
     {p}:native:{id}:part:{n}     HASH    one provider batch: provider, model, state, intent marker, provider id
     {p}:native:{id}:ids:{n}      LIST    its custom_ids; the id sent for position i is `{marker}_{i}`
     {p}:native:{id}:extras       HASH    custom_id -> what its translation dropped or noted (only lines with any)

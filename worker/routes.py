@@ -5,13 +5,14 @@ Modes (`otb submit --mode`): `realtime` (the standard synchronous API), `flex` (
 flex tier, 50%), `native` (the providers' batch APIs, 50%) and `auto` (the cheapest route that meets
 the completion window: Anthropic lines to Message Batches; Gemini chat lines to flex when the window
 is shorter than `Settings.gemini_native_min_window`, to Gemini Batch Mode when it is that long;
-embeddings to asyncBatchEmbedContent). `auto` is the default whenever a completion window of at least
+Gemini embeddings to asyncBatchEmbedContent when the window is that long, else real time: they have no
+flex tier). `auto` is the default whenever a completion window of at least
 `Settings.auto_min_window` is given; without one the default stays `realtime`.
 
-Native chat lines are set aside at submit for worker/native (its poller sends them in provider
-batches); a chat line planned native that reaches a chunk was handed back by its provider batch (the
-window's margin, a job that failed or expired) and runs in real time, saying so in `meta.route_note`.
-Native embeddings (asyncBatchEmbedContent) are not built yet: they run in flex or real time.
+Native lines (chat and Gemini embeddings) are set aside at submit for worker/native (its poller sends
+them in provider batches); a line planned native that reaches a chunk was handed back by its provider
+batch (the window's margin, a job that failed or expired) or re-run by `otb retry` when its window had
+no room left, and runs in real time, saying so in `meta.route_note`.
 
 A line may carry OpenAI's `service_tier`: `flex` asks for flex whatever the mode, `default` for the
 standard tier, `auto` leaves it to the mode. Anthropic has no flex tier: its adapter refuses a line
@@ -41,7 +42,6 @@ MODES = ("auto", REALTIME, FLEX, NATIVE)
 UNAVAILABLE_MODES: dict[str, str] = {}  # modes refused at submit, with why (native is built: worker/native)
 TIER_OF_ROUTE = {REALTIME: STANDARD, FLEX: "flex", NATIVE: "batch"}
 LINE_TIERS = ("auto", "default", FLEX)  # OpenAI `service_tier` values a line may carry (others are unsupported)
-NO_NATIVE_YET = "native batches are not available yet"
 NATIVE_FELL_BACK = "sent in real time: its native batch did not take or answer it in time"
 
 
@@ -51,9 +51,8 @@ def default_mode(window: float | None, settings: Settings) -> str:
 
 
 def mode_note(mode: str) -> str | None:
-    """What a mode does differently from its description today (shown by `otb status`)."""
-    if mode == "auto":
-        return f"{NO_NATIVE_YET} for embeddings: they run in real time"
+    """What a mode does differently from its description today (shown by `otb status`): nothing now
+    that every route is built (kept for the callers that show it)."""
     return None
 
 
@@ -120,14 +119,8 @@ def plan(mode: str, spec: ModelSpec, kind: str, body: dict[str, Any], settings: 
     if tier == "default":
         return Route(REALTIME, meta)
     wanted = FLEX if tier == FLEX else mode_route(mode, spec, kind, window, settings)
-    notes: list[str] = []
-    if wanted == NATIVE and kind == "chat":  # a chat line here is one its native batch handed back
+    if wanted == NATIVE:  # a line here is one its native batch handed back
         return Route(REALTIME, meta, notes=[NATIVE_FELL_BACK])
-    if wanted == NATIVE:  # embeddings: not built yet, the nearest honest route
-        if has_flex(spec, kind):
-            wanted, notes = FLEX, [f"{NO_NATIVE_YET}: sent in flex (also 50%)"]
-        else:
-            return Route(REALTIME, meta, notes=[f"{NO_NATIVE_YET}: sent in real time"])
     if wanted != FLEX:
         return Route(REALTIME, meta)
     if not has_flex(spec, kind):
@@ -136,7 +129,7 @@ def plan(mode: str, spec: ModelSpec, kind: str, body: dict[str, Any], settings: 
     if flex_for <= 0:
         return Route(REALTIME, meta, notes=["no time is left for a flex call within the completion window "
                                             "(less its margin) or the chunk job's timeout: sent standard"])
-    return Route(FLEX, meta, flex_for=flex_for, notes=notes)
+    return Route(FLEX, meta, flex_for=flex_for)
 
 
 def mode_route(mode: str, spec: ModelSpec, kind: str, window: float | None, settings: Settings) -> str:
@@ -146,9 +139,12 @@ def mode_route(mode: str, spec: ModelSpec, kind: str, window: float | None, sett
         return NATIVE
     if mode != "auto":
         return REALTIME
+    long_enough = window is None or window >= settings.gemini_native_min_window
     if spec.provider == "google" and kind == "chat":
-        return FLEX if window is not None and window < settings.gemini_native_min_window else NATIVE
-    return NATIVE if spec.provider in ("anthropic", "google") else REALTIME
+        return NATIVE if long_enough else FLEX
+    if spec.provider == "google":  # embeddings: asyncBatchEmbedContent, or real time (they have no flex tier)
+        return NATIVE if long_enough else REALTIME
+    return NATIVE if spec.provider == "anthropic" else REALTIME
 
 
 def flex_allowance(seconds_left: float | None, window: float | None, settings: Settings) -> float:

@@ -11,6 +11,8 @@
   dying) ends its open requests as `chunk_failed`, so its batch finishes instead of waiting forever.
 - A Redis that refuses writes (maxmemory reached, read-only, MISCONF) pauses the worker; it used to
   kill it. The registry file is read again before each chunk; a broken file keeps the last good one.
+- With `--burst`, the worker ends when the queue is empty and no native provider batch is open: it
+  polls those (its poller thread) until they end, since what they hand back comes to the queue.
 - With `--metrics-port`, each work horse hands its metrics to this process over a pipe, which serves
   them with the queue's gauges (metrics.py, metrics_serve.py).
 """
@@ -36,7 +38,7 @@ from rq.serializers import JSONSerializer
 from . import jobs, metrics
 from .connection import connect, durability_warnings
 from .errors import ConfigError, OTBError, RequestFailed
-from .native import NativePoller
+from .native import NativePoller, native_open
 from .queues import CHUNK_JOB, queues_for
 from .recovery import Janitor, end_requests
 from .registry import current_registry
@@ -105,6 +107,7 @@ class InProcessWorker(ChunkJobs, SimpleWorker):
 
 class DrainingWorker(ChunkJobs, Worker):
     metrics_served = False  # set by run_worker with --metrics-port: horses hand their counts to this process
+    burst_settings: Settings | None = None  # set by run_worker with --burst: it waits for open native batches
     _feed: metrics.HorseFeed | None = None
 
     # -- a work horse's metrics reach the parent, which serves them (worker/metrics.py) -------------
@@ -168,6 +171,32 @@ class DrainingWorker(ChunkJobs, Worker):
         self._tolerating(super().register_death)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        """The next job; in burst mode, an empty queue ends the worker only once no native provider batch
+        is open either: burst means "until nothing is left", and an open provider batch's lines may still
+        come back to the queue (the window's margin, a failed job). Its poller thread polls it meanwhile."""
+        announced = False
+        while True:
+            # the native set before the queue: a line handed back is queued before its batch leaves the set
+            open_native = self._native_open()
+            result = self._dequeue(timeout, max_idle_time)
+            if result is not None or not open_native or self._stop_requested:
+                return result
+            if not announced:
+                log.warning("burst: the queue is empty, but %d batch(es) have native provider batches open; polling "
+                            "them until they end (stop with Ctrl-C: another worker takes them over)", open_native)
+                announced = True
+            time.sleep(1.0)
+
+    def _native_open(self) -> int:
+        """Batches with open native provider batches (0 outside burst mode, where the worker never ends)."""
+        if self.burst_settings is None:
+            return 0
+        try:
+            return native_open(self.connection, self.burst_settings)
+        except redis.RedisError:
+            return 1  # unknown for now: keep waiting (the dequeue rides out the outage too)
+
+    def _dequeue(self, timeout: int | None, max_idle_time: int | None) -> Any:
         while True:
             try:
                 result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
@@ -281,6 +310,7 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     worker = DrainingWorker(queues_for(conn, settings), connection=conn, serializer=JSONSerializer, name=name,
                             job_monitoring_interval=10, worker_ttl=60, maintenance_interval=30)
     worker.metrics_served = stop_metrics is not None
+    worker.burst_settings = settings if burst else None
     try:
         worker.work(burst=burst, logging_level=logging_level)
     finally:

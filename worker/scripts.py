@@ -108,6 +108,7 @@ class Scripts:
 
     commit: Script
     uncommit: Script
+    reopen: Script
     reserve: Script
     count_parked: Script
     same_life: Script

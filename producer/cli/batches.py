@@ -87,9 +87,13 @@ def cancel_cmd(batch_id: str, as_json: bool) -> None:
 
 @click.command("retry")
 @click.argument("batch_id")
+@click.option("--expired", is_flag=True, help="Also re-run what expired or was cancelled (an expired or cancelled "
+              "batch opens again).")
 @click.option("--json", "as_json", is_flag=True, help="Print {\"id\", \"retried\"} as JSON.")
 @friendly
-def retry_cmd(batch_id: str, as_json: bool) -> None:
-    """Re-run only the errored requests of a batch (results of the others are kept)."""
-    n = client().retry(batch_id)
-    click.echo(dumps({"id": batch_id, "retried": n}) if as_json else f"{batch_id}: {n} errored requests re-enqueued")
+def retry_cmd(batch_id: str, expired: bool, as_json: bool) -> None:
+    """Re-run only the errored requests of a batch (results of the others are kept), in the route its mode
+    and window allow; a window that has ended starts again."""
+    n = client().retry(batch_id, expired=expired)
+    what = "errored, expired or cancelled" if expired else "errored"
+    click.echo(dumps({"id": batch_id, "retried": n}) if as_json else f"{batch_id}: {n} {what} requests re-enqueued")

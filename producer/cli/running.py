@@ -23,7 +23,8 @@ DEMO_METADATA = {"source": "demo"}
 
 @click.command()
 @click.option("--concurrency", type=click.IntRange(1, 10_000), help="HTTP calls in flight per process (default 64, OTB_CONCURRENCY).")
-@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty and no native provider batch is open "
+              "(it polls those until they end).")
 @click.option("--name", help="Worker name (default: RQ's).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Serve Prometheus metrics on http://HOST:PORT/metrics (README, Metrics).")

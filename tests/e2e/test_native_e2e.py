@@ -125,6 +125,14 @@ def part(conn: Any, bid: str, n: int = 0) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in conn.hgetall(f"otb:native:{bid}:part:{n}").items()}
 
 
+def wait_created(conn: Any, bid: str, n: int = 0) -> None:
+    """Until the batch's part `n` has its provider batch (a deadline only to stop a hang)."""
+    deadline = time.monotonic() + 30
+    while part(conn, bid, n).get("state") != "created":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def submit_only(env: dict[str, str], src: Path, *args: str) -> str:
     done = otb(["submit", str(src), "--json", *args], env)
     assert done.returncode == 0, done.stderr.decode()
@@ -195,11 +203,13 @@ def test_gemini_missing_key_and_errored_lines(redis_server, emulator, real_redis
     assert got["boom"]["meta"]["route"] == "native" and got["boom"]["meta"]["outcome"] == "errored"
     assert got["boom"]["response"]["status_code"] == 500 and got["boom"]["cost"]["total"] == "0"
     assert status["request_counts"] == {**status["request_counts"], "succeeded": 2, "errored": 1}
-    again = otb(["retry", status["id"]], env)  # only the errored line runs again (in real time)
+    again = otb(["retry", status["id"]], env)  # only the errored line runs again, native as its mode says
     assert again.returncode == 0, again.stderr.decode()
     assert wait_status(real_redis, status["id"]) == "completed"
     after = results(env, status["id"])
-    assert routes_of(after) == {"kept": "native/succeeded", "lost": "realtime/succeeded", "boom": "realtime/errored"}
+    assert routes_of(after) == {"kept": "native/succeeded", "lost": "realtime/succeeded", "boom": "native/errored"}
+    assert after["boom"]["meta"]["native_batch"] != got["boom"]["meta"]["native_batch"]  # a provider batch of its own
+    assert [p["requests"] for p in json.loads(otb(["status", status["id"], "--json"], env).stdout)["native"]] == [3, 1]
     assert after["kept"] == got["kept"]
 
 
@@ -259,10 +269,7 @@ def test_cancel_cancels_the_provider_batch_and_ends_what_it_left(redis_server, e
     spawn_worker(env)
     before = stats(emulator)
     bid = submit_only(env, src, "--mode", "native")
-    deadline = time.monotonic() + 30
-    while part(real_redis, bid).get("state") != "created":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_created(real_redis, bid)
     assert otb(["cancel", bid], env).returncode == 0
     assert wait_status(real_redis, bid) == "cancelled"
     calls = stats(emulator) - before
@@ -296,10 +303,7 @@ def test_polling_survives_a_redis_restart_and_a_killed_worker(emulator, spawn_wo
         first = spawn_worker(env)
         before = stats(emulator)
         bid = submit_only(env, src, "--mode", "native")
-        deadline = time.monotonic() + 30
-        while part(conn, bid).get("state") != "created":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_created(conn, bid)
         server.restart(pause=1)  # the worker rides it out; the state is on disk (appendonly)
         assert part(conn, bid)["state"] == "created"
         first.kill_all()  # and then it dies mid-poll: another worker takes the batch over
@@ -313,3 +317,130 @@ def test_polling_survives_a_redis_restart_and_a_killed_worker(emulator, spawn_wo
         assert len(events) == 5  # every line committed once
     finally:
         server.stop()
+
+
+EMBED = "google/gemini-embedding-001"
+
+
+def embed(cid: str, inputs: str | list[str], **extra: Any) -> dict[str, Any]:
+    return {"custom_id": cid, "method": "POST", "url": "/v1/embeddings",
+            "body": {"model": EMBED, "input": inputs, **extra}}
+
+
+def test_gemini_native_embeddings_equal_realtime_at_the_batch_price(redis_server, emulator, real_redis, spawn_worker,
+                                                                     tmp_path: Path) -> None:
+    """Embedding lines (one input or many, dimensions, base64) go to asyncBatchEmbedContent in one job,
+    one file line per input, joined back on their keys; usage is the inputs' tokenCount, exact."""
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    lines = [embed("one", "a single text"), embed("many", [f"text number {i}" for i in range(130)]),
+             embed("small", ["x y z", "w"], dimensions=128), embed("b64", "packed", encoding_format="base64"),
+             embed("bad", "#emu:fail=400 refused")]
+    src = write(tmp_path / "embed.jsonl", lines)
+    spawn_worker(env)
+    realtime = submit(env, src, "--mode", "realtime", errored=True)
+    before = stats(emulator)
+    native = submit(env, src, "--mode", "native", errored=True)
+    calls = stats(emulator) - before
+    assert calls["asyncBatchEmbedContent"] == 1 and calls["files.upload.start"] == 1, calls
+    assert calls.get("batchEmbedContents", 0) == 0 and calls.get("countTokens", 0) == 0, calls
+    got, want = results(env, native["id"]), results(env, realtime["id"])
+    assert native["request_counts"] == {**native["request_counts"], "succeeded": 4, "errored": 1}, routes_of(got)
+    ok = sorted(c for c in got if c != "bad")
+    assert [comparable(got[c]) for c in ok] == [comparable(want[c]) for c in ok], (routes_of(got), routes_of(want))
+    assert len(got["many"]["response"]["body"]["data"]) == 130 and got["many"]["meta"]["usage"]["input_tokens"] > 0
+    assert got["bad"]["meta"]["route"] == "native" and got["bad"]["response"]["status_code"] == 400
+    half, full = prices(EMBED, "batch"), prices(EMBED)
+    for cid in ok:
+        meta, cost = got[cid]["meta"], Decimal(got[cid]["cost"]["total"])
+        assert (meta["route"], meta["service_tier"]) == ("native", "batch") and meta["native_batch"].startswith("batches/")
+        assert not meta["usage"].get("estimated")
+        assert cost == by_hand(meta["usage"], half) and cost * 2 == Decimal(want[cid]["cost"]["total"])
+        assert Decimal(meta["saved"]) == by_hand(meta["usage"], full) - cost
+    [shown] = json.loads(otb(["status", native["id"], "--json"], env).stdout)["native"]
+    assert shown["requests"] == 1 + 130 + 2 + 1 + 1  # one request per input text
+
+
+def test_native_embeddings_fall_back_to_real_time_when_the_job_fails(redis_server, emulator, real_redis,
+                                                                      spawn_worker, tmp_path: Path) -> None:
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    src = write(tmp_path / "embed-fail.jsonl", [embed("e0", ["first #emu:batch-delay=1 #emu:batch-fail", "second"]),
+                                                embed("e1", "third")])
+    spawn_worker(env)
+    status = submit(env, src, "--mode", "native")
+    got = results(env, status["id"])
+    assert routes_of(got) == {"e0": "realtime/succeeded", "e1": "realtime/succeeded"}
+    assert got["e0"]["meta"]["route_note"] == "sent in real time: its native batch did not take or answer it in time"
+    assert "failed" in part(real_redis, status["id"])["note"]
+
+
+def test_a_burst_worker_polls_open_native_batches_until_they_end(redis_server, emulator, real_redis, spawn_worker,
+                                                                 tmp_path: Path) -> None:
+    """`otb worker --burst` with an empty queue but open provider batches: it says so, polls them, runs
+    what they hand back (a failed Gemini job's lines come back to the queue), and only then exits."""
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    src = write(tmp_path / "burst.jsonl", [chat("c0", CLAUDE, "slow #emu:batch-delay=2"), chat("c1", CLAUDE, "also"),
+                                           chat("g0", GEMINI, "#emu:batch-delay=1 #emu:batch-fail"), chat("g1", GEMINI, "x")])
+    bid = submit_only(env, src, "--mode", "native")
+    worker = spawn_worker(env, "--burst")
+    assert worker.proc.wait(timeout=120) == 0
+    output = worker.stop()
+    assert "burst: the queue is empty, but 1 batch(es) have native provider batches open" in output, output
+    assert (real_redis.hget(f"otb:batch:{bid}", "status") or b"").decode() == "completed"
+    got = routes_of(results(env, bid))
+    assert got == {"c0": "native/succeeded", "c1": "native/succeeded", "g0": "realtime/succeeded",
+                   "g1": "realtime/succeeded"}
+    assert real_redis.zcard("otb:native:due") == 0
+
+
+def test_retry_expired_reruns_cancelled_native_lines_in_a_new_provider_batch(redis_server, emulator, real_redis,
+                                                                             spawn_worker, tmp_path: Path) -> None:
+    """A native batch cancelled while its provider batch ran: every line ends canceled. `otb retry
+    --expired` opens it again and sends them native again (its mode and window allow it): one new
+    provider batch, each line answered once."""
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    src = write(tmp_path / "again.jsonl", [chat(f"a{i}", CLAUDE, f"again {i} #emu:batch-delay=6") for i in range(3)])
+    spawn_worker(env)
+    before = stats(emulator)
+    bid = submit_only(env, src, "--mode", "native", "--completion-window", "2h")
+    wait_created(real_redis, bid)
+    assert otb(["cancel", bid], env).returncode == 0
+    assert wait_status(real_redis, bid) == "cancelled"
+    plain = otb(["retry", bid], env)
+    assert plain.returncode == 1 and "otb retry --expired" in plain.stderr.decode()
+    first = results(env, bid)
+    cancelled = sorted(c for c, r in first.items() if r["meta"]["outcome"] == "canceled")
+    assert cancelled and all(first[c]["meta"]["outcome"] == "succeeded" for c in first if c not in cancelled)
+    done = otb(["retry", bid, "--expired", "--json"], env)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout) == {"id": bid, "retried": len(cancelled)}
+    assert wait_status(real_redis, bid, ("completed",)) == "completed"
+    calls = stats(emulator) - before
+    assert calls["messages.batches.create"] == 2 and calls.get("messages", 0) == 0, calls
+    got = results(env, bid)
+    assert set(routes_of(got).values()) == {"native/succeeded"} and len(got) == 3
+    assert {got[c]["meta"]["native_batch"] for c in cancelled} == {part(real_redis, bid, 1)["provider_id"]}
+    assert all(got[c] == first[c] for c in first if c not in cancelled)  # what was answered is kept as it was
+    assert int(part(real_redis, bid, 1)["sent"]) == len(cancelled)  # the new provider batch: those lines only
+    status = json.loads(otb(["status", bid, "--json"], env).stdout)
+    assert status["request_counts"] == {**status["request_counts"], "succeeded": 3, "canceled": 0}
+    events = [e for _, e in real_redis.xrange(f"otb:batch:{bid}:events") if e.get(b"type") == b"request"]
+    assert Counter(e[b"outcome"] for e in events) == {b"succeeded": 3, b"canceled": len(cancelled)}
+    assert [p["state"] for p in status["native"]] == ["done", "done"]
+
+
+def test_an_embeddings_job_created_but_not_recorded_is_found_by_its_display_name(redis_server, emulator, real_redis,
+                                                                                 spawn_worker, tmp_path: Path) -> None:
+    env = worker_env(redis_server.url, emulator.url, OTB_LEASE_TTL="2", **FAST)
+    src = write(tmp_path / "embed-crash.jsonl", [embed(f"k{i}", [f"crash {i}", "twice"]) for i in range(3)])
+    before = stats(emulator)
+    first = spawn_worker({**env, "OTB_NATIVE_FAULT": "exit-after-create"})
+    bid = submit_only(env, src, "--mode", "native")
+    assert first.proc.wait(timeout=60) == 3  # killed between the create and its record
+    assert part(real_redis, bid)["state"] == "creating" and part(real_redis, bid)["provider_id"] == ""
+    spawn_worker(env)
+    assert wait_status(real_redis, bid) == "completed"
+    calls = stats(emulator) - before
+    assert calls["asyncBatchEmbedContent"] == 1 and calls["batches.list"] >= 1, calls  # one paid job
+    got = results(env, bid)
+    assert set(routes_of(got).values()) == {"native/succeeded"} and len(got) == 3
+    assert {r["meta"]["native_batch"] for r in got.values()} == {part(real_redis, bid)["provider_id"]}

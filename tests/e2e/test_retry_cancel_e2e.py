@@ -5,6 +5,7 @@ Real redis-server, real `otb worker` processes and the real CLI; the emulator co
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -136,3 +137,33 @@ def test_the_janitor_finishes_requests_left_with_neither_result_nor_job(redis_se
     assert final_status(client, cancelled)["status"] == "cancelled"
     assert client.status(running)["request_counts"]["succeeded"] == 10
     assert client.status(cancelled)["request_counts"]["canceled"] == 10
+
+
+def test_retry_expired_reruns_what_the_window_expired_in_a_fresh_window(redis_server, emulator, real_redis, registry):
+    """A batch whose window ended before any worker ran it: every line expired. Plain `otb retry` says
+    how to re-run them; `--expired` opens the batch again with a fresh window of its length, and each
+    line then succeeds once."""
+    env = worker_env(redis_server.url, emulator.url, **FAST)
+    client = Client(real_redis, Settings(redis_url=redis_server.url, chunk_size=100), registry)
+    bid = client.submit([{"custom_id": f"x{i}", "model": "google/gemini-3-flash",
+                          "messages": [{"role": "user", "content": f"late {i} {uuid.uuid4().hex}"}]} for i in range(4)],
+                        completion_window=10)
+    ends = float(real_redis.hget(f"otb:batch:{bid}", "expires_at"))
+    while (lambda t: t[0] + t[1] / 1e6)(real_redis.time()) <= ends:
+        time.sleep(0.2)  # no worker yet: the window runs out
+    assert otb(["worker", "--burst"], env, timeout=120).returncode == 0
+    expired = final_status(client, bid)
+    assert expired["status"] == "expired" and expired["request_counts"]["expired"] == 4
+    plain = otb(["retry", bid], env)
+    assert plain.returncode == 1 and "otb retry --expired" in plain.stderr.decode()
+    assert client.retry(bid, expired=True) == 4
+    renewed = float(real_redis.hget(f"otb:batch:{bid}", "expires_at"))
+    assert renewed > ends + 10 - 1  # a fresh window of the batch's length, from the retry
+    assert real_redis.zscore("otb:deadlines", bid) == renewed
+    assert otb(["worker", "--burst"], env, timeout=120).returncode == 0
+    status = final_status(client, bid)
+    assert status["status"] == "completed" and status["request_counts"]["succeeded"] == 4
+    assert status["request_counts"]["expired"] == 0 and client.retry(bid, expired=True) == 0
+    lines = [json.loads(raw) for raw in client.store.raw_results(bid).values()]
+    assert sorted(line["custom_id"] for line in lines) == [f"x{i}" for i in range(4)]
+    assert {line["meta"]["route"] for line in lines} == {"realtime"}

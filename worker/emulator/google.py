@@ -324,6 +324,12 @@ def _embed_one(req: dict[str, Any], where: str) -> dict[str, Any]:
     return {"values": embedding("".join(p["text"] for p in parts), dims)}
 
 
+def embed_token_count(req: dict[str, Any]) -> int:
+    """The input tokens of one EmbedContentRequest, as countTokens counts its content (a batch answer's
+    `tokenCount`)."""
+    return _gemini_prompt({"contents": [req["content"]]})
+
+
 def answer_batch_embed(state: State, request: web.Request, body: dict[str, Any], model: str) -> dict[str, Any]:
     requests = body.get("requests")
     if not isinstance(requests, list) or not requests:

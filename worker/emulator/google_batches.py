@@ -5,7 +5,8 @@ A job is an Operation `{name: batches/{id}, metadata: {..., state, batchStats}, 
 as the REST API writes it (camelCase, int64 counts as strings, zero counts left out). Each request is
 answered by the realtime code (`answer_generate`, `answer_batch_embed`, their refusals included) when
 the job is created; a refused request becomes an output line with `error`. Gemini says nothing about
-the tier in a batch answer: the responses are exactly the realtime ones. Output appears only when the
+the tier in a batch answer: the responses are exactly the realtime ones (an embedding's adds its
+`tokenCount`, as SingleEmbedContentResponse has it). Output appears only when the
 job SUCCEEDED: `responsesFile` (file mode: a generated JSONL file, lines `{key, response | error}` in
 completion order) or `inlinedResponses` (inline mode: request order, each with its `metadata`).
 FAILED, EXPIRED and CANCELLED jobs have no output at all.
@@ -25,7 +26,7 @@ from .batch_jobs import now as clock_now
 from .batch_pipeline import Handler, control_route, jsonl, parse_object, read_body, serve_control
 from .core import Disconnect, EmuError, compact, json_response
 from .faults import parse_markers
-from .google import DIALECT, GOOGLE_ERRORS, answer_batch_embed, answer_generate
+from .google import DIALECT, GOOGLE_ERRORS, answer_batch_embed, answer_generate, embed_token_count
 from .google_files import FILES, new_id
 from .state import State
 
@@ -96,7 +97,8 @@ def _answer(state: State, request: web.Request, model: str, embed: bool, entry: 
             raise EmuError(marks.fail)
         if embed:
             one = {**req, "model": f"models/{model}"}
-            body = {"embedding": answer_batch_embed(state, request, {"requests": [one]}, model)["embeddings"][0]}
+            body = {"embedding": answer_batch_embed(state, request, {"requests": [one]}, model)["embeddings"][0],
+                    "tokenCount": str(embed_token_count(req))}  # int64: a string in JSON
         else:
             body = answer_generate(state, request, {k: v for k, v in req.items() if k != "model"}, model)
         return Item(key, True, body, meta, DROP_KEY in raw)

@@ -20,15 +20,19 @@ from ..settings import Settings
 from .poller import NativePoller, native_state, run_until_done
 
 PROVIDERS = ("anthropic", "google")  # those with a batch API this route speaks
+EMBEDDING_PROVIDERS = ("google",)  # those whose batch API embeds (asyncBatchEmbedContent)
 
-__all__ = ["NativePoller", "goes_native", "native_state", "poke", "register", "run_until_done", "summary"]
+__all__ = ["NativePoller", "goes_native", "native_open", "native_state", "poke", "register", "run_until_done", "summary"]
 
 
 def goes_native(mode: str, spec: ModelSpec, kind: str, body: dict[str, Any], window: float | None,
                 settings: Settings, *, budget: bool = False) -> bool:
-    """Does this line go to its provider's batch API? Chat lines of the mode's native leg, unless the
-    line asks for a tier of its own or the batch has a budget (holds are per real-time call)."""
-    if budget or kind != "chat" or spec.provider not in PROVIDERS or line_tier(body) in ("default", "flex"):
+    """Does this line go to its provider's batch API? Lines of the mode's native leg (chat; embeddings on
+    Gemini, whose asyncBatchEmbedContent takes them), unless the line asks for a tier of its own or the
+    batch has a budget (holds are per real-time call)."""
+    if budget or spec.provider not in PROVIDERS or line_tier(body) in ("default", "flex"):
+        return False
+    if kind != "chat" and spec.provider not in EMBEDDING_PROVIDERS:
         return False
     return mode_route(mode, spec, kind, window, settings) == NATIVE
 
@@ -37,6 +41,11 @@ def register(pipe: Any, conn: redis.Redis, settings: Settings, bid: str, ids: li
     """At submit, on its transaction: these lines go native; a poller takes them up at once."""
     if ids:
         native_state(conn, settings).register(pipe, bid, ids, clock.now())
+
+
+def native_open(conn: redis.Redis, settings: Settings) -> int:
+    """How many batches still have native lines a poller looks after (`otb worker --burst` waits for them)."""
+    return int(conn.zcard(native_state(conn, settings).keys.native_due))
 
 
 def poke(conn: redis.Redis, settings: Settings, bid: str) -> None:
@@ -49,11 +58,11 @@ def poke(conn: redis.Redis, settings: Settings, bid: str) -> None:
 def summary(conn: redis.Redis, settings: Settings, bid: str) -> list[dict[str, Any]] | None:
     """The batch's provider batches as `otb status` shows them (None: it has no native lines)."""
     state = native_state(conn, settings)
-    info = state.info(bid)
-    if not info:
+    if not state.info(bid):
         return None
-    if info.get("planned") != "1":
-        return [{"state": "planning", "requests": int(info.get("todo") or 0)}]
-    return [{"provider": part.provider, "model": part.model, "provider_batch": part.provider_id or None,
-             "state": part.state, "provider_status": part.status or None, "requests": part.sent or part.count,
-             "progress": part.progress, **({"note": part.note} if part.note else {})} for part in state.parts(bid)]
+    waiting = state.waiting(bid)
+    planning: list[dict[str, Any]] = [{"state": "planning", "requests": waiting}] if waiting else []
+    return planning + [
+        {"provider": part.provider, "model": part.model, "provider_batch": part.provider_id or None, "state": part.state,
+         "provider_status": part.status or None, "requests": part.sent or part.count, "progress": part.progress,
+         **({"note": part.note} if part.note else {})} for part in state.parts(bid)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Iterator
 from typing import IO
@@ -23,6 +24,7 @@ from .state import Part
 log = logging.getLogger("otb.native")
 
 UPLOAD_SLICE = 8 * 1024**2
+KEY = re.compile(rb'"key"\s*:\s*"([0-9.]{5,40})"')
 LIST_PAGE = 100
 
 
@@ -34,14 +36,18 @@ class GeminiBatches:
         self.headers = auth(settings, "google")
 
     def write(self, part: Part, lines: Iterator[Line | None], spool: IO[bytes]) -> int:
-        """JSONL lines `{"key": position, "request": body}`."""
+        """JSONL lines `{"key": position, "request": body}`; an embeddings line, one per input text
+        (keys `{position}.{index}.{inputs}`). How many requests the file holds."""
         sent = 0
+        embed = wire.is_embedding(part.group)
         for position, line in enumerate(lines):
             if line is None:
                 continue
-            spool.write(json.dumps({"key": str(position), "request": line.call.json}, separators=(",", ":")).encode()
-                        + b"\n")
-            sent += 1
+            items = line.call.json["requests"] if embed else [line.call.json]
+            for index, request in enumerate(items):
+                key = wire.embed_key(position, index, len(items)) if embed else str(position)
+                spool.write(json.dumps({"key": key, "request": request}, separators=(",", ":")).encode() + b"\n")
+            sent += len(items)
         return sent
 
     def create(self, part: Part, spool: IO[bytes], size: int) -> str:
@@ -120,6 +126,9 @@ class GeminiBatches:
                     checked(r)
                 for piece in r.iter_bytes():
                     spool.write(piece)
+            if wire.is_embedding(part.group):
+                yield from self._embeddings(spool, part)
+                return
             keep = self._check(spool, part)
             spool.seek(0)
             for number, raw in enumerate(spool):
@@ -131,6 +140,42 @@ class GeminiBatches:
                     yield Answer(position, SUCCEEDED, data=line["response"])
                 else:
                     yield Answer(position, ERRORED, error=wire.line_error(line.get("error") or {}))
+
+    def _embeddings(self, spool: IO[bytes], part: Part) -> Iterator[Answer]:
+        """Each line whose every input came back (the file is in completion order: one pass notes where
+        each input's output line is, then each complete line is read back from the spool): its vectors,
+        or the first error among its inputs. A key unknown, repeated or unreadable is dropped."""
+        spool.seek(0)
+        where: dict[int, dict[int, int]] = {}
+        inputs: dict[int, int] = {}
+        got = 0
+        while raw := spool.readline():
+            offset = spool.tell() - len(raw)
+            key = wire.parse_embed_key(_key_of(raw))
+            if key is None or not 0 <= key[0] < part.count or inputs.setdefault(key[0], key[2]) != key[2]:
+                continue
+            if where.setdefault(key[0], {}).setdefault(key[1], offset) == offset:
+                got += 1
+        if got != part.sent:
+            log.warning("%s: %d of %d inputs came back; lines missing any count as unanswered", part.provider_id,
+                        got, part.sent)
+        for position in sorted(where):
+            if len(where[position]) != inputs[position]:
+                continue
+            answers = []
+            for index in range(inputs[position]):
+                spool.seek(where[position][index])
+                answer = json.loads(spool.readline())
+                if answer.get("key") != wire.embed_key(position, index, inputs[position]):
+                    break  # the quick read of its key was wrong: the line counts as unanswered
+                answers.append(answer)
+            if len(answers) != inputs[position]:
+                continue
+            failed = [a for a in answers if not isinstance(a.get("response"), dict)]
+            if failed:
+                yield Answer(position, ERRORED, error=wire.line_error(failed[0].get("error") or {}))
+            else:
+                yield Answer(position, SUCCEEDED, data=wire.embed_answer([a["response"] for a in answers]))
 
     def _check(self, spool: IO[bytes], part: Part) -> set[int]:
         """The numbers of the file's lines to use: one per known key, the first of each."""
@@ -151,3 +196,16 @@ class GeminiBatches:
             log.warning("%s: %d of %d keys came back; the rest count as unanswered", part.provider_id, len(seen),
                         part.sent)
         return keep
+
+
+def _key_of(raw: bytes) -> object:
+    """An output line's `key` without parsing its vectors (a line is ~60 KB of numbers): the first
+    `"key": "..."` in it, checked against the full parse when the line is read back; else parsed."""
+    found = KEY.search(raw, 0, 200) or KEY.search(raw)
+    if found:
+        return found.group(1).decode()
+    try:
+        line = json.loads(raw)
+    except ValueError:
+        return None
+    return line.get("key") if isinstance(line, dict) else None

@@ -92,7 +92,7 @@ class Runner:
             return
         registry = current_registry(self.settings.registry_path)
         batch = records.batch_info(self.store, bid)
-        if self.state.info(bid).get("planned") != "1":
+        if self.state.waiting(bid):  # lines of a submit, or of a retry, not in a part yet
             self.plan(bid, batch, registry)
         step = Step(self, bid, batch, registry, record)
         pending = [part for part in self.state.parts(bid) if part.state != DONE]
@@ -109,10 +109,12 @@ class Runner:
 
     def plan(self, bid: str, batch: records.BatchInfo, registry: Registry) -> None:
         """Group the batch's native lines into provider batches: one per provider, model and shared
-        headers, within the provider's limits. A line that cannot go ends errored now, with its reason."""
+        headers, within the provider's limits. A line that cannot go ends errored now, with its reason.
+        Parts are numbered after those the batch has (a retry's lines make parts of their own)."""
         groups: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
         extras: dict[str, str] = {}
-        for cid, raw, line in self.read(bid, batch, registry, self.state.todo(bid)):
+        todo, first = self.state.todo(bid), self.state.count(bid)
+        for cid, raw, line in self.read(bid, batch, registry, todo):
             if line is not None:
                 added = records.extras_of(line)
                 if added:
@@ -123,8 +125,8 @@ class Runner:
         parts: list[tuple[Part, list[str]]] = []
         for (provider, model, group), members in groups.items():
             for ids in _split(members):
-                parts.append((Part(len(parts), provider, model, len(ids), group=group), ids))
-        self.state.save_plan(bid, parts, extras)
+                parts.append((Part(first + len(parts), provider, model, len(ids), group=group), ids))
+        self.state.save_plan(bid, parts, extras, len(todo))
         log.info("batch %s: %d native lines in %d provider batches", bid, sum(p.count for p, _ in parts), len(parts))
 
     def read(self, bid: str, batch: records.BatchInfo, registry: Registry,
@@ -349,10 +351,11 @@ class Step:
             if result is not None or raw is None:
                 continue  # committed already (an earlier import, or ended meanwhile), or gone with its batch
             try:
-                spec, meta = records.answering(self.registry, self.batch, cid, json.loads(raw), extras)
+                record = json.loads(raw)
+                spec, meta = records.answering(self.registry, self.batch, cid, record, extras)
                 if answer.kind == SUCCEEDED and answer.data is not None:
                     out.append(records.answer_result(self.registry, self.batch, cid, spec, meta, answer.data,
-                                                     part.provider_id))
+                                                     part.provider_id, record))
                 elif answer.error is not None:
                     out.append(records.error_result(self.batch, cid, answer.error, meta, part.provider_id))
             except RequestFailed as exc:  # an answer the adapter cannot read: an error line, not a lost line

@@ -17,11 +17,12 @@ from .. import clock, routes
 from ..errors import InvalidRequest, RequestFailed
 from ..providers import ADAPTERS
 from ..providers.anthropic import batches as anthropic_batches
+from ..providers.google import batches as google_batches
 from ..providers.base import UpstreamCall
 from ..registry import ModelSpec, Registry
 from ..request import billed_spec
 from ..results import error_line, success_line
-from ..schemas import KIND_BY_URL, chat_request
+from ..schemas import KIND_BY_URL, chat_request, embedding_request
 from ..store import Store
 
 
@@ -60,6 +61,14 @@ def prepare(registry: Registry, batch: BatchInfo, cid: str, record: dict[str, An
     kind = KIND_BY_URL[record["url"]]
     spec = registry.resolve_for(str(body.get("model")), kind)
     adapter = ADAPTERS[spec.provider]
+    if kind != "chat":  # Gemini embeddings: the inputs of its batchEmbedContents calls, one request each
+        embedded = adapter.prepare_embeddings(embedding_request(body), spec,
+                                              api_version=registry.api_version(spec.provider))
+        requests = google_batches.embed_requests([c.json for c in embedded.calls])
+        meta["dropped_params"] = list(embedded.dropped_params)
+        if embedded.notes:
+            meta["notes"] = embedded.notes
+        return Line(cid, spec, UpstreamCall("POST", embedded.calls[0].path, {"requests": requests}), meta)
     prepared = adapter.prepare_chat(chat_request(body), spec, api_version=registry.api_version(spec.provider),
                                     drop_unsupported=batch.drop_unsupported)
     call, dropped = prepared.calls[0], list(prepared.dropped_params)
@@ -104,9 +113,14 @@ Result = tuple[str, dict[str, Any], str]  # (custom_id, result line, outcome): w
 
 
 def answer_result(registry: Registry, batch: BatchInfo, cid: str, spec: ModelSpec, meta: dict[str, Any],
-                  data: dict[str, Any], provider_batch: str) -> Result:
-    """A succeeded answer, translated by the adapter and priced at the tier it was billed."""
-    parsed = ADAPTERS[spec.provider].parse_chat(data, spec)
+                  data: dict[str, Any], provider_batch: str, record: dict[str, Any]) -> Result:
+    """A succeeded answer, translated by the adapter and priced at the tier it was billed (an embeddings
+    answer is parsed against its stored request: its input count and encoding_format)."""
+    adapter = ADAPTERS[spec.provider]
+    if KIND_BY_URL[record["url"]] == "chat":
+        parsed = adapter.parse_chat(data, spec)
+    else:
+        parsed = adapter.parse_embeddings([data], embedding_request(record["body"]), spec, token_count=None)
     billed = billed_spec(registry, spec, parsed)
     route = routes.Route(routes.NATIVE, {**meta, "billed_model": billed.id, "attempts": 1,
                                          "native_batch": provider_batch})

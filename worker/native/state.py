@@ -73,10 +73,12 @@ class NativeState:
         self.conn, self.keys, self.ttl = conn, keys, ttl
 
     def register(self, pipe: Any, bid: str, ids: list[str], now: float) -> None:
-        """At submit, in its transaction: these lines go native; a poller plans them at once."""
+        """In the caller's transaction (a submit, or a retry that sends lines native again): these lines
+        go native; a poller plans them at once, into parts after those the batch has already."""
         for start in range(0, len(ids), 1000):
             pipe.rpush(self.keys.native_todo(bid), *ids[start:start + 1000])
-        pipe.hset(self.keys.native(bid), mapping={"todo": len(ids), "parts": 0, "planned": 0})
+        pipe.hsetnx(self.keys.native(bid), "parts", 0)
+        pipe.hset(self.keys.native(bid), "planned", 0)
         for key in (self.keys.native_todo(bid), self.keys.native(bid)):
             pipe.expire(key, self.ttl)
         pipe.zadd(self.keys.native_due, {bid: now})
@@ -87,9 +89,14 @@ class NativeState:
     def todo(self, bid: str) -> list[str]:
         return [_text(i) for i in self.conn.lrange(self.keys.native_todo(bid), 0, -1)]
 
-    def save_plan(self, bid: str, parts: list[tuple[Part, list[str]]], extras: dict[str, str]) -> None:
-        """The parts, their ids and the lines' extras land together, and the todo list goes (a re-plan
-        after a kill starts over)."""
+    def waiting(self, bid: str) -> int:
+        """Lines registered and not planned into a part yet."""
+        return int(self.conn.llen(self.keys.native_todo(bid)))
+
+    def save_plan(self, bid: str, parts: list[tuple[Part, list[str]]], extras: dict[str, str], planned: int) -> None:
+        """The parts, their ids and the lines' extras land together, and the `planned` ids read from the
+        head of the todo list go (a re-plan after a kill starts over; ids a retry pushed meanwhile stay
+        for the next plan)."""
         with self.conn.pipeline(transaction=True) as pipe:
             if extras:
                 pipe.hset(self.keys.native_extras(bid), mapping=extras)  # type: ignore[arg-type]
@@ -101,12 +108,17 @@ class NativeState:
                 pipe.hset(self.keys.native_part(bid, part.n), mapping=part.fields())
                 pipe.expire(self.keys.native_ids(bid, part.n), self.ttl)
                 pipe.expire(self.keys.native_part(bid, part.n), self.ttl)
-            pipe.hset(self.keys.native(bid), mapping={"parts": len(parts), "planned": 1})
-            pipe.delete(self.keys.native_todo(bid))
+            pipe.hset(self.keys.native(bid), mapping={"parts": parts[-1][0].n + 1 if parts else self.count(bid),
+                                                      "planned": 1})
+            pipe.ltrim(self.keys.native_todo(bid), planned, -1)
             pipe.execute()
 
+    def count(self, bid: str) -> int:
+        """How many parts the batch has had (a retry's plan numbers its parts after them)."""
+        return int(self.conn.hget(self.keys.native(bid), "parts") or 0)
+
     def parts(self, bid: str) -> list[Part]:
-        count = int(self.conn.hget(self.keys.native(bid), "parts") or 0)
+        count = self.count(bid)
         pipe = self.conn.pipeline(transaction=False)
         for n in range(count):
             pipe.hgetall(self.keys.native_part(bid, n))
@@ -139,8 +151,20 @@ class NativeState:
     def schedule(self, bid: str, at: float) -> None:
         self.conn.zadd(self.keys.native_due, {bid: at})
 
-    def finish(self, bid: str) -> None:
-        self.conn.zrem(self.keys.native_due, bid)
+    def finish(self, bid: str) -> bool:
+        """No poller needs to look at the batch any more, unless a retry registered lines meanwhile
+        (then it stays due); whether it left."""
+        with self.conn.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.keys.native_todo(bid))  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                if pipe.llen(self.keys.native_todo(bid)):
+                    return False
+                pipe.multi()
+                pipe.zrem(self.keys.native_due, bid)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
 
     def active(self, bid: str) -> bool:
         """Does a poller still look after native lines of this batch (so they are not stranded)?"""
