@@ -65,6 +65,10 @@ class Submission:
     models: frozenset[str] = frozenset()  # of the valid lines
 
 
+def new_batch_id() -> str:
+    return "batch_" + uuid.uuid4().hex[:24]
+
+
 def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines: Iterable[bytes],
            options: SubmitOptions = SubmitOptions(), *, batch_id: str | None = None) -> Submission:
     """Validate, store and enqueue in one pass over `raw_lines` (JSONL bytes, read once: stdin works).
@@ -85,7 +89,7 @@ def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines:
     that a submit run again after a crash returns the batch instead of writing it twice.
     """
     store = Store.of(conn, settings)
-    bid = batch_id or "batch_" + uuid.uuid4().hex[:24]
+    bid = batch_id or new_batch_id()
     key = _key_name(store, options.idempotency_key)
     repeat = key is not None and conn.exists(key)  # a repeat costs one GET and a read, not a copy of the batch
     staging = _Staging(conn, store, bid)
@@ -102,10 +106,40 @@ def submit(conn: redis.Redis, settings: Settings, registry: Registry, raw_lines:
         landed = landed_id == bid  # else another submit with the same key won: this one's bodies go
         return Submission(landed_id, parsed.errors, models)
     except redis.ResponseError as exc:  # full (OOM), read-only, MISCONF: Redis answered, and said no
-        raise _refused(exc) from None
+        raise refused(exc) from None
     finally:
         if staging.staged and not landed:
             _discard(store, bid)  # failed, refused, or another submit took the key: leave nothing behind
+
+
+def submit_one(store: Store, settings: Settings, registry: Registry, raw_line: bytes, options: SubmitOptions,
+               batch_id: str, redis_now: float, pipe: Any) -> None:
+    """One request as batch `batch_id`, for a caller who waits on it (an HTTP call): the validation and the
+    records of submit() (the same line checks, record, order, job or native line, and lifetimes), queued on
+    `pipe`, a transaction the caller executes (redis-py's or redis.asyncio's: only commands are queued here,
+    so a server sends it from its event loop), the only round trip. `redis_now` is Redis's clock as the
+    caller knows it (an HTTP server reads TIME once a second, not per call). A bad line raises
+    SubmissionRejected before anything is queued."""
+    parsed = ParsedBatch()
+    limits = Limits(settings.max_line_bytes, settings.max_lines)
+    lines = list(stream_batch([raw_line], registry, parsed, drop_unsupported=options.drop_unsupported_params,
+                              limits=limits, mode=options.resolved_mode(settings), endpoint=options.endpoint))
+    if parsed.errors or not lines:
+        raise SubmissionRejected(parsed.errors, any_valid=False)
+    line = lines[0]
+    native = [line.custom_id] if _goes_native(line, registry, settings, options) else []
+    jobs = chunk_jobs(settings, batch_id, [] if native else [line.custom_id], "part")
+    store.write_requests(pipe, batch_id, [(line.custom_id, _stored(line))])
+    store.write_batch(pipe, batch_id, _record(batch_id, options, redis_now, settings), [], [line.custom_id], redis_now)
+    if jobs:
+        queue_for(store.conn, settings).enqueue_many(jobs, pipeline=pipe)
+        store.add_jobs(pipe, batch_id, [j.job_id for j in jobs], with_record=True)
+    register_native(pipe, store.conn, settings, batch_id, native)
+
+
+def _stored(line: Line) -> dict[str, Any]:
+    """A request as its batch stores it (Store.write_requests)."""
+    return {"url": line.url, "body": line.body, "line": line.number}
 
 
 def _read(raw_lines: Iterable[bytes], registry: Registry, settings: Settings, options: SubmitOptions,
@@ -151,7 +185,7 @@ def _land(conn: redis.Redis, store: Store, settings: Settings, bid: str, parsed:
                 store.write_batch(pipe, bid, record, rejected, order, now)
                 if jobs:
                     queue_for(conn, settings).enqueue_many(jobs, pipeline=pipe)
-                    store.add_jobs(pipe, bid, [j.job_id for j in jobs])
+                    store.add_jobs(pipe, bid, [j.job_id for j in jobs], with_record=True)
                 register_native(pipe, conn, settings, bid, staging.native)
                 pipe.execute()
                 return bid
@@ -174,7 +208,7 @@ class _Staging:
     def add(self, line: Line) -> None:
         if self.stopped:
             return
-        self.pending.append((line.custom_id, {"url": line.url, "body": line.body, "line": line.number}))
+        self.pending.append((line.custom_id, _stored(line)))
         if len(self.pending) >= self.slice_size:
             self.staged = True
             with self.conn.pipeline(transaction=False) as pipe:
@@ -202,8 +236,9 @@ def _goes_native(line: Line, registry: Registry, settings: Settings, options: Su
                        budget=options.max_cost is not None)
 
 
-def _refused(exc: redis.ResponseError) -> RedisRefused:
-    """Why Redis did not take the batch, in one line (what it had taken is discarded by submit)."""
+def refused(exc: redis.ResponseError) -> RedisRefused:
+    """Why Redis did not take the batch, in one line (what it had taken is discarded by submit; submit_one's
+    transaction wrote nothing)."""
     full = isinstance(exc, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(exc)
     why = ("Redis is out of memory (maxmemory reached); free memory or raise maxmemory, then submit again"
            if full else f"Redis refused the batch: {exc}")

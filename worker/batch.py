@@ -89,8 +89,13 @@ class BatchGate:
         pipe = self.store.conn.pipeline(transaction=False)
         pipe.hmget(self.store.keys.batch(self.batch_id), "status", "expires_at")
         pipe.time()
-        (status, expires), (sec, usec) = pipe.execute()
-        self._status = status.decode() if isinstance(status, bytes) else status
+        (status, expires), redis_time = pipe.execute()
+        self.seen(_text(status), _text(expires), redis_time, now)
+
+    def seen(self, status: str | None, expires: str | None, redis_time: tuple[int, int], now: float) -> None:
+        """A reading of the record (read here, or by Batch.load with the rest of it) and of Redis's clock."""
+        sec, usec = redis_time
+        self._status = status
         self._expires_at = float(expires) if expires else None
         self._redis_now, self._read_at = sec + usec / 1e6, now
 
@@ -107,20 +112,33 @@ class Batch:
     parked: list[ParkedRequest] = field(default_factory=list)
     mode: str = "realtime"  # --mode as resolved at submit (routes.py); batches from before it: realtime
     window: float | None = None  # --completion-window, seconds
+    single: bool = False  # one request (an HTTP call): its commit shares no script call, so it waits for none
 
     @classmethod
     def load(cls, store: Store, batch_id: str) -> Batch:
-        """The submission's options and metadata, as submit stored them on the batch record."""
-        raw = store.batch(batch_id) or {}
+        """The submission's options and metadata, as submit stored them on the batch record; the gate's
+        first reading comes with them (one round trip: a claimed one-request call loads a batch per call)."""
+        pipe = store.conn.pipeline(transaction=False)
+        pipe.hgetall(store.keys.batch(batch_id))
+        pipe.time()
+        record, redis_time = pipe.execute()
+        raw = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+               for k, v in record.items()}
+        gate = BatchGate(store, batch_id)
+        gate.seen(raw.get("status"), raw.get("expires_at"), redis_time, time.monotonic())
         options = json.loads(raw.get("options") or "{}")
         window = options.get("completion_window")
-        return cls(batch_id, BatchGate(store, batch_id), max_cost_pico=int(options.get("max_cost_pico") or 0) or None,
+        return cls(batch_id, gate, max_cost_pico=int(options.get("max_cost_pico") or 0) or None,
                    drop_unsupported=bool(options.get("drop_unsupported_params")),
                    tags=json.loads(raw.get("metadata") or "{}"), mode=str(options.get("mode") or "realtime"),
-                   window=float(window) if window else None)
+                   window=float(window) if window else None, single=raw.get("total") == "1")
 
     def route(self, spec: ModelSpec, kind: str, body: dict[str, Any], settings: Settings,
               meta: dict[str, Any]) -> Route:
         """The route of one of its requests, now (routes.plan with this batch's mode and window)."""
         return plan(self.mode, spec, kind, body, settings, window=self.window,
                     seconds_left=self.gate.seconds_left() if self.window else None, meta=meta)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value

@@ -36,12 +36,17 @@ class Committer:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._alone = False  # an `alone` result waits: write without the linger
         self.flushes = self.committed = 0  # for tests and the bench: results per script call
 
-    async def commit(self, bid: str, custom_id: str, line: dict[str, Any], outcome: str) -> bool:
-        """Store one final result once; False if another answer was there or the batch is gone."""
+    async def commit(self, bid: str, custom_id: str, line: dict[str, Any], outcome: str, *,
+                     alone: bool = False) -> bool:
+        """Store one final result once; False if another answer was there or the batch is gone. `alone`:
+        the result of a one-request batch (an HTTP call someone waits on): groups are per batch, so nothing
+        could share its script call, and it is written without the linger."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append((bid, custom_id, line, outcome, done))
+        self._alone = self._alone or alone
         self._wake.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write())
@@ -62,12 +67,13 @@ class Committer:
             if not self._queue:
                 continue
             first = time.monotonic()
-            while len(self._queue) < GROUP and not self._closing and not self.quiet() \
+            while len(self._queue) < GROUP and not self._closing and not self.quiet() and not self._alone \
                     and time.monotonic() - first < self.linger:
                 await asyncio.sleep(0.002)
             await self._flush()
 
     async def _flush(self) -> None:
+        self._alone = False
         group, self._queue = self._queue[:GROUP], self._queue[GROUP:]
         if self._queue:
             self._wake.set()

@@ -10,7 +10,6 @@ committed requests and neither calls nor bills them again.
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import logging
 import threading
@@ -20,9 +19,10 @@ import redis
 from . import clock
 from .chunk import ChunkSummary, process_chunk
 from .connection import connect
-from .queues import enqueue_chunks
 from .lease import Lease
-from .recovery import claim_next, finish_claimed, park, wait_taken_over
+from .linger import claimer
+from .queues import enqueue_chunks, interactive_name
+from .recovery import finish_claimed, park, wait_taken_over
 from .settings import Settings
 from .store import Store
 
@@ -78,9 +78,10 @@ def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, int]:
         conn = job.connection
         lease_key = Store.of(conn, settings).keys.lease(job.id)
         with Lease(conn, lease_key, settings.lease_ttl) as lease:
+            claim = claimer(conn, settings, lease_key, lease.owner, interactive=job.origin == interactive_name(settings),
+                            stop=DRAIN, lost=lease.lost)
             summary = asyncio.run(process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN, lease=lease,
-                                                claim=functools.partial(claim_next, conn, settings, lease_key,
-                                                                        lease.owner)))
+                                                claim=claim))
         if lease.lost.is_set():  # a janitor gave the chunk (and those it claimed) to others: hand back nothing
             if not wait_taken_over(conn, settings, job.id, lease.owner):
                 log.error("chunk %s: lease lost but not yet taken over after %.0f s; its open requests wait for "

@@ -8,6 +8,7 @@ interactive twin of the batch queue, which workers take first.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any
 
 import redis
@@ -22,14 +23,37 @@ CHUNK_RESULT_TTL = 3600  # how long RQ keeps a finished chunk job (ours are in t
 
 
 def queue_for(conn: redis.Redis, settings: Settings, *, interactive: bool = False) -> Queue:
-    """The batch queue, or its interactive twin (HTTP calls someone is waiting on: taken first)."""
+    """The batch queue, or its interactive twin (HTTP calls someone is waiting on: taken first).
+
+    Made once per client and name: RQ's Queue checks its serializer against a Protocol when made, which
+    costs more than the claim that asks for the queues (a run claiming calls asks per call)."""
     name = interactive_name(settings) if interactive else settings.queue_name
-    return Queue(name, connection=conn, serializer=JSONSerializer)
+    made = _queues.get(conn)
+    if made is None:
+        made = _queues[conn] = {}
+    queue = made.get(name)
+    if queue is None:
+        queue = made[name] = Queue(name, connection=conn, serializer=JSONSerializer)
+    return queue
+
+
+_queues: weakref.WeakKeyDictionary[redis.Redis, dict[str, Queue]] = weakref.WeakKeyDictionary()
 
 
 def interactive_name(settings: Settings) -> str:
     """`{queue}:interactive`: one-request batches of `otb serve`'s calls, ahead of every batch chunk."""
     return f"{settings.queue_name}:interactive"
+
+
+def wait_for_call(conn: redis.Redis, settings: Settings, timeout: float) -> bool:
+    """Block until the interactive queue holds a job, at most `timeout` seconds; True if it does.
+
+    `BLMOVE q q RIGHT RIGHT` takes the last job id and puts it back where it was: the queue is
+    unchanged, and a worker blocked on the same queue (RQ's BLPOP) is still served at once.
+    """
+    key = queue_for(conn, settings, interactive=True).key
+    seconds = max(round(timeout, 3), 0.001)  # Redis takes fractions (0 would block for ever); redis-py types it int
+    return conn.blmove(key, key, seconds, "RIGHT", "RIGHT") is not None  # type: ignore[arg-type]
 
 
 def queues_for(conn: redis.Redis, settings: Settings) -> list[Queue]:

@@ -189,7 +189,7 @@ class OneRequest:
         """Store the result once, with the others that finish about now (commits.py), waiting out a
         Redis that refuses writes. Its calls are over: its concurrency slot goes to the next request."""
         self.calls_done()
-        return await self.ctx.committer.commit(self.batch.id, self.custom_id, line, outcome)
+        return await self.ctx.committer.commit(self.batch.id, self.custom_id, line, outcome, alone=self.batch.single)
 
 
 def _internal(exc: Exception) -> RequestFailed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -121,8 +122,14 @@ class Scripts:
     take_due: Script
 
     def __init__(self, conn: redis.Redis) -> None:
-        found, declared = contracts(), set(Scripts.__annotations__)
-        if set(found) != declared:
-            raise RuntimeError(f"worker/lua has {sorted(found)}, Scripts declares {sorted(declared)}")
-        for name, contract in found.items():
-            setattr(self, name, Script(contract, conn))
+        registered = _registered.get(conn)
+        if registered is None:  # once per client: registering hashes every script (a Store, a claim make these)
+            found, declared = contracts(), set(Scripts.__annotations__)
+            if set(found) != declared:
+                raise RuntimeError(f"worker/lua has {sorted(found)}, Scripts declares {sorted(declared)}")
+            registered = _registered[conn] = {name: Script(contract, conn) for name, contract in found.items()}
+        for name, script in registered.items():
+            setattr(self, name, script)
+
+
+_registered: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()

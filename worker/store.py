@@ -113,12 +113,15 @@ class Store:
         if record.get("expires_at"):
             pipe.zadd(k.deadlines, {bid: float(record["expires_at"])})
 
-    def add_jobs(self, pipe: Any, bid: str, job_ids: list[str]) -> None:
-        """Record chunk jobs on the batch; the set lives as long as the batch record (set at submit)."""
+    def add_jobs(self, pipe: Any, bid: str, job_ids: list[str], *, with_record: bool = False) -> None:
+        """Record chunk jobs on the batch; the set lives as long as the batch record (set at submit).
+        `with_record`: `pipe` is the transaction that writes the record (write_batch), whose lifetime is
+        then `ttl` exactly, so no script needs to read it (and the transaction needs no script check)."""
         if job_ids:
             pipe.sadd(self.keys.jobs(bid), *job_ids)
             pipe.expire(self.keys.jobs(bid), self.ttl)
-            self.scripts.same_life(batch=self.keys.batch(bid), others=[self.keys.jobs(bid)], client=pipe)
+            if not with_record:
+                self.scripts.same_life(batch=self.keys.batch(bid), others=[self.keys.jobs(bid)], client=pipe)
 
     # -- work ---------------------------------------------------------------------------------
     def load_requests(self, bid: str, custom_ids: list[str]) -> dict[str, dict[str, Any] | None]:

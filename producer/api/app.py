@@ -15,11 +15,13 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from worker.keys import Keys
 from worker.ratelimit import Limiter
 from worker.settings import Settings
 
 from . import batches, chat, embeddings, errors, files, models, webhook_delivery
-from .auth import Gate, KeyStore
+from .aredis import AsyncRedis
+from .auth import Gate
 from .batchcontext import BatchContext
 from .calls import DEFAULT_TIMEOUT, Calls
 from .filestore import FileStore
@@ -44,9 +46,10 @@ def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | No
                   responses=errors.OPENAPI_RESPONSES,
                   lifespan=webhook_delivery.lifespan(conn, settings))  # every server delivers webhook events
     app.state.settings = settings
-    keys = KeyStore(conn, settings.key_prefix)
-    app.state.gate = Gate(keys, Limiter(conn, settings.key_prefix, settings.rate_burst), no_auth=options.no_auth)
-    app.state.calls = Calls(conn, settings, keys, options.call_timeout, async_redis)
+    aredis = AsyncRedis(settings.redis_url or "", async_redis)
+    app.state.gate = Gate(aredis, Keys(settings.key_prefix), Limiter(conn, settings.key_prefix, settings.rate_burst),
+                          no_auth=options.no_auth)
+    app.state.calls = Calls(conn, settings, aredis, options.call_timeout)
     app.state.files = FileStore(conn, settings.key_prefix)
     app.state.max_file_bytes = options.max_file_bytes
     errors.install(app)

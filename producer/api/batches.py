@@ -58,7 +58,7 @@ def _retried(request: Request) -> bool:
 
 @router.post("", openapi_extra=_CREATE_DOC, summary="Create a batch from an uploaded .jsonl file")
 async def create_batch(request: Request, tenant: Tenant = Depends(current_tenant)) -> dict[str, Any]:
-    params = parse_create(await read_body(request, MAX_BODY))
+    params = parse_create(await read_body(request, MAX_BODY, "the limit of a batch create's body"))
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= 255:
         raise ApiError(400, "Idempotency-Key must be 1 to 255 characters.", code="invalid_request",

@@ -11,41 +11,40 @@ OpenAI body with its exact cost (`x-otb-cost`, and a `cost` object in the JSON).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 import redis
-import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from producer.control import cancel
 from producer.options import SubmitOptions
-from producer.submit import SubmissionRejected, submit
+from producer.submit import SubmissionRejected, new_batch_id, refused, submit_one
 from worker import clock
 from worker.errors import InvalidRequest
-from worker.connection import SENTINEL_TIMEOUT, SentinelURL, is_sentinel
 from worker.keys import Keys
 from worker.pricing import to_pico
 from worker.queues import interactive_name, queue_for
 from worker.registry import current_registry
 from worker.settings import Settings
+from worker.store import Store
 
-from .codec import text
+from .aredis import AsyncRedis
+from .batchends import BatchEnds, Ended
 from .errors import ApiError, Forwarded
-from .tenants import KeyStore, Tenant
+from .tenants import SPENT, Tenant
 
 CALL_ID = "call"  # the custom_id of a call's one request
 TENANT_TAG = "key"  # results carry key=<tenant name>: `otb report --by tag:key` is the bill per tenant
 DEFAULT_TIMEOUT = 600.0  # seconds a call waits for a worker (the OpenAI SDK's own default timeout)
-WAITERS = 2048  # Redis connections for waiting calls, per server process (Redis allows 10,000 clients)
-BLOCK_S = 5.0  # the longest blocked read of a call's events (then the result is looked up anyway)
+BLOCK_S = 5.0  # the longest wait for a batch's end before the result is looked up anyway
 
 
 @dataclass
@@ -61,61 +60,62 @@ class Call:
 class Calls:
     """Submits calls on the interactive queue and waits for their results (one per server process)."""
 
-    def __init__(self, conn: redis.Redis, settings: Settings, keys: KeyStore, timeout: float = DEFAULT_TIMEOUT,
-                 async_redis: Callable[[], aioredis.Redis] | None = None) -> None:
-        self.conn, self.settings, self.keys, self.timeout = conn, settings, keys, timeout
-        self.async_redis = async_redis or (lambda: async_client(settings.redis_url or ""))  # embedded: its own
+    def __init__(self, conn: redis.Redis, settings: Settings, redis_: AsyncRedis,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.conn, self.settings, self.redis, self.timeout = conn, settings, redis_, timeout
         self.call_settings = settings.with_(queue_name=interactive_name(settings))
         self.names = Keys(settings.key_prefix)
-        self._aconn: aioredis.Redis | None = None
-
-    @property
-    def aconn(self) -> aioredis.Redis:
-        """The async client the waits block on, made in the server's event loop on first use."""
-        if self._aconn is None:
-            # A waiting call holds a connection for its blocked XREAD: more of them than redis-py's default
-            # pool (100, then MaxConnectionsError) may wait, and past WAITERS a call waits for a connection
-            # instead of failing. The read must end before the socket's timeout (redis-py's default is 5 s).
-            self._aconn = self.async_redis()
-        return self._aconn
+        self.ends = BatchEnds(redis_, self.names.all_events, lambda bid: (self.names.results(bid), CALL_ID))
+        self.store = Store.of(conn, self.call_settings)
+        self.clock = RedisClock(self.store)
 
     async def answer(self, tenant: Tenant, call: Call) -> "Answer":
         """The call's result line, or an OpenAI-shaped error (4xx from validation, 429 over budget,
         503/504 when no worker answers in time)."""
         self.check_budget(tenant)
-        bid = await run_in_threadpool(self.submit, tenant, call)
-        line = await self.wait(bid)
+        bid = new_batch_id()
+        async with self.ends.watch(bid) as ended:  # before the submit: its end cannot pass unseen
+            await self.submit(tenant, call, bid)
+            line = await self.wait(bid, ended)
         if line is None:
             raise await run_in_threadpool(self.give_up, bid)
-        self.count_spend(tenant, line)
+        await self.count_spend(tenant, line)
         return Answer(bid, line)
 
-    def submit(self, tenant: Tenant, call: Call) -> str:
-        """The call as a one-request batch, through the one submit path (errors identical to `otb submit`)."""
+    async def submit(self, tenant: Tenant, call: Call, bid: str) -> None:
+        """The call as a one-request batch `bid`, validated and stored as `otb submit` does (errors identical),
+        in one transaction sent from the event loop."""
         raw = json.dumps({"custom_id": CALL_ID, "method": "POST", "url": call.url, "body": call.body}).encode()
         options = SubmitOptions(metadata={TENANT_TAG: tenant.name}, completion_window=self.timeout,
                                 mode="realtime")  # a caller waits: never a slower route (a line's own service_tier may ask)
         registry = current_registry(self.settings.registry_path)
         try:
-            return submit(self.conn, self.call_settings, registry, [raw], options).batch_id
+            async with self.redis.client.pipeline(transaction=True) as pipe:
+                submit_one(self.store, self.call_settings, registry, raw, options, bid, self.clock.now(), pipe)
+                await pipe.execute()
         except SubmissionRejected as exc:
             raise exc.errors[0].error from None
+        except redis.ResponseError as exc:  # full (OOM), read-only: Redis answered, and said no
+            raise refused(exc) from None
 
-    async def wait(self, bid: str) -> dict[str, Any] | None:
-        """The result line once the worker commits it (woken by the batch's events), or None after the timeout."""
-        events, results = self.names.events(bid), self.names.results(bid)
-        deadline, last = time.monotonic() + self.timeout, "0"
+    async def wait(self, bid: str, ended: Ended) -> dict[str, Any] | None:
+        """The result line once the worker commits it (the reader of batch ends brings it), or None after
+        the timeout. Every BLOCK_S the result is looked up anyway, in case the end was not seen."""
+        deadline = time.monotonic() + self.timeout
         while True:
-            line = await self.aconn.hget(results, CALL_ID)
-            if line is not None:
-                return dict(json.loads(line))
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            read = cast(list[tuple[bytes, list[tuple[bytes, Any]]]], await self.aconn.xread(
-                {events: last}, block=max(1, int(min(left, BLOCK_S) * 1000))))
-            for _, entries in read or []:
-                last = text(entries[-1][0])
+            if ended.done():  # ended without a result line (gone meanwhile): look now and then until the deadline
+                await asyncio.sleep(min(left, BLOCK_S))
+            else:
+                with contextlib.suppress(TimeoutError):
+                    brought = await asyncio.wait_for(asyncio.shield(ended), min(left, BLOCK_S))
+                    if brought is not None:
+                        return dict(json.loads(brought))
+            line = await self.redis.client.hget(self.names.results(bid), CALL_ID)
+            if line is not None:
+                return dict(json.loads(line))
 
     def give_up(self, bid: str) -> ApiError:
         """No answer in time: cancel the call (nothing runs and bills later) and say why, naming a missing worker."""
@@ -134,31 +134,37 @@ class Calls:
 
     # -- a key's budget (--max-cost) ----------------------------------------------------------------
     def check_budget(self, tenant: Tenant) -> None:
-        """429 `insufficient_quota` once the key's committed spend has reached its --max-cost."""
+        """429 `insufficient_quota` once the key's committed spend (as its record said a moment ago, when
+        the key was looked up) has reached its --max-cost."""
         if tenant.max_cost is None:
             return
-        spent = self.keys.spent_pico(tenant.name)
-        if spent >= to_pico(tenant.max_cost):
+        if tenant.spent_pico >= to_pico(tenant.max_cost):
             raise ApiError(429, f"You exceeded the budget of key {tenant.name!r} ({tenant.max_cost} USD; spent "
-                                f"{Decimal(spent).scaleb(-12).normalize():f} USD).", code="insufficient_quota",
-                           type="insufficient_quota")
+                                f"{Decimal(tenant.spent_pico).scaleb(-12).normalize():f} USD).",
+                           code="insufficient_quota", type="insufficient_quota")
 
-    def count_spend(self, tenant: Tenant, line: dict[str, Any]) -> None:
-        self.keys.add_spend(tenant.name, to_pico(Decimal(line["cost"]["total"])))
+    async def count_spend(self, tenant: Tenant, line: dict[str, Any]) -> None:
+        pico = to_pico(Decimal(line["cost"]["total"]))
+        if pico:
+            await self.redis.client.hincrby(self.names.tenant(tenant.name), SPENT, pico)
 
 
-def async_client(url: str) -> aioredis.Redis:
-    """An asyncio client for REDIS_URL, Sentinel URLs included (the master, asked of the Sentinels)."""
-    if not is_sentinel(url):
-        return aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=WAITERS, timeout=None, socket_timeout=BLOCK_S + 10))
-    parsed = SentinelURL.parse(url)
-    tls = {k: v for k, v in parsed.master_kwargs.items() if k.startswith("ssl")} | ({"ssl": True} if parsed.tls else {})
-    sentinels = AsyncSentinel(list(parsed.sentinels), sentinel_kwargs={**parsed.sentinel_login, **tls,
-                                                                       "socket_timeout": SENTINEL_TIMEOUT})
-    master: aioredis.Redis = sentinels.master_for(parsed.service, max_connections=WAITERS,
-                                                  socket_timeout=BLOCK_S + 10, **parsed.master_kwargs)
-    return master
+class RedisClock:
+    """Redis's clock (TIME), the one batch windows and index ages are on, as this process knows it: read at
+    most once a second and advanced by the monotonic clock in between (not one more round trip per call)."""
+
+    EVERY_S = 1.0
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._reading: tuple[float, float] | None = None  # (Redis's clock, monotonic) at the last TIME; one
+        # reference, swapped whole, so the threads that submit never see half of a new reading
+
+    def now(self) -> float:
+        mono, reading = time.monotonic(), self._reading
+        if reading is None or mono - reading[1] >= self.EVERY_S:
+            reading = self._reading = (self.store.redis_now(), mono)
+        return reading[0] + (mono - reading[1])
 
 
 def openapi_body(required: list[str], example: dict[str, Any]) -> dict[str, Any]:
@@ -168,14 +174,14 @@ def openapi_body(required: list[str], example: dict[str, Any]) -> dict[str, Any]
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` (a huge body is never held whole)."""
+async def read_body(request: Request, limit: int, what: str = "OTB_MAX_LINE_BYTES, the limit of one request") -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` (a huge body is never held whole); `what`
+    names the limit in the error."""
     parts, size = [], 0
     async for part in request.stream():
         size += len(part)
         if size > limit:
-            raise ApiError(413, f"The request body is larger than {limit} bytes (OTB_MAX_LINE_BYTES, the limit of "
-                                "one request).", code="request_too_large")
+            raise ApiError(413, f"The request body is larger than {limit} bytes ({what}).", code="request_too_large")
         parts.append(part)
     return b"".join(parts)
 

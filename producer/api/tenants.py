@@ -5,7 +5,8 @@ Redis keeps only its SHA-256 (a random 256-bit key needs no slow hash: nobody ca
 its digest, and a fast lookup keeps a flood of bad keys from slowing good ones). The key's NAME is
 the tenant: every file and batch is stored under the tenant's prefix and checked on every read.
 
-Nothing is cached in the server: a key revoked on one machine is refused by every server at once.
+Nothing that decides access is cached in the server: a key revoked on one machine is refused by every
+server at once (the server remembers only which tenant a key names, and reads the tenant's record each time).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 import ipaddress
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -52,12 +53,21 @@ class Tenant:
     rpm: int = 0  # requests per minute across all servers (0: no cap)
     max_cost: Decimal | None = None  # USD over all its batches and calls (enforced by the chat/batch slice)
     webhook_url: str | None = None
+    spent_pico: int = field(default=0, compare=False)  # its calls' committed spend when its record was read
 
     @classmethod
     def of(cls, name: str, record: dict[str, str]) -> "Tenant":
         return cls(name=name, rpm=int(record.get("rpm") or 0),
                    max_cost=Decimal(record["max_cost"]) if record.get("max_cost") else None,
-                   webhook_url=record.get("webhook_url") or None)
+                   webhook_url=record.get("webhook_url") or None, spent_pico=int(record.get(SPENT) or 0))
+
+    @classmethod
+    def live(cls, name: str, record: dict[str, str], sha: str) -> "Tenant | None":
+        """The tenant whose record still holds the key with this SHA-256; None if it was revoked
+        between reading the key's name and reading the record."""
+        if not secrets.compare_digest(record.get("key_sha256", ""), sha):
+            return None
+        return cls.of(name, record)
 
 
 @dataclass(frozen=True)
@@ -142,10 +152,7 @@ class KeyStore:
         name = self.conn.get(self.keys.api_key(sha))
         if name is None:
             return None
-        record = text_hash(self.conn.hgetall(self.keys.tenant(text(name))))
-        if not secrets.compare_digest(record.get("key_sha256", ""), sha):
-            return None  # revoked between the two reads
-        return Tenant.of(text(name), record)
+        return Tenant.live(text(name), text_hash(self.conn.hgetall(self.keys.tenant(text(name)))), sha)
 
 
 def _public(name: str, record: dict[str, str]) -> dict[str, Any]:

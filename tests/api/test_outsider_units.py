@@ -146,8 +146,6 @@ def test_the_openapi_document_matches_what_the_server_answers():
     assert set(answer.headers["allow"].replace(" ", "").split(",")) <= {"GET", "POST"}  # (Starlette: the first route's)
 
 
-@pytest.mark.xfail(strict=True, reason="calls.read_body words every 413 as OTB_MAX_LINE_BYTES; calls.py is another "
-                                       "helper's file: read_body(request, limit, what=...) would name the real limit")
 def test_a_too_large_batch_create_names_its_own_limit_not_a_request_line_s():
     from fastapi.testclient import TestClient
 
