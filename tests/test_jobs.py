@@ -330,3 +330,19 @@ def test_the_chunk_job_result_keeps_its_layout(setup):
     job = Job.fetch(job_id.decode(), connection=conn, serializer=JSONSerializer)
     assert job.return_value() == {"skipped": 0, "succeeded": 1, "errored": 0, "parked": 1, "checkpointed": 0}
     assert conn.zcard("otb:parked") == 1
+
+
+def test_a_run_forgets_the_batches_it_is_done_with(setup, monkeypatch):
+    """A horse serving HTTP calls claims a one-request batch per call for up to half an hour: it must
+    not keep every batch it ever ran (it grew by ~1 KB per call)."""
+    from worker.chunk import ChunkRun
+
+    conn, settings, client = setup
+    client.settings = settings = settings.with_(concurrency=2)
+    bids = [client.submit([chat("only", "google/gemini-3-flash", f"q{i}")]) for i in range(30)]
+    kept: list[int] = []
+    summary = ChunkRun.summary
+    monkeypatch.setattr(ChunkRun, "summary", lambda self: (kept.append(len(self.batches)), summary(self))[1])
+    drain(conn, settings)
+    assert all(client.status(b)["request_counts"]["succeeded"] == 1 for b in bids)
+    assert kept and max(kept) <= 3, kept  # the batches still running when the last one was loaded, not all 30
