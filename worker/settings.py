@@ -53,7 +53,7 @@ class Settings:
     # Routes (worker/routes.py). A completion window at least `auto_min_window` long makes `auto` the
     # default mode (OTB_AUTO_MIN_WINDOW, 1 h). Under `auto`, Gemini chat lines go to flex when the window is
     # shorter than `gemini_native_min_window` (OTB_GEMINI_NATIVE_MIN_WINDOW, 24 h), to Gemini Batch Mode
-    # when it is that long (until native batches exist: flex too). A flex call may take `flex_timeout`
+    # when it is that long. A flex call may take `flex_timeout`
     # seconds (OTB_FLEX_TIMEOUT, 900: flex targets 1-15 min); a shed flex call (429/503) is retried in flex
     # for at most `flex_max_wait` s (OTB_FLEX_MAX_WAIT, 1200), never past half the chunk job's timeout less
     # one flex call, and only while the window, less its margin and one flex call, allows; then it is sent

@@ -48,7 +48,7 @@ SUBMIT_OPTIONS = [
     click.option("--completion-window", metavar="DURATION", callback=_parsed("parse_duration"), help="End what is not done by then as batch_expired (a number and a unit: 24h, 90m, 3600s, 2d)."),
     click.option("--idempotency-key", metavar="KEY", help="Submitting again with the same key returns the same batch."),
     click.option("--max-cost", metavar="USD", callback=_parsed("parse_usd"), help="Budget: requests that could pass it end as budget_exceeded, unsent."),
-    click.option("--mode", type=LazyChoice("worker.routes", "MODES"), help="How lines run: realtime, flex (Gemini, 50%), native (not available yet) or auto (the cheapest route the window allows; the default with a --completion-window of 1h or more)."),
+    click.option("--mode", type=LazyChoice("worker.routes", "MODES"), help="How lines run: realtime, flex (Gemini, 50%), native (the providers' batch APIs, 50%) or auto (the cheapest route the window allows; the default with a --completion-window of 1h or more)."),
 ]
 
 
