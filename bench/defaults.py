@@ -41,8 +41,8 @@ from typing import Any
 import redis
 from rq import Queue
 
-from bench.harness import ROOT, RedisServer, WorkerProcess, worker_env
-from bench.throughput import (Emulator, _loadavg, chat_lines, check_emulator, code_version, cpu_seconds, progress,
+from bench.harness import ROOT, RedisServer, WorkerProcess, load_average, worker_env
+from bench.throughput import (Emulator, chat_lines, check_emulator, code_version, cpu_seconds, progress,
                               run_bare, wait_no_children, wait_workers, write_jsonl)
 
 CONCURRENCY = 200
@@ -209,7 +209,7 @@ def main() -> int:
         compileall.compile_dir(str(ROOT / package), quiet=1)
     work = Path(tempfile.mkdtemp(prefix="otb-defaults-"))
     report: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                              "code": code_version(), "cpus": os.cpu_count(), "loadavg_start": _loadavg(),
+                              "code": code_version(), "cpus": os.cpu_count(), "loadavg_start": load_average(),
                               "concurrency": CONCURRENCY, "latency_ms": LATENCY_MS, "runs": []}
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -228,7 +228,7 @@ def main() -> int:
             report["runs"].append(compare(server, emu, work, n, TUNED, f"tuned {n}"))
         for run in report["runs"]:
             run["ours"].pop("status_env", None)
-    report["loadavg_end"] = _loadavg()
+    report["loadavg_end"] = load_average()
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     report["checks"] = checks(report)
     if not args.keep:

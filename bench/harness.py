@@ -405,3 +405,20 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=timeout)
+
+
+def load_average() -> str:
+    """The machine's load (1, 5, 15 min) for a bench's header: figures mean little without it."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def end_run(report: dict[str, Any], work: Path, started: float, *, ok: bool, keep: bool,
+            say: Callable[[str], None]) -> None:
+    """A bench run's close, whatever happened: the load and time at the end, and the work directory
+    removed after a good run (kept, and named, after a failure or with --keep)."""
+    report["loadavg_end"] = load_average()
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    if ok and not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        say(f"work directory kept: {work}")

@@ -47,7 +47,7 @@ from typing import Any
 import openai
 import redis
 
-from bench.harness import RedisServer, ServerProcess, WorkerProcess, free_port, otb, worker_env
+from bench.harness import RedisServer, ServerProcess, WorkerProcess, free_port, load_average, otb, worker_env
 from bench.throughput import Emulator, cpu_seconds, child_pids, code_version, progress
 
 LATENCY_MS = 200.0
@@ -489,10 +489,6 @@ def render(report: dict[str, Any]) -> str:
     failed = [name for name, v in c.items() if not v["met"]]
     out.append("all targets met" if not failed else f"targets MISSED: {', '.join(failed)}")
     return "\n".join(out) + "\n"
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def run(only: list[str], sizes: Sizes, work: Path) -> dict[str, Any]:

@@ -41,7 +41,6 @@ import json
 import math
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,7 +60,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from bench.chaos import _check, _wait_http
-from bench.harness import ROOT, RedisServer, WorkerProcess, chunks_held_by, free_port, otb, wait_taken_over, worker_env
+from bench.harness import ROOT, RedisServer, WorkerProcess, chunks_held_by, free_port, load_average, otb, wait_taken_over, end_run, worker_env
 from bench.nsfabric import Fabric, terminated_cleanly, unavailable
 from bench.throughput import (child_pids, code_version, cpu_seconds, progress, stop_session, wait_no_children, wait_workers,
                               write_jsonl)
@@ -557,7 +556,7 @@ def main() -> int:
         sizes = replace(sizes, lease_ttl=args.lease_ttl)
     work = Path(tempfile.mkdtemp(prefix="otb-netns-"))
     report: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                              "code": code_version(), "cpus": os.cpu_count(), "loadavg_start": _loadavg(),
+                              "code": code_version(), "cpus": os.cpu_count(), "loadavg_start": load_average(),
                               "quick": args.quick, "sizes": asdict(sizes), "parts": {}}
     started, ok = time.monotonic(), False
     count = max([*sizes.rate_workers, *sizes.scale_workers, sizes.cut_workers])
@@ -570,12 +569,7 @@ def main() -> int:
             ok = True
         report["leftover_namespaces"] = fabric.leftovers()
     finally:
-        report["loadavg_end"] = _loadavg()
-        report["elapsed_s"] = round(time.monotonic() - started, 1)
-        if ok and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            progress(f"work directory kept: {work}")
+        end_run(report, work, started, ok=ok, keep=args.keep, say=progress)
     report["checks"] = checks(report["parts"])
     if report["leftover_namespaces"]:
         report["checks"]["cleaned_up"] = {"value": report["leftover_namespaces"], "target": "none", "met": False}
@@ -586,10 +580,6 @@ def main() -> int:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

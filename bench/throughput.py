@@ -30,7 +30,6 @@ import math
 import os
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +46,7 @@ import redis
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
-from bench.harness import ROOT, RedisServer, WorkerProcess, free_port, otb, worker_env
+from bench.harness import ROOT, RedisServer, WorkerProcess, free_port, end_run, load_average, otb, worker_env
 
 MODELS = ("anthropic/claude-haiku-5-5", "google/gemini-3-flash")  # alternated: both providers, both adapters
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -766,7 +765,7 @@ def main() -> int:
     sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
     work = Path(tempfile.mkdtemp(prefix="otb-throughput-"))
     report: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                              "code": code_version(), "cpus": os.cpu_count(), "loadavg_start": _loadavg(),
+                              "code": code_version(), "cpus": os.cpu_count(), "loadavg_start": load_average(),
                               "quick": args.quick,
                               "sizes": sizes.__dict__, "targets": TARGETS, "scenarios": {}}
     started = time.monotonic()
@@ -776,20 +775,11 @@ def main() -> int:
             report["scenarios"][NAMES[number]] = SCENARIOS[number](work, sizes)
         ok = True
     finally:
-        report["loadavg_end"] = _loadavg()
-        report["elapsed_s"] = round(time.monotonic() - started, 1)
-        if ok and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            progress(f"work directory kept: {work}")
+        end_run(report, work, started, ok=ok, keep=args.keep, say=progress)
     report["checks"] = checks(report)
     progress(f"done in {report['elapsed_s']} s")
     print(json.dumps(report) if args.json else render(report), end="\n" if args.json else "")
     return 0
-
-
-def _loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":
