@@ -38,7 +38,7 @@ from worker.store import Store
 
 from .aredis import AsyncRedis
 from .batchends import BatchEnds, Ended
-from .errors import ApiError, Forwarded
+from .errors import ApiError, Forwarded, Unanswered
 from .tenants import SPENT, Tenant
 
 CALL_ID = "call"  # the custom_id of a call's one request
@@ -233,8 +233,8 @@ def completed_body(line: dict[str, Any], headers: dict[str, str]) -> dict[str, A
     response = line.get("response")
     if response is None:  # no HTTP answer at all (connection failures after retries)
         error = line.get("error") or {}
-        raise ApiError(502, str(error.get("message") or "the provider did not answer"), code=error.get("code"),
-                       type="api_error")
+        raise Unanswered(str(error.get("message") or "the provider did not answer"), code=error.get("code"),
+                         headers=headers)
     if response["status_code"] >= 300:
         raise Forwarded(response["status_code"], response["body"], headers)
     body = dict(response["body"])

@@ -89,6 +89,17 @@ def test_a_provider_4xx_comes_back_with_its_status(live, keys):
     assert caught.value.status_code == 400 and caught.value.response.headers["x-otb-cost"] == "0"
 
 
+def test_a_provider_that_never_answers_is_a_502_the_sdk_does_not_retry(live, keys):
+    """The workers already tried OTB_MAX_ATTEMPTS times; an SDK retry would run all of them again."""
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk(live, keys["acme"]).chat.completions.create(model="google/gemini-3-flash",
+                                                        messages=[{"role": "user", "content": "#emu:reset x"}])
+    headers = caught.value.response.headers
+    assert caught.value.status_code == 502 and caught.value.code == "upstream_unreachable"
+    assert headers["x-should-retry"] == "false" and headers["x-otb-cost"] == "0" and headers["x-otb-batch"]
+    assert set(caught.value.response.json()["error"]) == {"message", "type", "param", "code"}
+
+
 def test_calls_are_billed_per_key_in_the_report(live, keys, env):
     sdk(live, keys["bob"]).chat.completions.create(model="google/gemini-3-flash", messages=HELLO)
     proc = otb(["report", "--by", "tag:key", "--format", "json"], env)
