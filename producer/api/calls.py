@@ -167,13 +167,6 @@ class RedisClock:
         return reading[0] + (mono - reading[1])
 
 
-def openapi_body(required: list[str], example: dict[str, Any]) -> dict[str, Any]:
-    """The JSON body as /docs shows it (the route reads the raw body itself, so validation stays that of
-    `otb submit`, with its errors)."""
-    schema = {"type": "object", "required": required, "additionalProperties": True, "example": example}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 async def read_body(request: Request, limit: int, what: str = "OTB_MAX_LINE_BYTES, the limit of one request") -> bytes:
     """The body, refused with 413 as soon as it passes `limit` (a huge body is never held whole); `what`
     names the limit in the error."""

@@ -222,8 +222,17 @@ def test_a_bad_body_is_refused_in_openai_shape(live, keys, body, status, says):
 
 def test_the_docs_show_the_call_bodies(live):
     spec = httpx.get(f"{live.url}/openapi.json").json()
-    chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert chat["required"] == ["model", "messages"] and "/v1/embeddings" in spec["paths"]
+    body = {path: spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            for path in ("/v1/chat/completions", "/v1/embeddings")}
+    chat, embeddings = body["/v1/chat/completions"], body["/v1/embeddings"]
+    assert chat["required"] == ["model", "messages"] and embeddings["required"] == ["model", "input"]
+    assert {"max_tokens", "max_completion_tokens", "temperature", "stream", "stream_options", "tools",
+            "tool_choice", "response_format"} <= set(chat["properties"])
+    message = chat["properties"]["messages"]["items"]
+    assert message["required"] == ["role"] and "tool" in message["properties"]["role"]["enum"]
+    assert {"content", "tool_calls", "tool_call_id"} <= set(message["properties"])
+    assert {"dimensions", "encoding_format"} <= set(embeddings["properties"])
+    assert "$ref" not in json.dumps(body)  # each stands alone: no dangling #/$defs
 
 
 def test_many_concurrent_calls_are_each_answered_with_their_own_cost(live, keys, api_redis):
