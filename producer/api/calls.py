@@ -231,8 +231,9 @@ def completed_body(line: dict[str, Any], headers: dict[str, str]) -> dict[str, A
     if response["status_code"] >= 300:
         raise Forwarded(response["status_code"], response["body"], headers)
     body = dict(response["body"])
-    body.setdefault("id", f"chatcmpl-{uuid.uuid4().hex}")
-    body.setdefault("created", int(clock.now()))
+    if body.get("object") == "chat.completion":  # (an embeddings list has neither, as at OpenAI)
+        body.setdefault("id", f"chatcmpl-{uuid.uuid4().hex}")
+        body.setdefault("created", int(clock.now()))
     body["cost"] = line["cost"]
     return body
 

@@ -45,6 +45,7 @@ def test_a_chat_answer_is_a_strict_chat_completion_with_its_exact_cost(live, key
                                                                              messages=HELLO, max_tokens=50)
     completion = ChatCompletion.model_validate_json(raw.http_response.text, strict=True)
     assert completion.object == "chat.completion" and completion.usage and completion.usage.completion_tokens > 0
+    assert completion.id.startswith("chatcmpl-msg_")  # OpenAI's shape, Anthropic's id after it
     line = result_line(api_redis, raw.headers["x-otb-batch"])
     assert raw.headers["x-otb-cost"] == line["cost"]["total"] and Decimal(line["cost"]["total"]) > 0
     assert raw.http_response.json()["cost"] == line["cost"]
@@ -61,6 +62,7 @@ def test_embeddings_come_back_as_the_sdk_decodes_them(live, keys):
     floats = client.embeddings.with_raw_response.create(model="google/gemini-embedding-001", input="one",
                                                         encoding_format="float", dimensions=128)
     assert len(CreateEmbeddingResponse.model_validate_json(floats.http_response.text, strict=True).data[0].embedding) == 128
+    assert not {"id", "created"} & set(floats.http_response.json())  # OpenAI's list has neither (no chatcmpl- id)
 
 
 def test_an_unknown_model_is_the_seed_body_and_a_retired_one_model_retired(live, keys):
