@@ -125,6 +125,7 @@ def test_keep_valid_records_bad_lines_as_errored_results(registry):
     assert results[0] is None  # "ok" not processed yet
     by_id = {r["custom_id"]: r for r in results if r}
     assert set(by_id) == {"bad", "line-3", "line-4"}
-    assert by_id["bad"]["response"]["body"] == NOT_FOUND
+    # a result line's error body is OpenAI's error-file form: the seed's three fields and `param`
+    assert by_id["bad"]["response"]["body"] == {"error": {**NOT_FOUND["error"], "param": None}}
     assert by_id["bad"]["response"]["status_code"] == 400
     assert conn.llen("rq:queue:otb") == 1

@@ -134,7 +134,8 @@ def test_a_model_removed_from_the_registry_after_submit_fails_at_work_time(setup
     drain(conn, settings.with_(registry_path=smaller))
     line = next(client.results(bid))
     assert line["response"]["body"] == {"error": {
-        "message": 'model "google/gemini-3-flash" not found', "type": "invalid_request_error", "code": "model_not_found"}}
+        "message": 'model "google/gemini-3-flash" not found', "type": "invalid_request_error", "param": None,
+        "code": "model_not_found"}}  # OpenAI's error-file body: `param` too
 
 
 def test_results_keep_input_order_and_keys_expire(setup):

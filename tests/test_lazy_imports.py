@@ -36,6 +36,18 @@ def test_status_loads_the_store_not_the_client_or_the_worker():
                            "import producer.cli.batches")
     assert "redis" in loaded
     assert not {"rq", "aiohttp", "fakeredis", "producer.client", "producer.submit", "worker.chunk"} & loaded
+    # reading the environment and stored figures needs neither the adapters nor prices (worker/money.py,
+    # worker/providers/endpoints.py): pydantic and the registry took ~0.1 s of every status
+    assert not {"pydantic", "worker.registry", "worker.pricing", "worker.providers.anthropic"} & loaded
+
+
+def test_the_status_of_a_plain_batch_is_shown_without_pricing():
+    from producer.cli.common import _route_lines
+
+    loaded = modules_after("from producer.cli.common import _route_lines\n"
+                           "_route_lines({'mode': 'realtime', 'succeeded_by_route': {'realtime': 3}})")
+    assert "worker.routes" not in loaded and "pydantic" not in loaded
+    assert _route_lines({"mode": "auto", "succeeded_by_route": {"native": 2}, "saved": "0.5"})[1].startswith("saved     $0.5")
 
 
 def test_the_public_names_are_unchanged():

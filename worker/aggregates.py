@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from .pricing import COST_BUCKETS, to_pico
+from .money import COST_BUCKETS, to_pico
 
 DIM_SEP, FIELD_SEP = "\x1f", "\x1e"
 

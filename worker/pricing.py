@@ -16,12 +16,14 @@ import datetime as dt
 from decimal import Decimal
 
 from .errors import RequestFailed
+from .money import COST_BUCKETS, PICO, from_pico, normalize, to_pico
 from .registry import ModelSpec, Rates
-from .schemas import COST_FIELDS, Cost, Usage
+from .schemas import Cost, Usage
+
+__all__ = ["COST_BUCKETS", "PICO", "PriceMissing", "STANDARD", "cost", "from_pico", "normalize", "priced_tier", "rates_for",
+           "to_pico"]  # the money helpers live in money.py; their old home still offers them
 
 MILLION = Decimal(1_000_000)
-PICO = Decimal("0.000000000001")  # aggregates in Redis are integers of 1e-12 USD
-COST_BUCKETS = tuple(name for name in COST_FIELDS if name != "total")  # what `total` adds up
 
 
 class PriceMissing(RequestFailed):
@@ -66,23 +68,3 @@ def cost(usage: Usage, spec: ModelSpec, on: dt.date, service_tier: str = STANDAR
     }
     scaled = {k: normalize(v / MILLION) for k, v in parts.items()}
     return Cost(**scaled, total=normalize(sum(scaled.values(), Decimal(0))))
-
-
-def to_pico(amount: Decimal) -> int:
-    """Exact integer pico-dollars (prices have at most 6 decimals, so this never rounds)."""
-    pico = amount / PICO
-    if pico != pico.to_integral_value():
-        raise ValueError(f"{amount} is not a whole number of pico-dollars")
-    return int(pico)
-
-
-def from_pico(pico: int) -> Decimal:
-    return normalize(Decimal(pico) * PICO)
-
-
-def normalize(d: Decimal) -> Decimal:
-    """Drop trailing zeros without scientific notation: 0.000150 -> 0.00015, 3.000 -> 3."""
-    if d == 0:
-        return Decimal(0)
-    n = d.normalize()
-    return n.quantize(Decimal(1)) if n == n.to_integral_value() else n

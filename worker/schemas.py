@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from .errors import InvalidRequest
+from .money import COST_FIELDS
 
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
@@ -379,7 +380,6 @@ class Usage(BaseModel):
         return {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens}
 
 
-COST_FIELDS = ("input", "cache_read", "cache_write", "output", "total")
 
 
 class Cost(BaseModel):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError
-from .providers import ADAPTERS
+from .providers.endpoints import ENDPOINTS
 
 # Package data: a symlink to the top-level registry.json in a checkout (the one file people edit),
 # a real copy inside an installed wheel, so `otb` works from any directory without OTB_REGISTRY.
@@ -77,8 +77,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
-        keys = {name: env[a.API_KEY_ENV] for name, a in ADAPTERS.items() if env.get(a.API_KEY_ENV)}
-        urls = {name: env[a.BASE_URL_ENV] for name, a in ADAPTERS.items() if env.get(a.BASE_URL_ENV)}
+        keys = {name: env[e.api_key_env] for name, e in ENDPOINTS.items() if env.get(e.api_key_env)}
+        urls = {name: env[e.base_url_env] for name, e in ENDPOINTS.items() if env.get(e.base_url_env)}
         margin = _margin(env.get("OTB_NATIVE_MARGIN") or "10%")
         return cls(
             redis_url=_redis_url(env.get("REDIS_URL") or None),
@@ -119,11 +119,11 @@ class Settings:
     def base_url(self, provider: str) -> str:
         """Where `provider`'s calls go: a URL given for it, else its adapter's default."""
         named = {"anthropic": self.anthropic_base_url, "google": self.google_base_url}.get(provider)
-        return (named or self.base_urls.get(provider) or ADAPTERS[provider].DEFAULT_BASE_URL).rstrip("/")
+        return (named or self.base_urls.get(provider) or ENDPOINTS[provider].default_base_url).rstrip("/")
 
     def pointed_at(self, url: str) -> "Settings":
         """Every provider sent to one base URL (the emulator), whatever was set before."""
-        return replace(self, base_urls=dict.fromkeys(ADAPTERS, url), anthropic_base_url=None, google_base_url=None)
+        return replace(self, base_urls=dict.fromkeys(ENDPOINTS, url), anthropic_base_url=None, google_base_url=None)
 
     def window_margin(self, window: float) -> float:
         """Seconds kept free at the end of a completion window of `window` seconds (OTB_NATIVE_MARGIN)."""

@@ -23,7 +23,7 @@ import redis
 
 from . import aggregates, clock
 from .keys import Keys
-from .pricing import COST_BUCKETS, from_pico, normalize
+from .money import COST_BUCKETS, from_pico, normalize
 from .scripts import Scripts
 
 OUTCOMES = ("succeeded", "errored", "canceled", "expired")

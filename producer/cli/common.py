@@ -132,11 +132,10 @@ def status_text(s: dict[str, Any]) -> str:
 
 def _route_lines(s: dict[str, Any]) -> list[str]:
     """How the batch's lines ran and what that saved, once it is not a plain real-time batch."""
-    from worker.routes import mode_note
-
     mode, by_route = s.get("mode") or "realtime", s.get("succeeded_by_route") or {}
     if mode == "realtime" and not any(n for route, n in by_route.items() if route != "realtime"):
         return []
+    from worker.routes import mode_note  # (here: a plain batch's status loads no pricing, registry or pydantic)
     ran = ", ".join(f"{n} {route}" for route, n in by_route.items() if n) or "none yet"
     note = mode_note(mode)
     return [f"routes    mode {mode}: succeeded {ran}" + (f" ({note})" if note else ""),

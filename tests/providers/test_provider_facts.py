@@ -1,4 +1,6 @@
-"""Provider facts have one home, the adapter: Settings, the worker and the embedded stack read them from there."""
+"""Provider facts have one home: how a provider is reached (key and base-URL variables, default URL) in
+worker/providers/endpoints.py, which the adapters take their constants from and Settings reads without
+loading the adapters; everything else in the adapter."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 from worker.errors import InvalidRequest
 from worker.providers import ADAPTERS, anthropic, google
 from worker.providers.base import Provider
+from worker.providers.endpoints import ENDPOINTS, Endpoint
 from worker.registry import ModelSpec
 from worker.schemas import EmbeddingRequest
 from worker.settings import Settings
@@ -42,8 +45,15 @@ def test_settings_read_keys_and_base_urls_through_the_adapters() -> None:
     assert settings.base_url("anthropic") == "https://api.anthropic.com"
 
 
+def test_every_adapter_is_reached_as_its_endpoint_says() -> None:
+    assert set(ENDPOINTS) == set(ADAPTERS)
+    for name, adapter in ADAPTERS.items():
+        assert Endpoint(adapter.API_KEY_ENV, adapter.BASE_URL_ENV, adapter.DEFAULT_BASE_URL) == ENDPOINTS[name]
+
+
 def test_a_third_provider_needs_no_change_to_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(ADAPTERS, "acme", ACME)
+    monkeypatch.setitem(ENDPOINTS, "acme", Endpoint(ACME.API_KEY_ENV, ACME.BASE_URL_ENV, ACME.DEFAULT_BASE_URL))
     settings = Settings.from_env({"ACME_API_KEY": "ak-1", "OTB_ACME_BASE_URL": "http://127.0.0.1:7"})
     assert settings.api_key("acme") == "ak-1"
     assert settings.base_url("acme") == "http://127.0.0.1:7"

@@ -12,15 +12,16 @@ from typing import Any, Final
 from ...errors import InvalidRequest
 from ...registry import ModelSpec
 from ...schemas import EmbeddingRequest
+from ..endpoints import ENDPOINTS
 from ..base import Parsed, Prepared, UpstreamCall
 from .messages import MAX_IMAGE_BASE64
 from .request import prepare_chat
 from .response import parse_chat, parse_error
 
 NAME: Final = "anthropic"
-API_KEY_ENV: Final = "ANTHROPIC_API_KEY"
-BASE_URL_ENV: Final = "OTB_ANTHROPIC_BASE_URL"
-DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
+API_KEY_ENV: Final = ENDPOINTS[NAME].api_key_env
+BASE_URL_ENV: Final = ENDPOINTS[NAME].base_url_env
+DEFAULT_BASE_URL: Final = ENDPOINTS[NAME].default_base_url
 
 
 def auth_headers(api_key: str) -> dict[str, str]:

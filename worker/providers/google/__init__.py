@@ -11,15 +11,16 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Final
 
+from ..endpoints import ENDPOINTS
 from ..base import UpstreamCall
 from .embeddings import estimate_tokens, parse_count_tokens, parse_embeddings, prepare_count_tokens, prepare_embeddings
 from .request import prepare_chat
 from .response import parse_chat, parse_error
 
 NAME: Final = "google"
-API_KEY_ENV: Final = "GEMINI_API_KEY"
-BASE_URL_ENV: Final = "OTB_GOOGLE_BASE_URL"
-DEFAULT_BASE_URL: Final = "https://generativelanguage.googleapis.com"
+API_KEY_ENV: Final = ENDPOINTS[NAME].api_key_env
+BASE_URL_ENV: Final = ENDPOINTS[NAME].base_url_env
+DEFAULT_BASE_URL: Final = ENDPOINTS[NAME].default_base_url
 
 
 # GenerateContentRequest.serviceTier: unspecified | standard | flex | priority (python-genai 2026-03 maps
