@@ -64,7 +64,8 @@ if max_pico > 0 then
   local life = redis.call('PTTL', batch)
   if life > 0 then redis.call('PEXPIRE', holds, life) end
 end
-if pool ~= '' and pool_max > 0 and redis.call('TTL', pool_holds) < tonumber(hold_for) then
-  redis.call('EXPIRE', pool_holds, hold_for)
+local keep = math.max(tonumber(hold_for), 1)
+if pool ~= '' and pool_max > 0 and redis.call('TTL', pool_holds) < keep then
+  redis.call('EXPIRE', pool_holds, keep)
 end
 return 1
