@@ -8,7 +8,9 @@ Every figure of issue 12 part 1, from one command:
 - ours: one `otb worker --concurrency 200` (nothing else set: chunk size, everything at its default),
   `otb submit FILE --wait` timed from process start to exit, against `otb emulator --latency-ms 200`;
 - raw aiohttp at 200 in flight, the same wire requests, in this process, just before and just after
-  ours (the ceiling is their mean, so a load change during the run hits both sides);
+  ours (the ceiling is their mean, so a load change during the run hits both sides), on the standard
+  event loop as a plain client runs; then once more on uvloop, the loop a work horse runs on by
+  default (OTB_EVENT_LOOP), as a diagnostic row: what the same client costs on the horse's loop;
 - worker CPU per request: user+sys of the `otb worker` parent and its reaped work horses, from
   /proc/<pid>/stat, before the submit and after the last horse is gone;
 - Redis commands per request: the sum of `calls` in INFO commandstats after minus before (commands
@@ -131,8 +133,10 @@ def compare(server: RedisServer, emu: Emulator, work: Path, n: int, extra_env: d
              f"{ours['redis_commands_per_req']} Redis commands/req, {ours['horses_forked']} horses")
     after = run_bare(emu, lines, CONCURRENCY, "aiohttp")
     progress(f"{tag}: raw aiohttp again: {after['req_per_s']} req/s")
+    on_uvloop = run_bare(emu, lines, CONCURRENCY, "aiohttp", loop="uvloop")  # a diagnostic: the horse runs on uvloop
+    progress(f"{tag}: raw aiohttp on uvloop: {on_uvloop['req_per_s']} req/s, {on_uvloop['cpu_ms_per_req']} CPU ms/req")
     ceiling = (before["req_per_s"] + after["req_per_s"]) / 2
-    return {"requests": n, "config": label, "ours": ours, "aiohttp": [before, after],
+    return {"requests": n, "config": label, "ours": ours, "aiohttp": [before, after], "aiohttp_uvloop": on_uvloop,
             "aiohttp_req_per_s": round(ceiling, 1),
             "aiohttp_cpu_ms_per_req": round((before["cpu_ms_per_req"] + after["cpu_ms_per_req"]) / 2, 3),
             "ratio": round(ours["req_per_s"] / ceiling, 3)}
@@ -164,6 +168,9 @@ def render(report: dict[str, Any]) -> str:
                                f"{raw[0]['wall_s']:.2f},{raw[1]['wall_s']:.2f}",
                                f"{raw[0]['req_per_s']:.0f},{raw[1]['req_per_s']:.0f}", "",
                                f"{run['aiohttp_cpu_ms_per_req']:.3f}", "", "", "", "", "", ""))
+        uv = run["aiohttp_uvloop"]
+        out.append(head.format("  raw aiohttp on uvloop (diag.)", run["requests"], f"{uv['wall_s']:.2f}",
+                               f"{uv['req_per_s']:.0f}", "", f"{uv['cpu_ms_per_req']:.3f}", "", "", "", "", "", ""))
     out.append("")
     for run in report["runs"]:
         o = run["ours"]

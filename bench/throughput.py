@@ -363,11 +363,12 @@ BARE_CLIENTS = {
 
 
 def run_bare(emu: Emulator, lines: list[dict[str, Any]], concurrency: int, client: str = "aiohttp",
-             repeat: int = 1) -> dict[str, Any]:
+             repeat: int = 1, loop: str = "asyncio") -> dict[str, Any]:
     """One asyncio process (this one), `concurrency` calls in flight, no queue, no Redis; the median of `repeat` runs.
 
     `aiohttp` is the ceiling; `worker_http` sends through worker/http.py exactly as a chunk does, which
-    separates the cost of the HTTP client from the cost of everything else in the worker.
+    separates the cost of the HTTP client from the cost of everything else in the worker. `loop`:
+    the standard event loop (as a plain client runs) or `uvloop` (as a work horse runs by default).
     """
     calls = wire_calls(lines)
     auth = auth_headers(worker_env("redis://unused", emu.url))
@@ -412,7 +413,13 @@ def run_bare(emu: Emulator, lines: list[dict[str, Any]], concurrency: int, clien
         emu.reset()
         usage0, emu0 = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(emu.proc.pid)
         started = time.monotonic()
-        statuses = asyncio.run(with_aiohttp() if client == "aiohttp" else with_worker_http())
+        main = with_aiohttp() if client == "aiohttp" else with_worker_http()
+        if loop == "uvloop":
+            import uvloop
+
+            statuses = uvloop.run(main)
+        else:
+            statuses = asyncio.run(main)
         wall = time.monotonic() - started
         usage1, emu_cpu = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(emu.proc.pid) - emu0
         if statuses != Counter({200: n}):

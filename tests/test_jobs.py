@@ -346,3 +346,15 @@ def test_a_run_forgets_the_batches_it_is_done_with(setup, monkeypatch):
     drain(conn, settings)
     assert all(client.status(b)["request_counts"]["succeeded"] == 1 for b in bids)
     assert kept and max(kept) <= 3, kept  # the batches still running when the last one was loaded, not all 30
+
+
+@pytest.mark.parametrize("choice", ["uvloop", "asyncio"])
+def test_a_chunk_runs_on_the_event_loop_the_settings_choose(choice):
+    import uvloop
+
+    from worker.jobs import run_loop
+
+    async def which() -> bool:
+        return isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+    assert run_loop(Settings(event_loop=choice), which()) is (choice == "uvloop")

@@ -49,6 +49,7 @@ EVERY: dict[str, tuple[str, str, Any]] = {
     "OTB_NATIVE_MARGIN": ("25%", "native_margin_share", 0.25),  # or seconds: tests/test_routes.py
     "OTB_NATIVE_POLL_INTERVAL": ("0.5", "native_poll_interval", 0.5),
     "OTB_NATIVE_FAULT": ("exit-after-create", "native_fault", "exit-after-create"),
+    "OTB_EVENT_LOOP": ("asyncio", "event_loop", "asyncio"),
 }
 NOT_WHOLE = {"OTB_NATIVE_MARGIN", "OTB_NATIVE_POLL_INTERVAL"}  # a share (10%) or seconds (600.5); fractions of s
 WHOLE_NUMBERS = [name for name, (_, _, held) in EVERY.items() if isinstance(held, (int, float)) and name not in NOT_WHOLE]
@@ -135,3 +136,11 @@ def test_api_keys_are_not_in_the_repr() -> None:
 def test_from_env_reads_the_process_environment_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTB_CHUNK_SIZE", "7")
     assert Settings.from_env().chunk_size == 7
+
+
+def test_the_event_loop_is_uvloop_or_asyncio_and_nothing_else() -> None:
+    assert Settings().event_loop == Settings.from_env({}).event_loop == "uvloop"
+    assert Settings.from_env({"OTB_EVENT_LOOP": "UVLoop "}).event_loop == "uvloop"
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_env({"OTB_EVENT_LOOP": "trio"})
+    assert str(exc.value) == "OTB_EVENT_LOOP must be one of uvloop, asyncio, got 'trio'"

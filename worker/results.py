@@ -6,8 +6,8 @@
      "meta": {"model", "billed_model", "outcome", "usage", "attempts", "dropped_params", "notes", "completed_at"}}
 
 As in OpenAI's format, an answer with an error status carries it in `response` (status_code and
-error body) and `error` is null; `error` is set when no HTTP answer exists (transport failure,
-cancel, expiry).
+error body `{"error": {"message", "type", "param", "code"}}`, param null when none) and `error` is
+null; `error` is set when no HTTP answer exists (transport failure, cancel, expiry).
 """
 
 from __future__ import annotations
@@ -54,11 +54,16 @@ def error_line(batch_id: str, custom_id: str, error: RequestFailed, meta: dict[s
         "custom_id": custom_id,
         "response": None
         if no_answer
-        else {"status_code": error.status_code, "request_id": error.request_id, "body": error.to_openai()},
+        else {"status_code": error.status_code, "request_id": error.request_id, "body": error_body(error)},
         "error": {"code": error.code, "message": error.message} if no_answer else None,
         "cost": dict(ZERO_COST),
         "meta": _meta(meta, OUTCOME_BY_CODE.get(error.code, "errored"), None),
     }
+
+
+def error_body(error: RequestFailed) -> dict[str, Any]:
+    """The error body as OpenAI writes it in an error file: all four fields, `param` null when none."""
+    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
 
 
 def _meta(meta: dict[str, Any], outcome: str, usage: Usage | None) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """The ASGI app of `otb serve`: OpenAI's HTTP API over the shared Redis.
 
+/docs and /redoc load Swagger UI and ReDoc from the `fastapi-offline` package's copies (served under
+/static-offline-docs), not from a CDN, so they work on a machine without internet.
+
 The app holds no state of its own: keys, tenants, files (and, next, batches and calls) live in
 Redis, so any number of `otb serve` processes and `otb worker`s on any machines share them. Routes
 are plain `def`s where they only talk to Redis (FastAPI runs them in its thread pool); the upload
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from worker.keys import Keys
 from worker.ratelimit import Limiter
@@ -41,7 +45,7 @@ def create_app(settings: Settings, conn: redis.Redis, options: ServeOptions | No
     """The app over `conn`; the routers find their stores on `app.state`. `async_redis` makes the
     asyncio client calls wait on (default: one of REDIS_URL; `otb serve --emulator`: the embedded Redis)."""
     options = options or ServeOptions()
-    app = FastAPI(title="opentoken-batch", version="1", summary="OpenAI-compatible API over Redis-shared workers",
+    app = FastAPIOffline(title="opentoken-batch", version="1", summary="OpenAI-compatible API over Redis-shared workers",
                   description="Point an OpenAI SDK at `http://HOST:PORT/v1` with a key from `otb keys create NAME`.",
                   responses=errors.OPENAPI_RESPONSES,
                   lifespan=webhook_delivery.lifespan(conn, settings))  # every server delivers webhook events

@@ -40,7 +40,7 @@ from worker.store import Store
 
 from .aredis import AsyncRedis
 from .batchends import BatchEnds, Ended
-from .errors import ApiError, Forwarded
+from .errors import ApiError, Forwarded, Unanswered
 from .tenants import Tenant
 
 CALL_ID = "call"  # the custom_id of a call's one request
@@ -165,13 +165,6 @@ class RedisClock:
         return reading[0] + (mono - reading[1])
 
 
-def openapi_body(required: list[str], example: dict[str, Any]) -> dict[str, Any]:
-    """The JSON body as /docs shows it (the route reads the raw body itself, so validation stays that of
-    `otb submit`, with its errors)."""
-    schema = {"type": "object", "required": required, "additionalProperties": True, "example": example}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 async def read_body(request: Request, limit: int, what: str = "OTB_MAX_LINE_BYTES, the limit of one request") -> bytes:
     """The body, refused with 413 as soon as it passes `limit` (a huge body is never held whole); `what`
     names the limit in the error."""
@@ -234,13 +227,14 @@ def completed_body(line: dict[str, Any], headers: dict[str, str]) -> dict[str, A
         raise ApiError(429, str(error.get("message") or "over the key's budget"), code="insufficient_quota",
                        type="insufficient_quota")
     if response is None:  # no HTTP answer at all (connection failures after retries)
-        raise ApiError(502, str(error.get("message") or "the provider did not answer"), code=error.get("code"),
-                       type="api_error")
+        raise Unanswered(str(error.get("message") or "the provider did not answer"), code=error.get("code"),
+                         headers=headers)
     if response["status_code"] >= 300:
         raise Forwarded(response["status_code"], response["body"], headers)
     body = dict(response["body"])
-    body.setdefault("id", f"chatcmpl-{uuid.uuid4().hex}")
-    body.setdefault("created", int(clock.now()))
+    if body.get("object") == "chat.completion":  # (an embeddings list has neither, as at OpenAI)
+        body.setdefault("id", f"chatcmpl-{uuid.uuid4().hex}")
+        body.setdefault("created", int(clock.now()))
     body["cost"] = line["cost"]
     return body
 

@@ -17,14 +17,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from worker.schemas import CHAT_URL
 
 from .auth import Tenant, current_tenant
-from .calls import handle, openapi_body
+from .calls import handle
+from .callschemas import chat_schema, openapi_body
 
 router = APIRouter(prefix="/v1", tags=["calls"])
 
 
 @router.post("/chat/completions", summary="Create a chat completion (any registry model: google/gemini-3-flash, ...)",
-             openapi_extra=openapi_body(["model", "messages"], {
-                 "model": "google/gemini-3-flash", "messages": [{"role": "user", "content": "Hello"}]}))
+             openapi_extra=openapi_body(chat_schema()))
 async def create_chat_completion(request: Request, tenant: Tenant = Depends(current_tenant)) -> Any:
     call, answer = await handle(request, tenant, CHAT_URL)
     body = answer.body()

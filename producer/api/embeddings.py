@@ -11,13 +11,14 @@ from fastapi.responses import JSONResponse
 from worker.schemas import EMBEDDINGS_URL
 
 from .auth import Tenant, current_tenant
-from .calls import handle, openapi_body
+from .calls import handle
+from .callschemas import embeddings_schema, openapi_body
 
 router = APIRouter(prefix="/v1", tags=["calls"])
 
 
 @router.post("/embeddings", summary="Create embeddings (google/gemini-embedding-001, ...)",
-             openapi_extra=openapi_body(["model", "input"], {"model": "google/gemini-embedding-001", "input": ["Hello"]}))
+             openapi_extra=openapi_body(embeddings_schema()))
 async def create_embeddings(request: Request, tenant: Tenant = Depends(current_tenant)) -> Any:
     _, answer = await handle(request, tenant, EMBEDDINGS_URL)
     return JSONResponse(answer.body(), headers=answer.headers)

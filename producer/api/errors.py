@@ -76,6 +76,16 @@ class Forwarded(RequestFailed):
         self.headers = headers or {}
 
 
+class Unanswered(ApiError):
+    """A call the provider never answered (connection failures or unreadable answers after the workers'
+    OTB_MAX_ATTEMPTS tries, a lost job): a 502 that, like `Forwarded`, is not worth an SDK retry (it would
+    run all of those tries again, twice)."""
+
+    def __init__(self, message: str, *, code: str | None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(502, message, code=code, type="api_error")
+        self.headers = headers or {}  # the call's x-otb-batch, to look it up (`otb results BATCH`)
+
+
 def not_found(kind: str, ident: str) -> ApiError:
     """OpenAI's 404 for an id that does not exist, or is not the caller's (the same answer)."""
     return ApiError(404, f"No such {kind} object: {ident[:100]}", code=None, param="id")
@@ -97,7 +107,7 @@ def body_of(exc: RequestFailed) -> dict[str, Any]:
 def headers_of(exc: RequestFailed) -> dict[str, str]:
     """`retry-after` where waiting helps; `x-should-retry: false` where nothing will."""
     headers: dict[str, str] = {}
-    if exc.status_code not in RETRYABLE_STATUS or exc.code in NO_RETRY_CODES or isinstance(exc, Forwarded):
+    if exc.status_code not in RETRYABLE_STATUS or exc.code in NO_RETRY_CODES or isinstance(exc, (Forwarded, Unanswered)):
         headers["x-should-retry"] = "false"
     elif exc.retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
@@ -106,7 +116,7 @@ def headers_of(exc: RequestFailed) -> dict[str, str]:
 
 
 def respond(exc: RequestFailed) -> JSONResponse:
-    extra = exc.headers if isinstance(exc, Forwarded) else {}
+    extra = exc.headers if isinstance(exc, (Forwarded, Unanswered)) else {}
     return JSONResponse(body_of(exc), status_code=exc.status_code, headers={**headers_of(exc), **extra})
 
 

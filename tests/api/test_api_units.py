@@ -26,6 +26,7 @@ def test_error_headers_say_what_a_retry_can_do():
     assert errors.headers_of(ApiError(429, "x", code="rate_limit_exceeded", retry_after=0.25)) == {
         "retry-after": "1", "retry-after-ms": "250"}
     assert errors.headers_of(ApiError(500, "x", code=None)) == {}
+    assert errors.headers_of(errors.Unanswered("no answer", code="upstream_unreachable")) == {"x-should-retry": "false"}
 
 
 def test_error_bodies_carry_four_fields_except_the_seeds_exact_one():

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai.types import Batch
+from openai.types import Batch, ErrorObject
 
 from bench.harness import RedisServer, otb
 
@@ -97,7 +97,10 @@ def test_a_batch_runs_to_completed_with_its_output_and_error_files(live, acme, a
     assert sorted(x["custom_id"] for x in output) == ["a", "c"] and [x["custom_id"] for x in errors] == ["b"]
     assert all(x["response"]["status_code"] == 200 and x["error"] is None and x["id"].startswith("batch_req_")
                for x in output)
+    assert all(x["response"]["body"]["id"].startswith("chatcmpl-") for x in output)  # OpenAI's ids, line and body
     assert errors[0]["response"]["status_code"] == 400 and errors[0]["response"]["body"]["error"]["message"]
+    error = errors[0]["response"]["body"]["error"]
+    assert set(error) == {"message", "type", "param", "code"} and ErrorObject.model_validate(error).param is None
     cost = (batch.model_extra or {})["cost"]
     assert sum(Decimal(x["cost"]["total"]) for x in output + errors) == Decimal(cost["total"]) > 0
     assert all(x["meta"]["tags"] == {"key": "acme"} for x in output + errors)
@@ -122,6 +125,8 @@ def test_a_file_that_fails_validation_gives_a_failed_batch_naming_each_line(acme
     batch = create(acme, upload(acme, data))
     assert batch.status == "failed" and batch.failed_at and batch.errors and batch.errors.object == "list"
     found = [(e.line, e.code, e.param) for e in batch.errors.data or []]
+    raw = raw_json(acme.batches.with_raw_response.retrieve(batch.id))["errors"]["data"]
+    assert all(set(e) == {"code", "line", "message", "param"} for e in raw), raw  # param present, null when none
     assert found == [(2, "model_not_found", None), (3, "invalid_request", "url"), (4, "invalid_request", None),
                      (5, "invalid_request", "custom_id")], found
     assert batch.errors.data[0].message == 'model "openai/gpt-4o" not found'  # type: ignore[index]

@@ -45,6 +45,7 @@ def test_a_chat_answer_is_a_strict_chat_completion_with_its_exact_cost(live, key
                                                                              messages=HELLO, max_tokens=50)
     completion = ChatCompletion.model_validate_json(raw.http_response.text, strict=True)
     assert completion.object == "chat.completion" and completion.usage and completion.usage.completion_tokens > 0
+    assert completion.id.startswith("chatcmpl-msg_")  # OpenAI's shape, Anthropic's id after it
     line = result_line(api_redis, raw.headers["x-otb-batch"])
     assert raw.headers["x-otb-cost"] == line["cost"]["total"] and Decimal(line["cost"]["total"]) > 0
     assert raw.http_response.json()["cost"] == line["cost"]
@@ -61,6 +62,7 @@ def test_embeddings_come_back_as_the_sdk_decodes_them(live, keys):
     floats = client.embeddings.with_raw_response.create(model="google/gemini-embedding-001", input="one",
                                                         encoding_format="float", dimensions=128)
     assert len(CreateEmbeddingResponse.model_validate_json(floats.http_response.text, strict=True).data[0].embedding) == 128
+    assert not {"id", "created"} & set(floats.http_response.json())  # OpenAI's list has neither (no chatcmpl- id)
 
 
 def test_an_unknown_model_is_the_seed_body_and_a_retired_one_model_retired(live, keys):
@@ -87,6 +89,17 @@ def test_a_provider_4xx_comes_back_with_its_status(live, keys):
         sdk(live, keys["acme"]).chat.completions.create(model="google/gemini-3-flash",
                                                         messages=[{"role": "user", "content": "#emu:fail=400 x"}])
     assert caught.value.status_code == 400 and caught.value.response.headers["x-otb-cost"] == "0"
+
+
+def test_a_provider_that_never_answers_is_a_502_the_sdk_does_not_retry(live, keys):
+    """The workers already tried OTB_MAX_ATTEMPTS times; an SDK retry would run all of them again."""
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk(live, keys["acme"]).chat.completions.create(model="google/gemini-3-flash",
+                                                        messages=[{"role": "user", "content": "#emu:reset x"}])
+    headers = caught.value.response.headers
+    assert caught.value.status_code == 502 and caught.value.code == "upstream_unreachable"
+    assert headers["x-should-retry"] == "false" and headers["x-otb-cost"] == "0" and headers["x-otb-batch"]
+    assert set(caught.value.response.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_calls_are_billed_per_key_in_the_report(live, keys, env):
@@ -216,8 +229,17 @@ def test_a_bad_body_is_refused_in_openai_shape(live, keys, body, status, says):
 
 def test_the_docs_show_the_call_bodies(live):
     spec = httpx.get(f"{live.url}/openapi.json").json()
-    chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert chat["required"] == ["model", "messages"] and "/v1/embeddings" in spec["paths"]
+    body = {path: spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            for path in ("/v1/chat/completions", "/v1/embeddings")}
+    chat, embeddings = body["/v1/chat/completions"], body["/v1/embeddings"]
+    assert chat["required"] == ["model", "messages"] and embeddings["required"] == ["model", "input"]
+    assert {"max_tokens", "max_completion_tokens", "temperature", "stream", "stream_options", "tools",
+            "tool_choice", "response_format"} <= set(chat["properties"])
+    message = chat["properties"]["messages"]["items"]
+    assert message["required"] == ["role"] and "tool" in message["properties"]["role"]["enum"]
+    assert {"content", "tool_calls", "tool_call_id"} <= set(message["properties"])
+    assert {"dimensions", "encoding_format"} <= set(embeddings["properties"])
+    assert "$ref" not in json.dumps(body)  # each stands alone: no dangling #/$defs
 
 
 def test_many_concurrent_calls_are_each_answered_with_their_own_cost(live, keys, api_redis):

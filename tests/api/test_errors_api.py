@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import openai
 import pytest
@@ -64,3 +66,18 @@ def test_docs_are_served_without_a_key(server):
     spec = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/v1/models", "/v1/files", "/v1/files/{file_id}/content"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/v1/files"]["post"]["requestBody"]["content"]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_nothing_from_the_internet(server, page):
+    """Swagger UI and ReDoc come from this server, so a machine without internet still shows them."""
+    html = httpx.get(f"{server.url}{page}").text
+    assert "http://" not in html and "https://" not in html and "//cdn" not in html  # no CDN, fonts or favicon
+    urls = set(re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""", html))
+    assert "/openapi.json" in urls and all(u.startswith("/") for u in urls), urls
+    kinds = {}
+    for url in urls:
+        answer = httpx.get(f"{server.url}{url}")
+        assert answer.status_code == 200, url
+        kinds[url.rsplit(".", 1)[-1]] = answer.headers["content-type"].split(";")[0]
+    assert kinds["js"] == "text/javascript" and kinds.get("css", "text/css") == "text/css", kinds

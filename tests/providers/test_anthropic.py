@@ -524,7 +524,7 @@ def test_bad_response_format_is_invalid(rf: dict[str, Any], where: str) -> None:
 def test_parse_text_reply() -> None:
     parsed = anthropic.parse_chat(fixture("text_reply.json"), SONNET_45, request_id="req_1")
     b = parsed.body
-    assert b["id"] == "msg_01XFDUDYJgAACzvnptvVoYEL" and b["object"] == "chat.completion"
+    assert b["id"] == "chatcmpl-msg_01XFDUDYJgAACzvnptvVoYEL" and b["object"] == "chat.completion"  # OpenAI's shape, traceable
     assert isinstance(b["created"], int) and b["model"] == "anthropic/claude-sonnet-4-5-20250929"
     assert b["choices"] == [{"index": 0, "logprobs": None, "finish_reason": "stop", "message": {
         "role": "assistant", "content": "Hello! How can I help?", "refusal": None}}]

@@ -449,7 +449,7 @@ def test_reasoning_effort_outside_allowed_values_names_them() -> None:
 def test_parse_text_reply_with_thoughts() -> None:
     parsed = google.parse_chat(fixture("chat_thoughts.json"), G3, request_id="req-1")
     body = parsed.body
-    assert body["id"] == "Vn4yaZmVNNKrz7IPtKu3iQk"
+    assert body["id"] == "chatcmpl-Vn4yaZmVNNKrz7IPtKu3iQk"  # OpenAI's shape, the responseId kept
     assert body["object"] == "chat.completion" and body["model"] == "google/gemini-3.8-flash"
     assert isinstance(body["created"], int)
     choice = body["choices"][0]

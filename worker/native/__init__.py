@@ -9,20 +9,28 @@ commit path, and hands what they leave to real time while the completion window 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from .. import clock
+from ..lazy import lazy_names
 from ..registry import ModelSpec
 from ..routes import NATIVE, mode_route, line_tier
 from ..settings import Settings
-from .poller import NativePoller, native_state, run_until_done
+from .state import native_state
+
+if TYPE_CHECKING:
+    from .poller import NativePoller, run_until_done
 
 PROVIDERS = ("anthropic", "google")  # those with a batch API this route speaks
 EMBEDDING_PROVIDERS = ("google",)  # those whose batch API embeds (asyncBatchEmbedContent)
 
 __all__ = ["NativePoller", "goes_native", "native_open", "native_state", "poke", "register", "run_until_done", "summary"]
+
+# The poller (and through it the HTTP clients and the adapters' result parsing) is imported when first
+# used: `otb submit` needs only the routing below, and importing aiohttp and httpx took ~0.15 s of it.
+__getattr__ = lazy_names(__name__, globals(), {"NativePoller": "poller", "run_until_done": "poller"})
 
 
 def goes_native(mode: str, spec: ModelSpec, kind: str, body: dict[str, Any], window: float | None,

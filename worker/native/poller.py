@@ -49,7 +49,7 @@ from . import records
 from .anthropic import AnthropicBatches
 from .api import CANCELED, ERRORED, EXPIRED, SUCCEEDED, Answer, BatchApi, CallFailed, Poll
 from .google import GeminiBatches
-from .state import CANCELLING, CREATED, CREATING, DONE, PLANNED, NativeState, Part
+from .state import CANCELLING, CREATED, CREATING, DONE, PLANNED, NativeState, Part, native_state
 
 log = logging.getLogger("otb.native")
 
@@ -60,10 +60,6 @@ MAX_BACKOFF = 8  # polls back off to this many intervals while nothing moves
 EXIT_AFTER_CREATE = "exit-after-create"
 CLOSED_CODE = {"cancelling": "batch_cancelled", "cancelled": "batch_cancelled", "expiring": "batch_expired",
                "expired": "batch_expired"}
-
-
-def native_state(conn: redis.Redis, settings: Settings) -> NativeState:
-    return NativeState(conn, Keys(settings.key_prefix), settings.result_ttl)
 
 
 class Runner:

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from ..keys import Keys
+from ..settings import Settings
 
 PLANNED, CREATING, CREATED, CANCELLING, DONE = "planned", "creating", "created", "cancelling", "done"
 
@@ -176,3 +177,7 @@ class NativeState:
 
 def _text(v: object) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def native_state(conn: redis.Redis, settings: Settings) -> NativeState:
+    return NativeState(conn, Keys(settings.key_prefix), settings.result_ttl)

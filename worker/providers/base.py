@@ -10,6 +10,7 @@ so keys never pass through the translation, results or logs.
 from __future__ import annotations
 
 import binascii
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,6 +54,14 @@ class Parsed:
     upstream_model: str | None = None
     request_id: str | None = None
     service_tier: str | None = None
+
+
+def completion_id(upstream_id: object) -> str:
+    """OpenAI's `chatcmpl-` id for a chat answer: the provider's own id after the prefix (Anthropic's
+    `msg_...`, Gemini's responseId), so a line can still be traced at the provider; random without one."""
+    if isinstance(upstream_id, str) and upstream_id:
+        return upstream_id if upstream_id.startswith("chatcmpl-") else f"chatcmpl-{upstream_id}"
+    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 def checked_base64(data: str, where: str) -> str:

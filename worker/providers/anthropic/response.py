@@ -14,7 +14,7 @@ from ...errors import ProtocolError, RequestFailed, upstream_error
 from ...registry import ModelSpec
 from ...retry import ratelimit_reset_after, retry_after_from_headers
 from ...schemas import Usage
-from ..base import Parsed, snippet
+from ..base import Parsed, completion_id, snippet
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
                   "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
@@ -32,7 +32,7 @@ def parse_chat(data: dict[str, Any], spec: ModelSpec, *, request_id: str | None 
     message = _message(content, stop_reason, data.get("stop_details"))
     finish = FINISH_REASONS.get(stop_reason, "stop")  # unknown future stop reasons read as a normal stop
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-    body = {"id": msg_id, "object": "chat.completion", "created": int(clock.now()), "model": spec.id,
+    body = {"id": completion_id(msg_id), "object": "chat.completion", "created": int(clock.now()), "model": spec.id,
             "choices": [choice], "usage": usage.openai_chat_usage()}
     model = data.get("model")
     tier = data["usage"].get("service_tier")  # standard | priority | batch: the tier billed

@@ -16,7 +16,7 @@ from ...errors import ProtocolError, RequestFailed, upstream_error
 from ...registry import ModelSpec
 from ...retry import parse_duration, retry_after_from_headers
 from ...schemas import Usage
-from ..base import Parsed, snippet
+from ..base import Parsed, completion_id, snippet
 
 # Every candidate finishReason of google-genai's FinishReason (types.py, 2026-08) plus CONTINUATION and ESCALATION.
 # "length" when the answer was cut short, "content_filter" when a filter stopped it; the rest (and any reason
@@ -42,9 +42,8 @@ def parse_chat(data: dict[str, Any], spec: ModelSpec, *, request_id: str | None 
         finish = "content_filter"
     else:
         message, finish = _message(candidate)
-    response_id = data.get("responseId")
     body = {
-        "id": response_id if isinstance(response_id, str) and response_id else f"chatcmpl-{uuid.uuid4().hex}",
+        "id": completion_id(data.get("responseId")),
         "object": "chat.completion",
         "created": int(clock.now()),
         "model": spec.id,
