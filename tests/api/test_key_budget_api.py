@@ -74,7 +74,7 @@ def test_a_call_beside_a_running_batch_of_its_key_sees_what_the_batch_spent(live
     conn = api_redis.client()
     tag = uuid.uuid4().hex[:8]
     data = lines(tag, 10) + jsonl({"custom_id": "slow", "method": "POST", "url": "/v1/chat/completions", "body": {
-        "model": SONNET, "max_tokens": 100, "messages": [{"role": "user", "content": f"#emu:slow=6000 {tag} slow"}]}})
+        "model": SONNET, "max_tokens": 100, "messages": [{"role": "user", "content": f"#emu:slow=8000 {tag} slow"}]}})
     batch = create(client, upload(client, data))
     deadline = time.monotonic() + 30
     while int(conn.hget(f"otb:batch:{batch.id}", "succeeded") or 0) < 10 and time.monotonic() < deadline:
