@@ -129,6 +129,6 @@ def _native_ids(store: Store, settings: Settings, registry: Registry, bid: str, 
             except (RequestFailed, KeyError, AttributeError):
                 continue  # the chunk ends it with the reason
             if goes_native(mode, spec, kind, request["body"], float(window) if window else None, settings,
-                           budget=bool(options.get("max_cost_pico"))):
+                           budget=bool(options.get("max_cost_pico") or options.get("pool_max_pico"))):
                 native.add(cid)
     return native

@@ -49,6 +49,8 @@ class SubmitOptions:
         of at least OTB_AUTO_MIN_WINDOW (1 h), else `realtime`.
         endpoint: every line's `url` must be this one (the Batch API's `endpoint`; a short-form
         line counts as the endpoint of its kind).
+        pool: the tenant (API key name) whose spend the batch's commits add to; pool_max_cost: that
+        key's --max-cost, a budget its batches and calls share (worker/budget.py), besides max_cost.
     """
 
     keep_valid: bool = False
@@ -59,6 +61,8 @@ class SubmitOptions:
     max_cost: Decimal | None = None
     mode: str | None = None
     endpoint: str | None = None
+    pool: str | None = None
+    pool_max_cost: Decimal | None = None
 
     def __post_init__(self) -> None:
         if self.completion_window is not None:
@@ -81,13 +85,24 @@ class SubmitOptions:
             out["completion_window"] = self.completion_window
         if self.max_cost is not None:
             out["max_cost_pico"] = to_pico(self.max_cost)
+        if self.pool:
+            out["pool"] = self.pool
+        if self.pool_max_cost is not None:
+            out["pool_max_pico"] = to_pico(self.pool_max_cost)
         return out
+
+    @property
+    def budgeted(self) -> bool:
+        """Its calls hold their worst case before they are sent (so none goes to a provider's batch API)."""
+        return self.max_cost is not None or self.pool_max_cost is not None
 
     def fingerprint(self) -> str:
         """The options an idempotency key is bound to: every one that changes what the batch does."""
         bound = [self.keep_valid, self.drop_unsupported_params, self.metadata, self.completion_window,
                  str(self.max_cost) if self.max_cost is not None else None, self.mode]
-        return json.dumps(bound + ([self.endpoint] if self.endpoint else []), sort_keys=True)
+        pooled = [self.pool, str(self.pool_max_cost) if self.pool_max_cost is not None else None]
+        return json.dumps(bound + ([self.endpoint] if self.endpoint else []) + (["pool", *pooled] if self.pool else []),
+                          sort_keys=True)
 
 
 def parse_duration(text: str | None, option: str = "--completion-window") -> float | None:

@@ -233,7 +233,7 @@ def _goes_native(line: Line, registry: Registry, settings: Settings, options: Su
     kind = KIND_BY_URL[line.url]
     spec = registry.resolve_for(str(line.body.get("model")), kind)
     return goes_native(options.resolved_mode(settings), spec, kind, line.body, options.completion_window, settings,
-                       budget=options.max_cost is not None)
+                       budget=options.budgeted)
 
 
 def refused(exc: redis.ResponseError) -> RedisRefused:

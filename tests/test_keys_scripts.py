@@ -18,7 +18,7 @@ def test_the_layout_other_programs_read_is_the_readme_s():
     k, bid = Keys(), "{id}"
     built = {*k.of_batch(bid), k.batches, k.open, k.all_events, k.agg_hour("{YYYYMMDDHH}"), k.agg_hours,
              k.lease("{job}"), k.parked, k.bucket("*"), k.cooldown("*"),
-             k.api_key("{sha256}"), k.tenant("{name}"), k.tenants, k.files("{name}"), k.file("{name}", "{id}"),
+             k.api_key("{sha256}"), k.tenant("{name}"), k.tenant_reserved("{name}"), k.tenants, k.files("{name}"), k.file("{name}", "{id}"),
              k.api_batches("{name}"), k.api_batch("{name}", "{id}"), k.api_batch_key("{name}", "{sha256}"), k.api_open,
              k.webhook("{event id}"), k.webhook_once("{batch}", "{status}"), k.webhooks_due,
              k.native_due, k.native_lease(bid), k.native(bid), k.native_part(bid, "{n}"),  # type: ignore[arg-type]

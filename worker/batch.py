@@ -107,6 +107,8 @@ class Batch:
     id: str
     gate: BatchGate
     max_cost_pico: int | None = None  # --max-cost, if any
+    pool: str = ""  # the tenant whose spend its commits add to, and whose budget it shares ('' for none)
+    pool_max_pico: int | None = None  # that tenant's --max-cost, if any
     drop_unsupported: bool = False  # --drop-unsupported-params
     tags: dict[str, str] = field(default_factory=dict)  # the batch's metadata, on every result
     parked: list[ParkedRequest] = field(default_factory=list)
@@ -129,9 +131,15 @@ class Batch:
         options = json.loads(raw.get("options") or "{}")
         window = options.get("completion_window")
         return cls(batch_id, gate, max_cost_pico=int(options.get("max_cost_pico") or 0) or None,
+                   pool=str(options.get("pool") or ""), pool_max_pico=int(options.get("pool_max_pico") or 0) or None,
                    drop_unsupported=bool(options.get("drop_unsupported_params")),
                    tags=json.loads(raw.get("metadata") or "{}"), mode=str(options.get("mode") or "realtime"),
                    window=float(window) if window else None, single=raw.get("total") == "1")
+
+    @property
+    def budgeted(self) -> bool:
+        """Its calls hold their worst case before they are sent: a budget of its own, or its pool's."""
+        return bool(self.max_cost_pico or self.pool_max_pico)
 
     def route(self, spec: ModelSpec, kind: str, body: dict[str, Any], settings: Settings,
               meta: dict[str, Any]) -> Route:

@@ -5,6 +5,10 @@ its worst case (its input and all of its output limit) while in flight, a call t
 the holds in flight settle waits for them, and only a call whose worst case added to what was
 already spent passes the budget is refused (`budget_exceeded`, without being sent). The holds live
 in Redis (`otb:batch:{id}:reserved`), shared by every worker, and lapse with their holder's lease.
+
+A key's --max-cost is a budget shared by all of its batches and calls (their pool, the tenant): the
+same hold is taken, in the same script call, against the key's spend (which every commit adds to,
+lua/commit.lua) and the holds of all its calls in flight (`otb:tenant:{name}:reserved`).
 """
 
 from __future__ import annotations
@@ -40,21 +44,23 @@ def worst_case(spec: ModelSpec, kind: str, body: dict[str, Any], prepared: Prepa
 
 
 async def hold(store: Store, settings: Settings, batch: Batch, custom_id: str, worst: Decimal) -> None:
-    """Hold `worst` of the batch budget for this call, waiting while calls in flight hold the rest.
+    """Hold `worst` of the batch's budgets (its own, its pool's) for this call, waiting while calls in
+    flight hold the rest.
 
     Raises BudgetExceeded when the call can no longer fit, BatchClosed when the batch closes meanwhile.
     """
-    assert batch.max_cost_pico
+    assert batch.budgeted
     hold_for = (settings.request_timeout + settings.retry_max_wait) * settings.max_attempts + 60
     lease, pause = _lease_key(store), 0.02
     while True:
         held = await asyncio.to_thread(store.reserve, batch.id, custom_id, to_pico(worst), batch.max_cost_pico,
-                                       lease=lease, hold_for=hold_for)
+                                       pool=batch.pool, pool_max_pico=batch.pool_max_pico, lease=lease,
+                                       hold_for=hold_for)
         if held == 1:
             return
         if held == 0:
             raise BudgetExceeded(f"not sent: the cost so far plus this request's worst case (${worst}) "
-                                 f"would pass the batch budget of ${from_pico(batch.max_cost_pico)}")
+                                 f"would pass {_budgets(batch)}")
         closed = batch.gate.closed_code()
         if closed:
             raise BatchClosed(closed)
@@ -62,13 +68,21 @@ async def hold(store: Store, settings: Settings, batch: Batch, custom_id: str, w
         pause = min(pause * 2, 0.5)
 
 
-def release(store: Store, batch_id: str, custom_id: str) -> None:
-    """Free the hold, after the commit (so the cost lands before the hold goes). A Redis error here must
-    not run a stored request again: the hold lapses with its holder's lease."""
+def _budgets(batch: Batch) -> str:
+    """The budgets a call of `batch` is held against, as its refusal names them."""
+    named = [f"the batch budget of ${from_pico(batch.max_cost_pico)}"] if batch.max_cost_pico else []
+    if batch.pool_max_pico:
+        named.append(f"the budget of key {batch.pool!r}, ${from_pico(batch.pool_max_pico)}")
+    return " or ".join(named)
+
+
+def release(store: Store, batch: Batch, custom_id: str) -> None:
+    """Free the holds, after the commit (so the cost lands before the hold goes). A Redis error here must
+    not run a stored request again: the holds lapse with their holder's lease."""
     try:
-        store.release(batch_id, custom_id)
+        store.release(batch.id, custom_id, batch.pool if batch.pool_max_pico else "")
     except redis.RedisError as exc:
-        log.warning("budget hold of %s/%s not released (%s); it lapses with this chunk's lease", batch_id, custom_id, exc)
+        log.warning("budget hold of %s/%s not released (%s); it lapses with this chunk's lease", batch.id, custom_id, exc)
 
 
 def _lease_key(store: Store) -> str:

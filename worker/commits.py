@@ -32,7 +32,7 @@ class Committer:
                  linger: float = LINGER) -> None:
         """`quiet()`: no call is in flight, so no other result is coming soon (flush at once)."""
         self.store, self.writes, self.quiet, self.linger = store, writes, quiet, linger
-        self._queue: list[tuple[str, str, dict[str, Any], str, asyncio.Future[int]]] = []
+        self._queue: list[tuple[str, str, str, dict[str, Any], str, asyncio.Future[int]]] = []  # bid, pool, entry, done
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -40,12 +40,13 @@ class Committer:
         self.flushes = self.committed = 0  # for tests and the bench: results per script call
 
     async def commit(self, bid: str, custom_id: str, line: dict[str, Any], outcome: str, *,
-                     alone: bool = False) -> bool:
+                     alone: bool = False, pool: str = "") -> bool:
         """Store one final result once; False if another answer was there or the batch is gone. `alone`:
         the result of a one-request batch (an HTTP call someone waits on): groups are per batch, so nothing
-        could share its script call, and it is written without the linger."""
+        could share its script call, and it is written without the linger. `pool`: the batch's tenant,
+        whose spend its cost is added to (Store.commit_many)."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append((bid, custom_id, line, outcome, done))
+        self._queue.append((bid, pool, custom_id, line, outcome, done))
         self._alone = self._alone or alone
         self._wake.set()
         if self._writer is None or self._writer.done():
@@ -84,7 +85,7 @@ class Committer:
         def write() -> list[int]:
             codes = [0] * len(group)
             for bid, positions in by_batch.items():
-                got = self.store.commit_many(bid, [group[i][1:4] for i in positions])
+                got = self.store.commit_many(bid, [group[i][2:5] for i in positions], pool=group[positions[0]][1])
                 for i, code in zip(positions, got):
                     codes[i] = code
             return codes

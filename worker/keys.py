@@ -39,11 +39,16 @@ here: they are reached through RQ's API (`Queue`, `Job`, the registries), never 
     {p}:native:known             SET     provider batch ids recorded by an intent (a lost create matches none)
 
 The HTTP API (producer/api, `otb serve`): a tenant is a key prefix, and every read also checks the
-owner recorded in the value. API keys are never stored, only their SHA-256.
+owner recorded in the value. API keys are never stored, only their SHA-256. A tenant's batches and
+calls name it as their pool (batch options `pool`, and `pool_max_pico` for a key with --max-cost):
+every commit adds their spend to its hash, and a call holds its worst case in its `reserved` holds.
 
     {p}:apikey:{sha256}               STRING  the tenant a key belongs to (deleted on revoke)
     {p}:tenant:{name}                 HASH    the tenant: key_sha256, created_at, rpm, max_cost, webhook_url,
-                                              webhook_secret, revoked_at, spent_pico (its calls' cost)
+                                              webhook_secret, revoked_at, spent_pico (what its calls and batches
+                                              cost, added by each commit: the pool of its batches, below)
+    {p}:tenant:{name}:reserved        HASH    the key's --max-cost holds of calls in flight, over all its
+                                              batches: "{batch id} {custom_id}" -> "{pico} {deadline} {lease}"
     {p}:tenants                       SET     tenant names (`otb keys list`)
     {p}:tenant:{name}:files           ZSET    its file ids, all score 0: the ids sort by time (cursor pages)
     {p}:tenant:{name}:file:{id}       HASH    a file's FileObject fields (+ tenant, lines)
@@ -204,6 +209,10 @@ class Keys:
     @property
     def tenants(self) -> str:
         return f"{self.prefix}:tenants"
+
+    def tenant_reserved(self, name: str) -> str:
+        """The holds of a tenant's budget pool (worker/budget.py): the calls in flight of all its batches."""
+        return f"{self.tenant(name)}:reserved"
 
     def files(self, tenant: str) -> str:
         return f"{self.tenant(tenant)}:files"

@@ -100,7 +100,7 @@ async def _to_the_end(one: OneRequest, record: Record) -> str:
         return await one.fail(_internal(exc))
     finally:
         if one.held:  # after the commit, so the cost lands before the hold goes; also when parked or cut off
-            budget.release(ctx.store, batch.id, custom_id)
+            budget.release(ctx.store, batch, custom_id)
 
 
 class OneRequest:
@@ -118,7 +118,7 @@ class OneRequest:
         spec = self.ctx.registry.resolve_for(self.meta["model"], kind)  # as the body names it
         adapter = ADAPTERS[spec.provider]
         request, prepared = self.translate(adapter, spec, kind, body)
-        if self.batch.max_cost_pico:
+        if self.batch.budgeted:
             await budget.hold(self.ctx.store, self.ctx.settings, self.batch, self.custom_id,
                               budget.worst_case(spec, kind, body, prepared))
             self.held = True
@@ -189,7 +189,8 @@ class OneRequest:
         """Store the result once, with the others that finish about now (commits.py), waiting out a
         Redis that refuses writes. Its calls are over: its concurrency slot goes to the next request."""
         self.calls_done()
-        return await self.ctx.committer.commit(self.batch.id, self.custom_id, line, outcome, alone=self.batch.single)
+        return await self.ctx.committer.commit(self.batch.id, self.custom_id, line, outcome, alone=self.batch.single,
+                                               pool=self.batch.pool)
 
 
 def _internal(exc: Exception) -> RequestFailed:

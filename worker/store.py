@@ -144,12 +144,12 @@ class Store:
             out += [cid for cid, res in zip(ids, self.conn.hmget(k.results(bid), ids)) if res is None]
         return out
 
-    def commit(self, bid: str, custom_id: str, line: dict[str, Any], outcome: str) -> bool:
+    def commit(self, bid: str, custom_id: str, line: dict[str, Any], outcome: str, *, pool: str = "") -> bool:
         """Store one final result and fold it into the batch's sums and the aggregates; False if one
         was already there (commit_many says how)."""
-        return self.commit_many(bid, [(custom_id, line, outcome)])[0] == 1
+        return self.commit_many(bid, [(custom_id, line, outcome)], pool=pool)[0] == 1
 
-    def commit_many(self, bid: str, entries: list[Entry]) -> list[int]:
+    def commit_many(self, bid: str, entries: list[Entry], *, pool: str = "") -> list[int]:
         """Store final results of one batch, each at most once; per entry 1 written (or this very line
         was, by an earlier send), 0 another answer was there, -1 the batch is gone.
 
@@ -161,7 +161,8 @@ class Store:
         reading. A line's cost is what the provider billed for this answer (zero for an error),
         counted in `spent` once per answer: a call sent twice is paid twice even though one result is
         kept, but a commit that the Redis client sends again (a timeout during a Redis pause) is
-        recognised and counted once. A batch whose record is gone (expired, evicted, lost in a
+        recognised and counted once. The same spend goes on the batch's `pool` (its tenant, if any), in
+        the same script call: the key's spend is live and exact. A batch whose record is gone (expired, evicted, lost in a
         restart) is never re-created: -1, and a warning.
         """
         staged = [_staged(cid, line, outcome) for cid, line, outcome in entries]
@@ -172,9 +173,9 @@ class Store:
         for positions in by_hour.values():
             for at in range(0, len(positions), self.GROUP):
                 part = positions[at : at + self.GROUP]
-                got = self._commit_group(bid, [staged[i] for i in part]) if len(part) > 1 else []
+                got = self._commit_group(bid, [staged[i] for i in part], pool) if len(part) > 1 else []
                 if not got:  # one line, or a group that must go line by line
-                    got = [self._commit_group(bid, [staged[i]])[0] for i in part]
+                    got = [self._commit_group(bid, [staged[i]], pool)[0] for i in part]
                 for i, code in zip(part, got):
                     codes[i] = code
         if -1 in codes:
@@ -184,7 +185,7 @@ class Store:
 
     GROUP = 500  # lines per script call at most
 
-    def _commit_group(self, bid: str, group: list[_Staged]) -> list[int]:
+    def _commit_group(self, bid: str, group: list[_Staged], pool: str) -> list[int]:
         """One script call for lines of one batch and one hour; [] if it must go line by line."""
         record: dict[str, int] = {}
         agg: dict[str, int] = {}
@@ -205,7 +206,7 @@ class Store:
         got = self.scripts.commit(
             client=pipe, results=k.results(bid), batch=k.batch(bid), agg_hour=k.agg_hour(hour), agg_hours=k.agg_hours,
             events=k.events(bid), all_events=k.all_events, batch_agg=k.batch_agg(bid), open=k.open,
-            answers=k.answers(bid), ttl=self.ttl, now=f"{max(one.at for one in group):.3f}", hour=hour,
+            answers=k.answers(bid), pool=k.tenant(pool) if pool else "", ttl=self.ttl, now=f"{max(one.at for one in group):.3f}", hour=hour,
             hour_start=start, agg_ttl=self.aggregate_ttl, spend=sum(one.spend for one in group),
             answer=hashlib.sha256(group[0].text).hexdigest()[:20] if len(group) == 1 else "",
             n_batch=len(record), n_agg=len(agg), items=items)
@@ -233,17 +234,27 @@ class Store:
     def raw_results(self, bid: str) -> dict[str, str]:
         return {_text(k): _text(v) for k, v in self.conn.hgetall(self.keys.results(bid)).items()}
 
-    def reserve(self, bid: str, custom_id: str, pico: int, max_pico: int, *, lease: str = "",
-                hold_for: float = 3600) -> int:
-        """Hold `pico` of the batch budget for a call about to be sent: 1 held, -1 not yet (wait for
-        calls in flight to settle), 0 never (what was spent plus this would pass the budget).
+    def reserve(self, bid: str, custom_id: str, pico: int, max_pico: int | None, *, pool: str = "",
+                pool_max_pico: int | None = None, lease: str = "", hold_for: float = 3600) -> int:
+        """Hold `pico` for a call about to be sent, in the batch budget (`max_pico`) and in its pool's
+        (`pool_max_pico`, the tenant `pool`'s --max-cost), each if any: 1 held, -1 not yet (wait for calls
+        in flight to settle), 0 never (what was spent plus this would pass one of them).
         The hold stops counting when `lease` lapses (its worker died) or after `hold_for` seconds."""
-        return int(self.scripts.reserve(batch=self.keys.batch(bid), holds=self.keys.reservations(bid),
-                                        custom_id=custom_id, pico=pico, max_pico=max_pico, lease=lease,
-                                        hold_for=int(hold_for)))
+        k = self.keys
+        return int(self.scripts.reserve(batch=k.batch(bid), holds=k.reservations(bid),
+                                        pool=k.tenant(pool) if pool else "",
+                                        pool_holds=k.tenant_reserved(pool) if pool else "",
+                                        custom_id=custom_id, pico=pico, max_pico=max_pico or 0, lease=lease,
+                                        hold_for=int(hold_for), pool_max=pool_max_pico or 0,
+                                        pool_field=pool_hold(bid, custom_id)))
 
-    def release(self, bid: str, custom_id: str) -> None:
-        self.conn.hdel(self.keys.reservations(bid), custom_id)
+    def release(self, bid: str, custom_id: str, pool: str = "") -> None:
+        """Drop the call's holds (in the batch's budget and its pool's), in one round trip."""
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.hdel(self.keys.reservations(bid), custom_id)
+        if pool:
+            pipe.hdel(self.keys.tenant_reserved(pool), pool_hold(bid, custom_id))
+        pipe.execute()
 
     def count_parked(self, bid: str, n: int, until: float = 0.0, reason: str = "") -> int:
         """Add `n` parked requests (negative: resumed) to the batch record; -1 if the batch is gone."""
@@ -332,6 +343,11 @@ class Store:
 
 
 Entry = tuple[str, dict[str, Any], str]  # custom_id, result line, outcome
+
+
+def pool_hold(bid: str, custom_id: str) -> str:
+    """A call's name among its pool's holds (custom_ids repeat across batches; batch ids hold no space)."""
+    return f"{bid} {custom_id}"
 
 
 @dataclass(frozen=True)

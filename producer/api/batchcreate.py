@@ -1,7 +1,9 @@
 """`POST /v1/batches`: check the parameters, claim the Idempotency-Key, then validate and submit the file.
 
 The input file is read from the FileStore line by line (never whole) straight into the one
-`submit()` path, tagged `key=<tenant>` and bounded by what the key may still spend. A file that
+`submit()` path, tagged `key=<tenant>`, with the tenant as its pool: its commits add to the key's
+spend, and with the key's --max-cost its calls share that budget with every other batch and call
+of the key (worker/budget.py). A file that
 fails validation is not an HTTP error: the batch is `failed`, and `errors.data` names each bad line
 (1-based, as OpenAI numbers them). The record exists, `validating` and locked, before the file is
 read, so a second create with the same key returns it instead of starting another; a server that
@@ -27,7 +29,7 @@ from producer.options import SubmitOptions
 from producer.submit import RedisRefused, SubmissionRejected, submit
 from worker import clock
 from worker.errors import InvalidRequest, OTBError
-from worker.pricing import from_pico
+from worker.pricing import from_pico, to_pico
 from worker.schemas import CHAT_URL, EMBEDDINGS_URL
 
 from .batchcontext import BatchContext
@@ -160,7 +162,7 @@ def create(ctx: BatchContext, tenant: Tenant, params: CreateParams, key: str | N
         raise ApiError(400, f"The file {meta.id} has purpose {meta.purpose!r}; a batch reads a file uploaded with "
                             "purpose 'batch'.", code="invalid_request", param="input_file_id")
     record = BatchRecord(new_batch_id(), tenant.name, params.endpoint, meta.id, int(clock.now()),
-                         params.completion_window, params.metadata, params.output_ttl, budget_left(ctx, tenant))
+                         params.completion_window, params.metadata, params.output_ttl, key_budget(ctx, tenant))
     lock = BatchLock(ctx.conn, ctx.records.keys.api_batch_lock(tenant.name, record.id))
     record, created = ctx.records.create(record, claim, lock.owner, lock.ttl_ms)
     if not created:
@@ -169,16 +171,16 @@ def create(ctx: BatchContext, tenant: Tenant, params: CreateParams, key: str | N
         return start(ctx, record)
 
 
-def budget_left(ctx: BatchContext, tenant: Tenant) -> str | None:
-    """What the key may still spend, as the batch's --max-cost (USD); 429 `insufficient_quota` once nothing is left."""
+def key_budget(ctx: BatchContext, tenant: Tenant) -> str | None:
+    """The key's --max-cost (USD), the cap its batch shares with the key's others; 429 `insufficient_quota`
+    once the key's spend has reached it."""
     if tenant.max_cost is None:
         return None
     spent = ctx.keys.spent_pico(tenant.name)
-    left = int(tenant.max_cost.scaleb(12)) - spent
-    if left <= 0:
+    if spent >= to_pico(tenant.max_cost):
         raise ApiError(429, f"You exceeded the budget of key {tenant.name!r} ({tenant.max_cost} USD; spent "
                             f"{from_pico(spent):f} USD).", code="insufficient_quota", type="insufficient_quota")
-    return format(from_pico(left), "f")
+    return format(tenant.max_cost, "f")
 
 
 def start(ctx: BatchContext, record: BatchRecord) -> BatchRecord:
@@ -190,7 +192,7 @@ def start(ctx: BatchContext, record: BatchRecord) -> BatchRecord:
                                    "message": f"The input file {record.input_file_id} was deleted or has expired."}])
     options = SubmitOptions(metadata={TENANT_TAG: record.tenant}, completion_window=WINDOW,
                             idempotency_key=f"api {record.tenant} {record.id}", endpoint=record.endpoint,
-                            max_cost=Decimal(record.budget) if record.budget else None)
+                            pool=record.tenant, pool_max_cost=Decimal(record.budget) if record.budget else None)
     registry = ctx.registry()  # (a broken registry file is the operator's 500, not the tenant's failed batch)
     try:
         submission = submit(ctx.conn, ctx.settings, registry, ctx.files.lines(meta), options, batch_id=record.id)

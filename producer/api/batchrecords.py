@@ -53,7 +53,7 @@ class BatchRecord:
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
     output_ttl: int | None = None  # seconds the output files live (output_expires_after), else the default
-    budget: str | None = None  # USD: the key's budget left at create, the engine batch's --max-cost
+    budget: str | None = None  # USD: the key's --max-cost at create, the cap of the engine batch's pool
     status: str = "validating"
     model: str | None = None  # the one model of its lines, if one
     errors: list[dict[str, Any]] | None = None

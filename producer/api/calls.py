@@ -4,7 +4,9 @@ The call takes the same road as every batch (the same validation, queue workers,
 limits, retries, once-only commit and cost aggregates), so nothing about money or limits differs
 between a call and a batch line. Its batch goes on the interactive queue (`{queue}:interactive`),
 which workers and running chunks take before batch work, and is tagged `key=<tenant>` so
-`otb report --by tag:key` bills each tenant. The server waits on the batch's event stream with
+`otb report --by tag:key` bills each tenant. Its pool is the tenant: its commit adds its cost to the
+key's spend, and under the key's --max-cost it holds its worst case beside the key's running batches
+(a call that can never fit answers 429 `insufficient_quota`, unsent). The server waits on the batch's event stream with
 redis.asyncio (a blocked read holds a connection, not a thread), then answers the result line's
 OpenAI body with its exact cost (`x-otb-cost`, and a `cost` object in the JSON).
 """
@@ -28,7 +30,7 @@ from producer.control import cancel
 from producer.options import SubmitOptions
 from producer.submit import SubmissionRejected, new_batch_id, refused, submit_one
 from worker import clock
-from worker.errors import InvalidRequest
+from worker.errors import BudgetExceeded, InvalidRequest
 from worker.keys import Keys
 from worker.pricing import to_pico
 from worker.queues import interactive_name, queue_for
@@ -39,7 +41,7 @@ from worker.store import Store
 from .aredis import AsyncRedis
 from .batchends import BatchEnds, Ended
 from .errors import ApiError, Forwarded, Unanswered
-from .tenants import SPENT, Tenant
+from .tenants import Tenant
 
 CALL_ID = "call"  # the custom_id of a call's one request
 TENANT_TAG = "key"  # results carry key=<tenant name>: `otb report --by tag:key` is the bill per tenant
@@ -79,7 +81,6 @@ class Calls:
             line = await self.wait(bid, ended)
         if line is None:
             raise await run_in_threadpool(self.give_up, bid)
-        await self.count_spend(tenant, line)
         return Answer(bid, line)
 
     async def submit(self, tenant: Tenant, call: Call, bid: str) -> None:
@@ -87,7 +88,8 @@ class Calls:
         in one transaction sent from the event loop."""
         raw = json.dumps({"custom_id": CALL_ID, "method": "POST", "url": call.url, "body": call.body}).encode()
         options = SubmitOptions(metadata={TENANT_TAG: tenant.name}, completion_window=self.timeout,
-                                mode="realtime")  # a caller waits: never a slower route (a line's own service_tier may ask)
+                                mode="realtime",  # a caller waits: never a slower route (a line's own service_tier may ask)
+                                pool=tenant.name, pool_max_cost=tenant.max_cost)
         registry = current_registry(self.settings.registry_path)
         try:
             async with self.redis.client.pipeline(transaction=True) as pipe:
@@ -135,18 +137,14 @@ class Calls:
     # -- a key's budget (--max-cost) ----------------------------------------------------------------
     def check_budget(self, tenant: Tenant) -> None:
         """429 `insufficient_quota` once the key's committed spend (as its record said a moment ago, when
-        the key was looked up) has reached its --max-cost."""
+        the key was looked up) has reached its --max-cost (one that has not is checked by the worker, with
+        the calls in flight: `budget_exceeded`)."""
         if tenant.max_cost is None:
             return
         if tenant.spent_pico >= to_pico(tenant.max_cost):
             raise ApiError(429, f"You exceeded the budget of key {tenant.name!r} ({tenant.max_cost} USD; spent "
                                 f"{Decimal(tenant.spent_pico).scaleb(-12).normalize():f} USD).",
                            code="insufficient_quota", type="insufficient_quota")
-
-    async def count_spend(self, tenant: Tenant, line: dict[str, Any]) -> None:
-        pico = to_pico(Decimal(line["cost"]["total"]))
-        if pico:
-            await self.redis.client.hincrby(self.names.tenant(tenant.name), SPENT, pico)
 
 
 class RedisClock:
@@ -224,8 +222,11 @@ class Answer:
 
 def completed_body(line: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
     response = line.get("response")
+    error = line.get("error") or {}
+    if response is None and error.get("code") == BudgetExceeded.code:  # the key's budget (a call has no other)
+        raise ApiError(429, str(error.get("message") or "over the key's budget"), code="insufficient_quota",
+                       type="insufficient_quota")
     if response is None:  # no HTTP answer at all (connection failures after retries)
-        error = line.get("error") or {}
         raise Unanswered(str(error.get("message") or "the provider did not answer"), code=error.get("code"),
                          headers=headers)
     if response["status_code"] >= 300:

@@ -9,8 +9,8 @@ Finalizing streams the engine's results (Store.iter_results, input order) into t
 the tenant: 2xx lines to the output file, every other line (4xx/5xx answers, no answer,
 batch_cancelled, batch_expired) to the error file, each in OpenAI's line format with our `cost` and
 `meta`. The files are staged (invisible, short-lived) while written, and appear in the one
-transaction that also makes the record final, freezes its figures and adds its cost to the key's
-spend. So a server killed mid-write leaves no visible file (its chunks expire) and another server
+transaction that also makes the record final and freezes its figures (the key's spend took each
+result's cost as it was committed: the engine batch's pool is the tenant). So a server killed mid-write leaves no visible file (its chunks expire) and another server
 writes them again once its lock lapses; two servers can never both commit, since the transaction
 checks that the record is still open.
 """
@@ -71,14 +71,14 @@ def _finish(ctx: BatchContext, record: BatchRecord, engine: dict[str, Any] | Non
         changes.update(output_file_id=out.id if out.size else None, error_file_id=err.id if err.size else None)
     if final == "cancelled" and "cancelling_at" not in record.times:
         changes["cancelling_at"] = now  # cancelled outside the API (otb cancel)
-    spend = to_pico(Decimal(changes["figures"]["cost"]["total"]))
+    spend = 0 if pooled(ctx, record.id) else to_pico(Decimal(changes["figures"]["cost"]["total"]))
     ttl = record.output_ttl or BATCH_FILE_TTL
 
     def with_files(pipe: Any) -> None:
         for writer in writers:
             kind = "output" if writer.id == changes["output_file_id"] else "error"
             writer.queue_commit(pipe, filename=f"{record.id}_{kind}.jsonl", purpose="batch_output", ttl=ttl)
-        if spend:
+        if spend:  # a batch submitted before batches had pools: its commits did not add to the key's spend
             pipe.hincrby(ctx.records.keys.tenant(record.tenant), SPENT, spend)
 
     try:
@@ -93,6 +93,13 @@ def _finish(ctx: BatchContext, record: BatchRecord, engine: dict[str, Any] | Non
         return ctx.records.get(record.tenant, record.id)
     ctx.ended(record.tenant, record.id, final)
     return done
+
+
+def pooled(ctx: BatchContext, bid: str) -> bool:
+    """Did the engine batch's commits add its spend to its tenant's (it has a pool)? A batch whose record
+    is gone has no figures to add either way."""
+    options = ctx.conn.hget(ctx.records.keys.batch(bid), "options")
+    return options is None or bool(json.loads(options).get("pool"))
 
 
 def write_outputs(ctx: BatchContext, record: BatchRecord) -> tuple[FileWriter, FileWriter]:

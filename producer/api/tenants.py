@@ -31,7 +31,8 @@ from .codec import Fields, text, text_hash
 
 KEY_PREFIX = "sk-otb-"
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a Redis key part and a report tag: no ':'
-SPENT = "spent_pico"  # a tenant hash field: its committed spend, kept when its key is rotated
+SPENT = "spent_pico"  # a tenant hash field: its spend, added by every commit of its batches and calls (their
+# pool: lua/commit.lua), kept when its key is rotated
 WEBHOOKS_FAILED = "webhooks_failed"  # a tenant hash field: webhook events given up (producer/api/webhook_delivery.py)
 from . import NO_AUTH_TENANT  # noqa: E402  (re-exported: its home is the package, for `otb --help`)
 
@@ -51,9 +52,9 @@ class Tenant:
 
     name: str
     rpm: int = 0  # requests per minute across all servers (0: no cap)
-    max_cost: Decimal | None = None  # USD over all its batches and calls (enforced by the chat/batch slice)
+    max_cost: Decimal | None = None  # USD over all its batches and calls (their shared pool, worker/budget.py)
     webhook_url: str | None = None
-    spent_pico: int = field(default=0, compare=False)  # its calls' committed spend when its record was read
+    spent_pico: int = field(default=0, compare=False)  # its committed spend when its record was read
 
     @classmethod
     def of(cls, name: str, record: dict[str, str]) -> "Tenant":
@@ -139,7 +140,8 @@ class KeyStore:
         return [_public(name, text_hash(rec)) for name, rec in zip(names, records) if rec]
 
     def spent_pico(self, name: str) -> int:
-        """What NAME's calls have cost so far (committed results), in pico-USD: its --max-cost is checked on it."""
+        """What NAME's batches and calls have cost so far (committed results), in pico-USD: its --max-cost
+        is checked on it."""
         return int(self.conn.hget(self.keys.tenant(name), SPENT) or 0)
 
     def add_spend(self, name: str, pico: int) -> None:

@@ -255,14 +255,15 @@ def test_another_tenant_s_batch_answers_exactly_as_an_unknown_one(acme, bob, ser
     assert sorted(api_redis.client().keys("*")) == keys_before  # nothing written, nothing created
 
 
-def test_a_key_over_its_budget_gets_429_and_a_batch_gets_what_is_left(live, env, api_redis):
+def test_a_key_over_its_budget_gets_429_and_a_batch_shares_its_budget(live, env, api_redis):
     client = sdk(live, create_key(env, "budget", "--max-cost", "0.5"))
     conn = api_redis.client()
     conn.hset("otb:tenant:budget", "spent_pico", int(Decimal("0.2").scaleb(12)))
     file_id = upload(client, jsonl(line("x")))
     batch = create(client, file_id)
     options = json.loads(conn.hget(f"otb:batch:{batch.id}", "options"))
-    assert options["max_cost_pico"] == int(Decimal("0.3").scaleb(12))  # the key's budget left
+    assert "max_cost_pico" not in options  # not a budget of its own: the key's, shared with its other batches and calls
+    assert (options["pool"], options["pool_max_pico"]) == ("budget", int(Decimal("0.5").scaleb(12)))
     conn.hset("otb:tenant:budget", "spent_pico", int(Decimal("0.5").scaleb(12)))
     with pytest.raises(openai.RateLimitError) as caught:
         create(client, file_id)

@@ -156,18 +156,23 @@ def test_a_streamed_tool_call_arrives_whole_with_its_index(live, keys):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-def test_a_key_over_its_budget_gets_429_insufficient_quota(live, env, api_redis):
-    key = create_key(env, "thrifty", "--max-cost", "0.000001")
-    client = sdk(live, key)
-    client.chat.completions.create(model="anthropic/claude-haiku-5-5", messages=HELLO, max_tokens=200)
-    spent = int(api_redis.client().hget("otb:tenant:thrifty", "spent_pico"))
-    assert spent >= 1_000_000  # one call of haiku costs more than a millionth of a dollar
+def test_a_key_over_its_budget_gets_429_insufficient_quota(live, env, api_redis, emulator):
+    key = create_key(env, "thrifty", "--max-cost", "0.0002")
+    client, conn = sdk(live, key), api_redis.client()
+    client.chat.completions.create(model="anthropic/claude-haiku-5-5", messages=HELLO, max_tokens=200)  # worst $0.0001
+    spent = int(conn.hget("otb:tenant:thrifty", "spent_pico"))
+    assert spent > 0
+    sent = emulator.stats()["calls"]
+    with pytest.raises(openai.RateLimitError) as caught:  # its worst case, $0.0005, can never fit the key's budget
+        client.chat.completions.create(model="anthropic/claude-haiku-5-5", messages=HELLO, max_tokens=1000)
+    assert caught.value.code == "insufficient_quota" and caught.value.response.headers["x-should-retry"] == "false"
+    conn.hset("otb:tenant:thrifty", "spent_pico", 200_000_000)  # the budget reached: refused before any worker sees it
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="google/gemini-3-flash", messages=HELLO)
     assert caught.value.code == "insufficient_quota" and caught.value.response.headers["x-should-retry"] == "false"
     with pytest.raises(openai.RateLimitError):
         client.embeddings.create(model="google/gemini-embedding-001", input="x")
-    assert int(api_redis.client().hget("otb:tenant:thrifty", "spent_pico")) == spent  # nothing more was sent
+    assert emulator.stats()["calls"] == sent and int(conn.hget("otb:tenant:thrifty", "spent_pico")) == 200_000_000
 
 
 def test_a_call_made_while_a_big_batch_runs_starts_at_once(live, keys, api_redis, emulator, tmp_path):

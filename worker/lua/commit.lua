@@ -2,7 +2,8 @@
 --
 -- Writes the lines; counts them in the batch record, the hourly and the per-batch aggregates;
 -- publishes one event per line; closes the batch when its last result lands. Never re-creates a
--- batch record that is gone.
+-- batch record that is gone. What the providers billed goes on the batch and, in the same call, on
+-- its pool (the key's spend, live and exact, which the pool's holds in reserve.lua are checked on).
 --
 -- One line (the rules every group reduces to): the same line sent again (a client's resend after a
 -- timeout) changes nothing; another answer for a request that already has one (a duplicate
@@ -28,6 +29,7 @@
 --   batch_agg    HASH    the batch's own aggregates
 --   open         ZSET    batches not finished yet
 --   answers      SET     extra answers already counted in spent_pico
+--   pool         HASH    the batch's pool (its tenant's hash): its spent_pico takes the same spend; '' for none
 -- ARGV:
 --   ttl          seconds: the lifetime of a batch record that has none
 --   now          unix seconds: the batch's completed_at if these are its last results
@@ -43,13 +45,19 @@
 -- Returns: one code per line, 1 written (or this very line, sent again), 0 another answer was there,
 -- -1 no batch; or an empty list: a group that must be sent line by line.
 local results, batch, agg_hour, agg_hours = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local events, all_events, batch_agg, open, answers = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local events, all_events, batch_agg, open, answers, pool = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local ttl, now, hour, hour_start, agg_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local spend, answer, n_batch, n_agg = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
 local items_from = 10
 local agg_from = items_from + 2 * n_batch
 local lines_from = agg_from + 2 * n_agg
 local n = (#ARGV - lines_from + 1) / 3
+
+-- what the providers billed, on the batch and on its pool (which has no lifetime: it outlives batches)
+local function spent()
+  redis.call('HINCRBY', batch, 'spent_pico', ARGV[6])
+  if pool ~= '' then redis.call('HINCRBY', pool, 'spent_pico', ARGV[6]) end
+end
 
 local function codes(code)
   local out = {}
@@ -97,14 +105,14 @@ if n > 1 then
 elseif stored[1] then
   if stored[1] == ARGV[lines_from + 1] then return {1} end
   if spend > 0 and redis.call('SADD', answers, answer) == 1 then
-    redis.call('HINCRBY', batch, 'spent_pico', ARGV[6])
+    spent()
     redis.call('PEXPIRE', answers, life)
   end
   return {0}
 end
 
 redis.call('HSET', results, unpack(pairs_))
-if spend > 0 then redis.call('HINCRBY', batch, 'spent_pico', ARGV[6]) end
+if spend > 0 then spent() end
 redis.call('PEXPIRE', results, life)
 if done >= total then return {1} end  -- one line past the total (a group never gets here)
 

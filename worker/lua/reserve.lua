@@ -1,38 +1,71 @@
--- reserve: hold a call's worst case against the batch budget (--max-cost) before it is sent.
+-- reserve: hold a call's worst case against its budgets before it is sent: the batch's own
+-- (--max-cost at submit) and its pool's (the key's --max-cost, shared by all the key's batches and calls).
 --
--- A hold whose holder's lease lapsed (its worker died) or whose deadline passed no longer counts,
--- and is dropped. Time is Redis's (TIME), not a machine's. The holds take the record's lifetime.
+-- A budget is passed when what was spent plus the live holds plus this call pass its cap. A hold whose
+-- holder's lease lapsed (its worker died) or whose deadline passed no longer counts, and is dropped.
+-- Time is Redis's (TIME), not a machine's. The batch's holds take the record's lifetime; the pool's
+-- live at least as long as their longest deadline. A call holds in both at once, or in neither.
 --
 -- KEYS:
 --   batch        HASH    the batch record (its spent_pico)
 --   holds        HASH    custom_id -> "{pico} {deadline} {lease key}"
+--   pool         HASH    the pool's record (its spent_pico: the tenant hash); '' for none
+--   pool_holds   HASH    "{batch id} {custom_id}" -> "{pico} {deadline} {lease key}"; '' for none
 -- ARGV:
 --   custom_id    the request that holds
 --   pico         its worst case, pico-dollars
---   max_pico     the batch budget, pico-dollars
+--   max_pico     the batch budget, pico-dollars (0: none)
 --   lease        the holder's lease key ('' for none)
 --   hold_for     seconds the hold counts at most
--- Returns: 1 held, 0 it can never fit (what was spent only grows), -1 it fits once calls in flight settle.
-local batch, holds = KEYS[1], KEYS[2]
-local custom_id, pico, max_pico, lease, hold_for = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+--   pool_max     the pool's cap, pico-dollars (0: none)
+--   pool_field   the hold's name in pool_holds
+-- Returns: 1 held, 0 it can never fit in one of them (what was spent only grows), -1 it fits once
+-- calls in flight settle.
+local batch, holds, pool, pool_holds = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local custom_id, pico, max_pico, lease, hold_for = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local pool_max, pool_field = tonumber(ARGV[6]), ARGV[7]
 
-local spent = tonumber(redis.call('HGET', batch, 'spent_pico')) or 0
-if spent + tonumber(pico) > max_pico then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1])
-redis.call('HDEL', holds, custom_id)
-local held = 0
-local all = redis.call('HGETALL', holds)
-for i = 1, #all, 2 do
-  local amount, deadline, holder = string.match(all[i + 1], '^(%d+) (%d+) ?(.*)$')
-  if amount == nil or tonumber(deadline) < now or (holder ~= '' and redis.call('EXISTS', holder) == 0) then
-    redis.call('HDEL', holds, all[i])
-  else
-    held = held + tonumber(amount)
-  end
+-- each budget that applies: its record, its holds, this call's name there, its cap
+local budgets = {}
+if max_pico > 0 then budgets[#budgets + 1] = {batch, holds, custom_id, max_pico} end
+if pool ~= '' and pool_max > 0 then budgets[#budgets + 1] = {pool, pool_holds, pool_field, pool_max} end
+
+local spent = {}
+for i, b in ipairs(budgets) do
+  spent[i] = tonumber(redis.call('HGET', b[1], 'spent_pico')) or 0
+  if spent[i] + pico > b[4] then return 0 end
 end
-if spent + held + tonumber(pico) > max_pico then return -1 end
-redis.call('HSET', holds, custom_id, pico .. ' ' .. (now + tonumber(hold_for)) .. ' ' .. lease)
-local life = redis.call('PTTL', batch)
-if life > 0 then redis.call('PEXPIRE', holds, life) end
+local now = tonumber(redis.call('TIME')[1])
+
+-- the live holds of `key` but this call's own (dropped: a hold taken again replaces it)
+local function held(key, own)
+  redis.call('HDEL', key, own)
+  local sum = 0
+  local all = redis.call('HGETALL', key)
+  for i = 1, #all, 2 do
+    local amount, deadline, holder = string.match(all[i + 1], '^(%d+) (%d+) ?(.*)$')
+    if amount == nil or tonumber(deadline) < now or (holder ~= '' and redis.call('EXISTS', holder) == 0) then
+      redis.call('HDEL', key, all[i])
+    else
+      sum = sum + tonumber(amount)
+    end
+  end
+  return sum
+end
+
+for i, b in ipairs(budgets) do
+  if spent[i] + held(b[2], b[3]) + pico > b[4] then return -1 end
+end
+local value = ARGV[2] .. ' ' .. (now + tonumber(hold_for)) .. ' ' .. lease
+for _, b in ipairs(budgets) do
+  redis.call('HSET', b[2], b[3], value)
+end
+if max_pico > 0 then
+  local life = redis.call('PTTL', batch)
+  if life > 0 then redis.call('PEXPIRE', holds, life) end
+end
+local keep = math.max(tonumber(hold_for), 1)
+if pool ~= '' and pool_max > 0 and redis.call('TTL', pool_holds) < keep then
+  redis.call('EXPIRE', pool_holds, keep)
+end
 return 1

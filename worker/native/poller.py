@@ -358,7 +358,7 @@ class Step:
             except RequestFailed as exc:  # an answer the adapter cannot read: an error line, not a lost line
                 out.append(records.error_result(self.batch, cid, exc, records.meta_of(self.batch, json.loads(raw)),
                                                 part.provider_id))
-        self.store.commit_many(self.bid, out)
+        self.store.commit_many(self.bid, out, pool=self.batch.pool)
 
     def leave(self, part: Part, ids: list[str], why: str) -> None:
         """Lines a provider batch did not answer: real time while the window lasts, else closed."""

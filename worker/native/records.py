@@ -39,17 +39,20 @@ class Line:
 
 @dataclass
 class BatchInfo:
-    """What a line's result needs of its batch: its id, its tags, whether unsupported params are dropped."""
+    """What a line's result needs of its batch: its id, its tags, whether unsupported params are dropped,
+    and the pool (tenant) its spend is added to."""
 
     id: str
     tags: dict[str, str]
     drop_unsupported: bool
+    pool: str = ""
 
 
 def batch_info(store: Store, bid: str) -> BatchInfo:
     raw = store.batch(bid) or {}
     options = json.loads(raw.get("options") or "{}")
-    return BatchInfo(bid, json.loads(raw.get("metadata") or "{}"), bool(options.get("drop_unsupported_params")))
+    return BatchInfo(bid, json.loads(raw.get("metadata") or "{}"), bool(options.get("drop_unsupported_params")),
+                     str(options.get("pool") or ""))
 
 
 def prepare(registry: Registry, batch: BatchInfo, cid: str, record: dict[str, Any] | None) -> Line:
@@ -143,4 +146,4 @@ def error_result(batch: BatchInfo, cid: str, error: RequestFailed, meta: dict[st
 def commit_error(store: Store, batch: BatchInfo, cid: str, error: RequestFailed, meta: dict[str, Any]) -> bool:
     """A line that cannot go, committed once with its reason."""
     _, line, outcome = error_result(batch, cid, error, meta)
-    return store.commit(batch.id, cid, line, outcome)
+    return store.commit(batch.id, cid, line, outcome, pool=batch.pool)

@@ -1,0 +1,98 @@
+"""A key's budget shared by its batches (their pool) on a real redis-server: the calls in flight of one batch hold
+against another's, every commit adds to the key's spend in the same script, and a crashed holder's hold lapses.
+The whole road (API, workers, emulator) is in tests/api/test_key_budget_api.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+
+import pytest
+
+from producer.client import Client
+from producer.options import SubmitOptions
+from producer.submit import submit
+from worker.batch import Batch
+from worker.settings import Settings
+from worker.store import Store
+
+from .conftest import ROOT
+from .test_store_redis import chat, result
+
+CAP = 10_000_000  # pico-dollars: $0.00001
+LINE = 2_000_000  # what result(..., "0.000002") spent
+
+
+@pytest.fixture
+def client(real_redis, redis_server, registry) -> Client:
+    return Client(real_redis, Settings(redis_url=redis_server.url, registry_path=ROOT / "registry.json"), registry)
+
+
+def pooled(client: Client, n: int = 3, *, max_cost: Decimal | None = None) -> str:
+    """A batch of tenant acme, whose key has a budget of CAP."""
+    options = SubmitOptions(pool="acme", pool_max_cost=Decimal(CAP).scaleb(-12), max_cost=max_cost)
+    raw = [json.dumps(chat(f"r{i}")).encode() for i in range(n)]
+    return submit(client.conn, client.settings, client.registry, raw, options).batch_id
+
+
+def spent(store: Store, key: str) -> int:
+    return int(store.conn.hget(key, "spent_pico") or 0)
+
+
+def test_a_batch_names_its_pool_and_the_keys_budget_for_its_workers(client):
+    batch = Batch.load(client.store, pooled(client))
+    assert (batch.pool, batch.pool_max_pico, batch.max_cost_pico, batch.budgeted) == ("acme", CAP, None, True)
+    plain = Batch.load(client.store, client.submit([chat("a")]))
+    assert (plain.pool, plain.pool_max_pico, plain.budgeted) == ("", None, False)
+
+
+def test_the_calls_of_two_batches_of_a_key_hold_against_its_one_budget(client):
+    store, a, b = client.store, pooled(client), pooled(client)
+    tenant = store.keys.tenant("acme")
+    assert store.reserve(a, "r0", 6_000_000, None, pool="acme", pool_max_pico=CAP) == 1
+    assert store.reserve(b, "r0", 5_000_000, None, pool="acme", pool_max_pico=CAP) == -1  # fits once a's call settles
+    assert store.reserve(b, "r0", 4_000_000, None, pool="acme", pool_max_pico=CAP) == 1  # 6 + 4 of 10 held
+    assert store.reserve(b, "r1", 11_000_000, None, pool="acme", pool_max_pico=CAP) == 0  # never
+
+    assert store.commit(a, "r0", result("r0", "x0"), "succeeded", pool="acme")
+    store.release(a, "r0", "acme")
+    assert spent(store, tenant) == spent(store, store.keys.batch(a)) == LINE  # in the same script
+    assert store.reserve(a, "r1", 5_000_000, None, pool="acme", pool_max_pico=CAP) == -1  # 2 spent + 4 held + 5
+    assert store.reserve(a, "r1", 4_000_000, None, pool="acme", pool_max_pico=CAP) == 1
+    assert store.reserve(a, "r2", 9_000_000, None, pool="acme", pool_max_pico=CAP) == 0  # 2 spent + 9 > 10
+
+    codes = store.commit_many(b, [("r1", result("r1", "x1"), "succeeded"), ("r2", result("r2", "x2"), "succeeded")],
+                              pool="acme")  # one group: its sum added once
+    assert codes == [1, 1] and spent(store, tenant) == 3 * LINE and spent(store, store.keys.batch(b)) == 2 * LINE
+    store.commit(b, "r2", result("r2", "another answer"), "succeeded", pool="acme")  # a duplicate run, paid twice
+    assert spent(store, tenant) == 4 * LINE
+    store.commit(client.submit([chat("z")]), "z", result("z", "x3"), "succeeded")  # no pool: not the key's
+    assert spent(store, tenant) == 4 * LINE
+
+
+def test_a_call_holds_against_its_batch_budget_and_its_keys_both(client):
+    store, bid = client.store, pooled(client, max_cost=Decimal("0.000003"))
+    assert store.reserve(bid, "r0", 4_000_000, 3_000_000, pool="acme", pool_max_pico=CAP) == 0  # the batch's budget
+    assert store.reserve(bid, "r0", 3_000_000, 3_000_000, pool="acme", pool_max_pico=CAP) == 1
+    held = store.conn.hgetall(store.keys.tenant_reserved("acme"))
+    assert list(held) == [f"{bid} r0".encode()] and store.conn.hexists(store.keys.reservations(bid), "r0")
+    store.release(bid, "r0", "acme")
+    assert not store.conn.exists(store.keys.tenant_reserved("acme"), store.keys.reservations(bid))
+
+
+def test_a_crashed_holders_hold_on_the_keys_budget_lapses(client, real_redis):
+    store, a, b = client.store, pooled(client), pooled(client)
+    lease = store.keys.lease("chunk-of-a")
+    real_redis.set(lease, "token")
+    assert store.reserve(a, "r0", 9_000_000, None, pool="acme", pool_max_pico=CAP, lease=lease) == 1
+    assert store.reserve(b, "r0", 5_000_000, None, pool="acme", pool_max_pico=CAP) == -1
+    real_redis.delete(lease)  # a's worker died: its lease lapses, never released
+    assert store.reserve(b, "r0", 5_000_000, None, pool="acme", pool_max_pico=CAP) == 1
+    assert f"{a} r0".encode() not in real_redis.hgetall(store.keys.tenant_reserved("acme"))
+
+    assert store.reserve(a, "r1", 5_000_000, None, pool="acme", pool_max_pico=CAP, hold_for=0) == 1  # no lease
+    assert store.reserve(a, "r2", 1_000_000, None, pool="acme", pool_max_pico=CAP) == -1
+    time.sleep(1.1)  # past its deadline, on Redis's clock
+    assert store.reserve(a, "r2", 1_000_000, None, pool="acme", pool_max_pico=CAP) == 1
+    assert 0 < real_redis.ttl(store.keys.tenant_reserved("acme"))  # the holds never outlive their deadlines
