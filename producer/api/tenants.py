@@ -26,6 +26,7 @@ import redis
 from worker import clock
 from worker.errors import ConfigError
 from worker.keys import Keys
+from worker.money import from_pico
 
 from .codec import Fields, text, text_hash
 
@@ -161,7 +162,9 @@ def _public(name: str, record: dict[str, str]) -> dict[str, Any]:
     revoked = record.get("revoked_at") or None
     return {"name": name, "status": "revoked" if revoked else "active", "created_at": int(record.get("created_at") or 0),
             "revoked_at": int(revoked) if revoked else None, "rpm": int(record.get("rpm") or 0),
-            "max_cost": record.get("max_cost") or None, "webhook_url": shown_url(record.get("webhook_url") or None),
+            "max_cost": record.get("max_cost") or None,
+            "spent": format(from_pico(int(record.get(SPENT) or 0)), "f"),  # USD, exact: committed results, live
+            "webhook_url": shown_url(record.get("webhook_url") or None),
             "webhooks_failed": int(record.get(WEBHOOKS_FAILED) or 0)}
 
 

@@ -158,7 +158,7 @@ def keys_create(name: str, max_cost: Decimal | None, rpm: int, webhook_url: str 
 @click.option("--json", "as_json", is_flag=True, help='Print {"object": "list", "data": [...]}.')
 @friendly
 def keys_list(as_json: bool) -> None:
-    """Every key's name, status and limits (never the key itself)."""
+    """Every key's name, status, spend so far (USD, its committed results) and limits (never the key itself)."""
     from producer.api.tenants import KeyStore
 
     settings, conn = _shared()
@@ -170,6 +170,7 @@ def keys_list(as_json: bool) -> None:
         click.echo("no keys yet: otb keys create NAME", err=True)
     for row in rows:
         limits = ", ".join(f"{k} {row[k]}" for k in ("rpm", "max_cost", "webhook_url", "webhooks_failed") if row[k])
+        limits = f"spent ${row['spent']}" + (f", {limits}" if limits else "")
         click.echo(f"{row['name']:<24} {row['status']:<8} {limits}".rstrip())
 
 

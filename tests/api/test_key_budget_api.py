@@ -9,6 +9,7 @@ output limit at $10 per 1M): 20 of them cost about $0.0038, more than half of a 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from decimal import Decimal
@@ -18,7 +19,7 @@ import pytest
 
 from bench.harness import WorkerProcess, worker_env
 
-from .conftest import create_key, sdk
+from .conftest import api_cli, create_key, sdk
 from .test_batches_api import content_lines, create, jsonl, retrieve, settled, upload
 
 pytestmark = pytest.mark.e2e
@@ -113,3 +114,8 @@ def test_a_keys_spend_is_each_result_counted_once_as_it_is_committed(live, env, 
     routes = {x["meta"].get("route") for b in batches for x in content_lines(client, settled(client, b.id).output_file_id)}
     assert routes == {"native", "realtime"}  # a 24 h Claude batch goes to Message Batches: its commits count too
     assert spent(api_redis, "once") == sum(costs) + sum(calls) > 0  # the batches' ends added nothing more
+    listed = api_cli(["keys", "list", "--json"], env)  # what the operator sees: the same figure, exact
+    row = next(r for r in json.loads(listed.stdout)["data"] if r["name"] == "once")
+    assert Decimal(row["spent"]) == sum(costs) + sum(calls)
+    text = api_cli(["keys", "list"], env).stdout.decode()
+    assert f"spent ${row['spent']}" in next(line for line in text.splitlines() if line.startswith("once "))
