@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import fakeredis
 import pytest
 import redis
@@ -87,3 +89,39 @@ def test_an_in_process_worker_ends_a_chunk_that_fails_for_good(registry, monkeyp
     assert status["request_counts"]["errored"] == 3
     codes = {json.loads(raw)["error"]["code"] for raw in Store.of(conn, settings).raw_results(bid).values()}
     assert codes == {"chunk_failed"}
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_a_run_that_lost_its_lease_leaves_the_jobs_record_to_its_next_run(conn: fakeredis.FakeRedis,
+                                                                          taken: bool) -> None:
+    """The janitor queued the chunk again when its lease lapsed; when the old run ends, RQ used to mark the
+    job finished and let it expire in CHUNK_RESULT_TTL: a chunk still queued then was dropped by RQ,
+    and its requests waited for the janitor's rescue. Now the job stays queued, with no expiry; the old
+    run's own execution goes once the chunk was taken over (else the janitor finds it there)."""
+    from rq.executions import Execution
+    from rq.job import JobStatus
+
+    from worker import jobs
+
+    queue = Queue("otb", connection=conn, serializer=JSONSerializer)
+    job = chunk_job(conn)
+    job.origin = queue.name
+    with conn.pipeline() as pipe:
+        execution = Execution.create(job, 60, pipeline=pipe)
+        job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=60)  # the old run's
+        pipe.execute()
+    queue.enqueue_job(job)  # ... and the janitor's re-enqueue
+    worker = DrainingWorker([queue], connection=conn, serializer=JSONSerializer)
+    jobs.GIVEN_UP[job.id] = taken
+    worker.handle_job_success(job, queue, queue.started_job_registry, execution)
+    assert Job.fetch(job.id, connection=conn, serializer=JSONSerializer).get_status() == JobStatus.QUEUED
+    assert conn.ttl(job.key) == -1 and queue.job_ids == [job.id]
+    assert (job.id in job.started_job_registry.get_job_ids(cleanup=False)) is not taken
+    assert job.id not in jobs.GIVEN_UP
+
+    # a run that kept its lease: RQ's own success writes, as before
+    job.set_status(JobStatus.STARTED)
+    job.started_at = job.ended_at = datetime.now(timezone.utc)
+    worker.handle_job_success(job, queue, queue.started_job_registry, execution)
+    assert Job.fetch(job.id, connection=conn, serializer=JSONSerializer).get_status() == JobStatus.FINISHED
+    assert conn.ttl(job.key) > 0

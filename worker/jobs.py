@@ -50,6 +50,9 @@ def current_settings() -> Settings:
 DRAIN = threading.Event()
 
 T = TypeVar("T")
+# Chunk jobs whose run lost its lease, in this process: job id -> taken over (queued again, or another
+# worker's) or not yet. Their RQ record belongs to the chunk's next run, so RQ must not mark them finished.
+GIVEN_UP: dict[str, bool] = {}
 HORSE_GC_THRESHOLD = 20_000  # allocations between young collections in a work horse (Python's default: 700)
 
 
@@ -100,9 +103,11 @@ def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, int]:
             summary = run_loop(settings, process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN, lease=lease,
                                                 claim=claim))
         if lease.lost.is_set():  # a janitor gave the chunk (and those it claimed) to others: hand back nothing
-            if not wait_taken_over(conn, settings, job.id, lease.owner):
+            taken = wait_taken_over(conn, settings, job.id, lease.owner)
+            if not taken:
                 log.error("chunk %s: lease lost but not yet taken over after %.0f s; its open requests wait for "
                           "the janitor's rescue", job.id, settings.lease_ttl * 2)
+            GIVEN_UP[job.id] = taken  # RQ's bookkeeping of the job is no longer this run's (rqworker.ChunkJobs)
             return summary.job_result()
     settle(conn, settings, summary)
     return summary.job_result()

@@ -79,6 +79,22 @@ class ChunkJobs(BaseWorker):
                 raise
             self.refusals.refused(exc)  # the chunk's lease and the janitor keep its requests safe meanwhile
 
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
+        """RQ's success writes (status finished, the job's expiry in CHUNK_RESULT_TTL), unless the run lost its
+        lease: then a janitor has queued the job again, or another worker runs it, and those writes would
+        land on that run's record (a job still queued an hour later expired, and its requests waited for the
+        janitor's rescue). This run only removes its own execution once the chunk was taken over; if it
+        was not yet, the execution stays in the started registry, where the janitor finds it."""
+        taken = jobs.GIVEN_UP.pop(job.id, None)
+        if taken is None:
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        if taken:
+            with self.connection.pipeline() as pipe:
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                pipe.execute()
+        log.info("chunk %s: its lease was lost, so its RQ record is left to its next run", job.id)
+
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Any = None) -> None:
         final = not job.should_retry and self._stopped_job_id != job.id and refusal_of(job) is None
