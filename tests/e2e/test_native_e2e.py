@@ -444,3 +444,32 @@ def test_an_embeddings_job_created_but_not_recorded_is_found_by_its_display_name
     got = results(env, bid)
     assert set(routes_of(got).values()) == {"native/succeeded"} and len(got) == 3
     assert {r["meta"]["native_batch"] for r in got.values()} == {part(real_redis, bid)["provider_id"]}
+
+
+def test_a_poller_that_lost_its_lease_creates_nothing(redis_server, emulator, real_redis, registry) -> None:  # type: ignore[no-untyped-def]
+    """A poller stalled (or cut off from Redis) past its lease on a batch: another poller has the batch now.
+    It stops before its next part, and before recording a create's intent if the lease lapsed while it
+    spooled the lines, so a part's provider batch is never created twice (each would be paid)."""
+    from producer.options import SubmitOptions
+    from producer.submit import submit as submit_lines
+    from worker.native.poller import Runner
+    from worker.native.state import CREATED, PLANNED, native_state
+    from worker.settings import Settings
+
+    settings = Settings.from_env(worker_env(redis_server.url, emulator.url))
+    lines = [json.dumps({"custom_id": f"n{i}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": CLAUDE, "max_tokens": 20, "messages": [{"role": "user", "content": f"q{i}"}]}}
+                        ).encode() for i in range(3)]
+    bid = submit_lines(real_redis, settings, registry, lines, SubmitOptions(mode="native", completion_window=86400)).batch_id
+    state, before = native_state(real_redis, settings), stats(emulator)
+    with httpx.Client(timeout=30) as client:
+        runner = Runner(real_redis, settings, client)
+        runner.advance(bid, lambda: False)  # lost before its first part: the plan is made, nothing is sent
+        assert [p.state for p in state.parts(bid)] == [PLANNED]
+        answers = iter([True, False])  # held at the part, lapsed while the lines were spooled
+        runner.advance(bid, lambda: next(answers))
+        assert [p.state for p in state.parts(bid)] == [PLANNED] and stats(emulator) == before
+        runner.advance(bid)  # the poller that holds the batch creates its one provider batch
+    assert [p.state for p in state.parts(bid)] == [CREATED]
+    created = stats(emulator) - before
+    assert created == Counter({"messages.batches.create": 1}), created

@@ -77,12 +77,16 @@ class Runner:
         for bid in self.state.due(clock.now()):
             if not self.state.claim(bid, self.owner, self.settings.lease_ttl):
                 continue  # another poller has it
-            with Lease(self.conn, self.store.keys.native_lease(bid), self.settings.lease_ttl):
-                self.advance(bid)
+            with Lease(self.conn, self.store.keys.native_lease(bid), self.settings.lease_ttl) as lease:
+                self.advance(bid, lease.holds)
             advanced += 1
         return advanced
 
-    def advance(self, bid: str) -> None:
+    def advance(self, bid: str, holds: Callable[[], bool] = lambda: True) -> None:
+        """One pass over the batch's parts while `holds()`: once this poller's lease on the batch is lost
+        (it stalled, or was cut off from Redis, past the lease's TTL), another poller has the batch, and
+        this one stops before its next part and before it records a create's intent, so two pollers never
+        create the same part's provider batch (each paid)."""
         record = self.store.batch(bid)
         if record is None:  # the batch is gone (expired, deleted): nothing to do for it
             self.state.finish(bid)
@@ -91,9 +95,13 @@ class Runner:
         batch = records.batch_info(self.store, bid)
         if self.state.waiting(bid):  # lines of a submit, or of a retry, not in a part yet
             self.plan(bid, batch, registry)
-        step = Step(self, bid, batch, registry, record)
+        step = Step(self, bid, batch, registry, record, holds)
         pending = [part for part in self.state.parts(bid) if part.state != DONE]
         for part in pending:
+            if not holds():
+                log.warning("batch %s: this poller's lease on it was lost; its provider batches are left to the "
+                            "poller that has it now", bid)
+                return
             step.run(part)
         left = [part for part in pending if part.state != DONE]
         if not left:
@@ -180,8 +188,8 @@ class Step:
     """One pass over a batch's parts: what the batch's status and window say each part must do now."""
 
     def __init__(self, runner: Runner, bid: str, batch: records.BatchInfo, registry: Registry,
-                 record: dict[str, str]) -> None:
-        self.runner, self.bid, self.batch, self.registry = runner, bid, batch, registry
+                 record: dict[str, str], holds: Callable[[], bool] = lambda: True) -> None:
+        self.runner, self.bid, self.batch, self.registry, self.holds = runner, bid, batch, registry, holds
         self.state, self.store, self.settings = runner.state, runner.store, runner.settings
         self.status = record.get("status", "")
         self.closing = self.status in CLOSED_CODE
@@ -235,6 +243,10 @@ class Step:
             if part.sent == 0:
                 part.state = DONE
                 self.state.save(self.bid, part)
+                return
+            if not self.holds():  # the spool took long and the lease lapsed meanwhile: the part is another's
+                log.warning("batch %s part %d: lease lost before the create; left to the poller that has it",
+                            self.bid, part.n)
                 return
             part.intent_at, part.state = self.now, CREATING
             self.state.save(self.bid, part)  # the intent, before the create: a kill from here on is recovered
