@@ -168,7 +168,7 @@ class TimingProxy:
 class Stack:
     """redis-server, emulator (200 ms), timing proxy, one `otb worker`, one `otb serve`, and a key."""
 
-    def __init__(self, work: Path, stack: contextlib.ExitStack) -> None:
+    def __init__(self, work: Path, stack: contextlib.ExitStack, key_options: tuple[str, ...] = ()) -> None:
         self.work = work
         self.redis = RedisServer(work)
         stack.callback(self.redis.stop)
@@ -182,7 +182,7 @@ class Stack:
         stack.callback(self.worker.stop, timeout=15)
         self.server = ServerProcess(self.env, log=work / "serve.log")
         stack.callback(self.server.stop)
-        made = otb(["keys", "create", "bench", "--json"], self.env)
+        made = otb(["keys", "create", "bench", "--json", *key_options], self.env)
         if made.returncode != 0:
             raise RuntimeError(f"otb keys create failed: {made.stderr.decode()[-2000:]}")
         self.key = json.loads(made.stdout)["key"]
@@ -442,7 +442,9 @@ def render(report: dict[str, Any]) -> str:
            f"{report['cpus']} CPUs, load average {report['loadavg_start']} -> {report['loadavg_end']}, "
            f"{report['elapsed_s']} s" + (" (--quick)" if report["quick"] else ""),
            f"emulator latency {LATENCY_MS:g} ms; one `otb serve`, one `otb worker` (defaults); the openai SDK "
-           f"{openai.__version__} (AsyncOpenAI + DefaultAioHttpClient, max_retries=0, one client); private redis-server", ""]
+           f"{openai.__version__} (AsyncOpenAI + DefaultAioHttpClient, max_retries=0, one client); private redis-server",
+           *([f"LABELLED RUN: the key has --max-cost {report['key_max_cost']} (every request holds against its budget)"]
+             if report.get("key_max_cost") else []), ""]
 
     def verdict(name: str) -> str:
         return "met" if c[name]["met"] else "MISSED"
@@ -491,15 +493,16 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def run(only: list[str], sizes: Sizes, work: Path) -> dict[str, Any]:
+def run(only: list[str], sizes: Sizes, work: Path, key_max_cost: str | None = None) -> dict[str, Any]:
     """Every scenario asked for, on one stack (stopped on the way out, whatever happens)."""
     report: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                               "code": code_version(), "cpus": os.cpu_count(), "loadavg_start": load_average(),
-                              "sizes": sizes.__dict__, "targets": TARGETS, "scenarios": {}}
+                              "sizes": sizes.__dict__, "targets": TARGETS, "scenarios": {},
+                              "key_max_cost": key_max_cost}
     started = time.monotonic()
     with contextlib.ExitStack() as cleanup:
         progress("starting redis-server, emulator (200 ms), otb worker, otb serve")
-        stack = Stack(work, cleanup)
+        stack = Stack(work, cleanup, ("--max-cost", key_max_cost) if key_max_cost else ())
         asyncio.run(concurrent_calls(stack, 5))  # warm: imports, connections, scripts, a work horse
         stack.wait_idle()
         for name in only:
@@ -515,13 +518,15 @@ def main() -> int:
     ap.add_argument("--only", default="b,a,c,d", help="scenarios to run, in this order (default b,a,c,d)")
     ap.add_argument("--json", action="store_true", help="print one JSON object with every figure")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, files)")
+    ap.add_argument("--key-max-cost", metavar="USD", help="a labelled run: the bench's key has this --max-cost, so "
+                    "every call and batch line also holds its worst case against the key's budget")
     args = ap.parse_args()
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     if not set(only) <= set(SCENARIOS):
         ap.error(f"--only: scenarios are {', '.join(SCENARIOS)}")
     work = Path(tempfile.mkdtemp(prefix="otb-http-bench-"))
     try:
-        report = run(only, QUICK if args.quick else Sizes(), work)
+        report = run(only, QUICK if args.quick else Sizes(), work, args.key_max_cost)
     except BaseException:
         progress(f"failed; work directory kept: {work}")
         raise

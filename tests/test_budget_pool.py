@@ -96,3 +96,55 @@ def test_a_crashed_holders_hold_on_the_keys_budget_lapses(client, real_redis):
     time.sleep(1.1)  # past its deadline, on Redis's clock
     assert store.reserve(a, "r2", 1_000_000, None, pool="acme", pool_max_pico=CAP) == 1
     assert 0 < real_redis.ttl(store.keys.tenant_reserved("acme"))  # the holds never outlive their deadlines
+
+
+def test_a_hold_that_fits_costs_the_same_however_many_calls_hold(client, real_redis):
+    """Each budget keeps the sum of its holds (`held_pico`): a call that fits on the sum does not look at
+    the other holds. Scanning them all (and asking whether each holder still lives) on every hold made a
+    key with a budget quadratic: 59 EXISTS a call at 1,000 concurrent calls (bench.http --key-max-cost)."""
+    store, a = client.store, pooled(client, n=1)
+    tenant = store.keys.tenant("acme")
+    many = 1_000
+    for i in range(many):
+        real_redis.set(f"otb:lease:job{i}", "owner")
+        assert store.reserve(a, f"c{i}", 1, None, pool="acme", pool_max_pico=CAP, lease=f"otb:lease:job{i}") == 1
+    assert int(real_redis.hget(tenant, "held_pico")) == many
+    before = real_redis.info("commandstats").get("cmdstat_exists", {}).get("calls", 0)
+    assert store.reserve(a, "one more", 1, None, pool="acme", pool_max_pico=CAP) == 1
+    assert real_redis.info("commandstats").get("cmdstat_exists", {}).get("calls", 0) == before
+    for i in range(many):
+        store.release(a, f"c{i}", "acme")
+    assert int(real_redis.hget(tenant, "held_pico")) == 1  # "one more" holds on
+    store.release(a, "one more", "acme")
+    store.release(a, "one more", "acme")  # twice: the second changes nothing
+    assert int(real_redis.hget(tenant, "held_pico")) == 0
+
+
+def test_a_dead_holders_share_of_the_sum_goes_when_a_call_would_not_fit(client, real_redis):
+    """A worker died holding most of the key's budget: its hold stays in the sum until a call does not fit
+    on it; then the holds are recounted, the dead one dropped, and the call is held."""
+    store, a = client.store, pooled(client, n=1)
+    tenant = store.keys.tenant("acme")
+    real_redis.set("otb:lease:dead", "owner")
+    assert store.reserve(a, "big", 8_000_000, None, pool="acme", pool_max_pico=CAP, lease="otb:lease:dead") == 1
+    assert store.reserve(a, "small", 1_000_000, None, pool="acme", pool_max_pico=CAP) == 1  # fits on the sum
+    assert store.reserve(a, "wait", 3_000_000, None, pool="acme", pool_max_pico=CAP) == -1  # 8 + 1 + 3 > 10
+    real_redis.delete("otb:lease:dead")  # its worker died: the lease lapsed
+    assert store.reserve(a, "wait", 3_000_000, None, pool="acme", pool_max_pico=CAP) == 1
+    assert int(real_redis.hget(tenant, "held_pico")) == 4_000_000
+    assert set(real_redis.hkeys(store.keys.tenant_reserved("acme"))) == {f"{a} small".encode(), f"{a} wait".encode()}
+    store.release(a, "big", "acme")  # the dead worker's release, late: already dropped, the sum stays right
+    assert int(real_redis.hget(tenant, "held_pico")) == 4_000_000
+
+
+def test_a_batch_budget_keeps_its_sum_on_the_batch_record_and_never_revives_a_gone_batch(client, real_redis):
+    store = client.store
+    bid = pooled(client, n=1, max_cost=Decimal("0.000005"))  # its own budget: 5,000,000 pico
+    assert store.reserve(bid, "r0", 2_000_000, 5_000_000, pool="acme", pool_max_pico=CAP) == 1
+    assert int(real_redis.hget(store.keys.batch(bid), "held_pico")) == 2_000_000
+    store.release(bid, "r0", "acme")
+    assert int(real_redis.hget(store.keys.batch(bid), "held_pico")) == 0
+    real_redis.delete(store.keys.batch(bid))  # expired meanwhile
+    store.reserve(bid, "r1", 2_000_000, 5_000_000, pool="acme", pool_max_pico=CAP)
+    store.release(bid, "r1", "acme")
+    assert not real_redis.exists(store.keys.batch(bid))

@@ -4,7 +4,7 @@ Prefix `otb` (`OTB_KEY_PREFIX`). A batch's keys expire together, `OTB_RESULT_TTL
 the indexes drop a batch as it ends. RQ's own keys (`rq:*`: queue, jobs, registries) are not named
 here: they are reached through RQ's API (`Queue`, `Job`, the registries), never written by hand.
 
-    {p}:batch:{id}               HASH    the batch record: status, counts, cost/spend, tokens, options
+    {p}:batch:{id}               HASH    the batch record: status, counts, cost/spend, held_pico, tokens, options
     {p}:batch:{id}:ids           LIST    custom_ids in input order
     {p}:batch:{id}:requests      HASH    custom_id -> {"url", "body", "line"} as submitted
     {p}:batch:{id}:results       HASH    custom_id -> result line
@@ -46,7 +46,8 @@ every commit adds their spend to its hash, and a call holds its worst case in it
     {p}:apikey:{sha256}               STRING  the tenant a key belongs to (deleted on revoke)
     {p}:tenant:{name}                 HASH    the tenant: key_sha256, created_at, rpm, max_cost, webhook_url,
                                               webhook_secret, revoked_at, spent_pico (what its calls and batches
-                                              cost, added by each commit: the pool of its batches, below)
+                                              cost, added by each commit: the pool of its batches, below),
+                                              held_pico (the sum of its holds in flight, kept by the budget scripts)
     {p}:tenant:{name}:reserved        HASH    the key's --max-cost holds of calls in flight, over all its
                                               batches: "{batch id} {custom_id}" -> "{pico} {deadline} {lease}"
     {p}:tenants                       SET     tenant names (`otb keys list`)

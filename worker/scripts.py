@@ -110,6 +110,7 @@ class Scripts:
     uncommit: Script
     reopen: Script
     reserve: Script
+    release: Script
     count_parked: Script
     same_life: Script
     close: Script

@@ -249,12 +249,12 @@ class Store:
                                         pool_field=pool_hold(bid, custom_id)))
 
     def release(self, bid: str, custom_id: str, pool: str = "") -> None:
-        """Drop the call's holds (in the batch's budget and its pool's), in one round trip."""
-        pipe = self.conn.pipeline(transaction=False)
-        pipe.hdel(self.keys.reservations(bid), custom_id)
-        if pool:
-            pipe.hdel(self.keys.tenant_reserved(pool), pool_hold(bid, custom_id))
-        pipe.execute()
+        """Drop the call's holds (in the batch's budget and its pool's) and their share of each sum, in one
+        script call (lua/release.lua)."""
+        k = self.keys
+        self.scripts.release(batch=k.batch(bid), holds=k.reservations(bid), pool=k.tenant(pool) if pool else "",
+                             pool_holds=k.tenant_reserved(pool) if pool else "", custom_id=custom_id,
+                             pool_field=pool_hold(bid, custom_id))
 
     def count_parked(self, bid: str, n: int, until: float = 0.0, reason: str = "") -> int:
         """Add `n` parked requests (negative: resumed) to the batch record; -1 if the batch is gone."""

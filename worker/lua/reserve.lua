@@ -1,15 +1,19 @@
 -- reserve: hold a call's worst case against its budgets before it is sent: the batch's own
 -- (--max-cost at submit) and its pool's (the key's --max-cost, shared by all the key's batches and calls).
 --
--- A budget is passed when what was spent plus the live holds plus this call pass its cap. A hold whose
--- holder's lease lapsed (its worker died) or whose deadline passed no longer counts, and is dropped.
--- Time is Redis's (TIME), not a machine's. The batch's holds take the record's lifetime; the pool's
--- live at least as long as their longest deadline. A call holds in both at once, or in neither.
+-- A budget is passed when what was spent plus the live holds plus this call pass its cap. Each budget's
+-- record keeps the sum of its holds (`held_pico`), so a hold that fits costs a few commands however many
+-- calls hold (a key's pool can have thousands in flight: scanning them all on every hold made it
+-- quadratic). A hold whose holder's lease lapsed (its worker died) or whose deadline passed no longer
+-- counts: the holds are scanned, the lapsed ones dropped and the sum recounted, only when a call does
+-- not fit on the sum (stale holds can only make the sum too high). Time is Redis's (TIME). The batch's
+-- holds take the record's lifetime; the pool's live at least as long as their longest deadline. A call
+-- holds in both at once, or in neither. release.lua takes a hold back.
 --
 -- KEYS:
---   batch        HASH    the batch record (its spent_pico)
+--   batch        HASH    the batch record (its spent_pico, and held_pico: the sum of its holds)
 --   holds        HASH    custom_id -> "{pico} {deadline} {lease key}"
---   pool         HASH    the pool's record (its spent_pico: the tenant hash); '' for none
+--   pool         HASH    the pool's record (the tenant hash: spent_pico, held_pico); '' for none
 --   pool_holds   HASH    "{batch id} {custom_id}" -> "{pico} {deadline} {lease key}"; '' for none
 -- ARGV:
 --   custom_id    the request that holds
@@ -26,8 +30,8 @@ local custom_id, pico, max_pico, lease, hold_for = ARGV[1], tonumber(ARGV[2]), t
 local pool_max, pool_field = tonumber(ARGV[6]), ARGV[7]
 
 -- each budget that applies: its record, its holds, this call's name there, its cap
-local budgets = {}
-if max_pico > 0 then budgets[#budgets + 1] = {batch, holds, custom_id, max_pico} end
+local budgets = {}  -- (a batch record that is gone is never re-created: its budget is not held; the commit says gone)
+if max_pico > 0 and redis.call('EXISTS', batch) == 1 then budgets[#budgets + 1] = {batch, holds, custom_id, max_pico} end
 if pool ~= '' and pool_max > 0 then budgets[#budgets + 1] = {pool, pool_holds, pool_field, pool_max} end
 
 local spent = {}
@@ -37,9 +41,17 @@ for i, b in ipairs(budgets) do
 end
 local now = tonumber(redis.call('TIME')[1])
 
--- the live holds of `key` but this call's own (dropped: a hold taken again replaces it)
-local function held(key, own)
-  redis.call('HDEL', key, own)
+-- this call's own earlier hold goes (a hold taken again replaces it)
+for _, b in ipairs(budgets) do
+  local old = redis.call('HGET', b[2], b[3])
+  if old then
+    redis.call('HDEL', b[2], b[3])
+    redis.call('HINCRBY', b[1], 'held_pico', -(tonumber(string.match(old, '^(%d+)')) or 0))
+  end
+end
+
+-- the live holds of `key`, the lapsed ones dropped: their sum
+local function recount(key)
   local sum = 0
   local all = redis.call('HGETALL', key)
   for i = 1, #all, 2 do
@@ -53,12 +65,22 @@ local function held(key, own)
   return sum
 end
 
+local fits = true
 for i, b in ipairs(budgets) do
-  if spent[i] + held(b[2], b[3]) + pico > b[4] then return -1 end
+  if spent[i] + (tonumber(redis.call('HGET', b[1], 'held_pico')) or 0) + pico > b[4] then fits = false end
 end
+if not fits then  -- on the sums it does not fit: drop the lapsed holds, and look again
+  for i, b in ipairs(budgets) do
+    local held = recount(b[2])
+    redis.call('HSET', b[1], 'held_pico', held)
+    if spent[i] + held + pico > b[4] then return -1 end
+  end
+end
+
 local value = ARGV[2] .. ' ' .. (now + tonumber(hold_for)) .. ' ' .. lease
 for _, b in ipairs(budgets) do
   redis.call('HSET', b[2], b[3], value)
+  redis.call('HINCRBY', b[1], 'held_pico', pico)
 end
 if max_pico > 0 then
   local life = redis.call('PTTL', batch)
