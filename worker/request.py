@@ -100,7 +100,7 @@ async def _to_the_end(one: OneRequest, record: Record) -> str:
         return await one.fail(_internal(exc))
     finally:
         if one.held:  # after the commit, so the cost lands before the hold goes; also when parked or cut off
-            budget.release(ctx.store, batch, custom_id)
+            budget.release_soon(ctx.store, batch, custom_id)
 
 
 class OneRequest:
