@@ -22,8 +22,14 @@ from pathlib import Path
 
 import httpx
 import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
 
 from bench.harness import ROOT, RedisServer, WorkerProcess, chunks_held_by, free_port, otb, wait_taken_over, worker_env
+from worker.keys import Keys
 
 FAST = {"OTB_LEASE_TTL": "3", "OTB_CHUNK_SIZE": "25", "OTB_CONCURRENCY": "16", "OTB_STOP_GRACE": "5",
         "OTB_MAX_ATTEMPTS": "6"}
@@ -116,6 +122,8 @@ def main() -> int:
                    "recovery_s_max": round(max(recoveries), 1) if recoveries else None,
                    "chunks_recovered": len(recoveries), "status": status, "elapsed_s": round(elapsed, 1)}
         print(json.dumps(summary) if args.json else "\n".join(f"{k:>18}  {v}" for k, v in summary.items()))
+        if report["lost"]:
+            print(_diagnose(conn, bid, work), file=sys.stderr)
         return 0 if report["lost"] == 0 and report["duplicates"] == 0 and report["counts_match"] else 1
     finally:
         for w in workers:
@@ -140,6 +148,33 @@ def _check(conn: redis.Redis, bid: str, n: int) -> dict:
             "succeeded": outcomes.get("succeeded", 0), "errored": outcomes.get("errored", 0),
             "counts_match": counts_match and cost == Decimal(stored) / Decimal(10**12) and len(ids) == n,
             "cost_usd": format(cost, "f"), "spent_usd": format(Decimal(int(record.get("spent_pico", 0))) / Decimal(10**12), "f")}
+
+
+def _diagnose(conn: redis.Redis, bid: str, work: Path) -> str:
+    """Where the requests without a result are stuck: their chunk jobs' RQ state, lease and claim."""
+    keys = Keys("otb")
+    ids = {i.decode() for i in conn.lrange(keys.ids(bid), 0, -1)}
+    lost = ids - {k.decode() for k in conn.hkeys(keys.results(bid))}
+    queues = [Queue(name, connection=conn, serializer=JSONSerializer) for name in ("otb", "otb:interactive")]
+    started = {q.name: set(StartedJobRegistry(queue=q).get_job_ids(cleanup=False)) for q in queues}
+    queued = {q.name: set(q.get_job_ids()) for q in queues}
+    out = [f"lost: {len(lost)} requests (worker and Redis logs in {work}); record {conn.hgetall(keys.batch(bid))}"]
+    for raw in sorted(conn.smembers(keys.jobs(bid))):
+        job_id = raw.decode()
+        try:
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            out.append(f"job {job_id}: gone")
+            continue
+        stuck = sorted(lost & set(job.args[1]))
+        if not stuck:
+            continue
+        out.append(f"job {job_id}: {len(stuck)} lost {stuck[:3]} status={job.get_status()} origin={job.origin} "
+                   f"enqueued={job.enqueued_at} started={job.started_at} ended={job.ended_at} worker={job.worker_name} "
+                   f"lease={conn.get(keys.lease(job_id))!r} claimed={conn.hget(keys.claimed, job_id)!r} "
+                   f"started_in={[q for q, s in started.items() if job_id in s]} "
+                   f"queued_in={[q for q, s in queued.items() if job_id in s]} ttl={conn.ttl(job.key)}")
+    return "\n".join(out)
 
 
 def _final(conn: redis.Redis, bid: str) -> bool:

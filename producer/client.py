@@ -32,6 +32,9 @@ from .status import BatchNotFound, batch_status
 from .submit import submit
 
 FINAL = ("completed", "cancelled", "expired", "lost")  # a batch in one of these changes no more on its own
+# One blocked read of a batch's events, at most: well inside a client's socket timeout (redis-py 8 gives
+# every client 5 s by default; a read blocked as long raised TimeoutError once a batch was quiet for 5 s).
+EVENTS_BLOCK_MS = 2000
 
 
 class Client:
@@ -147,7 +150,7 @@ class Client:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return
-            block = 5000 if left is None else max(1, min(int(left * 1000), 5000))
+            block = EVENTS_BLOCK_MS if left is None else max(1, min(int(left * 1000), EVENTS_BLOCK_MS))
             read = next_events(self.conn, key, last, block)
             for entry_id, event in read:
                 last = entry_id

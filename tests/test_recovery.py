@@ -5,14 +5,14 @@ from __future__ import annotations
 import fakeredis
 import pytest
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from producer.client import Client
 from worker import clock
 from worker.keys import Keys
 from worker.queues import queue_for
-from worker.recovery import claim_next, recover_abandoned, recover_claimed
+from worker.recovery import claim_next, recover_abandoned, recover_claimed, rescue_stranded
 from worker.settings import Settings
 
 from .conftest import ROOT
@@ -86,3 +86,52 @@ def test_a_started_chunk_without_a_lease_is_taken_back_once_one_ttl_old_not_befo
     began = job.started_at.timestamp()
     assert recover_abandoned(conn, settings, now=began + settings.lease_ttl * 0.5) == []  # may not hold it yet
     assert recover_abandoned(conn, settings, now=began + settings.lease_ttl * 1.2) == [job.id]  # was 2 x ttl
+
+
+def rescue_round(conn: fakeredis.FakeRedis, settings: Settings) -> dict[str, int]:
+    """One janitor's rescue round; the previous round's lock has lapsed."""
+    conn.delete(Keys().rescuing)
+    return rescue_stranded(conn, settings)
+
+
+def test_a_chunk_popped_by_a_worker_that_died_before_starting_it_is_queued_again_on_the_second_round(setup):
+    """RQ pops with BLPOP from several queues: a worker killed right after the pop leaves the job
+    'queued' but in no queue. Seen so on two rounds, it goes back to the front of its queue."""
+    conn, settings, bid = setup
+    queue = queue_for(conn, settings)
+    job_id, other = queue.get_job_ids()
+    conn.lrem(queue.key, 1, job_id)  # the pop; the worker dies before it records the start
+    assert Job.fetch(job_id, connection=conn, serializer=JSONSerializer).get_status() == JobStatus.QUEUED
+    assert rescue_round(conn, settings) == {}
+    assert queue.get_job_ids() == [other]  # once is no proof: it may be on its way to a work horse
+    assert rescue_round(conn, settings) == {}
+    assert queue.get_job_ids() == [job_id, other]
+    assert conn.get(Keys().recoveries(job_id)) == b"1" and not conn.exists(Keys().unplaced(job_id))
+
+
+def test_a_popped_chunk_that_is_on_its_way_is_never_queued_twice(setup):
+    conn, settings, _ = setup
+    queue = queue_for(conn, settings)
+    job_id, claimed_id = queue.get_job_ids()
+    conn.lrem(queue.key, 1, job_id)
+    job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+    with conn.pipeline() as pipe:  # the worker's parent records the execution before it forks
+        Execution.create(job, ttl=600, pipeline=pipe)
+        pipe.execute()
+    assert claim_next(conn, settings, Keys().lease("a-live-runner")) is not None  # the other one: claimed
+    for _ in range(3):
+        rescue_round(conn, settings)
+    assert queue.get_job_ids() == [] and not list(conn.scan_iter("otb:unplaced:*"))
+    assert conn.get(Keys().recoveries(job_id)) is None
+
+
+def test_an_unplaced_chunk_seen_once_then_found_again_starts_its_count_over(setup):
+    conn, settings, _ = setup
+    queue = queue_for(conn, settings)
+    job_id, _other = queue.get_job_ids()
+    conn.lrem(queue.key, 1, job_id)
+    rescue_round(conn, settings)
+    assert conn.exists(Keys().unplaced(job_id))
+    conn.rpush(queue.key, job_id)  # it was only slow: it is back where it belongs
+    rescue_round(conn, settings)
+    assert not conn.exists(Keys().unplaced(job_id)) and queue.get_job_ids().count(job_id) == 1

@@ -30,7 +30,7 @@ from rq.serializers import JSONSerializer
 from . import clock, metrics
 from .errors import BatchClosed, RequestFailed
 from .keys import Keys
-from .queues import CHUNK_JOB, CHUNK_RESULT_TTL, enqueue_chunks, queue_for, queues_for
+from .queues import CHUNK_JOB, CHUNK_RESULT_TTL, enqueue_chunks, interactive_name, queue_for, queues_for
 from .results import error_line
 from .scripts import Scripts
 from .settings import Settings
@@ -309,8 +309,9 @@ def rescue_stranded(conn: redis.Redis, settings: Settings) -> dict[str, int]:
     transaction), but an interrupted retry of an earlier version did, and a job lost with Redis data
     can: without this, the batch would stay `in_progress` or `cancelling` for ever. Requests of a
     running batch are queued again (at most `max_recoveries` times, then they end `worker_crashed`);
-    those of a closing batch end cancelled or expired at once. One janitor does a round every
-    2 x `lease_ttl`. Returns {batch: requests rescued}.
+    those of a closing batch end cancelled or expired at once. A job whose status says queued but that
+    is nowhere (a worker died holding it between queue and start) is queued again (_requeue_unplaced).
+    One janitor does a round every 2 x `lease_ttl`. Returns {batch: requests rescued}.
     """
     store = Store.of(conn, settings)
     if not conn.set(store.keys.rescuing, "1", nx=True, px=int(settings.lease_ttl * 2000)):
@@ -322,8 +323,11 @@ def rescue_stranded(conn: redis.Redis, settings: Settings) -> dict[str, int]:
         if status not in ("in_progress", "cancelling", "expiring"):
             conn.zrem(store.keys.open, bid)  # finished, or gone: nothing to watch
             continue
-        if int(record.get("parked") or 0) > 0 or _native(conn, store, bid) or _has_live_job(conn, store, bid):
-            continue  # parked, in a provider's batch (worker/native's poller has them), or queued
+        if int(record.get("parked") or 0) > 0 or _native(conn, store, bid):
+            continue  # parked, or in a provider's batch (worker/native's poller has them)
+        if live := _live_jobs(conn, store, bid):
+            _requeue_unplaced(conn, settings, store, live)  # queued, running or claimed (or lost on the way)
+            continue
         stranded = store.open_ids(bid)
         if not stranded or _has_live_job(conn, store, bid) or _native(conn, store, bid):  # again: a retry may have
             continue  # queued a job meanwhile
@@ -339,10 +343,69 @@ def _native(conn: redis.Redis, store: Store, bid: str) -> bool:
 
 def _has_live_job(conn: redis.Redis, store: Store, bid: str) -> bool:
     """Does a queued, running or claimed chunk job still carry requests of `bid`?"""
+    return bool(_live_jobs(conn, store, bid))
+
+
+def _live_jobs(conn: redis.Redis, store: Store, bid: str) -> dict[str, str]:
+    """The chunk jobs of `bid` whose status says queued, running or claimed: job id -> status."""
+    ids = [_text(j) for j in conn.smembers(store.keys.jobs(bid))]
     pipe = conn.pipeline(transaction=False)
-    for job_id in conn.smembers(store.keys.jobs(bid)):
-        pipe.hget(Job.key_for(_text(job_id)), "status")  # the status alone: a chunk job's data is large
-    return any(s is not None and _text(s) in LIVE_JOB for s in pipe.execute())
+    for job_id in ids:
+        pipe.hget(Job.key_for(job_id), "status")  # the status alone: a chunk job's data is large
+    return {job_id: _text(s) for job_id, s in zip(ids, pipe.execute()) if s is not None and _text(s) in LIVE_JOB}
+
+
+def _requeue_unplaced(conn: redis.Redis, settings: Settings, store: Store, live: dict[str, str]) -> list[str]:
+    """Queue again the chunks whose status says queued but that are in no queue, no started registry and no
+    claim, on two rescue rounds in a row. A worker killed (or cut off from Redis) between taking a job off
+    the queue and recording its start leaves it so: RQ pops with BLPOP when it listens on several queues,
+    as ours does, and keeps no intermediate list then. Nothing else would ever run such a chunk, and its
+    batch would stay open for good. The two rounds (2 x `lease_ttl` apart) let a job pass through that
+    window normally; one found there twice is queued again (counted against `max_recoveries`)."""
+    queued = [job_id for job_id, status in live.items() if status == JobStatus.QUEUED.value]
+    if not queued:
+        return []
+    unplaced = set(queued) - _placed(conn, settings, queued)
+    requeued = []
+    for job_id in sorted(unplaced):
+        if conn.set(store.keys.unplaced(job_id), "1", nx=True, px=int(settings.lease_ttl * 6000)):
+            continue  # first seen so: look again next round
+        count = _take_for_recovery(conn, store.keys, settings, job_id)
+        if count is None:
+            continue
+        conn.delete(store.keys.unplaced(job_id))
+        try:
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue
+        queue = queue_for(conn, settings, interactive=job.origin == interactive_name(settings))
+        if count > settings.max_recoveries:
+            _give_up(conn, store, queue, job, count, settings)
+            continue
+        log.warning("chunk %s was taken off its queue by a worker that never started it: re-enqueued", job_id)
+        queue.enqueue_job(job, at_front=True)
+        metrics.taken_over("unplaced")
+        requeued.append(job_id)
+    for job_id in set(queued) - unplaced:
+        conn.delete(store.keys.unplaced(job_id))
+    return requeued
+
+
+def _placed(conn: redis.Redis, settings: Settings, job_ids: list[str]) -> set[str]:
+    """Those of `job_ids` that are in a queue (or RQ's intermediate list), a started registry or a claim."""
+    queues = queues_for(conn, settings)
+    started = {job for queue in queues for job in StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)}
+    claimed = Keys(settings.key_prefix).claimed
+    pipe = conn.pipeline(transaction=False)
+    for job_id in job_ids:
+        for queue in queues:
+            pipe.lpos(queue.key, job_id)
+            pipe.lpos(queue.intermediate_queue_key, job_id)
+        pipe.hexists(claimed, job_id)
+    answers = pipe.execute()
+    per_job = 2 * len(queues) + 1
+    return {job_id for i, job_id in enumerate(job_ids)
+            if job_id in started or any(a is not None and a is not False for a in answers[i * per_job:(i + 1) * per_job])}
 
 
 def _finish_stranded(conn: redis.Redis, settings: Settings, store: Store, bid: str, status: str,
