@@ -12,7 +12,7 @@ from producer.client import Client
 from worker import clock
 from worker.keys import Keys
 from worker.queues import queue_for
-from worker.recovery import claim_next, recover_abandoned, recover_claimed, rescue_stranded
+from worker.recovery import claim_next, finish_claimed, recover_abandoned, recover_claimed, rescue_stranded
 from worker.settings import Settings
 
 from .conftest import ROOT
@@ -118,7 +118,8 @@ def test_a_popped_chunk_that_is_on_its_way_is_never_queued_twice(setup):
     with conn.pipeline() as pipe:  # the worker's parent records the execution before it forks
         Execution.create(job, ttl=600, pipeline=pipe)
         pipe.execute()
-    assert claim_next(conn, settings, Keys().lease("a-live-runner")) is not None  # the other one: claimed
+    assert claim_next(conn, settings, Keys().lease("a-live-runner")) is not None  # the other one: claimed, and
+    Job.fetch(claimed_id, connection=conn, serializer=JSONSerializer).set_status(JobStatus.QUEUED)  # not yet started
     for _ in range(3):
         rescue_round(conn, settings)
     assert queue.get_job_ids() == [] and not list(conn.scan_iter("otb:unplaced:*"))
@@ -135,3 +136,20 @@ def test_an_unplaced_chunk_seen_once_then_found_again_starts_its_count_over(setu
     conn.rpush(queue.key, job_id)  # it was only slow: it is back where it belongs
     rescue_round(conn, settings)
     assert not conn.exists(Keys().unplaced(job_id)) and queue.get_job_ids().count(job_id) == 1
+
+
+def test_unplaced_chunks_are_looked_for_only_once_none_of_the_batch_runs(setup):
+    conn, settings, _ = setup
+    queue = queue_for(conn, settings)
+    job_id, running_id = queue.get_job_ids()
+    conn.lrem(queue.key, 1, job_id)
+    got = claim_next(conn, settings, Keys().lease("a-live-runner"), "")  # the other chunk runs (claimed: started)
+    assert got is not None and got[0] == running_id
+    conn.set(Keys().lease("a-live-runner"), "x")
+    for _ in range(3):
+        rescue_round(conn, settings)
+    assert queue.get_job_ids() == [] and not conn.exists(Keys().unplaced(job_id))
+    finish_claimed(conn, settings, [running_id])  # it is done: now the lost one is found, in two rounds
+    rescue_round(conn, settings)
+    rescue_round(conn, settings)
+    assert queue.get_job_ids() == [job_id]

@@ -361,7 +361,11 @@ def _requeue_unplaced(conn: redis.Redis, settings: Settings, store: Store, live:
     the queue and recording its start leaves it so: RQ pops with BLPOP when it listens on several queues,
     as ours does, and keeps no intermediate list then. Nothing else would ever run such a chunk, and its
     batch would stay open for good. The two rounds (2 x `lease_ttl` apart) let a job pass through that
-    window normally; one found there twice is queued again (counted against `max_recoveries`)."""
+    window normally; one found there twice is queued again (counted against `max_recoveries`).
+    Looked for only once none of the batch's chunks runs (a lost one waits a little longer): each look
+    costs an LPOS, a scan of the queue, per queued chunk, which is not spent while work flows."""
+    if any(status == JobStatus.STARTED.value for status in live.values()):
+        return []
     queued = [job_id for job_id, status in live.items() if status == JobStatus.QUEUED.value]
     if not queued:
         return []
