@@ -148,3 +148,27 @@ def test_a_batch_budget_keeps_its_sum_on_the_batch_record_and_never_revives_a_go
     store.reserve(bid, "r1", 2_000_000, 5_000_000, pool="acme", pool_max_pico=CAP)
     store.release(bid, "r1", "acme")
     assert not real_redis.exists(store.keys.batch(bid))
+
+
+def test_a_budget_past_two_to_the_53_pico_dollars_is_held_exactly(client):
+    """Lua's numbers are doubles: past 2^53 pico (about $9,007) a sum rounds. A key with a $10,000 budget
+    that spent 2^53 pico may take 3 more pico, not 4 (in doubles, 2^53 + 3 rounds to 2^53 + 4 and 4 fit)."""
+    store, bid = client.store, pooled(client)
+    tenant = store.keys.tenant("acme")
+    big = 2 ** 53
+    store.conn.hset(tenant, "spent_pico", big)
+    assert store.reserve(bid, "r0", 4, None, pool="acme", pool_max_pico=big + 3) == 0
+    assert store.reserve(bid, "r0", 3, None, pool="acme", pool_max_pico=big + 3) == 1
+    assert store.reserve(bid, "r1", 1, None, pool="acme", pool_max_pico=big + 3) == -1  # 3 held: fits once it settles
+    store.conn.hset(tenant, "held_pico", 10 ** 18 + 3)  # a sum off by a lot: recounted, written back as an integer
+    assert store.reserve(bid, "r1", 1, None, pool="acme", pool_max_pico=big + 5) == 1
+    assert store.conn.hget(tenant, "held_pico") == b"4"
+    store.release(bid, "r0", "acme")
+    store.release(bid, "r1", "acme")
+    assert store.conn.hget(tenant, "held_pico") == b"0"
+    huge = 10 ** 18  # a million dollars in flight: the recounted sum is written as an integer Redis can add to
+    assert store.reserve(bid, "r2", huge, None, pool="acme", pool_max_pico=2 * huge) == 1
+    assert store.reserve(bid, "r3", huge, None, pool="acme", pool_max_pico=2 * huge) == -1  # recounted: r2 holds
+    assert store.conn.hget(tenant, "held_pico") == str(huge).encode()
+    store.release(bid, "r2", "acme")
+    assert store.conn.hget(tenant, "held_pico") == b"0"

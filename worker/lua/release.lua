@@ -18,8 +18,9 @@ local function take_back(record, key, field)
   local old = redis.call('HGET', key, field)
   if old then
     redis.call('HDEL', key, field)
-    if redis.call('EXISTS', record) == 1 then
-      redis.call('HINCRBY', record, 'held_pico', -(tonumber(string.match(old, '^(%d+)')) or 0))
+    local back = (string.match(old, '^0*(%d+)') or '0')  -- as text: past 2^53 a Lua number rounds
+    if back ~= '0' and redis.call('EXISTS', record) == 1 then
+      redis.call('HINCRBY', record, 'held_pico', '-' .. back)
     end
   end
 end
