@@ -6,6 +6,7 @@ import fakeredis
 import pytest
 from rq.executions import Execution
 from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from producer.client import Client
@@ -138,7 +139,8 @@ def test_an_unplaced_chunk_seen_once_then_found_again_starts_its_count_over(setu
     assert not conn.exists(Keys().unplaced(job_id)) and queue.get_job_ids().count(job_id) == 1
 
 
-def test_unplaced_chunks_are_looked_for_only_once_none_of_the_batch_runs(setup):
+def test_an_unplaced_chunk_is_found_while_other_chunks_of_its_batch_run(setup):
+    """A run claims chunk after chunk for up to half an hour: the lost one is not left waiting for it."""
     conn, settings, _ = setup
     queue = queue_for(conn, settings)
     job_id, running_id = queue.get_job_ids()
@@ -146,10 +148,49 @@ def test_unplaced_chunks_are_looked_for_only_once_none_of_the_batch_runs(setup):
     got = claim_next(conn, settings, Keys().lease("a-live-runner"), "")  # the other chunk runs (claimed: started)
     assert got is not None and got[0] == running_id
     conn.set(Keys().lease("a-live-runner"), "x")
-    for _ in range(3):
-        rescue_round(conn, settings)
-    assert queue.get_job_ids() == [] and not conn.exists(Keys().unplaced(job_id))
-    finish_claimed(conn, settings, [running_id])  # it is done: now the lost one is found, in two rounds
     rescue_round(conn, settings)
+    assert queue.get_job_ids() == []
     rescue_round(conn, settings)
     assert queue.get_job_ids() == [job_id]
+    assert conn.hexists(Keys().claimed, running_id)  # the running one is left alone
+
+
+def test_a_chunk_whose_worker_died_between_recording_its_execution_and_starting_it_is_taken_back(setup):
+    """The parent records the execution, forks, and dies (or the horse dies starting): the job says queued,
+    with a dead execution in the started registry. Taken back once it is a lease ttl old, not a minute on."""
+    conn, settings, _ = setup
+    queue = queue_for(conn, settings)
+    job = Job.fetch(queue.get_job_ids()[0], connection=conn, serializer=JSONSerializer)
+    conn.lrem(queue.key, 1, job.id)
+    with conn.pipeline() as pipe:
+        execution = Execution.create(job, ttl=600, pipeline=pipe)
+        pipe.execute()
+    began = float(conn.hget(execution.key, "created_at"))  # RQ's clock
+    assert recover_abandoned(conn, settings, now=began + 1) == []  # too young: its horse may be starting
+    assert recover_abandoned(conn, settings, now=began + settings.lease_ttl * 2) == [job.id]
+    assert queue.get_job_ids()[0] == job.id
+    assert recover_abandoned(conn, settings, now=began + settings.lease_ttl * 4) == []  # once
+
+
+def test_a_dead_runs_execution_left_beside_a_queued_chunk_is_dropped_not_queued_twice(setup):
+    conn, settings, _ = setup
+    queue = queue_for(conn, settings)
+    job = Job.fetch(queue.get_job_ids()[0], connection=conn, serializer=JSONSerializer)
+    with conn.pipeline() as pipe:  # a janitor queued it again and died before removing the old execution
+        execution = Execution.create(job, ttl=600, pipeline=pipe)
+        pipe.execute()
+    began = float(conn.hget(execution.key, "created_at"))
+    assert recover_abandoned(conn, settings, now=began + settings.lease_ttl * 2) == []
+    assert queue.get_job_ids().count(job.id) == 1
+    assert StartedJobRegistry(queue=queue).get_job_ids(cleanup=False) == []
+
+
+def test_a_chunk_queued_again_keeps_its_record_while_it_waits(setup):
+    """A run that lost its lease unnoticed had RQ mark the job finished, with an hour's expiry; queued again
+    by the janitor, the record must not expire in a backlog (the dequeue drops such a job silently)."""
+    conn, settings, _ = setup
+    got = claim_next(conn, settings, Keys().lease("a-runner-that-died"))
+    assert got is not None
+    conn.expire(Job.key_for(got[0]), 3600)
+    assert recover_claimed(conn, settings, now=clock.now() + settings.lease_ttl * 3) == [got[0]]
+    assert conn.ttl(Job.key_for(got[0])) == -1

@@ -88,8 +88,14 @@ def _recover_started(conn: redis.Redis, settings: Settings, queue: Queue, now: f
             started.remove_execution(execution)
             continue
         began = max(job.started_at.timestamp() if job.started_at else 0.0, _created_at(conn, execution))
-        if job.get_status() != JobStatus.STARTED or now - began < settings.lease_ttl:
+        status = job.get_status()
+        if status not in (JobStatus.STARTED, JobStatus.QUEUED) or now - began < settings.lease_ttl:
             continue  # finished meanwhile, or too young to hold its lease yet (forked, not yet running)
+        if status == JobStatus.QUEUED and conn.lpos(queue.key, job_id) is not None:
+            started.remove_execution(execution)  # queued again already: this execution is a dead run's leftover
+            continue
+        # STARTED, or QUEUED with no run: its worker died between recording the execution and the work
+        # horse starting the job (the fork, the horse's start-up), which RQ would notice only a minute on
         count = _take_for_recovery(conn, store.keys, settings, job_id)
         if count is None:
             continue  # another janitor is on it
@@ -99,10 +105,20 @@ def _recover_started(conn: redis.Redis, settings: Settings, queue: Queue, now: f
             started.remove_execution(execution)
             continue
         log.warning("chunk %s lost its worker (no lease for %.0f s): re-enqueued", job_id, now - began)
-        queue.enqueue_job(job, at_front=True)  # first: a crash between the two leaves it queued, never lost
+        queue_again(queue, job)  # first: a crash between the two leaves it queued, never lost
         started.remove_execution(execution)
         metrics.taken_over("started")
     return recovered
+
+
+def queue_again(queue: Queue, job: Job) -> None:
+    """Put a chunk back at the front of its queue, its record kept for as long as it waits: RQ leaves an
+    expiry it had (a run that lost its lease unnoticed had it marked finished, expiring in an hour), and
+    a job whose record expires in a backlog is dropped by the dequeue without a word."""
+    with queue.connection.pipeline() as pipe:
+        queue.enqueue_job(job, pipeline=pipe, at_front=True)
+        pipe.persist(job.key)
+        pipe.execute()
 
 
 def _created_at(conn: redis.Redis, execution: Execution) -> float:
@@ -224,6 +240,7 @@ def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None 
         log.warning("claimed chunk %s lost its worker: re-enqueued", job_id)
         with conn.pipeline() as pipe:
             queue.push_job_id(job_id, pipeline=pipe, at_front=True)
+            pipe.persist(Job.key_for(job_id))  # a record given an expiry as a finished job lives while queued
             Job(job_id, connection=conn, serializer=JSONSerializer).set_status(JobStatus.QUEUED, pipeline=pipe)
             pipe.hdel(keys.claimed, job_id)
             pipe.execute()
@@ -317,22 +334,23 @@ def rescue_stranded(conn: redis.Redis, settings: Settings) -> dict[str, int]:
     if not conn.set(store.keys.rescuing, "1", nx=True, px=int(settings.lease_ttl * 2000)):
         return {}
     rescued: dict[str, int] = {}
+    queued: list[str] = []  # chunk jobs whose status says queued: are they anywhere?
     for bid in [_text(b) for b in conn.zrange(store.keys.open, 0, -1)]:
         record = store.batch(bid) or {}
         status = record.get("status")
         if status not in ("in_progress", "cancelling", "expiring"):
             conn.zrem(store.keys.open, bid)  # finished, or gone: nothing to watch
             continue
-        if int(record.get("parked") or 0) > 0 or _native(conn, store, bid):
-            continue  # parked, or in a provider's batch (worker/native's poller has them)
-        if live := _live_jobs(conn, store, bid):
-            _requeue_unplaced(conn, settings, store, live)  # queued, running or claimed (or lost on the way)
-            continue
+        live = _live_jobs(conn, store, bid)
+        queued.extend(job_id for job_id, job_status in live.items() if job_status == JobStatus.QUEUED.value)
+        if live or int(record.get("parked") or 0) > 0 or _native(conn, store, bid):
+            continue  # queued, running or claimed (or lost on the way); parked; or in a provider's batch
         stranded = store.open_ids(bid)
         if not stranded or _has_live_job(conn, store, bid) or _native(conn, store, bid):  # again: a retry may have
             continue  # queued a job meanwhile
         rescued[bid] = len(stranded)
         _finish_stranded(conn, settings, store, bid, status, stranded)
+    _requeue_unplaced(conn, settings, store, queued)
     return rescued
 
 
@@ -355,18 +373,14 @@ def _live_jobs(conn: redis.Redis, store: Store, bid: str) -> dict[str, str]:
     return {job_id: _text(s) for job_id, s in zip(ids, pipe.execute()) if s is not None and _text(s) in LIVE_JOB}
 
 
-def _requeue_unplaced(conn: redis.Redis, settings: Settings, store: Store, live: dict[str, str]) -> list[str]:
+def _requeue_unplaced(conn: redis.Redis, settings: Settings, store: Store, queued: list[str]) -> list[str]:
     """Queue again the chunks whose status says queued but that are in no queue, no started registry and no
-    claim, on two rescue rounds in a row. A worker killed (or cut off from Redis) between taking a job off
-    the queue and recording its start leaves it so: RQ pops with BLPOP when it listens on several queues,
-    as ours does, and keeps no intermediate list then. Nothing else would ever run such a chunk, and its
-    batch would stay open for good. The two rounds (2 x `lease_ttl` apart) let a job pass through that
-    window normally; one found there twice is queued again (counted against `max_recoveries`).
-    Looked for only once none of the batch's chunks runs (a lost one waits a little longer): each look
-    costs an LPOS, a scan of the queue, per queued chunk, which is not spent while work flows."""
-    if any(status == JobStatus.STARTED.value for status in live.values()):
-        return []
-    queued = [job_id for job_id, status in live.items() if status == JobStatus.QUEUED.value]
+    claim, on two rescue rounds (2 x `lease_ttl` apart, within 6). A worker killed (or cut off from Redis)
+    between taking a job off the queue and recording its execution leaves it so: RQ pops with BLPOP when
+    it listens on several queues, as ours does, and keeps no intermediate list then. Nothing else would
+    ever run such a chunk, and its batch would stay open for good. The second look lets a job pass
+    through that window normally; one found there twice is queued again (counted against
+    `max_recoveries`)."""
     if not queued:
         return []
     unplaced = set(queued) - _placed(conn, settings, queued)
@@ -387,29 +401,40 @@ def _requeue_unplaced(conn: redis.Redis, settings: Settings, store: Store, live:
             _give_up(conn, store, queue, job, count, settings)
             continue
         log.warning("chunk %s was taken off its queue by a worker that never started it: re-enqueued", job_id)
-        queue.enqueue_job(job, at_front=True)
+        queue_again(queue, job)
         metrics.taken_over("unplaced")
         requeued.append(job_id)
-    for job_id in set(queued) - unplaced:
-        conn.delete(store.keys.unplaced(job_id))
+    found = set(queued) - unplaced
+    if found:
+        conn.delete(*(store.keys.unplaced(job_id) for job_id in found))
     return requeued
 
 
+QUEUE_PAGE = 10_000  # job ids read at a time when looking through a queue
+
+
 def _placed(conn: redis.Redis, settings: Settings, job_ids: list[str]) -> set[str]:
-    """Those of `job_ids` that are in a queue (or RQ's intermediate list), a started registry or a claim."""
-    queues = queues_for(conn, settings)
-    started = {job for queue in queues for job in StartedJobRegistry(queue=queue).get_job_ids(cleanup=False)}
-    claimed = Keys(settings.key_prefix).claimed
-    pipe = conn.pipeline(transaction=False)
-    for job_id in job_ids:
-        for queue in queues:
-            pipe.lpos(queue.key, job_id)
-            pipe.lpos(queue.intermediate_queue_key, job_id)
-        pipe.hexists(claimed, job_id)
-    answers = pipe.execute()
-    per_job = 2 * len(queues) + 1
-    return {job_id for i, job_id in enumerate(job_ids)
-            if job_id in started or any(a is not None and a is not False for a in answers[i * per_job:(i + 1) * per_job])}
+    """Those of `job_ids` that are in a queue, a started registry or a claim: one pass over each queue (a
+    page at a time, until all are found), then the registries, then the claims. In that order a job
+    on its way (queue -> execution recorded, or queue -> claim, in one step each) is seen in one of
+    them; only one in the window between (or passed over as the queue moved under a page) is not."""
+    left = set(job_ids)
+    for queue in queues_for(conn, settings):
+        start = 0
+        while left:
+            page = conn.lrange(queue.key, start, start + QUEUE_PAGE - 1)
+            left -= {_text(j) for j in page}
+            if len(page) < QUEUE_PAGE:
+                break
+            start += QUEUE_PAGE
+    for queue in queues_for(conn, settings):
+        if left:
+            left -= set(StartedJobRegistry(queue=queue).get_job_ids(cleanup=False))
+    if left:
+        ids = sorted(left)
+        claimed = conn.hmget(Keys(settings.key_prefix).claimed, ids)
+        left -= {job_id for job_id, claim in zip(ids, claimed) if claim is not None}
+    return set(job_ids) - left
 
 
 def _finish_stranded(conn: redis.Redis, settings: Settings, store: Store, bid: str, status: str,
