@@ -29,7 +29,7 @@ from .control import cancel, retry
 from .local import connect_shared, drain, embedded_redis
 from .options import SubmitOptions
 from .status import BatchNotFound, batch_status
-from .submit import submit
+from .submit import SubmissionRejected, submit
 
 FINAL = ("completed", "cancelled", "expired", "lost")  # a batch in one of these changes no more on its own
 # One blocked read of a batch's events, at most: well inside a client's socket timeout (redis-py 8 gives
@@ -173,8 +173,13 @@ class Client:
         """Hand one chat or embedding request (short form or OpenAI line) to the workers."""
         line = dict(request)
         custom_id = str(line.setdefault("custom_id", "request"))
-        batch_id = self.submit([line], drop_unsupported_params=drop_unsupported_params, metadata=tags,
-                               completion_window=completion_window, idempotency_key=idempotency_key)
+        try:
+            batch_id = self.submit([line], drop_unsupported_params=drop_unsupported_params, metadata=tags,
+                                   completion_window=completion_window, idempotency_key=idempotency_key)
+        except SubmissionRejected as exc:  # one request: its reason is the message, not "1 line is invalid"
+            if len(exc.errors) == 1:
+                exc.args = (f"the request was refused, nothing was enqueued: {exc.errors[0].error.message}",)
+            raise
         return Handle(self, batch_id, custom_id)
 
     def results(self, batch_id: str) -> Iterator[dict[str, Any]]:

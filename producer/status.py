@@ -17,12 +17,16 @@ class BatchNotFound(LookupError):
     pass
 
 
+def not_found(batch_id: str) -> BatchNotFound:
+    return BatchNotFound(f"batch {batch_id!r} not found (wrong id, or its records expired)")
+
+
 def batch_status(store: Store, batch_id: str, settings: Settings) -> dict[str, Any]:
     """The batch's status with its counts and cost so far (Store.status), and its provider batches if
     it has native lines; or BatchNotFound."""
     status = store.status(batch_id)
     if status is None:
-        raise BatchNotFound(f"batch {batch_id!r} not found (wrong id, or its records expired)")
+        raise not_found(batch_id)
     if store.conn.exists(store.keys.native(batch_id)):
         from worker.native import summary
 

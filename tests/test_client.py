@@ -51,3 +51,14 @@ def test_the_python_api_refuses_the_option_values_the_cli_refuses(client, option
     with pytest.raises(BadOption):  # before: a negative budget was stored, and every request refused
         client.submit([OK], **options)
     assert client.conn.keys("*") == []
+
+
+def test_a_refused_single_request_says_why_in_its_message(client):
+    """It said "1 line is invalid and no line is valid; nothing was enqueued (fix them)": the reason
+    (model_not_found) was only in .errors."""
+    from producer.submit import SubmissionRejected
+
+    with pytest.raises(SubmissionRejected) as exc:
+        client.submit_one({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert str(exc.value) == 'the request was refused, nothing was enqueued: model "openai/gpt-4o" not found'
+    assert exc.value.errors[0].error.code == "model_not_found"

@@ -92,3 +92,38 @@ def test_sentinels_that_do_not_answer_are_said_at_once_naming_them_not_the_passw
     assert message.startswith(f"cannot reach Redis at redis+sentinel://***@127.0.0.1:{port}/mymaster/0: "
                               "no Sentinel answered"), message
     assert "s3cret" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b"<html>\r\n"])
+def test_a_server_that_is_not_redis_is_said_in_one_line(reply: bytes) -> None:
+    """REDIS_URL pointing at an HTTP server (a wrong port) gave a 70-line traceback ending in redis-py's
+    InvalidResponse; now one line naming the server."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        conn.recv(1024)
+        conn.sendall(reply)
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(RedisUnreachable) as exc:
+            ensure_reachable(f"redis://:s3cret@127.0.0.1:{port}/0", timeout=3)
+    finally:
+        listener.close()
+    message = str(exc.value)
+    assert f"127.0.0.1:{port}/0 is not a Redis server" in message and "s3cret" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:99999/0", "redis://:s3cret@127.0.0.1:port/0"])
+def test_a_redis_url_with_a_bad_port_is_one_line(url: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_env({"REDIS_URL": url})
+    assert str(exc.value).startswith("REDIS_URL has a bad port") and "s3cret" not in str(exc.value)

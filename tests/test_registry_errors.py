@@ -80,3 +80,17 @@ def test_with_no_good_registry_yet_the_error_is_raised(tmp_path):
     path.write_text(broken("price-abc"))
     with pytest.raises(ConfigError):
         current_registry(Path(path))
+
+
+def test_suggestions_name_the_model_an_upstream_id_means_and_never_a_retired_one():
+    """`google/gemini-3-flash-preview` (the id Google's docs use) was offered three other models, the first
+    retired since 2026-05-25; following a hint to a retired model only gave model_retired."""
+    import datetime as dt
+
+    registry = load_registry(ROOT / "registry.json")
+    day = dt.date(2026, 12, 1)
+    assert registry.suggest("google/gemini-3-flash-preview", day)[0] == "google/gemini-3-flash"
+    for wrong in ("google/gemini-3-flash-preview", "anthropic/claude-sonnet-4-5-20250929", "google/gemini-3-flsh"):
+        hints = registry.suggest(wrong, day)
+        assert hints and not any(registry.models[h].is_retired(day) for h in hints), (wrong, hints)
+    assert registry.suggest("openai/gpt-4o", day) == []

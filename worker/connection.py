@@ -250,6 +250,11 @@ def ensure_reachable(url: str, timeout: float = START_TIMEOUT) -> None:
         raise RedisUnreachable(f"cannot reach Redis at {server_of(url, probe)}: {exc}") from exc
     except redis.ResponseError as exc:  # e.g. NOAUTH: the server is there, the login is wrong
         raise RedisUnreachable(f"Redis at {server_of(url, probe)} refused us: {exc}") from exc
+    except redis.exceptions.InvalidResponse as exc:  # something answered, in another protocol (HTTP, TLS, ...)
+        raise RedisUnreachable(f"the server at {server_of(url, probe)} is not a Redis server (or speaks TLS: "
+                               f"use rediss://): {exc}") from exc
+    except ValueError as exc:  # a port past 65535 and the like, found as the socket is made
+        raise RedisUnreachable(f"cannot reach Redis at {server_of(url, probe)}: {exc}") from exc
     finally:
         probe.close()
 

@@ -316,8 +316,14 @@ class Registry:
         matches = [(len(up), m) for (p, up), m in self._by_upstream.items() if p == provider and upstream.startswith(up + "-")]
         return max(matches, key=lambda pair: pair[0])[1] if matches else None
 
-    def suggest(self, model_id: str) -> list[str]:
-        return difflib.get_close_matches(model_id, list(self.models), n=3, cutoff=0.6)
+    def suggest(self, model_id: str, today: dt.date | None = None) -> list[str]:
+        """Models a mistyped or provider-named id may have meant, callable today: first those whose upstream
+        id it names (`google/gemini-3-flash-preview` -> google/gemini-3-flash), then the closest ids."""
+        live = {m.id: m for m in self.callable_models(today)}
+        named = model_id.rsplit("/", 1)[-1]
+        exact = [i for i, m in live.items() if m.upstream == named and i != model_id]
+        close = difflib.get_close_matches(model_id, list(live), n=3, cutoff=0.6)
+        return list(dict.fromkeys(exact + close))[:3]
 
     def api_version(self, provider: str) -> str:
         return self.providers[provider].api_version

@@ -41,6 +41,7 @@ from .errors import ConfigError, OTBError, RequestFailed
 from .native import NativePoller, native_open
 from .queues import CHUNK_JOB, queues_for
 from .recovery import Janitor, end_requests
+from .ratelimit import load_limits
 from .registry import current_registry
 from .settings import Settings
 from .store import Store
@@ -313,6 +314,7 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
         log.warning(warning)
     try:
         current_registry(settings.registry_path)
+        load_limits(settings.limits_path)  # read again by each chunk run: a bad file would fail every chunk
     except ConfigError as exc:
         raise ConfigError(f"cannot start: {exc}") from exc
     if name:

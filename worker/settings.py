@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .providers.endpoints import ENDPOINTS
@@ -147,6 +148,11 @@ def _redis_url(url: str | None) -> str | None:
         raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix:// (or redis+sentinel://, "
                           "rediss+sentinel:// to name Sentinels) (e.g. redis://127.0.0.1:6379/0, "
                           "rediss://user:password@host:6380/0, redis+sentinel://h1:26379,h2:26379/mymaster/0)")
+    if url is not None and url.lower().startswith(("redis://", "rediss://")):
+        try:
+            urlsplit(url).port  # noqa: B018  (a port past 65535, or not a number, raises here)
+        except ValueError as exc:
+            raise ConfigError(f"REDIS_URL has a bad port: {exc} (e.g. redis://127.0.0.1:6379/0)") from None
     return url
 
 

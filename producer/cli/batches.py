@@ -7,7 +7,7 @@ import time
 
 import click
 
-from .common import client, dumps, friendly, registry_of, settings_from_env, shared_redis, status_text
+from .common import client, count, dumps, friendly, registry_of, settings_from_env, shared_redis, status_text
 from .submitting import follow
 
 BATCH_COUNTS = ("total", "succeeded", "errored", "canceled", "expired", "processing")
@@ -70,7 +70,7 @@ def results(batch_id: str, output: str | None) -> None:
     else:
         write_jsonl(api.results(batch_id), sys.stdout)
     if s["request_counts"]["processing"]:
-        click.echo(f"note: {s['request_counts']['processing']} requests have no result yet", err=True)
+        click.echo(f"note: {count(s['request_counts']['processing'], 'request')} without a result yet", err=True)
 
 
 @click.command("cancel")
@@ -94,6 +94,15 @@ def cancel_cmd(batch_id: str, as_json: bool) -> None:
 def retry_cmd(batch_id: str, expired: bool, as_json: bool) -> None:
     """Re-run only the errored requests of a batch (results of the others are kept), in the route its mode
     and window allow; a window that has ended starts again."""
-    n = client().retry(batch_id, expired=expired)
+    api = client()
+    n = api.retry(batch_id, expired=expired)
     what = "errored, expired or cancelled" if expired else "errored"
-    click.echo(dumps({"id": batch_id, "retried": n}) if as_json else f"{batch_id}: {n} {what} requests re-enqueued")
+    if as_json:
+        click.echo(dumps({"id": batch_id, "retried": n}))
+        return
+    click.echo(f"{batch_id}: {count(n, what + ' request')} re-enqueued")
+    errored = api.status(batch_id)["request_counts"]["errored"] if n == 0 else 0
+    if errored:  # what is left errored was refused at submit (--keep-valid): running it again would refuse it again
+        click.echo(f"note: {count(errored, 'errored line')} {'was' if errored == 1 else 'were'} refused at submit "
+                   f"(their errors: `otb results {batch_id}`); running them again would refuse them again: fix "
+                   f"and submit them anew", err=True)

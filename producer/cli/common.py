@@ -124,7 +124,7 @@ def status_text(s: dict[str, Any]) -> str:
         *([f"budget    ${s['max_cost']}"] if s.get("max_cost") else []),
         *_route_lines(s),
         *_native_lines(s),
-        *([f"parked    {s['parked']['requests']} requests until "
+        *([f"parked    {count(s['parked']['requests'], 'request')} until "
            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(s['parked']['until']))}: {s['parked']['reason']}"]
           if s.get("parked") else []),
     ])
@@ -147,14 +147,19 @@ def _native_lines(s: dict[str, Any]) -> list[str]:
     out = []
     for part in s.get("native") or []:
         if part["state"] == "planning":
-            out.append(f"native    {part['requests']} requests being planned into provider batches")
+            out.append(f"native    {count(part['requests'], 'request')} being planned into provider batches")
             continue
         counts = ", ".join(f"{n} {k}" for k, n in (part.get("progress") or {}).items() if n)
         where = part.get("provider_status") or part["state"]
         out.append(f"native    {part['provider']} {part.get('provider_batch') or '(not created yet)'}: "
-                   f"{part['requests']} requests, {where}" + (f" ({counts})" if counts else "")
+                   f"{count(part['requests'], 'request')}, {where}" + (f" ({counts})" if counts else "")
                    + (f"; {part['note']}" if part.get("note") else ""))
     return out
+
+
+def count(n: int, noun: str) -> str:
+    """`1 request`, `2 requests`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def exit_if_some_failed(status: dict[str, Any]) -> None:
@@ -189,7 +194,13 @@ def opened(file: str) -> Iterator[Iterable[bytes]]:
         yield sys.stdin.buffer
         return
     path = Path(file)
-    if not path.is_file():
-        raise click.ClickException(f"{file}: no such file")
-    with path.open("rb") as fh:
+    if path.is_dir():
+        raise click.ClickException(f"{file}: is a directory, not a batch file")
+    try:  # a file, or what a shell hands over as one: <(...), /dev/stdin, a named pipe
+        fh = path.open("rb")
+    except FileNotFoundError:
+        raise click.ClickException(f"{file}: no such file") from None
+    except OSError as exc:
+        raise click.ClickException(f"{file}: cannot be read ({exc.strerror or exc})") from None
+    with fh:
         yield fh

@@ -152,7 +152,14 @@ def report(group_by: tuple[str, ...], batch_id: str | None, model: str | None, p
     query = Query(group_by=list(group_by), batch=batch_id, model=model, provider=provider,
                   tags=_tags(tags), since=_moment(since, "--since"), until=_moment(until, "--until"),
                   timezone=timezone)
-    data = build_report(shared_redis(settings), settings.key_prefix, query)
+    from worker.keys import Keys
+
+    conn = shared_redis(settings)
+    if batch_id and not conn.exists(Keys(settings.key_prefix).batch(batch_id)):
+        from producer.status import not_found
+
+        raise click.ClickException(str(not_found(batch_id)))  # an all-zero report would read as a $0 batch
+    data = build_report(conn, settings.key_prefix, query)
     if html_path:
         from producer.report import render_html
 

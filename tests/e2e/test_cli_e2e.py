@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 from decimal import Decimal
 
@@ -97,3 +99,27 @@ def test_submit_from_stdin_and_worker_logs_carry_no_keys_or_prompts(redis_server
         assert secret not in logs
     status = json.loads(otb(["status", bid, "--json"], env).stdout)
     assert status["request_counts"]["succeeded"] == 1
+
+
+def test_a_directory_is_refused_as_one_and_a_pipe_is_read(tmp_path):
+    """`otb estimate DIR` said "no such file"; `<(...)` and /dev/stdin (not regular files) were refused the same."""
+    line = b'{"custom_id":"a","model":"google/gemini-3-flash","messages":[{"role":"user","content":"hi"}]}\n'
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTB_", "REDIS_URL"))}
+    done = otb(["estimate", str(tmp_path)], env)
+    assert done.returncode == 1 and done.stderr.decode().strip() == f"Error: {tmp_path}: is a directory, not a batch file"
+    done = otb(["estimate", "/dev/stdin"], env, input=line)
+    assert done.returncode == 0 and "total" in done.stdout.decode(), done.stderr.decode()
+    fifo = tmp_path / "lines"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(line,))
+    writer.start()
+    done = otb(["estimate", str(fifo)], env)
+    writer.join(timeout=10)
+    assert done.returncode == 0 and "total" in done.stdout.decode(), done.stderr.decode()
+
+
+def test_a_report_of_a_batch_that_does_not_exist_says_so(redis_server, emulator):
+    """It printed an all-zero table and exited 0: a mistyped id read as a $0 batch."""
+    done = otb(["report", "--batch", "batch_nope"], worker_env(redis_server.url, emulator.url))
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode().strip() == "Error: batch 'batch_nope' not found (wrong id, or its records expired)"

@@ -167,3 +167,18 @@ def test_retry_expired_reruns_what_the_window_expired_in_a_fresh_window(redis_se
     lines = [json.loads(raw) for raw in client.store.raw_results(bid).values()]
     assert sorted(line["custom_id"] for line in lines) == [f"x{i}" for i in range(4)]
     assert {line["meta"]["route"] for line in lines} == {"realtime"}
+
+
+def test_retry_of_lines_refused_at_submit_says_why_nothing_ran(redis_server, emulator, tmp_path):
+    """`otb retry` said "0 errored requests re-enqueued" while status showed errored lines: they were
+    refused at submit (--keep-valid), and running them again would refuse them again."""
+    env = worker_env(redis_server.url, emulator.url)
+    src = tmp_path / "mixed.jsonl"
+    src.write_text('{"custom_id":"a","model":"google/gemini-3-flash","messages":[{"role":"user","content":"hi"}]}\n'
+                   '{"custom_id":"b","model":"openai/gpt-4o","messages":[{"role":"user","content":"hi"}]}\n')
+    sub = otb(["submit", str(src), "--keep-valid", "--json"], env)
+    assert sub.returncode == 0, sub.stderr.decode()
+    bid = json.loads(sub.stdout)["id"]
+    done = otb(["retry", bid], env)
+    assert done.returncode == 0 and done.stdout.decode().strip() == f"{bid}: 0 errored requests re-enqueued"
+    assert done.stderr.decode().startswith("note: 1 errored line was refused at submit"), done.stderr.decode()

@@ -75,3 +75,15 @@ def test_a_worker_name_left_by_a_crash_is_taken_over_and_a_live_one_refused(redi
     out = (again.stdout + again.stderr).decode()
     assert again.returncode == 0 and "Traceback" not in out, out
     assert "taking it over" in out
+
+
+@pytest.mark.parametrize("content", ["{bad", None])
+def test_a_worker_with_a_broken_or_missing_limits_file_refuses_to_start(redis_server, emulator, tmp_path, content):
+    """OTB_LIMITS was read only by each chunk run: a broken file let the worker start, then failed every
+    chunk it took (its requests ended chunk_failed). Now the worker refuses in one line."""
+    limits = tmp_path / "limits.json"
+    if content is not None:
+        limits.write_text(content)
+    done = otb(["worker", "--burst"], worker_env(redis_server.url, emulator.url, OTB_LIMITS=str(limits)), timeout=30)
+    err = done.stderr.decode()
+    assert done.returncode != 0 and "Error: cannot start: rate-limit file" in err and "Traceback" not in err, err
