@@ -71,6 +71,8 @@ class SubmitOptions:
             _check_mode(self.mode)
         if self.max_cost is not None:
             object.__setattr__(self, "max_cost", _check_usd(self.max_cost, str(self.max_cost)))
+        if self.idempotency_key is not None and not self.idempotency_key.strip():
+            raise BadOption("idempotency_key", "must not be empty (leave it out for none)")
         object.__setattr__(self, "metadata", dict(self.metadata or {}))
 
     def resolved_mode(self, settings: Settings) -> str:
@@ -136,6 +138,8 @@ def parse_metadata(pairs: Iterable[str], option: str = "--metadata") -> dict[str
         if "=" not in pair:
             raise BadOption(option, f"{pair!r} is not KEY=VALUE")
         k, v = pair.split("=", 1)
+        if not k.strip():
+            raise BadOption(option, f"{pair!r} has an empty KEY")
         out[k] = v
     return out
 
@@ -148,9 +152,14 @@ def _check_mode(mode: str, option: str = "--mode") -> str:
     return mode
 
 
+MAX_WINDOW_S = 365 * 24 * 3600  # a batch's records live OTB_RESULT_TTL (7 days by default) in any case
+
+
 def _check_window(value: float, option: str = "completion_window") -> float:
     if not 0 < value < float("inf"):
         raise BadOption(option, "must be positive")
+    if value > MAX_WINDOW_S:
+        raise BadOption(option, "must be at most 365 days (a batch's records live OTB_RESULT_TTL, 7 days by default)")
     return value
 
 

@@ -62,3 +62,22 @@ def test_a_refused_single_request_says_why_in_its_message(client):
         client.submit_one({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
     assert str(exc.value) == 'the request was refused, nothing was enqueued: model "openai/gpt-4o" not found'
     assert exc.value.errors[0].error.code == "model_not_found"
+
+
+@pytest.mark.parametrize("option, value, said", [
+    ("idempotency_key", "", "must not be empty"),
+    ("completion_window", 400 * 86400.0, "at most 365 days"),
+])
+def test_an_empty_idempotency_key_and_a_window_past_a_year_are_refused(client, option, value, said):
+    """Both were taken silently (a 99999-day window: its records expire after OTB_RESULT_TTL anyway)."""
+    line = {"model": "google/gemini-3-flash", "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(BadOption, match=said):
+        client.submit([line], **{option: value})
+
+
+def test_a_metadata_pair_with_an_empty_key_is_refused():
+    from producer.options import parse_metadata
+
+    with pytest.raises(BadOption, match="empty KEY"):
+        parse_metadata(["=v"])
+    assert parse_metadata(["k=a=b"]) == {"k": "a=b"}

@@ -112,6 +112,11 @@ class UnsupportedParameter(InvalidRequest):
     code = "unsupported_parameter"
 
 
+# How a submitter lets unsupported parameters be dropped: the CLI's switch (the Python API's
+# drop_unsupported_params=True). The HTTP API has no such switch and takes it out of its messages.
+DROP_HINT = " or submit with --drop-unsupported-params"
+
+
 class MissingApiKey(RequestFailed):
     code = "missing_api_key"
     type = "authentication_error"

@@ -221,9 +221,12 @@ ResponseFormat = Annotated[
 
 
 # -- the two request bodies -------------------------------------------------------------------------
-def _no_booleans(v: Any) -> Any:
-    if isinstance(v, bool):  # JSON true/false would otherwise pass as 1/0
+def _json_number(v: Any) -> Any:
+    """A JSON number, as OpenAI takes it: true/false would otherwise pass as 1/0, and "100" as 100."""
+    if isinstance(v, bool):
         raise ValueError("must be a number, not true/false")
+    if isinstance(v, str):
+        raise ValueError(f"must be a number, not a string ({json.dumps(v[:20])})")
     return v
 
 
@@ -241,7 +244,7 @@ class ChatRequest(BaseModel):
     top_k: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     n: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI's: a 64-bit integer
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     tools: list[Tool] | None = None
@@ -254,7 +257,7 @@ class ChatRequest(BaseModel):
 
     _numbers_are_numbers = field_validator(
         "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "seed",
-        "presence_penalty", "frequency_penalty", mode="before")(_no_booleans)
+        "presence_penalty", "frequency_penalty", mode="before")(_json_number)
 
     @field_validator("stream")
     @classmethod
@@ -279,7 +282,7 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = None
     user: str | None = None
 
-    _dimensions_number = field_validator("dimensions", mode="before")(_no_booleans)
+    _dimensions_number = field_validator("dimensions", mode="before")(_json_number)
 
     @field_validator("input", mode="before")
     @classmethod

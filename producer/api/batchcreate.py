@@ -36,7 +36,7 @@ from .batchcontext import BatchContext
 from .batchlock import BatchLock
 from .batchrecords import WINDOW, BatchRecord, Claim, new_batch_id
 from .calls import TENANT_TAG
-from .errors import ApiError, not_found
+from .errors import ApiError, for_http, not_found
 from .filestore import DAY
 from .tenants import Tenant
 
@@ -221,7 +221,7 @@ def fail(ctx: BatchContext, record: BatchRecord, errors: list[dict[str, Any]]) -
 
 def line_errors(errors: list[LineError]) -> list[dict[str, Any]]:
     """OpenAI's `errors.data`: each bad line with its code, message and parameter (line None: the whole file)."""
-    out = [{"code": e.error.code, "line": e.number or None, "message": e.error.message, "param": e.error.param}
+    out = [{"code": e.error.code, "line": e.number or None, "message": for_http(e.error.message), "param": e.error.param}
            for e in errors[:MAX_ERRORS]]
     if len(errors) > MAX_ERRORS:
         out.append({"code": "too_many_errors", "line": None, "param": None,

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from worker.errors import RETRYABLE_STATUS, InvalidRequest, ModelNotFound, RequestFailed
+from worker.errors import DROP_HINT, RETRYABLE_STATUS, InvalidRequest, ModelNotFound, RequestFailed
 
 log = logging.getLogger("otb.api")
 
@@ -101,7 +101,12 @@ def body_of(exc: RequestFailed) -> dict[str, Any]:
             return dict(exc.body)
         return {**exc.body, "error": {"message": exc.message, "type": exc.type, "param": error.get("param"),
                                       "code": exc.code, **error}}
-    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+    return {"error": {"message": for_http(exc.message), "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+def for_http(message: str) -> str:
+    """A message as an HTTP caller reads it: without the CLI's switch, which it has no way to pass."""
+    return message.replace(DROP_HINT, "")
 
 
 def headers_of(exc: RequestFailed) -> dict[str, str]:

@@ -65,8 +65,8 @@ def with_submit_options(fn: F) -> F:
             options = SubmitOptions(keep_valid=keep_valid, drop_unsupported_params=drop_unsupported_params,
                                     metadata=metadata, completion_window=completion_window,
                                     idempotency_key=idempotency_key, max_cost=max_cost, mode=mode)
-        except BadOption as exc:
-            raise click.BadParameter(exc.message, param_hint=exc.option) from None
+        except BadOption as exc:  # named as the CLI spells it (the Python API's own name otherwise)
+            raise click.BadParameter(exc.message, param_hint="--" + exc.option.lstrip("-").replace("_", "-")) from None
         return fn(*args, options=options, **kwargs)
 
     decorated: Any = wrapper

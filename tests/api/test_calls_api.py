@@ -82,6 +82,8 @@ def test_bad_parameters_are_refused_as_otb_submit_refuses_them(live, keys):
         sdk(live, keys["acme"]).chat.completions.create(model="anthropic/claude-haiku-5-5", messages=HELLO,
                                                         temperature=0.5)
     assert "temperature" in caught.value.message and caught.value.response.headers["x-should-retry"] == "false"
+    assert caught.value.body["code"] == "unsupported_parameter" and caught.value.body["param"] == "temperature"
+    assert caught.value.body["message"].endswith("; remove it")  # not the CLI's --drop-unsupported-params
 
 
 def test_a_provider_4xx_comes_back_with_its_status(live, keys):

@@ -336,6 +336,15 @@ def test_penalties_and_seed_follow_rules() -> None:
     assert "generationConfig" not in dropped.calls[0].json
 
 
+@pytest.mark.parametrize("seed", [2**31, -(2**31) - 1, 99999999999999999999])
+def test_a_seed_past_32_bits_is_refused_at_submit_not_by_gemini(seed: int) -> None:
+    """Gemini's seed is an int32: a bigger one was forwarded, and the provider's 400 came at work time."""
+    with pytest.raises(InvalidRequest) as err:
+        config_of(chat(seed=seed), G25)
+    assert err.value.param == "seed"
+    assert config_of(chat(seed=2**31 - 1), G25)["seed"] == 2**31 - 1
+
+
 @pytest.mark.parametrize("fields, param", [
     ({"n": 2}, "n"),
     ({"logprobs": True}, "logprobs"),

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import InvalidRequest, UnsupportedParameter
+from ...errors import DROP_HINT, InvalidRequest, UnsupportedParameter
 from ...registry import ModelSpec
 from ...schemas import ContentPart, ImagePart, Message, RefusalPart, TextPart, ToolCall
 from ..base import checked_base64
@@ -46,8 +46,8 @@ class Ctx:
     def unsupported(self, param: str, why: str) -> None:
         """Drop `param` (recorded) when the submission allows it, else refuse the request."""
         if not self.drop:
-            raise UnsupportedParameter(f"{param} is not supported by {self.spec.id} ({why}); "
-                                       "remove it or submit with --drop-unsupported-params", param=param)
+            raise UnsupportedParameter(f"{param} is not supported by {self.spec.id} ({why}); remove it{DROP_HINT}",
+                                       param=param)
         if param not in self.dropped:
             self.dropped.append(param)
 

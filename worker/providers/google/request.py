@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import InvalidRequest, UnsupportedParameter
+from ...errors import DROP_HINT, InvalidRequest, UnsupportedParameter
 from ...registry import ModelSpec
 from ...schemas import ChatRequest, FunctionDef, JsonObjectFormat, ResponseFormat, TextFormat, ToolChoice
 from ..base import Prepared, UpstreamCall
@@ -37,8 +37,7 @@ class _Params:
             self.prepared.dropped_params.append(name)
             return
         raise UnsupportedParameter(
-            f"{what or repr(name)} is not supported by {self.spec.id}{why}; "
-            "remove it or submit with --drop-unsupported-params",
+            f"{what or repr(name)} is not supported by {self.spec.id}{why}; remove it{DROP_HINT}",
             param=name,
         )
 
@@ -122,6 +121,9 @@ def _generation_config(request: ChatRequest, spec: ModelSpec, params: _Params, p
     _sampling(request, spec, params, prepared, config)
     for name, key, flag in GATED:
         value = getattr(request, name)
+        if name == "seed" and value is not None and not -(2**31) <= value < 2**31:
+            raise InvalidRequest(f"seed {value} is out of range for Gemini, whose seed is a 32-bit integer "
+                                 f"(-2147483648 to 2147483647)", param="seed")
         if value is not None and getattr(rules, flag):
             config[key] = value
         elif value is not None:
