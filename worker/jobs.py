@@ -21,7 +21,7 @@ import redis
 from . import clock
 from .chunk import ChunkSummary, process_chunk
 from .connection import connect
-from .lease import Lease
+from .lease import HeldElsewhere, Lease
 from .linger import claimer
 from .queues import enqueue_chunks, interactive_name
 from .recovery import finish_claimed, park, wait_taken_over
@@ -97,28 +97,41 @@ def run_chunk(batch_id: str, custom_ids: list[str]) -> dict[str, int]:
     else:
         conn = job.connection
         lease_key = Store.of(conn, settings).keys.lease(job.id)
-        with Lease(conn, lease_key, settings.lease_ttl) as lease:
+        lease = Lease(conn, lease_key, settings.lease_ttl)
+        try:
+            lease.take()
+        except HeldElsewhere:  # the job id was queued twice and another run has it: leave it to that run
+            log.warning("chunk %s: another worker runs it (its lease is held and kept fresh); this second run "
+                        "of it does nothing", job.id)
+            GIVEN_UP[job.id] = True  # its RQ record is that run's
+            return {"held_elsewhere": 1}
+        with lease:
             claim = claimer(conn, settings, lease_key, lease.owner, interactive=job.origin == interactive_name(settings),
                             stop=DRAIN, lost=lease.lost)
             summary = run_loop(settings, process_chunk(conn, settings, batch_id, custom_ids, drain=DRAIN, lease=lease,
                                                 claim=claim))
+            if not lease.lost.is_set():  # while the lease is held: the claims named under it are still its own
+                settle(conn, settings, summary, lease)
         if lease.lost.is_set():  # a janitor gave the chunk (and those it claimed) to others: hand back nothing
             taken = wait_taken_over(conn, settings, job.id, lease.owner)
             if not taken:
                 log.error("chunk %s: lease lost but not yet taken over after %.0f s; its open requests wait for "
                           "the janitor's rescue", job.id, settings.lease_ttl * 2)
             GIVEN_UP[job.id] = taken  # RQ's bookkeeping of the job is no longer this run's (rqworker.ChunkJobs)
-            return summary.job_result()
+        return summary.job_result()
     settle(conn, settings, summary)
     return summary.job_result()
 
 
-def settle(conn: redis.Redis, settings: Settings, summary: ChunkSummary) -> None:
+def settle(conn: redis.Redis, settings: Settings, summary: ChunkSummary, lease: Lease | None = None) -> None:
     """After the run: a stopping worker hands its unstarted requests back to the queue, parked requests
-    are set aside until their time, and the chunks the run claimed are marked finished."""
+    are set aside until their time, and the chunks the run claimed (under `lease`) are marked finished."""
     for bid, ids in summary.leftover.items():
         jobs = enqueue_chunks(conn, settings, bid, ids, f"continue{int(clock.now() * 1000)}")
         log.info("stopping: %d requests of %s handed back as %s", len(ids), bid, ", ".join(jobs))
     for bid, items in summary.parked.items():
         park(conn, settings, bid, items)
-    finish_claimed(conn, settings, summary.claimed)
+    if lease is None:
+        finish_claimed(conn, settings, summary.claimed)
+    else:
+        finish_claimed(conn, settings, summary.claimed, lease.key, lease.owner)

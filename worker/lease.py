@@ -32,6 +32,10 @@ class LeaseLost(Exception):
     """The chunk's lease lapsed and a janitor gave the chunk to another worker: no new call."""
 
 
+class HeldElsewhere(Exception):
+    """Another live run holds the chunk's lease (the job id was queued twice): this run must not run it."""
+
+
 class Lease:
     """Holds `otb:lease:{job_id}` while a chunk runs, from a thread so a busy event loop cannot starve it."""
 
@@ -46,10 +50,24 @@ class Lease:
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._refresh, name="otb-lease", daemon=True)
 
+    def take(self, *, wait: bool = True) -> None:
+        """Take the lease if no one holds it. One held by another is waited for, up to a ttl and a
+        second: a dead run's lapses in that time (RQ queues a chunk again as soon as its work horse
+        dies); one still held after it is a live run's, kept fresh, and taking it would run the chunk
+        twice at once (HeldElsewhere; at once without `wait`)."""
+        give_up = time.monotonic() + (self.ttl + 1.0 if wait else 0.0)
+        while True:
+            sent = time.monotonic()
+            if self.conn.set(self.key, self.owner, px=int(self.ttl * 1000), nx=True):
+                self.held_until = sent + self.ttl
+                return
+            if sent >= give_up:
+                raise HeldElsewhere(self.key)
+            time.sleep(min(0.25, self.ttl / 10))
+
     def __enter__(self) -> "Lease":
-        sent = time.monotonic()
-        self.conn.set(self.key, self.owner, px=int(self.ttl * 1000))
-        self.held_until = sent + self.ttl
+        if not self.held_until:
+            self.take()
         self._thread.start()
         return self
 

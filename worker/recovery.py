@@ -77,10 +77,11 @@ def recover_abandoned(conn: redis.Redis, settings: Settings, *, now: float | Non
 def _recover_started(conn: redis.Redis, settings: Settings, queue: Queue, now: float) -> list[str]:
     started = StartedJobRegistry(queue=queue)
     store = Store.of(conn, settings)
-    recovered = []
+    recovered, alive = [], []
     for job_id, execution_id in started.get_job_and_execution_ids(cleanup=False):
         execution = Execution(execution_id, job_id, connection=conn)
         if conn.exists(store.keys.lease(job_id)):
+            alive.append(execution.composite_key)
             continue
         try:
             job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
@@ -108,6 +109,10 @@ def _recover_started(conn: redis.Redis, settings: Settings, queue: Queue, now: f
         queue_again(queue, job)  # first: a crash between the two leaves it queued, never lost
         started.remove_execution(execution)
         metrics.taken_over("started")
+    if alive:  # RQ's own clean-up retries a job whose worker's heartbeats stopped (the parent killed alone,
+        # frozen, refused writes), even while its work horse runs it: the lease says it runs, so its entry is
+        # kept from expiring for as long as the lease lives
+        conn.zadd(started.key, {key: now + max(60.0, settings.lease_ttl * 4) for key in alive}, xx=True, gt=True)
     return recovered
 
 
@@ -190,19 +195,34 @@ def claim_next(conn: redis.Redis, settings: Settings, lease_key: str, owner: str
     return job_id, job.args[0], list(job.args[1])
 
 
-def finish_claimed(conn: redis.Redis, settings: Settings, job_ids: list[str]) -> None:
+def finish_claimed(conn: redis.Redis, settings: Settings, job_ids: list[str], lease_key: str = "",
+                   owner: str = "") -> None:
     """Claimed chunks are done (or handed back): mark their RQ jobs finished and drop the claims.
 
-    Two round trips for all of them (which jobs still exist, then their updates), not four per job: a
-    run that claims one-request calls finishes one job per call.
+    With the claimer's `owner` token, only the claims still its own, while it still holds its lease: a
+    claimer frozen past its lease comes back to find its chunks queued again and claimed by others,
+    whose claims it must neither mark finished nor drop (were the new claimer to die then, nothing
+    would take the chunk back). Two round trips for all of them (which are ours and still exist, then
+    their updates), not four per job: a run that claims one-request calls finishes one job per call.
     """
     if not job_ids:
         return
+    claims = Keys(settings.key_prefix).claimed
     jobs = [Job(job_id, connection=conn, serializer=JSONSerializer) for job_id in job_ids]
     with conn.pipeline(transaction=False) as pipe:
         for job in jobs:
             pipe.exists(job.key)
-        exists = pipe.execute()
+        if owner:
+            pipe.hmget(claims, job_ids)
+            pipe.get(lease_key)
+        *exists, mine, holder = pipe.execute() if owner else [*pipe.execute(), None, None]
+    if owner:
+        ours = holder is not None and _text(holder) == owner
+        keep = [ours and claim is not None and _text(claim).split(" ")[2:3] == [owner] for claim in mine]
+        jobs, exists = [j for j, k in zip(jobs, keep) if k], [e for e, k in zip(exists, keep) if k]
+        job_ids = [job.id for job in jobs]
+        if not job_ids:
+            return
     with conn.pipeline(transaction=False) as pipe:
         for job, there in zip(jobs, exists):
             if there:  # a job gone meanwhile is not written again

@@ -98,10 +98,22 @@ class ChunkJobs(BaseWorker):
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
                            execution: Any = None) -> None:
+        if execution is not None and not self._still_running_here(job, execution):
+            log.warning("chunk %s: its work horse ended after the chunk was given to another run (its lease had "
+                        "lapsed); that run has it, so RQ neither retries nor fails it here", job.id)
+            return  # RQ's retry would queue it a second time, and its save() would write this stale copy back
         final = not job.should_retry and self._stopped_job_id != job.id and refusal_of(job) is None
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
         if final:
             self._end_failed_chunk(job, exc_string)
+
+    def _still_running_here(self, job: Job, execution: Any) -> bool:
+        """Is this execution still in the started registry? A janitor that takes a chunk over removes it
+        (recovery._recover_started), as does RQ's own clean-up when it has failed or retried the job."""
+        try:
+            return self.connection.zscore(job.started_job_registry.key, execution.composite_key) is not None
+        except redis.RedisError:
+            return True  # unknown: RQ's usual handling, as before
 
     def _end_failed_chunk(self, job: Job, exc_string: str) -> None:
         """RQ gave up on the chunk: its requests without a result end with the reason, not silence."""

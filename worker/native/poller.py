@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import tempfile
 import threading
 import time
@@ -40,7 +39,7 @@ from ..errors import BatchClosed, InvalidRequest, MissingApiKey, RequestFailed
 from ..keys import Keys
 from ..providers.anthropic.batches import MAX_REQUESTS
 from ..queues import enqueue_chunks
-from ..lease import Lease
+from ..lease import HeldElsewhere, Lease
 from ..recovery import end_requests
 from ..registry import Registry, current_registry
 from ..settings import Settings
@@ -69,15 +68,17 @@ class Runner:
         self.conn, self.settings, self.client = conn, settings, client
         self.store = Store.of(conn, settings)
         self.state = native_state(conn, settings)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
     def tick(self) -> int:
         """Advance every due batch this poller can claim; how many it advanced."""
         advanced = 0
         for bid in self.state.due(clock.now()):
-            if not self.state.claim(bid, self.owner, self.settings.lease_ttl):
+            lease = Lease(self.conn, self.store.keys.native_lease(bid), self.settings.lease_ttl)
+            try:
+                lease.take(wait=False)
+            except HeldElsewhere:
                 continue  # another poller has it
-            with Lease(self.conn, self.store.keys.native_lease(bid), self.settings.lease_ttl) as lease:
+            with lease:
                 self.advance(bid, lease.holds)
             advanced += 1
         return advanced

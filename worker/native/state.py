@@ -171,8 +171,6 @@ class NativeState:
         """Does a poller still look after native lines of this batch (so they are not stranded)?"""
         return self.conn.zscore(self.keys.native_due, bid) is not None
 
-    def claim(self, bid: str, owner: str, ttl: float) -> bool:
-        return bool(self.conn.set(self.keys.native_lease(bid), owner, nx=True, px=int(ttl * 1000)))
 
 
 def _text(v: object) -> str:
