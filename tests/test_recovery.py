@@ -194,3 +194,20 @@ def test_a_chunk_queued_again_keeps_its_record_while_it_waits(setup):
     conn.expire(Job.key_for(got[0]), 3600)
     assert recover_claimed(conn, settings, now=clock.now() + settings.lease_ttl * 3) == [got[0]]
     assert conn.ttl(Job.key_for(got[0])) == -1
+
+
+def test_two_janitors_that_both_see_a_batch_stranded_rescue_it_once(setup, monkeypatch):
+    """A rescue round can outlast the round's lock (a Redis restart mid-round): two janitors then both
+    find no live job for the batch before either queues one. Only one queues its requests again."""
+    import worker.recovery as recovery
+
+    conn, settings, bid = setup
+    queue = queue_for(conn, settings)
+    for job_id in queue.get_job_ids():  # the chunks are lost (with Redis data, say)
+        conn.lrem(queue.key, 1, job_id)
+        conn.delete(Job.key_for(job_id))
+    monkeypatch.setattr(recovery, "_live_jobs", lambda *_: {})  # both look before either has queued
+    monkeypatch.setattr(recovery, "_has_live_job", lambda *_: False)
+    assert rescue_round(conn, settings) == {bid: 6}
+    assert rescue_round(conn, settings) == {}
+    assert len(queue.get_job_ids()) == 2  # the 6 requests once, in chunks of 3

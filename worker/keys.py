@@ -25,6 +25,7 @@ here: they are reached through RQ's API (`Queue`, `Job`, the registries), never 
     {p}:recovering:{job}         STRING  one janitor's lock on recovering a chunk
     {p}:recoveries:{job}         STRING  how often a chunk was recovered; expires `OTB_RESULT_TTL` after the last
     {p}:rescuing                 STRING  one janitor's lock on a round of rescues
+    {p}:rescuing:{id}            STRING  one janitor's lock on rescuing a batch (a round may outlast the round lock)
     {p}:unplaced:{job}           STRING  a queued-looking chunk found in no queue, registry or claim (one round)
     {p}:parked                   ZSET    {"batch", "ids"} of requests set aside, by when they resume
     {p}:rl:{scope}               HASH    a shared rate-limit bucket (model and a hash of the API key)
@@ -157,6 +158,9 @@ class Keys:
     @property
     def rescuing(self) -> str:
         return f"{self.prefix}:rescuing"
+
+    def rescuing_batch(self, bid: str) -> str:
+        return f"{self.prefix}:rescuing:{bid}"
 
     def unplaced(self, job_id: str) -> str:
         return f"{self.prefix}:unplaced:{job_id}"

@@ -368,6 +368,8 @@ def rescue_stranded(conn: redis.Redis, settings: Settings) -> dict[str, int]:
         stranded = store.open_ids(bid)
         if not stranded or _has_live_job(conn, store, bid) or _native(conn, store, bid):  # again: a retry may have
             continue  # queued a job meanwhile
+        if not conn.set(store.keys.rescuing_batch(bid), "1", nx=True, px=int(settings.lease_ttl * 2000)):
+            continue  # another janitor's round (one that outlasted the round lock) rescues it: not twice
         rescued[bid] = len(stranded)
         _finish_stranded(conn, settings, store, bid, status, stranded)
     _requeue_unplaced(conn, settings, store, queued)
