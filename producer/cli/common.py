@@ -65,11 +65,15 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def settings_from_env() -> Settings:
+def settings_from_env(*, redis: bool = True) -> Settings:
+    """The settings; with `redis=False` (a command that never reaches Redis: models, estimate, the
+    emulator), a malformed REDIS_URL meant for the others does not stop it."""
+    import os
+
     from worker.settings import Settings
 
     try:
-        return Settings.from_env()
+        return Settings.from_env(None if redis else {k: v for k, v in os.environ.items() if k != "REDIS_URL"})
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -23,7 +23,7 @@ def models(as_json: bool, show_all: bool) -> None:
     """List the models you can call and their prices (USD per 1M tokens)."""
     from producer.report import format_columns
 
-    registry = registry_of(settings_from_env())
+    registry = registry_of(settings_from_env(redis=False))
     today = clock.today()
     if as_json:
         click.echo(dumps(_catalog(registry, today, show_all)))
@@ -85,7 +85,7 @@ def estimate(file: str, mode: str | None, completion_window: str | None, as_json
     from producer.report import format_columns
     from worker.routes import mode_note
 
-    settings = settings_from_env()
+    settings = settings_from_env(redis=False)
     registry = registry_of(settings)
     try:
         options = SubmitOptions(completion_window=parse_duration(completion_window), mode=mode)

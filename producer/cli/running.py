@@ -70,7 +70,7 @@ def emulator(host: str, port: int, latency_ms: float, jitter_ms: float, error_ra
                             retry_after=retry_after, seed=seed, rpm_limit=rpm_limit, tpm_limit=tpm_limit,
                             flex_shed_rate=flex_shed_rate, batch_delay_s=batch_delay, batch_cancel_s=batch_cancel)
     try:
-        serve(host, port, config, registry_of(settings_from_env()))
+        serve(host, port, config, registry_of(settings_from_env(redis=False)))
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise

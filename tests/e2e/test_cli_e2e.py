@@ -123,3 +123,15 @@ def test_a_report_of_a_batch_that_does_not_exist_says_so(redis_server, emulator)
     done = otb(["report", "--batch", "batch_nope"], worker_env(redis_server.url, emulator.url))
     assert done.returncode == 1 and done.stdout == b""
     assert done.stderr.decode().strip() == "Error: batch 'batch_nope' not found (wrong id, or its records expired)"
+
+
+def test_commands_that_never_reach_redis_run_with_a_malformed_redis_url(tmp_path):
+    """`otb models` and `otb estimate` stopped at a REDIS_URL meant for the other commands."""
+    src = tmp_path / "one.jsonl"
+    src.write_text('{"custom_id":"a","model":"google/gemini-3-flash","messages":[{"role":"user","content":"hi"}]}\n')
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OTB_")}, "REDIS_URL": "127.0.0.1:6379"}
+    for args in (["models"], ["estimate", str(src)]):
+        done = otb(args, env)
+        assert done.returncode == 0, (args, done.stderr.decode())
+    done = otb(["status", "batch_x"], env)
+    assert done.returncode == 1 and done.stderr.decode().startswith("Error: REDIS_URL must start with redis://")
