@@ -140,6 +140,11 @@ def stream_batch(
             out.errors.append(LineError(number, None, NotJsonl(f"the file is gzip-compressed: {EXPECTED} "
                                                                "(decompress it first, e.g. gunzip -c FILE)")))
             break
+        if count == 1 and _array_opened(raw):
+            out.errors.append(LineError(number, None, NotJsonl(
+                f"the file is a JSON array spread over lines: {EXPECTED}, each a JSON object (convert it first, "
+                "e.g. jq -c '.[]' FILE > FILE.jsonl)")))
+            break
         wide = _wide_encoding(raw) if count == 1 else None
         if wide:
             out.errors.append(LineError(number, None, NotJsonl(
@@ -169,6 +174,19 @@ def stream_batch(
     if count == 0:
         out.errors.append(LineError(0, None, InvalidRequest("the batch is empty: it has no request lines")))
     out.digest = digest.hexdigest()
+
+
+def _array_opened(first: bytes) -> bool:
+    """A first line that opens a JSON array it does not close (`[`, `[{"custom_id": ...},`): a
+    pretty-printed array, which gave one "invalid JSON" per line before."""
+    text = first.strip()
+    if not text.startswith(b"["):
+        return False
+    try:
+        json.loads(text)
+    except ValueError:
+        return True
+    return False
 
 
 def _wide_encoding(first: bytes) -> str | None:

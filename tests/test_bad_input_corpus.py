@@ -123,6 +123,9 @@ CASES: list[Case] = [
     case("top-level-string", [GOOD, b'"hello"'], ("a line must be a JSON object",), line=2),
     case("top-level-number", [b"42"], ("a line must be a JSON object",)),
     case("top-level-true", [b"true"], ("a line must be a JSON object",)),
+    case("json-array-one-line", [b"[" + GOOD + b"]"], ("a line must be a JSON object", "an array")),
+    case("json-array-pretty-printed", [b"[", b"  " + GOOD + b",", b"  " + GOOD, b"]"],  # one error, not one a line
+         ("the file is a JSON array spread over lines", "jq -c"), forbid=("line 2", "line 4")),
     case("top-level-null", [b"null"], ("a line must be a JSON object", "null"), forbid=("NoneType",)),
     # -- empty input -------------------------------------------------------------------------------
     case("empty-file", b"", {0: ("the batch is empty",)}),

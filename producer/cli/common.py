@@ -181,7 +181,7 @@ def print_line_errors(errors: list[LineError], registry: Registry, suffix: str =
         click.echo(f"{err}{suffix}{_did_you_mean(err, registry)}", err=True)
     if len(errors) > MAX_LISTED:
         click.echo(f"... and {len(errors) - MAX_LISTED:,} more bad lines ({len(errors):,} in all)", err=True)
-    if any(isinstance(e.error, NotJsonl) for e in errors):
+    if any(isinstance(e.error, NotJsonl) and EXPECTED not in e.error.message for e in errors):  # (not said yet)
         click.echo(f"note: {EXPECTED}, each a JSON object (not CSV, a JSON array or a compressed file)", err=True)
 
 
