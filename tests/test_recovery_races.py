@@ -21,6 +21,13 @@ from worker.rqworker import DrainingWorker
 from .test_recovery import rescue_round, setup  # noqa: F401  (setup: the fixture)
 
 
+def lease_of(conn, key: str, owner: str) -> Lease:
+    """A claimer's lease as finish_claimed reads it: its key and its owner's token (not taken here)."""
+    lease = Lease(conn, key, 15)
+    lease.owner = owner
+    return lease
+
+
 def start_in_worker(conn, settings, worker: DrainingWorker) -> tuple[Job, Execution]:
     """What an RQ worker does with the first queued chunk: pop it, record the execution (parent), mark it
     started (horse)."""
@@ -102,10 +109,10 @@ def test_a_stale_claimer_does_not_finish_a_chunk_another_run_has_claimed_since(s
     conn.delete(keys.recovering(job_id))
     conn.set(keys.lease("r3"), "t3")
     assert claim_next(conn, settings, keys.lease("r3"), "t3")[0] == job_id
-    finish_claimed(conn, settings, [job_id], keys.lease("r1"), "t1")  # R1, resumed
+    finish_claimed(conn, settings, [job_id], lease_of(conn, keys.lease("r1"), "t1"))  # R1, resumed
     assert conn.hexists(keys.claimed, job_id), "R1 deleted R3's claim"
     assert Job.fetch(job_id, connection=conn, serializer=JSONSerializer).get_status() == JobStatus.STARTED
-    finish_claimed(conn, settings, [job_id], keys.lease("r3"), "t3")  # R3's own finish goes through
+    finish_claimed(conn, settings, [job_id], lease_of(conn, keys.lease("r3"), "t3"))  # R3's own finish goes through
     assert not conn.hexists(keys.claimed, job_id)
     assert Job.fetch(job_id, connection=conn, serializer=JSONSerializer).get_status() == JobStatus.FINISHED
 

@@ -255,11 +255,7 @@ class ChunkRun:
             return
         if self.finished:
             done, self.finished = self.finished, []
-            lease = self.lease
-            if lease is None:
-                await asyncio.to_thread(finish_claimed, self.store.conn, self.settings, done)
-            else:
-                await asyncio.to_thread(finish_claimed, self.store.conn, self.settings, done, lease.key, lease.owner)
+            await asyncio.to_thread(finish_claimed, self.store.conn, self.settings, done, self.lease)
 
     async def claim_next(self, claim: Claim) -> bool:
         """Take the next queued chunk, read in a thread, while fewer than `ahead` requests wait for a

@@ -131,7 +131,4 @@ def settle(conn: redis.Redis, settings: Settings, summary: ChunkSummary, lease: 
         log.info("stopping: %d requests of %s handed back as %s", len(ids), bid, ", ".join(jobs))
     for bid, items in summary.parked.items():
         park(conn, settings, bid, items)
-    if lease is None:
-        finish_claimed(conn, settings, summary.claimed)
-    else:
-        finish_claimed(conn, settings, summary.claimed, lease.key, lease.owner)
+    finish_claimed(conn, settings, summary.claimed, lease)

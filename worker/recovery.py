@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from rq import Queue
@@ -35,6 +35,9 @@ from .results import error_line
 from .scripts import Scripts
 from .settings import Settings
 from .store import Store
+
+if TYPE_CHECKING:
+    from .lease import Lease
 
 log = logging.getLogger("otb.recovery")
 
@@ -195,11 +198,10 @@ def claim_next(conn: redis.Redis, settings: Settings, lease_key: str, owner: str
     return job_id, job.args[0], list(job.args[1])
 
 
-def finish_claimed(conn: redis.Redis, settings: Settings, job_ids: list[str], lease_key: str = "",
-                   owner: str = "") -> None:
+def finish_claimed(conn: redis.Redis, settings: Settings, job_ids: list[str], lease: Lease | None = None) -> None:
     """Claimed chunks are done (or handed back): mark their RQ jobs finished and drop the claims.
 
-    With the claimer's `owner` token, only the claims still its own, while it still holds its lease: a
+    With the claimer's `lease`, only the claims still its own, while it still holds that lease: a
     claimer frozen past its lease comes back to find its chunks queued again and claimed by others,
     whose claims it must neither mark finished nor drop (were the new claimer to die then, nothing
     would take the chunk back). Two round trips for all of them (which are ours and still exist, then
@@ -208,21 +210,22 @@ def finish_claimed(conn: redis.Redis, settings: Settings, job_ids: list[str], le
     if not job_ids:
         return
     claims = Keys(settings.key_prefix).claimed
-    jobs = [Job(job_id, connection=conn, serializer=JSONSerializer) for job_id in job_ids]
     with conn.pipeline(transaction=False) as pipe:
-        for job in jobs:
-            pipe.exists(job.key)
-        if owner:
+        for job_id in job_ids:
+            pipe.exists(Job.key_for(job_id))
+        if lease is not None:
             pipe.hmget(claims, job_ids)
-            pipe.get(lease_key)
-        *exists, mine, holder = pipe.execute() if owner else [*pipe.execute(), None, None]
-    if owner:
-        ours = holder is not None and _text(holder) == owner
-        keep = [ours and claim is not None and _text(claim).split(" ")[2:3] == [owner] for claim in mine]
-        jobs, exists = [j for j, k in zip(jobs, keep) if k], [e for e, k in zip(exists, keep) if k]
-        job_ids = [job.id for job in jobs]
+            pipe.get(lease.key)
+        answers = pipe.execute()
+    exists = answers[:len(job_ids)]
+    if lease is not None:
+        mine, holder = answers[len(job_ids):]
+        ours = holder is not None and _text(holder) == lease.owner
+        keep = [ours and claim is not None and _claim_of(claim)[2] == lease.owner for claim in mine]
+        job_ids, exists = [j for j, k in zip(job_ids, keep) if k], [e for e, k in zip(exists, keep) if k]
         if not job_ids:
             return
+    jobs = [Job(job_id, connection=conn, serializer=JSONSerializer) for job_id in job_ids]
     with conn.pipeline(transaction=False) as pipe:
         for job, there in zip(jobs, exists):
             if there:  # a job gone meanwhile is not written again
@@ -243,7 +246,7 @@ def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None 
     back = []
     for raw_id, raw in conn.hgetall(keys.claimed).items():
         job_id = _text(raw_id)
-        lease_key, at, owner = (_text(raw).split(" ") + [""])[:3]
+        lease_key, at, owner = _claim_of(raw)
         if _claimer_holds(conn, lease_key, owner) or (not owner and now - float(at) < settings.lease_ttl * 2):
             continue
         count = _take_for_recovery(conn, keys, settings, job_id)
@@ -267,6 +270,12 @@ def recover_claimed(conn: redis.Redis, settings: Settings, *, now: float | None 
         back.append(job_id)
         metrics.taken_over("claimed")
     return back
+
+
+def _claim_of(raw: object) -> tuple[str, str, str]:
+    """A claim's value (claim.lua): its claimer's lease key, when (unix s), and token ("" when unchecked)."""
+    lease_key, at, owner = (_text(raw).split(" ") + [""])[:3]
+    return lease_key, at, owner
 
 
 def _claimer_holds(conn: redis.Redis, lease_key: str, owner: str) -> bool:

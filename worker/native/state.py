@@ -172,7 +172,6 @@ class NativeState:
         return self.conn.zscore(self.keys.native_due, bid) is not None
 
 
-
 def _text(v: object) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 

@@ -119,11 +119,11 @@ def _generation_config(request: ChatRequest, spec: ModelSpec, params: _Params, p
     if stops:
         config["stopSequences"] = stops
     _sampling(request, spec, params, prepared, config)
+    if request.seed is not None and not -(2**31) <= request.seed < 2**31:
+        raise InvalidRequest(f"seed {request.seed} is out of range for Gemini, whose seed is a 32-bit integer "
+                             f"(-2147483648 to 2147483647)", param="seed")
     for name, key, flag in GATED:
         value = getattr(request, name)
-        if name == "seed" and value is not None and not -(2**31) <= value < 2**31:
-            raise InvalidRequest(f"seed {value} is out of range for Gemini, whose seed is a 32-bit integer "
-                                 f"(-2147483648 to 2147483647)", param="seed")
         if value is not None and getattr(rules, flag):
             config[key] = value
         elif value is not None:
