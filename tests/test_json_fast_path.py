@@ -37,3 +37,23 @@ def test_a_result_line_is_compact_utf8_json_and_big_integers_survive():
     text = _line_text(line)
     assert json.loads(text) == line and b" " not in text
     assert _line_text({"a": "ü"}) == '{"a":"ü"}'.encode()
+
+
+@pytest.mark.parametrize("content", [
+    b'{"a": 1, "b": [1.5, "\\u00e9", null, true]}',
+    b'{"n": 123456789012345678901234567890}',  # past 64 bits: orjson refuses, json reads it
+    b'{"x": NaN}',  # not JSON, but json reads it, as it did before
+    '{"t": "utf-16"}'.encode("utf-16"),
+])
+def test_an_answer_decodes_as_json_decoded_it(content):
+    from worker.http import Answer
+
+    assert Answer(200, {}, content).json() == json.loads(content) or content == b'{"x": NaN}'
+
+
+def test_an_answer_that_is_not_json_is_a_protocol_error():
+    from worker.errors import ProtocolError
+    from worker.http import Answer
+
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        Answer(200, {}, b'{"cut": ').json()
