@@ -33,3 +33,17 @@ def test_no_answer_is_the_error_object_with_the_response_null() -> None:
 def test_a_line_id_is_openais_batch_req_and_stable() -> None:
     assert re.fullmatch(r"batch_req_[0-9a-f]{24}", line_id("b1", "x")) and line_id("b1", "x") == line_id("b1", "x")
     assert line_id("b1", "x") != line_id("b1", "y")
+
+
+def test_a_success_line_s_usage_is_the_usage_s_model_dump() -> None:
+    """_meta copies the fields directly (a fifth of model_dump's cost): a field model_dump would
+    shape differently (a computed field, a serializer, an alias) must show up here."""
+    from decimal import Decimal
+
+    from worker.results import success_line
+    from worker.schemas import Cost, Usage
+
+    usage = Usage(input_tokens=1, cache_read_tokens=2, cache_write_5m_tokens=3, cache_write_1h_tokens=4,
+                  output_tokens=5, reasoning_tokens=1, estimated=True)
+    line = success_line("b1", "x", {}, request_id=None, usage=usage, cost=Cost(total=Decimal("0.5")), meta={})
+    assert line["meta"]["usage"] == usage.model_dump() and line["cost"]["total"] == "0.5"

@@ -104,6 +104,7 @@ class ChunkRun:
         self.calling = 0  # holding a slot: calls not over (a request waiting for its commit holds none)
         self.ahead = max(self.settings.concurrency // 2, 1)  # claim while fewer requests than this wait for a slot
         self.changed = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
         self.claim_until = 0.0  # stop claiming then: stay well inside RQ's job timeout
         self.quiet_until = 0.0  # the queue was empty: do not ask again before then
         self.held_back = False  # requests wait for the lease to be confirmed (after a freeze or a cut)
@@ -173,7 +174,7 @@ class ChunkRun:
         while self.queued and self.calling < self.settings.concurrency and not self.stop.is_set():
             job_id, batch, cid, record = self.queued.popleft()
             self.calling += 1
-            task = asyncio.ensure_future(self.one(batch, cid, record))
+            task = self.loop.create_task(self.one(batch, cid, record))  # not ensure_future: its checks, per request
             self.pending.add(task)
             task.add_done_callback(functools.partial(self.landed, job_id))
         if len(self.queued) < self.ahead and time.monotonic() >= self.quiet_until:

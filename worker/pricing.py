@@ -23,7 +23,6 @@ from .schemas import Cost, Usage
 __all__ = ["COST_BUCKETS", "PICO", "PriceMissing", "STANDARD", "cost", "from_pico", "normalize", "priced_tier", "rates_for",
            "to_pico"]  # the money helpers live in money.py; their old home still offers them
 
-MILLION = Decimal(1_000_000)
 
 
 class PriceMissing(RequestFailed):
@@ -66,5 +65,6 @@ def cost(usage: Usage, spec: ModelSpec, on: dt.date, service_tier: str = STANDAR
         "cache_write": usage.cache_write_5m_tokens * r.cache_write + usage.cache_write_1h_tokens * write_1h,
         "output": usage.output_tokens * r.output,
     }
-    scaled = {k: normalize(v / MILLION) for k, v in parts.items()}
-    return Cost(**scaled, total=normalize(sum(scaled.values(), Decimal(0))))
+    scaled = {k: normalize(v.scaleb(-6)) for k, v in parts.items()}  # per 1M tokens: exact, as v / 1e6 was
+    # Decimals we made ourselves: no validation pass (a pydantic round on every result)
+    return Cost.model_construct(**scaled, total=normalize(sum(scaled.values(), Decimal(0))))

@@ -167,7 +167,7 @@ def bill(parsed: Parsed, spec: ModelSpec, route: Route, on: dt.date) -> Cost:
     charge = cost(parsed.usage, spec, on, priced)
     at_standard = charge if priced == STANDARD else cost(parsed.usage, spec, on, STANDARD)
     route.meta["service_tier"] = tier
-    route.meta["saved"] = format(normalize(at_standard.total - charge.total), "f")
+    route.meta["saved"] = "0" if at_standard is charge else format(normalize(at_standard.total - charge.total), "f")
     return charge
 
 
