@@ -11,6 +11,8 @@ Every figure of issue 12 part 1, from one command:
   ours (the ceiling is their mean, so a load change during the run hits both sides), on the standard
   event loop as a plain client runs; then once more on uvloop, the loop a work horse runs on by
   default (OTB_EVENT_LOOP), as a diagnostic row: what the same client costs on the horse's loop;
+  and the worker's own HTTP client (worker/http.py) alone on uvloop, the same requests, as another:
+  what the calls cost the horse before anything else it does;
 - worker CPU per request: user+sys of the `otb worker` parent and its reaped work horses, from
   /proc/<pid>/stat, before the submit and after the last horse is gone;
 - Redis commands per request: the sum of `calls` in INFO commandstats after minus before (commands
@@ -135,8 +137,11 @@ def compare(server: RedisServer, emu: Emulator, work: Path, n: int, extra_env: d
     progress(f"{tag}: raw aiohttp again: {after['req_per_s']} req/s")
     on_uvloop = run_bare(emu, lines, CONCURRENCY, "aiohttp", loop="uvloop")  # a diagnostic: the horse runs on uvloop
     progress(f"{tag}: raw aiohttp on uvloop: {on_uvloop['req_per_s']} req/s, {on_uvloop['cpu_ms_per_req']} CPU ms/req")
+    ours_http = run_bare(emu, lines, CONCURRENCY, "worker_http", loop="uvloop")  # a diagnostic: our client alone
+    progress(f"{tag}: worker/http.py alone on uvloop: {ours_http['req_per_s']} req/s, {ours_http['cpu_ms_per_req']} CPU ms/req")
     ceiling = (before["req_per_s"] + after["req_per_s"]) / 2
     return {"requests": n, "config": label, "ours": ours, "aiohttp": [before, after], "aiohttp_uvloop": on_uvloop,
+            "worker_http_uvloop": ours_http,
             "aiohttp_req_per_s": round(ceiling, 1),
             "aiohttp_cpu_ms_per_req": round((before["cpu_ms_per_req"] + after["cpu_ms_per_req"]) / 2, 3),
             "ratio": round(ours["req_per_s"] / ceiling, 3)}
@@ -171,6 +176,11 @@ def render(report: dict[str, Any]) -> str:
         uv = run["aiohttp_uvloop"]
         out.append(head.format("  raw aiohttp on uvloop (diag.)", run["requests"], f"{uv['wall_s']:.2f}",
                                f"{uv['req_per_s']:.0f}", "", f"{uv['cpu_ms_per_req']:.3f}", "", "", "", "", "", ""))
+        mine = run.get("worker_http_uvloop")
+        if mine:
+            out.append(head.format("  worker/http.py alone (diag.)", run["requests"], f"{mine['wall_s']:.2f}",
+                                   f"{mine['req_per_s']:.0f}", "", f"{mine['cpu_ms_per_req']:.3f}", "", "", "", "", "",
+                                   ""))
     out.append("")
     for run in report["runs"]:
         o = run["ours"]

@@ -36,6 +36,7 @@ import orjson
 from .errors import InvalidRequest, ProtocolError, TransportError
 from .providers.base import UpstreamCall
 
+MAX_BODY = 64 << 20  # bytes an answer may have, on the wire and decoded: no provider answer comes near it
 KEEP_IDLE = 15.0  # seconds an idle connection may be reused after (aiohttp's default keep-alive)
 CONNECT_TIMEOUT = 10.0
 USER_AGENT = "opentoken-batch"
@@ -98,6 +99,7 @@ class Connection(asyncio.Protocol):
         self.headers = Headers()
         self.body: list[bytes] = []
         self.to_close = False  # an answer that ends when the connection does (no length, not chunked)
+        self.size = 0  # the answer's body so far, bytes
         self.closed = False
         self.idle_since = 0.0
 
@@ -111,8 +113,15 @@ class Connection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # a 101: no provider switches protocols on a POST
+            self._fail(Broken("the server switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(Broken(f"the answer is not valid HTTP ({exc})"))
+
+    def eof_received(self) -> None:
+        """The server closed its side. Seen a loop turn before connection_lost: no call may take the
+        connection from the pool in between (aiohttp checks the same before reuse)."""
+        self.closed = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -133,13 +142,18 @@ class Connection(asyncio.Protocol):
         self.headers[key] = text if before is None else f"{before}, {text}"
 
     def on_headers_complete(self) -> None:
-        if self.parser.get_status_code() < 200:  # 1xx: an interim answer; the real one follows
+        status = self.parser.get_status_code()
+        if status < 200:  # 1xx: an interim answer; the real one follows
             self.headers = Headers()
             return
-        self.to_close = not dict.__contains__(self.headers, "content-length") and "chunked" not in dict.get(
-            self.headers, "transfer-encoding", "")
+        self.to_close = status not in (204, 304) and not dict.__contains__(self.headers, "content-length") \
+            and "chunked" not in dict.get(self.headers, "transfer-encoding", "").lower()
 
     def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > MAX_BODY:
+            self._fail(Broken(f"the answer is larger than {MAX_BODY >> 20} MiB"))
+            return
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -151,7 +165,7 @@ class Connection(asyncio.Protocol):
         if coding != "identity":
             try:
                 content = decode_body(content, coding)
-            except (zlib.error, ValueError) as exc:
+            except (zlib.error, ValueError) as exc:  # corrupt, cut short, past MAX_BODY, or not asked for
                 self._fail(Broken(f"the answer's {coding} body cannot be decoded ({exc})"))
                 return
         if self.to_close or not self.parser.should_keep_alive():
@@ -161,7 +175,7 @@ class Connection(asyncio.Protocol):
 
     # our side
     def send(self, data: bytes, deadline: float) -> asyncio.Future[Answer]:
-        self.headers, self.body, self.to_close = Headers(), [], False
+        self.headers, self.body, self.to_close, self.size = Headers(), [], False, 0
         self.waiter = waiter = self.loop.create_future()
         self.timer = self.loop.call_at(deadline, self._timed_out)
         assert self.transport is not None
@@ -197,14 +211,30 @@ def _time_up(waiter: asyncio.Future[None]) -> None:
 
 
 def decode_body(content: bytes, coding: str) -> bytes:
+    """A gzip or deflate body decoded whole (every gzip member, RFC 1952 2.2), never past MAX_BODY;
+    ValueError for one cut short or too large, zlib.error for one corrupt."""
+    if not content:
+        return content  # an empty body "in gzip" (a 204, a bare 429) is empty
     if coding in ("gzip", "x-gzip"):
-        return zlib.decompress(content, 16 + zlib.MAX_WBITS)
-    if coding == "deflate":
-        try:
-            return zlib.decompress(content)
-        except zlib.error:
-            return zlib.decompress(content, -zlib.MAX_WBITS)  # raw deflate, as some servers send it
-    raise ValueError(f"{coding} was not asked for")
+        wbits = 16 + zlib.MAX_WBITS
+    elif coding == "deflate":
+        wbits = zlib.MAX_WBITS if content[0] & 0x0F == 8 and int.from_bytes(content[:2], "big") % 31 == 0 \
+            else -zlib.MAX_WBITS  # zlib-wrapped as RFC 9110 says, or raw deflate as some servers send it
+    else:
+        raise ValueError(f"{coding} was not asked for")
+    out: list[bytes] = []
+    size, rest = 0, content
+    while rest:
+        stream = zlib.decompressobj(wbits)
+        part = stream.decompress(rest, MAX_BODY + 1 - size)
+        size += len(part)
+        if size > MAX_BODY:
+            raise ValueError(f"larger than {MAX_BODY >> 20} MiB decoded")
+        if not stream.eof:
+            raise ValueError("cut short")
+        out.append(part)
+        rest = stream.unused_data if wbits > 16 else b""  # another gzip member follows
+    return b"".join(out)
 
 
 @dataclass(frozen=True)
@@ -219,14 +249,18 @@ class Origin:
 
     @classmethod
     def of(cls, base_url: str) -> Origin:
+        try:
+            return cls._of(base_url)
+        except (ValueError, UnicodeError):  # urlsplit's unbalanced brackets, a host IDNA cannot encode
+            raise TransportError(f"cannot call {base_url}: not a valid URL") from None
+
+    @classmethod
+    def _of(cls, base_url: str) -> Origin:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise TransportError(f"cannot call {base_url}: not an http(s) URL")
         tls = parts.scheme == "https"
-        try:
-            port = parts.port or (443 if tls else 80)
-        except ValueError:
-            raise TransportError(f"cannot call {base_url}: bad port") from None
+        port = parts.port or (443 if tls else 80)
         host = parts.hostname
         name = host if host.isascii() else host.encode("idna").decode("ascii")
         netloc = f"[{name}]" if ":" in name else name
@@ -280,6 +314,8 @@ class Client:
     async def request(self, method: str, base_url: str, path: str, body: bytes, headers: Mapping[str, str],
                       timeout: float | None = None) -> Answer:
         """One call; `Broken`, `TimeoutError` or `OSError` when there is no whole answer."""
+        if self.closed:
+            raise RuntimeError("the HTTP client is closed")  # our own mistake: a run closes it after its calls
         loop = asyncio.get_running_loop()
         origin = self.origin(base_url)
         deadline = loop.time() + (timeout or self.timeout)
@@ -294,7 +330,9 @@ class Client:
                 raise
             finally:
                 conn.done()
-            if not conn.closed:
+            if self.closed:
+                conn.close()  # the run is over: no pool keeps it
+            elif not conn.closed:
                 conn.idle_since = loop.time()
                 self.idle.setdefault(origin, collections.deque()).append(conn)
             return answer
@@ -333,7 +371,8 @@ class Client:
         now = loop.time()
         while pool:
             conn = pool.pop()
-            if not conn.closed and now - conn.idle_since < KEEP_IDLE:
+            if not conn.closed and now - conn.idle_since < KEEP_IDLE and not (
+                    conn.transport is not None and conn.transport.is_closing()):
                 return conn
             conn.close()
         connect = loop.create_connection(lambda: Connection(loop), origin.host, origin.port,
@@ -346,19 +385,19 @@ def request_head(method: str, origin: Origin, path: str, length: int, headers: M
     """The request line and headers, one of each name (the last given wins, in any case). A path,
     name or value holding CR, LF or (a path) a space is refused: whatever a key or a path holds, it
     cannot end the head early and add a header or a request of its own."""
-    named = {name.lower(): value for name, value in headers.items()}
+    named = {**DEFAULT_HEADERS, **{name.lower(): value for name, value in headers.items()}}
     for text in (path, *named, *named.values()):
-        if "\r" in text or "\n" in text:
-            raise InvalidRequest("the request cannot be sent: a header or its path holds a line break")
+        if "\r" in text or "\n" in text or "\0" in text:
+            raise InvalidRequest("the request cannot be sent: a header or its path holds a line break or a NUL")
     if " " in path:
         raise InvalidRequest("the request cannot be sent: its path holds a space")
-    lines = [f"{method} {origin.prefix}{path} HTTP/1.1", f"host: {origin.host_header}",
-             f"user-agent: {USER_AGENT}", "accept-encoding: gzip, deflate", f"content-length: {length}"]
+    lines = [f"{method} {origin.prefix}{path} HTTP/1.1", f"host: {origin.host_header}", f"content-length: {length}"]
     lines.extend(f"{name}: {value}" for name, value in named.items() if name not in FIXED)
     lines.append("\r\n")
     return "\r\n".join(lines).encode("utf-8")
 
 
+DEFAULT_HEADERS = {"user-agent": USER_AGENT, "accept-encoding": "gzip, deflate"}  # a caller's own replace these
 FIXED = frozenset({"host", "content-length", "transfer-encoding", "connection"})  # ours to set, never a caller's
 
 

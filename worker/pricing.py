@@ -59,12 +59,11 @@ def priced_tier(spec: ModelSpec, service_tier: str) -> str:
 def cost(usage: Usage, spec: ModelSpec, on: dt.date, service_tier: str = STANDARD) -> Cost:
     r = rates_for(spec, usage, on, service_tier)
     write_1h = r.cache_write_1h if r.cache_write_1h is not None else r.cache_write * 2
-    parts = {  # COST_BUCKETS
-        "input": usage.input_tokens * r.input,
-        "cache_read": usage.cache_read_tokens * r.cache_read,
-        "cache_write": usage.cache_write_5m_tokens * r.cache_write + usage.cache_write_1h_tokens * write_1h,
-        "output": usage.output_tokens * r.output,
-    }
-    scaled = {k: normalize(v.scaleb(-6)) for k, v in parts.items()}  # per 1M tokens: exact, as v / 1e6 was
+    # per 1M tokens (scaleb: exact, as a division by 1e6 was), each bucket of COST_BUCKETS
+    inp = normalize((usage.input_tokens * r.input).scaleb(-6))
+    read = normalize((usage.cache_read_tokens * r.cache_read).scaleb(-6))
+    write = normalize((usage.cache_write_5m_tokens * r.cache_write + usage.cache_write_1h_tokens * write_1h).scaleb(-6))
+    out = normalize((usage.output_tokens * r.output).scaleb(-6))
     # Decimals we made ourselves: no validation pass (a pydantic round on every result)
-    return Cost.model_construct(**scaled, total=normalize(sum(scaled.values(), Decimal(0))))
+    return Cost.model_construct(input=inp, cache_read=read, cache_write=write, output=out,
+                                total=normalize(inp + read + write + out))
