@@ -457,3 +457,21 @@ async def calls(server: Server, n: int) -> list[http.Answer]:
 async def calls_once(server: Server) -> http.Answer:
     (answer,) = await calls(server, 1)
     return answer
+
+
+def test_a_free_slot_is_taken_at_once_after_waiters_gave_up():
+    """Waiters that timed out leave the line: a later call with slots free does not queue behind them
+    (it would have waited for a release that no call in flight was left to make, up to its deadline)."""
+    async def main() -> None:
+        async with Server(answering(ok(), delay=0.3)) as server, http.make_client(concurrency=1, timeout=5) as client:
+            first = asyncio.ensure_future(http.send(client, server.url, CALL, AUTH))
+            await asyncio.sleep(0.05)
+            short = UpstreamCall("POST", "/v1/messages", {"m": 1}, timeout=0.1)
+            with pytest.raises(TransportError):
+                await http.send(client, server.url, short, AUTH)  # gives up waiting for the one slot
+            await first
+            assert client.in_use == 0 and not client.waiters
+            started = time.monotonic()
+            assert (await http.send(client, server.url, CALL, AUTH)).status == 200
+            assert time.monotonic() - started < 1.0
+    run(main())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import ssl
 import zlib
@@ -340,7 +341,9 @@ class Client:
             self._release()
 
     async def _slot(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        if self.in_use < self.limit and not self.waiters:
+        """Count this call in; wait, in order, while `limit` calls are in. (A waiter is only ever
+        behind a full count: _release hands its slot to the first waiter rather than freeing it.)"""
+        if self.in_use < self.limit:
             self.in_use += 1
             return
         waiter: asyncio.Future[None] = loop.create_future()
@@ -353,6 +356,8 @@ class Client:
                 self._release()  # the slot came as the wait ended otherwise: pass it on
             else:
                 waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)  # gone from the line: none pile up behind a free slot
             raise
         finally:
             timer.cancel()

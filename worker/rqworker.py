@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -35,7 +36,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from . import jobs, metrics
+from . import http, jobs, metrics
 from .connection import connect, durability_warnings
 from .errors import ConfigError, OTBError, RequestFailed
 from .native import NativePoller, native_open
@@ -332,6 +333,7 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     if name:
         claim_name(conn, name)
     jobs.configure(settings)
+    settle_openssl()  # before any thread starts, and so before the first fork
     stop_metrics = _serve_metrics(settings, metrics_port, metrics_host) if metrics_port else None
     janitor = Janitor(lambda: connect(settings.redis_url or ""), settings)
     janitor.start()
@@ -348,6 +350,23 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
         poller.stopped.set()
         if stop_metrics is not None:
             stop_metrics()
+
+
+def settle_openssl() -> None:
+    """Fetch, in this thread and before any other starts, what a work horse will ask OpenSSL for.
+
+    RQ forks a work horse while the worker's threads run (the janitor, the native poller). OpenSSL 3
+    guards its table of algorithms with one lock and takes it to write whenever a lookup misses its
+    cache. A horse forked while a thread of the parent held that lock (the janitor hashing its scripts
+    for the first time, the poller loading its CA bundle) inherits it held by a thread that does not
+    exist in the horse: its own first miss (hashing a script, sha1) waits forever, with its lease
+    lapsing and its chunk run elsewhere (seen in the e2e suite: a worker started with work queued hung
+    its first horse). With the hashes and the TLS setup fetched here first, what a horse asks for is
+    in the cache it inherits, and lookups that hit take the lock only to read.
+    """
+    for name in ("sha1", "sha256"):  # scripts' SHAs (redis-py), result ids, key tags, answers' digests
+        hashlib.new(name, b"").hexdigest()
+    http.tls_context()  # the CA store and the TLS methods a call to a provider uses
 
 
 def _serve_metrics(settings: Settings, port: int, host: str) -> Callable[[], None]:

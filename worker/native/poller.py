@@ -435,11 +435,14 @@ class NativePoller(threading.Thread):
         super().__init__(name="otb-native", daemon=True)
         self.connect, self.settings = connect, settings
         self.stopped = threading.Event()
+        # Made here, in the thread that starts the poller, not in the poller's own: building it loads the
+        # CA bundle through OpenSSL, and a work horse forked while another thread is inside OpenSSL can
+        # inherit its locks held and hang at its first hash (rqworker.settle_openssl).
+        self.client = httpx.Client(timeout=httpx.Timeout(settings.request_timeout, connect=30.0))
 
     def run(self) -> None:
         conn = self.connect()
-        timeout = httpx.Timeout(self.settings.request_timeout, connect=30.0)
-        with httpx.Client(timeout=timeout) as client:
+        with self.client as client:
             runner = Runner(conn, self.settings, client)
             while not self.stopped.wait(min(1.0, self.settings.native_poll_interval / 2)):
                 try:
