@@ -93,8 +93,13 @@ def run(coro: Awaitable[object]) -> object:
 
 async def calls(server: Server, n: int, *, concurrency: int = 4, timeout: float = 5.0,
                 call: UpstreamCall = CALL) -> list[http.Answer]:
+    return await calls_to(server.url, n, concurrency=concurrency, timeout=timeout, call=call)
+
+
+async def calls_to(url: str, n: int, *, concurrency: int = 4, timeout: float = 5.0,
+                   call: UpstreamCall = CALL) -> list[http.Answer]:
     async with http.make_client(concurrency=concurrency, timeout=timeout) as client:
-        return [await http.send(client, server.url, call, AUTH) for _ in range(n)]
+        return [await http.send(client, url, call, AUTH) for _ in range(n)]
 
 
 def test_one_connection_serves_call_after_call_and_the_request_is_well_formed():
@@ -293,7 +298,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     where = tmp_path_factory.mktemp("tls")
     cert, key = where / "cert.pem", where / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     return cert, key
 
@@ -312,4 +317,6 @@ def test_tls_is_verified_against_the_trusted_authorities(certificate, monkeypatc
             answers = await calls(server, 2)
             assert [a.json() for a in answers] == [{"ok": True}] * 2
             assert server.connections == 1  # the refused handshake never reached the server's handler; one reused
+            by_name = await calls_to(server.url.replace("127.0.0.1", "localhost"), 1)  # looked up, the name verified
+            assert by_name[0].status == 200 and server.connections == 2
     run(main())

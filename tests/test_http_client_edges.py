@@ -475,3 +475,48 @@ def test_a_free_slot_is_taken_at_once_after_waiters_gave_up():
             assert (await http.send(client, server.url, CALL, AUTH)).status == 200
             assert time.monotonic() - started < 1.0
     run(main())
+
+
+def test_a_host_is_looked_up_once_for_the_connections_opened_together_and_again_after_its_ttl(monkeypatch):
+    """A run's start opens `concurrency` connections at once: one DNS lookup serves them (aiohttp
+    cached lookups for 10 s too); after DNS_TTL the next new connection looks the host up again."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        looked_up: list[str] = []
+        real = loop.getaddrinfo
+
+        async def counting(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+            looked_up.append(host)
+            await asyncio.sleep(0.05)  # a resolver takes a while: the calls meet on one lookup
+            return await real(host, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "getaddrinfo", counting)
+        async with Server(answering(ok(), delay=0.05)) as server, http.make_client(concurrency=16, timeout=5) as client:
+            url = server.url.replace("127.0.0.1", "localhost")
+            answers = await asyncio.gather(*(http.send(client, url, CALL, AUTH) for _ in range(8)))
+            assert [a.status for a in answers] == [200] * 8 and looked_up == ["localhost"]
+            assert server.connections == 8 and server.requests[0].split(b"\r\n")[1] == b"host: " + url.split("//")[1].encode()
+            monkeypatch.setattr(http, "DNS_TTL", 0.0)
+            client.addresses = {h: (0.0, a) for h, (_, a) in client.addresses.items()}  # expired
+            await asyncio.gather(*(http.send(client, url, CALL, AUTH) for _ in range(9)))  # one more connection
+            assert looked_up == ["localhost", "localhost"]
+    run(main())
+
+
+def test_a_host_that_does_not_resolve_is_a_transport_error_and_is_not_cached(monkeypatch):
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        calls = 0
+
+        async def failing(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            raise socket.gaierror(-2, "Name or service not known")
+
+        monkeypatch.setattr(loop, "getaddrinfo", failing)
+        async with http.make_client(concurrency=2, timeout=5) as client:
+            for _ in range(2):
+                with pytest.raises(TransportError, match="failed: gaierror"):
+                    await http.send(client, "https://api.example.invalid", CALL, AUTH)
+            assert calls == 2 and client.addresses == {} and client.lookups == {}
+    run(main())

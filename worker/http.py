@@ -11,7 +11,8 @@ at a time and goes back to its origin's pool. 0.08-0.10 ms a call (bench/README.
 
 What it does, as a careful client must: `Content-Length` and chunked answers, and answers read to
 the close; gzip and deflate bodies; `Connection: close` honoured; a connection idle past
-`KEEP_IDLE` seconds, or closed by the server while idle, is never reused; one deadline per call
+`KEEP_IDLE` seconds, or closed by the server while idle, is never reused; a host is looked up once
+per `DNS_TTL` for every connection opened meanwhile (as aiohttp caches it); one deadline per call
 covering the wait for a free connection, connecting (10 s at most) and the answer; a call cut off
 (timeout, cancel, a broken answer) closes its connection, so no later call reads its leftovers. No
 cookies, redirects or proxies: a provider's API needs none of them (aiohttp's session, used before,
@@ -23,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import json
+import socket
 import ssl
 import zlib
 from collections.abc import Mapping
@@ -38,6 +41,7 @@ from .errors import InvalidRequest, ProtocolError, TransportError
 from .providers.base import UpstreamCall
 
 MAX_BODY = 64 << 20  # bytes an answer may have, on the wire and decoded: no provider answer comes near it
+DNS_TTL = 10.0  # seconds a host's looked-up addresses are used for new connections (aiohttp's default)
 KEEP_IDLE = 15.0  # seconds an idle connection may be reused after (aiohttp's default keep-alive)
 CONNECT_TIMEOUT = 10.0
 USER_AGENT = "opentoken-batch"
@@ -206,6 +210,14 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 def _time_up(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
@@ -291,6 +303,8 @@ class Client:
         self.idle: dict[Origin, collections.deque[Connection]] = {}
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.origins: dict[str, Origin] = {}
+        self.addresses: dict[str, tuple[float, list[str]]] = {}  # host -> (good until, its addresses)
+        self.lookups: dict[str, asyncio.Task[list[str]]] = {}  # host -> the lookup under way
         self.closed = False
 
     async def __aenter__(self) -> Client:
@@ -380,10 +394,47 @@ class Client:
                     conn.transport is not None and conn.transport.is_closing()):
                 return conn
             conn.close()
-        connect = loop.create_connection(lambda: Connection(loop), origin.host, origin.port,
-                                         ssl=tls_context() if origin.tls else None)
-        _, conn = await asyncio.wait_for(connect, max(0.0, min(CONNECT_TIMEOUT, deadline - now)))
-        return conn
+        budget = max(0.0, min(CONNECT_TIMEOUT, deadline - now))
+        return await asyncio.wait_for(self._connect(loop, origin), budget)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, origin: Origin) -> Connection:
+        """A new connection: to each address of the host in turn until one answers (TLS names the host)."""
+        failure: OSError | None = None
+        for address in await self._addresses(loop, origin):
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: Connection(loop), address, origin.port, ssl=tls_context() if origin.tls else None,
+                    server_hostname=origin.host if origin.tls else None)
+                return conn
+            except OSError as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def _addresses(self, loop: asyncio.AbstractEventLoop, origin: Origin) -> list[str]:
+        """The host's addresses, looked up once per DNS_TTL seconds and shared by the connections opened
+        meanwhile (a run's start opens `concurrency` of them at once: one lookup, not hundreds)."""
+        if _is_address(origin.host):
+            return [origin.host]
+        found = self.addresses.get(origin.host)
+        if found is not None and loop.time() < found[0]:
+            return found[1]
+        lookup = self.lookups.get(origin.host)
+        if lookup is None:
+            lookup = self.lookups[origin.host] = loop.create_task(self._look_up(loop, origin))
+            lookup.add_done_callback(lambda done: self._looked_up(origin.host, done))
+        return await asyncio.shield(lookup)  # one caller's deadline does not cancel the others' lookup
+
+    def _looked_up(self, host: str, done: asyncio.Task[list[str]]) -> None:
+        self.lookups.pop(host, None)
+        if not done.cancelled():
+            done.exception()  # seen here: a failure whose callers all gave up is not logged as unretrieved
+
+    async def _look_up(self, loop: asyncio.AbstractEventLoop, origin: Origin) -> list[str]:
+        infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))  # in the resolver's order, once each
+        self.addresses[origin.host] = (loop.time() + DNS_TTL, addresses)
+        return addresses
 
 
 def request_head(method: str, origin: Origin, path: str, length: int, headers: Mapping[str, str]) -> bytes:
