@@ -15,8 +15,9 @@ the close; gzip and deflate bodies; `Connection: close` honoured; a connection i
 per `DNS_TTL` for every connection opened meanwhile (as aiohttp caches it); one deadline per call
 covering the wait for a free connection, connecting (10 s at most) and the answer; a call cut off
 (timeout, cancel, a broken answer) closes its connection, so no later call reads its leftovers. No
-cookies, redirects or proxies: a provider's API needs none of them (aiohttp's session, used before,
-followed none either: it was built without `trust_env`).
+cookies, redirects or proxies: a provider answers its API's POSTs without redirects or cookies, and
+proxies were never taken from the environment (aiohttp's session, used before, was built without
+`trust_env`); a 3xx is an answer like any other, and the provider's adapter reports it.
 """
 
 from __future__ import annotations
