@@ -161,20 +161,27 @@ def test_an_interim_answer_is_skipped_and_connection_close_is_honoured():
     run(main())
 
 
-def test_a_close_mid_answer_is_a_transport_error_and_the_next_call_gets_a_new_connection():
-    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+@pytest.mark.parametrize("cut", ["close", "reset"])
+def test_an_answer_cut_off_is_a_transport_error_and_the_next_call_gets_a_new_connection(cut):
+    """The server closes (FIN) or resets (RST: connection_lost with ConnectionResetError) mid-answer."""
+    async def cut_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
         await server.read_request(reader)
         if server.connections == 1:
-            writer.write(ok()[:-5])  # five bytes short, then the close
+            answer = ok() if cut == "close" else ok(b'{"a": "' + b"x" * 1000 + b'"}')
+            writer.write(answer[:-5] if cut == "close" else answer[:-300])
             await writer.drain()
+            if cut == "reset":
+                await asyncio.sleep(0.05)
+                writer.transport.abort()
             return
         writer.write(ok())
         await writer.drain()
 
     async def main() -> None:
-        async with Server(half) as server, http.make_client(concurrency=2, timeout=5) as client:
+        async with Server(cut_first) as server, http.make_client(concurrency=2, timeout=2) as client:
             with pytest.raises(TransportError, match="broke"):
                 await http.send(client, server.url, CALL, AUTH)
+            assert client.in_use == 0
             assert (await http.send(client, server.url, CALL, AUTH)).json() == {"ok": True}
             assert server.connections == 2
     run(main())

@@ -318,28 +318,6 @@ def test_a_call_stuck_before_its_answer_is_cut_off_at_its_deadline(what):
     run(main())
 
 
-def test_a_reset_mid_body_is_a_transport_error_and_frees_the_slot():
-    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
-        await server.read_request(reader)
-        if server.connections == 1:
-            writer.write(ok(b'{"a": "' + b"x" * 1000 + b'"}')[:-300])
-            await writer.drain()
-            await asyncio.sleep(0.05)
-            writer.transport.abort()  # RST: connection_lost(ConnectionResetError)
-            return
-        writer.write(ok())
-        await writer.drain()
-
-    async def main() -> None:
-        async with Server(reset) as server, http.make_client(concurrency=2, timeout=2) as client:
-            with pytest.raises(TransportError, match="broke"):
-                await http.send(client, server.url, CALL, AUTH)
-            assert client.in_use == 0
-            assert (await http.send(client, server.url, CALL, AUTH)).json() == {"ok": True}
-            assert server.connections == 2
-    run(main())
-
-
 def test_bytes_sent_on_an_idle_connection_retire_it():
     async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
         while await server.read_request(reader) is not None:
